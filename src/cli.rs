@@ -1,0 +1,124 @@
+//! The subcommands: serve (default), migrate, agent add/list/token, demo.
+
+use std::process::ExitCode;
+
+use crate::config::{AgentCommand, Cli, Command, ServeArgs, Settings};
+use crate::domain::{agents, demo, DomainError};
+use crate::startup::{open_database, Application, DatabaseHandle, StartError};
+
+/// Why a command failed; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// 2 for configuration and start-up problems (the operator must act), 1 otherwise.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Start(_) => ExitCode::from(2),
+            _ => ExitCode::from(1),
+        }
+    }
+}
+
+/// Run the parsed command line.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let settings = cli.settings;
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let handle = open_database(&settings).await?;
+    let result = match command {
+        Command::Serve(args) => serve(settings, &handle, args).await,
+        Command::Migrate => {
+            println!("migrations are up to date");
+            Ok(())
+        }
+        Command::Agent(command) => agent(&handle, command).await,
+        Command::Demo => print_demo(&settings, &handle).await,
+    };
+    close(handle).await;
+    result
+}
+
+async fn serve(settings: Settings, handle: &DatabaseHandle, args: ServeArgs) -> Result<(), CliError> {
+    let app = Application::build(settings.clone(), handle.db.clone()).await?;
+    let base = format!("http://{}", app.address);
+    tracing::info!(address = %app.address, "livedesk is serving");
+    println!("livedesk is serving on {base}");
+    if args.demo {
+        print_demo_links(&base, demo::load(&handle.db).await?);
+    } else if agents::list(&handle.db).await?.is_empty() {
+        let (agent, token) = agents::add(&handle.db, "Admin", "admin@livedesk.local", "admin").await?;
+        println!("First start: created the admin agent {} <{}>.", agent.name, agent.email);
+        println!("Log in (this link is shown once): {base}/#token={}", token.0);
+    }
+    let server = app.server.handle();
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: closing connections, then the database");
+        shutdown.cancel();
+        server.stop(true).await;
+    });
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn agent(handle: &DatabaseHandle, command: AgentCommand) -> Result<(), CliError> {
+    match command {
+        AgentCommand::Add { name, email, role } => {
+            let (agent, token) = agents::add(&handle.db, &name, &email, role.as_str()).await?;
+            eprintln!("created agent {} <{}> (id {}, {})", agent.name, agent.email, agent.id, agent.role);
+            println!("{}", token.0);
+        }
+        AgentCommand::List => {
+            for agent in agents::list(&handle.db).await? {
+                println!("{}\t{}\t{}\t{}", agent.id, agent.role, agent.email, agent.name);
+            }
+        }
+        AgentCommand::Token { email } => {
+            let (agent, token) = agents::rotate_token(&handle.db, &email).await?;
+            eprintln!("new token for {} <{}>; the old one no longer works", agent.name, agent.email);
+            println!("{}", token.0);
+        }
+    }
+    Ok(())
+}
+
+async fn print_demo(settings: &Settings, handle: &DatabaseHandle) -> Result<(), CliError> {
+    let logins = demo::load(&handle.db).await?;
+    print_demo_links(&format!("http://{}", settings.bind), logins);
+    Ok(())
+}
+
+fn print_demo_links(base: &str, logins: Vec<demo::Login>) {
+    println!("Demo data loaded. Open one link per browser window to play each agent:");
+    for login in logins {
+        println!("  {:<8} {base}/#token={}", login.name, login.token);
+    }
+}
+
+async fn close(handle: DatabaseHandle) {
+    if let Some(pg) = handle.embedded {
+        let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

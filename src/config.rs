@@ -1,0 +1,176 @@
+//! Settings, read once at start-up from flags and environment variables.
+//!
+//! Every flag mirrors an environment variable so operators can script either;
+//! the names marked "contract" in `--help` are fixed by `docs/contract.md`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The command line: global settings plus an optional subcommand (serve by default).
+#[derive(Debug, Parser)]
+#[command(name = "livedesk", version, about = "Real-time collaboration server for helpdesk agents")]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary is asked to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API, the WebSocket relay and the web console (the default).
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Manage agents and their API tokens.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Add demo agents, customers, fields and tickets, and print a login link per agent.
+    Demo,
+}
+
+/// Options of `livedesk serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Load the demo data set before serving (see `livedesk demo`).
+    #[arg(long)]
+    pub demo: bool,
+}
+
+/// `livedesk agent …`.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Create an agent and print its API token (shown once; only a hash is stored).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, value_enum, default_value_t = Role::Agent)]
+        role: Role,
+    },
+    /// List the agents.
+    List,
+    /// Issue a new token for an agent (the old one stops working) and print it.
+    Token { email: String },
+}
+
+/// An agent's role (contract §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Agent,
+    Admin,
+    Service,
+}
+
+impl Role {
+    /// The value stored in `agents.role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Agent => "agent",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+}
+
+/// How logs are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Everything the server needs to know, from flags or the environment.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address and port to serve on (contract: LIVEDESK_BIND).
+    #[arg(long, env = "LIVEDESK_BIND", default_value = "127.0.0.1:8080", global = true)]
+    pub bind: SocketAddr,
+
+    /// PostgreSQL URL; without it livedesk runs its own PostgreSQL in the data folder (contract).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+
+    /// Folder of the embedded PostgreSQL (contract: LIVEDESK_DATA_DIR).
+    #[arg(long, env = "LIVEDESK_DATA_DIR", default_value = "./livedesk-data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Connections in the database pool used by HTTP handlers and event reads.
+    #[arg(long, env = "LIVEDESK_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000), global = true)]
+    pub pool_size: u16,
+
+    /// Origins allowed to open WebSockets, comma-separated (contract: LIVEDESK_ALLOWED_ORIGINS).
+    /// Default: the server's own origin (http://<bind>, and http://localhost:<port> for loopback).
+    #[arg(long, env = "LIVEDESK_ALLOWED_ORIGINS", value_delimiter = ',', global = true)]
+    pub allowed_origins: Vec<String>,
+
+    /// Log format: human (default) or json.
+    #[arg(long, env = "LIVEDESK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+
+    /// Largest WebSocket frame accepted, in bytes (larger closes with 1009).
+    #[arg(long, env = "LIVEDESK_MAX_FRAME_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_frame_bytes: usize,
+
+    /// Largest HTTP request body, in bytes (larger gets 413).
+    #[arg(long, env = "LIVEDESK_MAX_BODY_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Largest message body, in bytes (larger gets 413).
+    #[arg(long, env = "LIVEDESK_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Ticket subscriptions allowed per WebSocket connection.
+    #[arg(long, env = "LIVEDESK_MAX_SUBSCRIPTIONS", default_value_t = 200, global = true)]
+    pub max_subscriptions: usize,
+
+    /// Frames queued for one WebSocket connection before it is closed with 1013.
+    #[arg(long, env = "LIVEDESK_OUTBOUND_QUEUE", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub outbound_queue: u32,
+
+    /// Interval of the server's heartbeat, announced in `hello`, in milliseconds.
+    #[arg(long, env = "LIVEDESK_HEARTBEAT_MS", default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub heartbeat_ms: u64,
+
+    /// A connection (and its presence) silent for this long is dropped, in milliseconds.
+    #[arg(long, env = "LIVEDESK_PRESENCE_TTL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(200..), global = true)]
+    pub presence_ttl_ms: u64,
+
+    /// Client frames allowed per second per connection before error frames, then a close.
+    #[arg(long, env = "LIVEDESK_MAX_FRAMES_PER_SECOND", default_value_t = 200, global = true)]
+    pub max_frames_per_second: u32,
+
+    /// WebSocket connections allowed per process (further ones get 503).
+    #[arg(long, env = "LIVEDESK_MAX_CONNECTIONS", default_value_t = 20_000, global = true)]
+    pub max_connections: usize,
+
+    /// HTTP worker threads (default: one per CPU core).
+    #[arg(long, env = "LIVEDESK_WORKERS", global = true)]
+    pub workers: Option<usize>,
+
+    /// Run the embedded PostgreSQL without fsync (throw-away clusters only: tests).
+    #[arg(long, env = "LIVEDESK_EMBEDDED_UNSAFE_FAST", hide = true, global = true)]
+    pub embedded_unsafe_fast: bool,
+}
+
+impl Settings {
+    /// The server heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
+    }
+
+    /// How long a silent connection and its presence live.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.presence_ttl_ms)
+    }
+
+    /// Settings as they are with no flag and no environment: a base for tests and tools.
+    pub fn defaults() -> Settings {
+        Cli::parse_from(["livedesk"]).settings
+    }
+}

@@ -1,0 +1,494 @@
+//! The embedded default: livedesk runs its own PostgreSQL from the machine's
+//! server binaries when no `DATABASE_URL` is given.
+//!
+//! PostgreSQL refuses to run as root, so when livedesk runs as root the
+//! cluster's processes run as the `postgres` system user, which then owns the
+//! cluster folder. The server listens on a unix socket inside the data folder
+//! only (no TCP listener: the cluster trusts local connections, and a socket
+//! in a folder only its owner can enter keeps that trust private).
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{chown, Pid, Uid, User};
+
+/// The database every livedesk cluster serves.
+pub const DATABASE: &str = "livedesk";
+/// The cluster's superuser, made by `initdb`.
+pub const SUPERUSER: &str = "livedesk";
+
+/// Why the embedded PostgreSQL could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error(
+        "No PostgreSQL server binaries were found (looked at `pg_config --bindir`, \
+         /usr/lib/postgresql/*/bin and PATH). Install PostgreSQL's server package \
+         (for example `apt-get install postgresql`), or set DATABASE_URL to use an existing server."
+    )]
+    NoBinaries,
+    #[error(
+        "PostgreSQL refuses to run as root, so livedesk runs it as the `postgres` system user, \
+         and that user cannot use the data folder {path}: {reason}. Every parent folder needs \
+         the search (x) permission for it (e.g. /root is 700). Choose a reachable folder with \
+         LIVEDESK_DATA_DIR=/var/lib/livedesk (or under /tmp), or set DATABASE_URL."
+    )]
+    Unreachable { path: PathBuf, reason: String },
+    #[error("livedesk runs as root but there is no `postgres` system user to run PostgreSQL as; create one (adduser --system postgres) or set DATABASE_URL")]
+    NoPostgresUser,
+    #[error("cannot prepare the data folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{program}` failed: {message}")]
+    Command { program: String, message: String },
+    #[error("PostgreSQL did not become ready within {seconds} s; its log ({log}) ends with:\n{tail}")]
+    NotReady {
+        seconds: u64,
+        log: PathBuf,
+        tail: String,
+    },
+}
+
+/// How to run the cluster.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// The folder holding the cluster (`pg/`), its socket (`run/`) and its log.
+    pub data_dir: PathBuf,
+    /// Turn off fsync and synchronous commit: only for throw-away clusters.
+    pub unsafe_fast: bool,
+    /// Extra `-c name=value` server settings.
+    pub settings: Vec<(String, String)>,
+}
+
+impl EmbeddedOptions {
+    /// Durable defaults for a data folder.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EmbeddedOptions {
+            data_dir: data_dir.into(),
+            unsafe_fast: false,
+            settings: Vec::new(),
+        }
+    }
+}
+
+/// A running PostgreSQL owned by this process; stopped on `stop()` or drop.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    bin_dir: PathBuf,
+    data_dir: PathBuf,
+    socket_dir: PathBuf,
+    port: u16,
+    options: EmbeddedOptions,
+    run_as: Option<User>,
+    child: Option<Child>,
+}
+
+impl EmbeddedPostgres {
+    /// Find the binaries, `initdb` on first use, start the server and wait until
+    /// it accepts connections. Blocking: call it before or outside the async runtime
+    /// (or in `spawn_blocking`).
+    pub fn start(options: EmbeddedOptions) -> Result<Self, EmbeddedError> {
+        let bin_dir = find_bin_dir().ok_or(EmbeddedError::NoBinaries)?;
+        let run_as = if Uid::effective().is_root() {
+            Some(
+                User::from_name("postgres")
+                    .ok()
+                    .flatten()
+                    .ok_or(EmbeddedError::NoPostgresUser)?,
+            )
+        } else {
+            None
+        };
+        let root = absolute(&options.data_dir)?;
+        let data_dir = root.join("pg");
+        let socket_dir = root.join("run");
+        for dir in [&root, &socket_dir] {
+            fs::create_dir_all(dir).map_err(|source| EmbeddedError::Folder {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        if let Some(user) = &run_as {
+            give_to(user, &root)?;
+            give_to(user, &socket_dir)?;
+            check_reachable(user, &root)?;
+        }
+        let mut pg = EmbeddedPostgres {
+            bin_dir,
+            data_dir,
+            socket_dir,
+            port: 0,
+            options,
+            run_as,
+            child: None,
+        };
+        if !pg.data_dir.join("PG_VERSION").exists() {
+            pg.initdb()?;
+        }
+        pg.clear_stale_postmaster()?;
+        pg.port = free_port()?;
+        pg.spawn()?;
+        pg.wait_ready(Duration::from_secs(60))?;
+        pg.ensure_database()?;
+        Ok(pg)
+    }
+
+    /// Connection settings for the livedesk database over the unix socket.
+    pub fn config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user(SUPERUSER)
+            .dbname(DATABASE)
+            .application_name("livedesk");
+        config
+    }
+
+    /// The unix-socket folder and port, for `psql -h <dir> -p <port>`.
+    pub fn socket(&self) -> (&Path, u16) {
+        (&self.socket_dir, self.port)
+    }
+
+    /// The folder holding the cluster files.
+    pub fn cluster_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Process id of the postmaster, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stop the server (fast shutdown) and wait for it, at most 30 s, then kill it.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!("PostgreSQL did not stop within 30 s; killing it");
+        let _ = kill(pid, Signal::SIGQUIT);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stop, then start again on the same port (used by tests of a database restart).
+    pub fn restart(&mut self) -> Result<(), EmbeddedError> {
+        self.stop();
+        self.spawn()?;
+        self.wait_ready(Duration::from_secs(60))
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(self.bin_dir.join(program));
+        if let Some(user) = &self.run_as {
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+            command.env("HOME", &user.dir);
+        }
+        command.current_dir(self.data_dir.parent().unwrap_or(Path::new("/")));
+        command.env_remove("PGDATA").env("LC_ALL", "C.UTF-8");
+        command
+    }
+
+    fn initdb(&self) -> Result<(), EmbeddedError> {
+        tracing::info!(folder = %self.data_dir.display(), "creating a PostgreSQL cluster (first start)");
+        let output = self
+            .command("initdb")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| command_error("initdb", e.to_string()))?;
+        if !output.status.success() {
+            return Err(command_error(
+                "initdb",
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A `postmaster.pid` left by a crash: remove it when its process is gone,
+    /// stop the leftover server when it still runs (one livedesk per folder).
+    fn clear_stale_postmaster(&self) -> Result<(), EmbeddedError> {
+        let pid_file = self.data_dir.join("postmaster.pid");
+        let Ok(text) = fs::read_to_string(&pid_file) else {
+            return Ok(());
+        };
+        let pid: i32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if pid > 0 && comm.trim() == "postgres" {
+            tracing::warn!(pid, "a PostgreSQL from an earlier run still serves this folder; stopping it");
+            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            tracing::info!("removing a stale postmaster.pid left by a crash");
+            let _ = fs::remove_file(&pid_file);
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self) -> Result<(), EmbeddedError> {
+        let log_path = self.log_path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| EmbeddedError::Folder {
+                path: log_path.clone(),
+                source,
+            })?;
+        if let Some(user) = &self.run_as {
+            let _ = chown(&log_path, Some(user.uid), Some(user.gid));
+        }
+        let log_err = log.try_clone().map_err(|source| EmbeddedError::Folder {
+            path: log_path.clone(),
+            source,
+        })?;
+        let mut command = self.command("postgres");
+        command
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-c", "listen_addresses="])
+            .args(["-c", &format!("port={}", self.port)])
+            .arg("-c")
+            .arg(format!("unix_socket_directories={}", self.socket_dir.display()))
+            .args(["-c", "unix_socket_permissions=0700"])
+            .args(["-c", "max_connections=400"]);
+        if self.options.unsafe_fast {
+            command.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
+        }
+        for (name, value) in &self.options.settings {
+            command.arg("-c").arg(format!("{name}={value}"));
+        }
+        // Own process group: a Ctrl-C in the terminal reaches livedesk, which then
+        // stops PostgreSQL after the HTTP server has drained.
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = command
+            .spawn()
+            .map_err(|e| command_error("postgres", e.to_string()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<(), EmbeddedError> {
+        let deadline = Instant::now() + limit;
+        let socket = self.socket_dir.join(format!(".s.PGSQL.{}", self.port));
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(EmbeddedError::NotReady {
+                        seconds: 0,
+                        log: self.log_path(),
+                        tail: format!("(exited with {status})\n{}", self.log_tail()),
+                    });
+                }
+            }
+            if socket.exists() && self.pg_isready() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(EmbeddedError::NotReady {
+                    seconds: limit.as_secs(),
+                    log: self.log_path(),
+                    tail: self.log_tail(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pg_isready(&self) -> bool {
+        Command::new(self.bin_dir.join("pg_isready"))
+            .arg("-q")
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-d", "postgres", "-U", SUPERUSER])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn ensure_database(&self) -> Result<(), EmbeddedError> {
+        let psql = |sql: &str| {
+            Command::new(self.bin_dir.join("psql"))
+                .arg("-h")
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
+                .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .output()
+                .map_err(|e| command_error("psql", e.to_string()))
+        };
+        let exists = psql("SELECT 1 FROM pg_database WHERE datname = 'livedesk'")?;
+        if String::from_utf8_lossy(&exists.stdout).trim() == "1" {
+            return Ok(());
+        }
+        let output = psql("CREATE DATABASE livedesk")?;
+        if !output.status.success() {
+            return Err(command_error(
+                "psql",
+                String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("postgres.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = fs::File::open(self.log_path()) {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = file.seek(SeekFrom::Start(len.saturating_sub(2000)));
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin`, else PATH.
+pub fn find_bin_dir() -> Option<PathBuf> {
+    let has_server = |dir: &Path| dir.join("postgres").is_file() && dir.join("initdb").is_file();
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if output.status.success() && has_server(&dir) {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            has_server(&bin).then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|dir| has_server(dir))
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, EmbeddedError> {
+    fs::create_dir_all(path).map_err(|source| EmbeddedError::Folder {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    path.canonicalize().map_err(|source| EmbeddedError::Folder {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn give_to(user: &User, dir: &Path) -> Result<(), EmbeddedError> {
+    chown(dir, Some(user.uid), Some(user.gid)).map_err(|e| EmbeddedError::Folder {
+        path: dir.to_path_buf(),
+        source: e.into(),
+    })?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+        EmbeddedError::Folder {
+            path: dir.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Ask the `postgres` user itself whether it can enter and write the folder.
+fn check_reachable(user: &User, dir: &Path) -> Result<(), EmbeddedError> {
+    let status = Command::new("/bin/sh")
+        .args(["-c", "test -x \"$1\" && test -w \"$1\"", "sh"])
+        .arg(dir)
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| command_error("sh", e.to_string()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        let blocked = dir
+            .ancestors()
+            .skip(1)
+            .find(|p| {
+                fs::metadata(p)
+                    .map(|m| m.permissions().mode() & 0o001 == 0)
+                    .unwrap_or(true)
+            })
+            .map(|p| format!("{} is not searchable by others", p.display()))
+            .unwrap_or_else(|| "permission denied".into());
+        Err(EmbeddedError::Unreachable {
+            path: dir.to_path_buf(),
+            reason: blocked,
+        })
+    }
+}
+
+fn free_port() -> Result<u16, EmbeddedError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| command_error("bind", e.to_string()))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| command_error("bind", e.to_string()))
+}
+
+fn command_error(program: &str, message: String) -> EmbeddedError {
+    EmbeddedError::Command {
+        program: program.into(),
+        message,
+    }
+}

@@ -1,0 +1,10 @@
+//! The database layer: the pool, the migrations, the embedded server, and the
+//! one place where PostgreSQL errors become domain errors.
+
+pub mod embedded;
+pub mod error;
+pub mod migrations;
+pub mod pool;
+
+pub use error::DbError;
+pub use pool::Database;

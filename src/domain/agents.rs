@@ -1,0 +1,108 @@
+//! Agents and their API tokens.
+//!
+//! A token is 32 random bytes shown once as `ldk_<hex>`; the database keeps
+//! only its SHA-256 digest and finds the agent by digest equality.
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::DomainError;
+use crate::db::Database;
+
+/// The acting agent of a request or connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Agent {
+    pub id: i64,
+    pub name: String,
+    pub email: String,
+    pub avatar_url: Option<String>,
+    pub role: String,
+}
+
+impl Agent {
+    /// Admins manage field definitions and agents.
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+
+    /// Service tokens (integrations) may write customer messages.
+    pub fn is_service(&self) -> bool {
+        self.role == "service"
+    }
+}
+
+/// A freshly issued token, to print once.
+pub struct NewToken(pub String);
+
+const TOKEN_PREFIX: &str = "ldk_";
+
+/// A new random token.
+pub fn generate_token() -> NewToken {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    NewToken(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// The digest stored for a token. Malformed tokens hash too (and match nothing),
+/// so every wrong token costs the same.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The agent holding `token`, if any.
+pub async fn by_token(db: &Database, token: &str) -> Result<Option<Agent>, DomainError> {
+    let client = db.client().await?;
+    let row = client
+        .query_one("SELECT ld_agent_by_token($1)", &[&token_hash(token)])
+        .await?;
+    let json: Option<serde_json::Value> = row.get(0);
+    json.map(parse_agent).transpose()
+}
+
+/// Create an agent; returns it with its first token.
+pub async fn add(
+    db: &Database,
+    name: &str,
+    email: &str,
+    role: &str,
+) -> Result<(Agent, NewToken), DomainError> {
+    let token = generate_token();
+    let client = db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT ld_agent_add($1, $2, $3, $4)",
+            &[&name, &email, &role, &token_hash(&token.0)],
+        )
+        .await?;
+    Ok((parse_agent(row.get(0))?, token))
+}
+
+/// Issue a new token for the agent with `email`.
+pub async fn rotate_token(db: &Database, email: &str) -> Result<(Agent, NewToken), DomainError> {
+    let token = generate_token();
+    let client = db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT ld_agent_set_token($1, $2)",
+            &[&email, &token_hash(&token.0)],
+        )
+        .await?;
+    Ok((parse_agent(row.get(0))?, token))
+}
+
+/// Every agent.
+pub async fn list(db: &Database) -> Result<Vec<Agent>, DomainError> {
+    let client = db.client().await?;
+    let row = client.query_one("SELECT ld_agent_list()", &[]).await?;
+    let json: serde_json::Value = row.get(0);
+    serde_json::from_value(json).map_err(|e| unexpected(e.to_string()))
+}
+
+fn parse_agent(json: serde_json::Value) -> Result<Agent, DomainError> {
+    serde_json::from_value(json).map_err(|e| unexpected(e.to_string()))
+}
+
+fn unexpected(message: String) -> DomainError {
+    DomainError::Unexpected(format!("agent row: {message}"))
+}

@@ -1,0 +1,60 @@
+//! Messages on a ticket: customer messages, agent replies and internal notes.
+
+use serde::Deserialize;
+
+use super::tickets::CustomerRef;
+use super::{Agent, DomainError, RawJson};
+use crate::db::Database;
+
+/// The body of `POST /api/tickets/{id}/messages`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    pub kind: String,
+    pub body: String,
+    pub seen_message_id: Option<i64>,
+    pub client_id: Option<String>,
+    pub customer: Option<CustomerRef>,
+}
+
+/// The outcome of a post: created now, or the original of a retried `client_id`.
+pub struct Posted {
+    pub created: bool,
+    pub message: RawJson,
+}
+
+/// Add a message; the duplicate-reply rule and idempotency are SQL's.
+pub async fn post(
+    db: &Database,
+    ticket_id: i64,
+    actor: &Agent,
+    input: &NewMessage,
+) -> Result<Posted, DomainError> {
+    let (email, name) = match &input.customer {
+        Some(c) => (Some(c.email.as_str()), c.name.as_deref()),
+        None => (None, None),
+    };
+    let client = db.client().await?;
+    let statement = client
+        .prepare_cached("SELECT created, message::text FROM ld_post_message($1, $2, $3, $4, $5, $6, $7, $8)")
+        .await?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &ticket_id,
+                &actor.id,
+                &input.kind,
+                &input.body,
+                &input.seen_message_id,
+                &input.client_id,
+                &email,
+                &name,
+            ],
+        )
+        .await?;
+    Ok(Posted {
+        created: row.get(0),
+        message: RawJson(row.get(1)),
+    })
+}

@@ -1,0 +1,100 @@
+//! Tickets: create, read, list, compare-and-set changes, the event history.
+
+use serde::Deserialize;
+
+use super::{json_call, Agent, DomainError, RawJson};
+use crate::db::Database;
+
+/// A customer named by a writer; matched on email.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerRef {
+    pub email: String,
+    pub name: Option<String>,
+}
+
+/// The body of `POST /api/tickets`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTicket {
+    pub subject: Option<String>,
+    pub channel: Option<String>,
+    pub customer: Option<CustomerRef>,
+    pub body: Option<String>,
+}
+
+/// Filters of `GET /api/tickets` (values validated by SQL).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TicketFilter {
+    pub status: Option<String>,
+    pub assignee: Option<String>,
+    pub tag: Option<String>,
+    pub limit: Option<i32>,
+    pub before: Option<i64>,
+}
+
+/// Create a ticket (and its first message when a body is given).
+pub async fn create(db: &Database, actor: &Agent, input: &NewTicket) -> Result<RawJson, DomainError> {
+    let (email, name) = match &input.customer {
+        Some(c) => (Some(c.email.as_str()), c.name.as_deref()),
+        None => (None, None),
+    };
+    json_call(
+        db,
+        "SELECT ld_create_ticket($1, $2, $3, $4, $5, $6)::text",
+        &[&actor.id, &input.subject, &input.channel, &email, &name, &input.body],
+    )
+    .await
+}
+
+/// `{"ticket", "messages"}` of one ticket.
+pub async fn get(db: &Database, id: i64) -> Result<serde_json::Value, DomainError> {
+    let client = db.client().await?;
+    let statement = client.prepare_cached("SELECT ld_get_ticket($1)").await?;
+    let row = client.query_one(&statement, &[&id]).await?;
+    Ok(row.get(0))
+}
+
+/// Apply per-field compare-and-set changes, all or nothing.
+pub async fn patch(
+    db: &Database,
+    id: i64,
+    actor: &Agent,
+    changes: &serde_json::Value,
+    if_match: Option<i64>,
+) -> Result<RawJson, DomainError> {
+    json_call(
+        db,
+        "SELECT ld_patch_ticket($1, $2, $3, $4)::text",
+        &[&id, &actor.id, changes, &if_match],
+    )
+    .await
+}
+
+/// A page of tickets, newest first.
+pub async fn list(db: &Database, actor: &Agent, filter: &TicketFilter) -> Result<RawJson, DomainError> {
+    json_call(
+        db,
+        "SELECT ld_list_tickets($1, $2, $3, $4, $5, $6)::text",
+        &[
+            &actor.id,
+            &filter.status,
+            &filter.assignee,
+            &filter.tag,
+            &filter.limit,
+            &filter.before,
+        ],
+    )
+    .await
+}
+
+/// The ticket's events after version `since`, in order.
+pub async fn events(db: &Database, id: i64, since: i64, limit: Option<i32>) -> Result<RawJson, DomainError> {
+    json_call(
+        db,
+        "SELECT ld_list_events($1, $2, $3)::text",
+        &[&id, &since, &limit.unwrap_or(100)],
+    )
+    .await
+}

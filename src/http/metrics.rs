@@ -1,0 +1,87 @@
+//! Prometheus metrics: request counts and latencies, pool and realtime gauges.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric livedesk exports, registered once per process.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub pool_size: IntGauge,
+    pub pool_available: IntGauge,
+    pub ws_connections: IntGauge,
+    pub ws_closed_slow: IntCounter,
+    pub listener_up: IntGauge,
+    pub listener_reconnects: IntCounter,
+    pub events_delivered: IntCounter,
+    pub event_fetches: IntCounter,
+    pub presence_writes: IntCounter,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric (infallible names; a failure is a bug).
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("livedesk".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let http_requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests by route and status"),
+            &["method", "route", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["method", "route"],
+        )
+        .expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let metrics = Metrics {
+            http_requests,
+            http_duration,
+            pool_size: gauge("db_pool_connections", "Open connections in the pool"),
+            pool_available: gauge("db_pool_available", "Idle connections in the pool"),
+            ws_connections: gauge("ws_connections", "Open WebSocket connections"),
+            ws_closed_slow: counter("ws_closed_slow_total", "Connections closed with 1013 (queue full)"),
+            listener_up: gauge("listener_up", "1 while the LISTEN connection is up"),
+            listener_reconnects: counter("listener_reconnects_total", "LISTEN connection (re)connects after a loss"),
+            events_delivered: counter("events_delivered_total", "Event frames queued to connections"),
+            event_fetches: counter("event_fetches_total", "Batched reads of ticket_events"),
+            presence_writes: counter("presence_writes_total", "Writes to the presence table"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.http_requests.clone()),
+            Box::new(metrics.http_duration.clone()),
+            Box::new(metrics.pool_size.clone()),
+            Box::new(metrics.pool_available.clone()),
+            Box::new(metrics.ws_connections.clone()),
+            Box::new(metrics.ws_closed_slow.clone()),
+            Box::new(metrics.listener_up.clone()),
+            Box::new(metrics.listener_reconnects.clone()),
+            Box::new(metrics.events_delivered.clone()),
+            Box::new(metrics.event_fetches.clone()),
+            Box::new(metrics.presence_writes.clone()),
+        ];
+        for collector in collectors {
+            let _ = metrics.registry.register(collector);
+        }
+        metrics
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,104 @@
+//! The HTTP boundary: state shared by handlers, the route table, request
+//! logging and metrics, and the mapping of every error to the contract's shape.
+
+pub mod auth;
+pub mod errors;
+pub mod metrics;
+pub mod routes;
+pub mod web_console;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
+use actix_web::{web, HttpResponse};
+
+use crate::config::Settings;
+use crate::db::Database;
+use crate::realtime::Realtime;
+pub use errors::ApiError;
+pub use metrics::Metrics;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub db: Database,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    pub realtime: Realtime,
+}
+
+/// Register the routes, the extractor error handlers and the body limit.
+pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(settings.max_body_bytes)
+            .content_type_required(false)
+            .error_handler(errors::extractors::json),
+    )
+    .app_data(web::QueryConfig::default().error_handler(errors::extractors::query))
+    .app_data(web::PathConfig::default().error_handler(errors::extractors::path))
+    .app_data(web::PayloadConfig::default().limit(settings.max_body_bytes))
+    .service(routes::health::healthz)
+    .service(routes::health::metrics)
+    .service(routes::me::me)
+    .service(routes::tickets::list)
+    .service(routes::tickets::create)
+    .service(routes::tickets::get)
+    .service(routes::tickets::patch)
+    .service(routes::tickets::events)
+    .service(routes::messages::post)
+    .service(routes::tags::change)
+    .service(routes::fields::list)
+    .service(routes::fields::put)
+    .route("/ws", web::get().to(crate::realtime::session::upgrade))
+    .configure(web_console::configure)
+    .default_service(web::to(not_found));
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "There is no {} {}.",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Count and time every request, and log it without its query string
+/// (WebSocket tokens travel there and must never reach a log).
+pub fn observe<S>(
+    req: ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse, actix_web::Error>> + 'static
+where
+    S: Service<ServiceRequest, Response = ServiceResponse, Error = actix_web::Error>,
+    S::Future: 'static,
+{
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let path = req.path().to_string();
+    let route = req.match_pattern().unwrap_or_else(|| "other".into());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
+    let future = service.call(req);
+    async move {
+        let response = future.await;
+        let elapsed = started.elapsed();
+        let status = match &response {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => e.as_response_error().status_code().as_u16(),
+        };
+        if let Some(metrics) = metrics {
+            metrics
+                .http_requests
+                .with_label_values(&[&method, &route, &status.to_string()])
+                .inc();
+            metrics
+                .http_duration
+                .with_label_values(&[&method, &route])
+                .observe(elapsed.as_secs_f64());
+        }
+        tracing::info!(%method, %path, status, micros = elapsed.as_micros() as u64, "request");
+        response
+    }
+}

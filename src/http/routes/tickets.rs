@@ -1,0 +1,124 @@
+//! Tickets: list, create, read, compare-and-set changes, history.
+
+use actix_web::http::StatusCode;
+use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use super::raw_json;
+use crate::domain::tickets::{self, NewTicket, TicketFilter};
+use crate::domain::Agent;
+use crate::http::{ApiError, AppState};
+
+/// `GET /api/tickets`: newest first, filtered, paged by `before`.
+#[get("/api/tickets")]
+pub async fn list(
+    state: web::Data<AppState>,
+    agent: Agent,
+    filter: web::Query<TicketFilter>,
+) -> Result<HttpResponse, ApiError> {
+    let page = tickets::list(&state.db, &agent, &filter).await?;
+    Ok(raw_json(StatusCode::OK, page))
+}
+
+/// `POST /api/tickets`.
+#[post("/api/tickets")]
+pub async fn create(
+    state: web::Data<AppState>,
+    agent: Agent,
+    body: web::Json<NewTicket>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(text) = &body.body {
+        check_message_size(&state, text)?;
+    }
+    let ticket = tickets::create(&state.db, &agent, &body).await?;
+    Ok(raw_json(StatusCode::CREATED, ticket))
+}
+
+/// `GET /api/tickets/{id}`: the ticket, its messages and who is on it now.
+#[get("/api/tickets/{id}")]
+pub async fn get(
+    state: web::Data<AppState>,
+    _agent: Agent,
+    id: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let mut body = tickets::get(&state.db, *id).await?;
+    let viewers = state.realtime.viewers(*id).await;
+    if let Some(object) = body.as_object_mut() {
+        object.insert("presence".into(), viewers);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// The body of `PATCH /api/tickets/{id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    pub changes: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `PATCH /api/tickets/{id}`: per-field compare-and-set, all or nothing.
+#[patch("/api/tickets/{id}")]
+pub async fn patch(
+    state: web::Data<AppState>,
+    agent: Agent,
+    id: web::Path<i64>,
+    body: web::Json<PatchBody>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let if_match = if_match(&req)?;
+    let changes = serde_json::Value::Object(body.into_inner().changes);
+    let ticket = tickets::patch(&state.db, *id, &agent, &changes, if_match).await?;
+    Ok(raw_json(StatusCode::OK, ticket))
+}
+
+/// Query of `GET /api/tickets/{id}/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub since: i64,
+    pub limit: Option<i32>,
+}
+
+/// `GET /api/tickets/{id}/events?since=&limit=`.
+#[get("/api/tickets/{id}/events")]
+pub async fn events(
+    state: web::Data<AppState>,
+    _agent: Agent,
+    id: web::Path<i64>,
+    query: web::Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let events = tickets::events(&state.db, *id, query.since, query.limit).await?;
+    Ok(raw_json(StatusCode::OK, events))
+}
+
+/// `If-Match: "<version>"` (quotes optional; `W/` weak prefix refused).
+fn if_match(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
+    let Some(value) = req.headers().get("if-match") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_header",
+                "If-Match must be the ticket version in quotes, e.g. \"7\".",
+            )
+        })
+}
+
+/// Message bodies have their own limit (contract §6), below the body limit.
+pub(crate) fn check_message_size(state: &AppState, body: &str) -> Result<(), ApiError> {
+    let limit = state.settings.max_message_bytes;
+    if body.len() > limit {
+        return Err(ApiError::TooLarge(format!(
+            "The message body is {} bytes; the limit is {limit} bytes.",
+            body.len()
+        )));
+    }
+    Ok(())
+}

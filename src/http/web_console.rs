@@ -1,0 +1,47 @@
+//! The agent console: static files from `web/`, embedded in the binary so
+//! `cargo run` is all a newcomer needs, served with a strict CSP.
+
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+use rust_embed::RustEmbed;
+
+#[derive(RustEmbed)]
+#[folder = "web/"]
+#[exclude = "*.md"]
+struct Assets;
+
+const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+                   style-src 'self'; script-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
+/// Register `/` and the console's files.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(index))
+        .route("/{file:[A-Za-z0-9_.-]+\\.(?:js|css|html|svg|png|ico)}", web::get().to(file));
+}
+
+async fn index() -> HttpResponse {
+    serve("index.html")
+}
+
+async fn file(req: HttpRequest) -> HttpResponse {
+    serve(req.match_info().query("file"))
+}
+
+fn serve(name: &str) -> HttpResponse {
+    match Assets::get(name) {
+        Some(content) => {
+            let mime = mime_guess::from_path(name).first_or_octet_stream();
+            HttpResponse::Ok()
+                .content_type(mime.as_ref())
+                .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+                .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                .insert_header((header::REFERRER_POLICY, "no-referrer"))
+                .insert_header((header::CACHE_CONTROL, "no-cache"))
+                .body(content.data.into_owned())
+        }
+        None => HttpResponse::NotFound().json(crate::http::errors::error_body(
+            "not_found",
+            "There is no such file.",
+            Default::default(),
+        )),
+    }
+}

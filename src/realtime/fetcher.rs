@@ -1,0 +1,120 @@
+//! Reads what notifications announced, in batches: one query for the events
+//! of many tickets, one for inbox summaries, one for presence lists.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bytestring::ByteString;
+
+use super::hub::FanoutStats;
+use super::Realtime;
+
+/// Rows read per event query; more are fetched in the next round.
+pub const EVENT_BATCH: i32 = 2000;
+
+/// Wait for wake-ups and serve them until shutdown.
+pub async fn run(rt: Realtime) {
+    loop {
+        tokio::select! {
+            _ = rt.wake.notified() => {}
+            _ = rt.shutdown.cancelled() => return,
+        }
+        loop {
+            let pending = rt.take_pending();
+            if pending.is_empty() {
+                break;
+            }
+            if let Err(e) = serve(&rt, &pending.events, &pending.inbox, &pending.presence).await {
+                tracing::warn!(error = %e, "reading events failed; retrying");
+                // Put the work back; the read is retried after a pause.
+                {
+                    let mut back = rt.lock_pending();
+                    back.events.extend(pending.events);
+                    back.inbox.extend(pending.inbox);
+                    back.presence.extend(pending.presence);
+                }
+                tokio::select! {
+                    _ = rt.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn serve(
+    rt: &Realtime,
+    events: &HashSet<i64>,
+    inbox: &HashSet<i64>,
+    presence: &HashSet<i64>,
+) -> Result<(), tokio_postgres::Error> {
+    let client = match rt.db.client().await {
+        Ok(c) => c,
+        Err(crate::db::DbError::Query(e)) => return Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "no database connection for event reads");
+            // Surface as a retry without a tokio_postgres error value.
+            return retry_later(rt, events, inbox, presence).await;
+        }
+    };
+    let cursors = rt.hub.cursors(events);
+    if !cursors.is_empty() {
+        let (ids, afters): (Vec<i64>, Vec<i64>) = cursors.into_iter().unzip();
+        let statement = client
+            .prepare_cached("SELECT ticket_id, version, frame FROM ld_event_frames($1, $2, $3)")
+            .await?;
+        let rows = client.query(&statement, &[&ids, &afters, &EVENT_BATCH]).await?;
+        rt.metrics.event_fetches.inc();
+        let full = rows.len() as i32 >= EVENT_BATCH;
+        let batch: Vec<(i64, i64, ByteString)> = rows
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), ByteString::from(r.get::<_, String>(2))))
+            .collect();
+        record(rt, rt.hub.fan_out_events(batch));
+        if full {
+            rt.request_catch_up(ids, false);
+        }
+    }
+    if !inbox.is_empty() && rt.hub.has_inbox() {
+        let ids: Vec<i64> = inbox.iter().copied().collect();
+        let statement = client
+            .prepare_cached("SELECT frame FROM ld_inbox_frames($1)")
+            .await?;
+        for row in client.query(&statement, &[&ids]).await? {
+            record(rt, rt.hub.fan_out_inbox(ByteString::from(row.get::<_, String>(0))));
+        }
+    }
+    if !presence.is_empty() {
+        let ids: Vec<i64> = presence.iter().copied().collect();
+        let statement = client
+            .prepare_cached("SELECT ticket_id, frame FROM ld_presence_frames($1)")
+            .await?;
+        for row in client.query(&statement, &[&ids]).await? {
+            let frame = ByteString::from(row.get::<_, String>(1));
+            record(rt, rt.hub.fan_out_ticket_frame(row.get(0), frame));
+        }
+    }
+    Ok(())
+}
+
+async fn retry_later(
+    rt: &Realtime,
+    events: &HashSet<i64>,
+    inbox: &HashSet<i64>,
+    presence: &HashSet<i64>,
+) -> Result<(), tokio_postgres::Error> {
+    {
+        let mut back = rt.lock_pending();
+        back.events.extend(events);
+        back.inbox.extend(inbox);
+        back.presence.extend(presence);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    rt.wake.notify_one();
+    Ok(())
+}
+
+fn record(rt: &Realtime, stats: FanoutStats) {
+    rt.metrics.events_delivered.inc_by(stats.queued);
+    rt.metrics.ws_closed_slow.inc_by(stats.overflowed);
+}

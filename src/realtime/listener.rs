@@ -1,0 +1,97 @@
+//! The dedicated LISTEN connection (never from the pool, never in a
+//! transaction). Its driver forwards notifications to the hub; when it is
+//! lost, the listener reconnects with backoff and asks for a catch-up read of
+//! every watched ticket, so nothing committed meanwhile is missed.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use super::Realtime;
+
+/// How often the idle LISTEN connection is probed (detects a silent loss).
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The ticket id of a `livedesk_events` payload `{"ticket_id": …, "version": …}`.
+pub fn ticket_of(payload: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        ticket_id: i64,
+    }
+    serde_json::from_str::<Payload>(payload)
+        .ok()
+        .map(|p| p.ticket_id)
+}
+
+/// Keep a LISTEN connection up until shutdown.
+pub async fn run(rt: Realtime) {
+    let mut backoff = Duration::from_millis(50);
+    let mut connected_before = false;
+    loop {
+        if rt.shutdown.is_cancelled() {
+            return;
+        }
+        match rt.db.config().connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let relay = rt.clone();
+                let mut driver = tokio::spawn(async move {
+                    let mut messages =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                relay.on_notification(n.channel(), n.payload())
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "LISTEN connection failed");
+                                break;
+                            }
+                        }
+                    }
+                });
+                match client
+                    .batch_execute("LISTEN livedesk_events; LISTEN livedesk_presence")
+                    .await
+                {
+                    Ok(()) => {
+                        rt.set_listener_up(true);
+                        if connected_before {
+                            rt.metrics.listener_reconnects.inc();
+                            tracing::info!("LISTEN connection restored; catching up");
+                        }
+                        connected_before = true;
+                        backoff = Duration::from_millis(50);
+                        // Anything committed while we were not listening is in the log.
+                        rt.request_catch_up(rt.hub.all_tickets(), true);
+                        rt.presence.republish();
+                        loop {
+                            tokio::select! {
+                                _ = &mut driver => break,
+                                _ = rt.shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(PROBE_EVERY) => {
+                                    if client.simple_query("SELECT 1").await.is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "LISTEN failed"),
+                }
+                rt.set_listener_up(false);
+                driver.abort();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the LISTEN connection")
+            }
+        }
+        tokio::select! {
+            _ = rt.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,191 @@
+//! The live side: one LISTEN connection per process, a fetcher that reads the
+//! event log in batches, the hub that fans events out, presence, and the
+//! WebSocket sessions.
+//!
+//! NOTIFY is only a wake-up. The truth is `ticket_events`: every delivery is
+//! read from it by version, so a lost notification (listener down, database
+//! restart) costs a catch-up read, never an event.
+
+pub mod fetcher;
+pub mod hub;
+pub mod listener;
+pub mod presence;
+pub mod protocol;
+pub mod session;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::db::Database;
+use crate::http::Metrics;
+use hub::Hub;
+
+/// Tickets whose events, inbox summaries or presence lists need a read.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub events: HashSet<i64>,
+    pub inbox: HashSet<i64>,
+    pub presence: HashSet<i64>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.inbox.is_empty() && self.presence.is_empty()
+    }
+}
+
+/// Shared state of the realtime side of one process.
+pub struct Inner {
+    pub db: Database,
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub presence: presence::Presence,
+    pub shutdown: CancellationToken,
+    listener_up: AtomicBool,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    next_connection: AtomicU64,
+    connections: AtomicUsize,
+}
+
+/// A cheap handle on the realtime side.
+#[derive(Clone)]
+pub struct Realtime {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Realtime {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Realtime {
+    /// Start the listener, the fetcher and presence upkeep on the current runtime.
+    pub async fn start(
+        db: Database,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Realtime {
+        let presence = presence::Presence::start(db.clone(), settings.clone(), metrics.clone(), shutdown.clone()).await;
+        let realtime = Realtime {
+            inner: Arc::new(Inner {
+                db,
+                hub: Hub::default(),
+                metrics,
+                settings,
+                presence,
+                shutdown,
+                listener_up: AtomicBool::new(false),
+                pending: Mutex::new(Pending::default()),
+                wake: Notify::new(),
+                next_connection: AtomicU64::new(1),
+                connections: AtomicUsize::new(0),
+            }),
+        };
+        tokio::spawn(listener::run(realtime.clone()));
+        tokio::spawn(fetcher::run(realtime.clone()));
+        realtime
+    }
+
+    /// Whether the LISTEN connection is up (for `/healthz`).
+    pub fn listener_up(&self) -> bool {
+        self.listener_up.load(Ordering::Acquire)
+    }
+
+    fn set_listener_up(&self, up: bool) {
+        self.listener_up.store(up, Ordering::Release);
+        self.metrics.listener_up.set(up as i64);
+    }
+
+    /// The current viewers of a ticket (empty if they cannot be read now).
+    pub async fn viewers(&self, ticket_id: i64) -> serde_json::Value {
+        self.presence
+            .viewers(ticket_id)
+            .await
+            .unwrap_or_else(|_| serde_json::json!([]))
+    }
+
+    /// A notification arrived on one of our channels.
+    pub fn on_notification(&self, channel: &str, payload: &str) {
+        let mut pending = self.lock_pending();
+        match channel {
+            "livedesk_events" => {
+                let Some(ticket_id) = listener::ticket_of(payload) else {
+                    tracing::warn!(payload, "ignoring a malformed livedesk_events payload");
+                    return;
+                };
+                if self.hub.wants(ticket_id) {
+                    pending.events.insert(ticket_id);
+                }
+                if self.hub.has_inbox() {
+                    pending.inbox.insert(ticket_id);
+                }
+            }
+            "livedesk_presence" => {
+                if let Ok(ticket_id) = payload.trim().parse::<i64>() {
+                    pending.presence.insert(ticket_id);
+                }
+            }
+            _ => return,
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    /// Ask the fetcher to read these tickets' events (and presence) now.
+    pub fn request_catch_up(&self, tickets: impl IntoIterator<Item = i64>, presence: bool) {
+        let mut pending = self.lock_pending();
+        for ticket in tickets {
+            pending.events.insert(ticket);
+            if presence {
+                pending.presence.insert(ticket);
+            }
+        }
+        drop(pending);
+        self.wake.notify_one();
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take_pending(&self) -> Pending {
+        std::mem::take(&mut *self.lock_pending())
+    }
+
+    /// Reserve a connection slot; `None` when the process is at its cap.
+    pub fn open_connection(&self) -> Option<ConnectionSlot> {
+        let count = self.connections.fetch_add(1, Ordering::AcqRel);
+        if count >= self.settings.max_connections {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.ws_connections.inc();
+        Some(ConnectionSlot {
+            id: self.next_connection.fetch_add(1, Ordering::Relaxed),
+            realtime: self.clone(),
+        })
+    }
+}
+
+/// A reserved connection; frees its slot when dropped.
+pub struct ConnectionSlot {
+    pub id: hub::ConnId,
+    realtime: Realtime,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.realtime.connections.fetch_sub(1, Ordering::AcqRel);
+        self.realtime.metrics.ws_connections.dec();
+    }
+}

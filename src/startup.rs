@@ -1,0 +1,130 @@
+//! Building the application: the database (embedded or given), migrations,
+//! the realtime side and the HTTP server bound to its own listener.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::db::{migrations, Database};
+use crate::http::{self, AppState, Metrics};
+use crate::realtime::Realtime;
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Embedded(#[from] crate::db::embedded::EmbeddedError),
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The database livedesk uses: a `DATABASE_URL`, or its own embedded cluster.
+pub struct DatabaseHandle {
+    pub db: Database,
+    /// Present in the embedded default; stopping it stops PostgreSQL.
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+/// Connect to (or start) the database and apply migrations.
+pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartError> {
+    let (config, embedded) = match &settings.database_url {
+        Some(url) => (Database::parse_url(url)?, None),
+        None => {
+            let mut options = EmbeddedOptions::new(&settings.data_dir);
+            options.unsafe_fast = settings.embedded_unsafe_fast;
+            let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))??;
+            let (dir, port) = pg.socket();
+            tracing::info!(socket = %dir.display(), port, "embedded PostgreSQL is ready");
+            (pg.config(), Some(pg))
+        }
+    };
+    let db = Database::new(config, settings.pool_size as usize)?;
+    if !db.ping().await {
+        // Say why, with the driver's own words.
+        let error = db.client().await.err().map(|e| e.to_string()).unwrap_or_default();
+        return Err(crate::db::DbError::Unavailable(error).into());
+    }
+    migrations::run(&db).await?;
+    Ok(DatabaseHandle { db, embedded })
+}
+
+/// A built, not yet awaited, server and what it needs to stop cleanly.
+pub struct Application {
+    pub address: SocketAddr,
+    pub server: Server,
+    pub realtime: Realtime,
+    pub shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Bind the listener (port 0 picks a free port), start realtime, build the server.
+    pub async fn build(settings: Settings, db: Database) -> Result<Application, StartError> {
+        let listener = TcpListener::bind(settings.bind).map_err(|source| StartError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        let address = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.bind,
+            source,
+        })?;
+        let mut settings = settings;
+        settings.bind = address;
+        let settings = Arc::new(settings);
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let realtime = Realtime::start(db.clone(), settings.clone(), metrics.clone(), shutdown.clone()).await;
+        let state = web::Data::new(AppState {
+            db,
+            settings: settings.clone(),
+            metrics,
+            realtime: realtime.clone(),
+        });
+        let config_settings = settings.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap_fn(http::observe)
+                .configure(|cfg| http::configure(cfg, &config_settings))
+        })
+        .shutdown_timeout(10)
+        .disable_signals();
+        if let Some(workers) = settings.workers {
+            server = server.workers(workers.max(1));
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Bind {
+                addr: address,
+                source,
+            })?
+            .run();
+        Ok(Application {
+            address,
+            server,
+            realtime,
+            shutdown,
+        })
+    }
+
+    /// Serve until the server stops; stops realtime tasks after it.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        self.shutdown.cancel();
+        result
+    }
+}

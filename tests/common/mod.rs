@@ -1,0 +1,289 @@
+//! The shared test harness: one throw-away PostgreSQL cluster per test binary,
+//! a fresh database per test (cloned from a migrated template), and the app
+//! on a free port. Quiet unless `TEST_LOG=1`.
+#![allow(dead_code, clippy::unwrap_used)]
+
+pub mod ws;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use livedesk::config::Settings;
+use livedesk::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use livedesk::db::{migrations, Database};
+use livedesk::domain::{agents, Agent};
+use livedesk::startup::Application;
+use serde_json::Value;
+use tokio_postgres::NoTls;
+
+/// The cluster shared by the tests of one binary.
+pub struct Cluster {
+    pub pg: Mutex<EmbeddedPostgres>,
+    pub dir: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static NEXT_DB: AtomicU32 = AtomicU32::new(1);
+
+/// Start (once) the cluster and its template database.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        // A thread of its own: the caller may already be inside a runtime.
+        std::thread::spawn(start_cluster).join().expect("cluster start panicked")
+    })
+}
+
+fn start_cluster() -> Cluster {
+    if std::env::var_os("TEST_LOG").is_some() {
+        livedesk::telemetry::init(livedesk::config::LogFormat::Human);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-test-")
+        .tempdir_in("/tmp")
+        .expect("temp dir")
+        .keep();
+    let mut options = EmbeddedOptions::new(&dir);
+    options.unsafe_fast = true;
+    let pg = EmbeddedPostgres::start(options).expect("start the test PostgreSQL");
+    let (socket_dir, port) = pg.socket();
+    let socket_dir = socket_dir.to_path_buf();
+    // The watchdog stops the cluster and removes its folder when this test
+    // process ends, however it ends (statics are never dropped).
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(
+            "while kill -0 \"$1\" 2>/dev/null; do sleep 0.5; done; \
+             pid=$(head -1 \"$3/pg/postmaster.pid\" 2>/dev/null); \
+             [ -n \"$pid\" ] && kill -INT \"$pid\" 2>/dev/null; \
+             for i in $(seq 1 100); do [ -n \"$pid\" ] && kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done; \
+             rm -rf \"$3\"",
+        )
+        .arg("watchdog")
+        .arg(std::process::id().to_string())
+        .arg(pg.pid().unwrap_or(0).to_string())
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn the cluster watchdog");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let db = Database::new(pg.config(), 2).unwrap();
+        migrations::run(&db).await.expect("migrate the template");
+    });
+    drop(runtime);
+    Cluster {
+        pg: Mutex::new(pg),
+        dir,
+        socket_dir,
+        port,
+    }
+}
+
+use std::os::unix::process::CommandExt;
+
+impl Cluster {
+    /// Settings for a database of this cluster.
+    pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.socket_dir)
+            .port(self.port)
+            .user("livedesk")
+            .dbname(dbname);
+        config
+    }
+
+    /// A `DATABASE_URL` for another process.
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "host={} port={} user=livedesk dbname={dbname}",
+            self.socket_dir.display(),
+            self.port
+        )
+    }
+
+    /// Restart the PostgreSQL server (same socket and port).
+    pub fn restart(&self) {
+        self.pg.lock().unwrap().restart().expect("restart PostgreSQL");
+    }
+}
+
+/// A fresh database cloned from the migrated template.
+pub async fn fresh_database() -> String {
+    let cluster = cluster();
+    let name = format!("t_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+    let (client, connection) = cluster.config("postgres").connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut tries = 0;
+    loop {
+        match client
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE livedesk"))
+            .await
+        {
+            Ok(()) => break,
+            Err(e) if tries < 50 => {
+                // Another test may be cloning the template at this instant.
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("cannot create {name}: {e}"),
+        }
+    }
+    name
+}
+
+/// A running app on a free port over its own database.
+pub struct TestApp {
+    pub address: std::net::SocketAddr,
+    pub base: String,
+    pub dbname: String,
+    pub db: Database,
+    pub http: reqwest::Client,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    server: actix_web::dev::ServerHandle,
+    join: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Settings for a test app (defaults, port 0, small pool).
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::defaults();
+    settings.bind = "127.0.0.1:0".parse().unwrap();
+    settings.database_url = None;
+    settings.pool_size = 8;
+    settings.workers = Some(2);
+    settings.allowed_origins = Vec::new();
+    settings
+}
+
+impl TestApp {
+    /// A new database and an app serving it.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(test_settings()).await
+    }
+
+    /// Same, with custom settings.
+    pub async fn spawn_with(settings: Settings) -> TestApp {
+        let dbname = fresh_database().await;
+        Self::spawn_on(dbname, settings).await
+    }
+
+    /// An app on an existing database (several processes on one database).
+    pub async fn spawn_on(dbname: String, settings: Settings) -> TestApp {
+        let db = Database::new(cluster().config(&dbname), settings.pool_size as usize).unwrap();
+        let app = Application::build(settings, db.clone()).await.unwrap();
+        let address = app.address;
+        let shutdown = app.shutdown.clone();
+        let server = app.server.handle();
+        let join = tokio::spawn(app.run_until_stopped());
+        let test = TestApp {
+            address,
+            base: format!("http://{address}"),
+            dbname,
+            db,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            shutdown,
+            server,
+            join: Some(join),
+        };
+        test.wait_healthy().await;
+        test
+    }
+
+    /// Wait until `/healthz` says 200 (the listener is up).
+    pub async fn wait_healthy(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = self.http.get(format!("{}/healthz", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the app never became healthy");
+    }
+
+    /// A new agent and its token.
+    pub async fn agent(&self, name: &str, role: &str) -> (Agent, String) {
+        let email = format!("{}-{}@test.local", name.to_lowercase(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        let (agent, token) = agents::add(&self.db, name, &email, role).await.unwrap();
+        (agent, token.0)
+    }
+
+    /// A direct SQL connection, as another service would have.
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        let (client, connection) = cluster().config(&self.dbname).connect(NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// An authenticated request builder.
+    pub fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(token)
+    }
+
+    /// GET → (status, JSON).
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        send(self.req(reqwest::Method::GET, path, token)).await
+    }
+
+    /// POST JSON → (status, JSON).
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        send(self.req(reqwest::Method::POST, path, token).json(&body)).await
+    }
+
+    /// PATCH JSON → (status, JSON).
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        send(self.req(reqwest::Method::PATCH, path, token).json(&body)).await
+    }
+
+    /// Create a ticket over HTTP; its JSON.
+    pub async fn ticket(&self, token: &str, subject: &str) -> Value {
+        let (status, body) = self
+            .post("/api/tickets", token, serde_json::json!({"subject": subject}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// Stop the server and its realtime tasks.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        self.server.stop(false).await;
+        if let Some(join) = self.join.take() {
+            let _ = join.await;
+        }
+    }
+}
+
+/// Send and decode (non-JSON bodies become a string value).
+pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Assert the contract's error shape and return the code.
+pub fn error_code(body: &Value) -> &str {
+    let error = body.get("error").unwrap_or_else(|| panic!("no error object in {body}"));
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
+    error["code"].as_str().unwrap_or_else(|| panic!("no code in {body}"))
+}

@@ -1,0 +1,262 @@
+/*
+ * livedesk agent console — entry point: login, the shell (top bar, connection
+ * state, logout), routing (#/tickets/<id>), the inbox and the ticket view.
+ * Modules: livedesk-client.js (API + WebSocket), dom.js (DOM helpers),
+ * inbox.js (InboxView), ticket.js (TicketView).
+ *
+ * Stable data-testid attributes for browser tests:
+ *   login-token            the token input on the login form
+ *   login-submit           the login button
+ *   login-error            why the login failed
+ *   logout                 the logout button
+ *   me-name                the logged-in agent's name
+ *   conn-state             connection indicator; data-state = connecting|live|reconnecting|offline
+ *   inbox-list             the list of inbox rows
+ *   inbox-row-<id>         one inbox row (a link); data-status
+ *   inbox-assignee-<id>    the assignee name in a row
+ *   inbox-refresh          reload the inbox
+ *   filter-status          inbox filter: '' (any) | new | open | pending | resolved | closed
+ *   filter-assignee        inbox filter: '' (anyone) | me | none
+ *   filter-tag             inbox filter: a tag (Enter applies)
+ *   ticket-view            the open ticket; data-ticket-id
+ *   ticket-subject         subject input
+ *   subject-save           save the subject (Enter in the input too)
+ *   ticket-status          status select
+ *   ticket-priority        priority select
+ *   ticket-notice          general notices of the ticket view
+ *   assignee-name          assignee's name ("Unassigned"); data-assignee-id
+ *   take-button            assign to me (if a colleague holds it: shows already-taken)
+ *   take-over              explicit "Take over from <name>" in the already-taken notice
+ *   release-button         unassign me
+ *   already-taken          notice "Already taken by <name>"
+ *   tag-chip-<tag>         a tag chip
+ *   tag-remove-<tag>       remove that tag
+ *   tag-input              new tag input (comma-separated allowed)
+ *   tag-add                add the tag(s)
+ *   conversation           the message list
+ *   message-<id>           one message; data-kind = customer|reply|note
+ *   typing-indicator       "<name> is typing…"
+ *   composer-body          composer textarea (Ctrl+Enter sends)
+ *   composer-kind          composer select: reply | note
+ *   composer-send          send button
+ *   composer-error         a send that failed (draft kept)
+ *   duplicate-notice       "<name> just replied:" after a 409 duplicate_reply
+ *   duplicate-reply-<id>   a colleague's reply shown in the duplicate notice
+ *   discard-draft          drop my draft
+ *   send-anyway            resend, having seen the colleague's reply
+ *   presence-bar           the colleagues on the ticket
+ *   presence-<agentId>     one colleague; data-state = viewing|typing|idle
+ *   field-<key>            custom field editor (multiselect: a fieldset of
+ *                          checkboxes field-<key>-<option>)
+ *   field-conflict-<name>  conflict notice next to a field; <name> is the PATCH
+ *                          field: subject, status, priority, custom_fields.<key>
+ *   conflict-current-<name>, conflict-keep-mine-<name>, conflict-use-theirs-<name>
+ *                          the current value / "Use mine" / "Keep theirs" in it
+ */
+
+import { LivedeskClient } from './livedesk-client.js';
+import { h, replaceChildren, avatar } from './dom.js';
+import { InboxView } from './inbox.js';
+import { TicketView } from './ticket.js';
+
+const TOKEN_KEY = 'livedesk.token';
+const root = document.getElementById('app');
+
+/** The logged-in session: {client, me, fields, inbox, ticketView, offs[]} */
+let session = null;
+
+const STATE_TEXT = {
+  connecting: 'Connecting…',
+  live: 'Live',
+  reconnecting: 'Reconnecting…',
+  offline: 'Offline',
+};
+
+/** `#token=…` in the URL: keep it for the session and remove it from the URL. */
+function takeTokenFromFragment() {
+  const m = /^#(?:.*&)?token=([^&]+)/.exec(location.hash);
+  if (!m) return null;
+  const token = decodeURIComponent(m[1]);
+  sessionStorage.setItem(TOKEN_KEY, token);
+  history.replaceState(null, '', location.pathname + location.search);
+  return token;
+}
+
+async function boot() {
+  takeTokenFromFragment();
+  window.addEventListener('hashchange', onHashChange);
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) await start(token);
+  else showLogin();
+}
+
+function onHashChange() {
+  if (takeTokenFromFragment()) {
+    // A login link opened in this tab: switch to that agent.
+    endSession();
+    start(sessionStorage.getItem(TOKEN_KEY));
+    return;
+  }
+  if (session) route();
+}
+
+// ------------------------------------------------------------------ login
+
+function showLogin(message) {
+  document.title = 'livedesk — log in';
+  const input = h('input', {
+    id: 'login-token',
+    type: 'password',
+    required: true,
+    autocomplete: 'current-password',
+    spellcheck: 'false',
+    dataset: { testid: 'login-token' },
+    'aria-describedby': 'login-help',
+  });
+  const error = h('p', { class: 'login-error', role: 'alert', dataset: { testid: 'login-error' } }, message || '');
+  const form = h(
+    'form',
+    {
+      class: 'login-card',
+      'aria-labelledby': 'login-title',
+      onsubmit: (e) => {
+        e.preventDefault();
+        const token = input.value.trim();
+        if (!token) return;
+        sessionStorage.setItem(TOKEN_KEY, token);
+        start(token);
+      },
+    },
+    h('h1', { id: 'login-title' }, 'livedesk'),
+    h('p', { id: 'login-help', class: 'muted' }, 'Log in with your agent token (printed by ', h('code', {}, 'livedesk agent add'), ') or open your login link.'),
+    h('label', { for: 'login-token' }, 'Access token'),
+    input,
+    error,
+    h('button', { type: 'submit', class: 'btn btn-primary', dataset: { testid: 'login-submit' } }, 'Log in'),
+  );
+  replaceChildren(root, h('main', { class: 'login' }, form));
+  input.focus();
+}
+
+// ------------------------------------------------------------------ session
+
+async function start(token) {
+  replaceChildren(root, h('p', { class: 'loading', role: 'status' }, 'Logging in…'));
+  const client = new LivedeskClient({ token });
+  let me;
+  try {
+    me = await client.me();
+  } catch (e) {
+    if (e.status === 401 || e.status === 403) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showLogin('That token was not accepted. Check it and try again.');
+    } else {
+      showLogin(`Cannot reach livedesk (${e.message}). Try again.`);
+    }
+    return;
+  }
+  let fields = [];
+  try {
+    fields = await client.listFields();
+  } catch (e) {
+    console.warn('could not load field definitions', e);
+  }
+
+  session = { client, me, fields, inbox: null, ticketView: null, offs: [] };
+  buildShell();
+  session.offs.push(client.on('unauthorized', () => logout('Your session has ended. Please log in again.')));
+  client.connect();
+  session.inbox.load();
+  route();
+}
+
+function buildShell() {
+  const { client, me } = session;
+  const conn = h('div', { class: 'conn-state', role: 'status', 'aria-live': 'polite', dataset: { testid: 'conn-state', state: client.state } });
+  const renderConn = (state) => {
+    conn.dataset.state = state;
+    replaceChildren(conn, h('span', { class: 'conn-dot', 'aria-hidden': 'true' }), h('span', {}, STATE_TEXT[state] || state));
+  };
+  renderConn(client.state);
+  let wasLive = false;
+  session.offs.push(
+    client.on('state', (state) => {
+      renderConn(state);
+      // Inbox frames sent while we were away are lost: reload the list.
+      if (state === 'live') {
+        if (wasLive) session.inbox.load();
+        wasLive = true;
+      }
+    }),
+  );
+
+  session.inbox = new InboxView({ client, me });
+  session.ticketPane = h('section', { class: 'ticket-pane', id: 'ticket-pane', tabindex: '-1', 'aria-label': 'Ticket' });
+
+  replaceChildren(
+    root,
+    h('a', { class: 'skip-link', href: '#ticket-pane', onclick: skipToTicket }, 'Skip to ticket'),
+    h(
+      'header',
+      { class: 'topbar' },
+      h('h1', { class: 'brand' }, h('a', { href: '#/' }, 'livedesk')),
+      conn,
+      h('div', { class: 'me' }, avatar(me, { size: 'sm' }), h('span', { dataset: { testid: 'me-name' } }, me.name)),
+      h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'logout' }, onclick: () => logout() }, 'Log out'),
+    ),
+    h('main', { class: 'layout' }, h('div', { class: 'inbox-pane' }, session.inbox.el), session.ticketPane),
+  );
+}
+
+function skipToTicket(e) {
+  e.preventDefault();
+  session && session.ticketPane.focus();
+}
+
+function route() {
+  const m = /^#\/tickets\/(\d+)/.exec(location.hash);
+  const id = m ? Number(m[1]) : null;
+  const current = session.ticketView;
+  if (current && current.id === id) return;
+  if (current) current.destroy();
+  session.ticketView = null;
+  session.inbox.select(id);
+  if (id === null) {
+    document.title = 'livedesk';
+    replaceChildren(session.ticketPane, h('p', { class: 'placeholder muted' }, 'Select a ticket in the inbox.'));
+    return;
+  }
+  const view = new TicketView({
+    client: session.client,
+    me: session.me,
+    fields: session.fields,
+    id,
+    onTicket: (t) => {
+      if (session && session.ticketView === view) {
+        document.title = `#${t.id} ${t.subject || ''} — livedesk`;
+        session.inbox.updateFromTicket(t);
+      }
+    },
+  });
+  session.ticketView = view;
+  replaceChildren(session.ticketPane, view.el);
+  view.load();
+}
+
+function endSession() {
+  if (!session) return;
+  if (session.ticketView) session.ticketView.destroy();
+  if (session.inbox) session.inbox.destroy();
+  for (const off of session.offs) off();
+  session.client.disconnect();
+  session = null;
+}
+
+function logout(message) {
+  endSession();
+  sessionStorage.removeItem(TOKEN_KEY);
+  history.replaceState(null, '', location.pathname + location.search);
+  showLogin(message);
+}
+
+boot();

@@ -1,0 +1,635 @@
+/**
+ * livedesk-client.js — a dependency-free client for the livedesk HTTP API
+ * (contract §5) and WebSocket protocol (contract §6).
+ *
+ * It works in any modern browser as a plain ES module (no build step). It only
+ * needs `fetch`, `WebSocket` and `URL`, so it also runs in Node >= 22 or Deno
+ * when you pass an absolute `baseUrl`.
+ *
+ * HTTP: every method returns a Promise of the decoded JSON answer and throws an
+ * {@link ApiError} (with `.status`, `.code`, `.body`) on any non-2xx answer.
+ *
+ * WebSocket: `connect()` opens `/ws?access_token=…` on the same origin as
+ * `baseUrl`, answers the server's `hello` by starting a `ping` heartbeat every
+ * `heartbeat_ms`, and on any loss reconnects with exponential backoff. After a
+ * reconnect every subscribed ticket is re-subscribed with `since` = the last
+ * version this client applied, so nothing is missed; events whose version is
+ * not newer than the applied one are dropped, so nothing doubles; and if a gap
+ * is ever seen the ticket is re-subscribed with `since` (and caught up over
+ * HTTP as a safety net). Close code 1013 ("too slow") reconnects at once;
+ * close code 4001 ("unauthorized") stops and emits `unauthorized`.
+ *
+ * Events emitted (subscribe with `client.on(name, fn)`, which returns an
+ * unsubscribe function):
+ *   - `state`        (state: 'connecting'|'live'|'reconnecting'|'offline')
+ *   - `hello`        (helloFrame)      — each time a connection becomes live
+ *   - `unauthorized` (reason)          — token refused (HTTP 401 or close 4001)
+ *   - `server-error` (errorFrame)      — a frame was refused ({code, message})
+ *   - `frame`        (anyFrame)        — every server frame, for debugging
+ *
+ * @example
+ * import { LivedeskClient, ApiError } from './livedesk-client.js';
+ *
+ * const client = new LivedeskClient({ token: sessionStorage.getItem('token') });
+ * const me = await client.me();
+ * client.on('state', (s) => console.log('connection:', s));
+ * client.connect();
+ *
+ * const { ticket, messages } = await client.getTicket(42);
+ * client.subscribe(42, {
+ *   onSnapshot: ({ ticket, messages }) => render(ticket, messages),
+ *   onEvent: (ev) => apply(ev),              // in version order, exactly once
+ *   onPresence: (viewers) => showAvatars(viewers),
+ * }, { since: ticket.version });             // we already have this version
+ * client.setPresence(42, 'typing');
+ *
+ * try {
+ *   await client.patchTicket(42, { status: { from: 'new', to: 'open' } });
+ * } catch (e) {
+ *   if (e instanceof ApiError && e.code === 'field_conflict') {
+ *     console.log(e.body.error.fields); // { status: { expected, current } }
+ *   }
+ * }
+ */
+
+/** An HTTP answer that was not 2xx. */
+export class ApiError extends Error {
+  /**
+   * @param {number} status HTTP status (0 for a network failure)
+   * @param {any} body the decoded JSON answer (`{error: {code, message, ...}}`) or null
+   */
+  constructor(status, body) {
+    const err = body && typeof body === 'object' ? body.error : null;
+    super((err && err.message) || `HTTP ${status}`);
+    this.name = 'ApiError';
+    /** HTTP status code; 0 when the request never got an answer. */
+    this.status = status;
+    /** The machine-readable `error.code` (e.g. `field_conflict`), or `http_<status>`. */
+    this.code = (err && err.code) || (status === 0 ? 'network_error' : `http_${status}`);
+    /** The whole decoded answer; details (e.g. `fields`, `assignee`, `replies`) live in `body.error`. */
+    this.body = body;
+  }
+  /** The `error` object of the answer (details included), or `{}`. */
+  get details() {
+    return (this.body && this.body.error) || {};
+  }
+}
+
+/** Connection states, in the order a healthy connection goes through them. */
+export const ConnectionState = Object.freeze({
+  CONNECTING: 'connecting',
+  LIVE: 'live',
+  RECONNECTING: 'reconnecting',
+  OFFLINE: 'offline',
+});
+
+const BACKOFF_MIN_MS = 500;
+const BACKOFF_MAX_MS = 30000;
+const DEFAULT_HEARTBEAT_MS = 15000;
+const EVENTS_PAGE = 500;
+
+export class LivedeskClient {
+  /**
+   * @param {object} options
+   * @param {string} [options.baseUrl] origin (and optional path prefix) of the server;
+   *   default: the page's origin
+   * @param {string} options.token the agent's bearer token
+   * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation (default: global)
+   */
+  constructor({ baseUrl, token, WebSocket: WS } = {}) {
+    const fallback = typeof location !== 'undefined' ? location.origin : undefined;
+    this.baseUrl = String(baseUrl || fallback || '').replace(/\/+$/, '');
+    this.token = token;
+    this._WS = WS || globalThis.WebSocket;
+
+    this._listeners = new Map();
+    /** @type {Map<number, {handlers: object, version: number|null, presence: string, resyncing: boolean}>} */
+    this._subs = new Map();
+    this._inboxHandlers = new Set();
+
+    this._ws = null;
+    this._state = ConnectionState.OFFLINE;
+    this._wanted = false; // connect() called and not disconnect()ed
+    this._attempt = 0;
+    this._retryTimer = null;
+    this._pingTimer = null;
+    this._lastFrameAt = 0;
+    this._heartbeatMs = DEFAULT_HEARTBEAT_MS;
+    this.agent = null; // from `hello`
+
+    this._onOnline = () => {
+      if (this._wanted && !this._ws) this._openNow();
+    };
+    this._onOffline = () => {
+      if (this._wanted && this._state !== ConnectionState.LIVE) this._setState(ConnectionState.OFFLINE);
+    };
+  }
+
+  // ------------------------------------------------------------ events
+
+  /**
+   * Listen to a client event (`state`, `hello`, `unauthorized`, `server-error`, `frame`).
+   * @returns {() => void} a function that removes the listener
+   */
+  on(name, fn) {
+    if (!this._listeners.has(name)) this._listeners.set(name, new Set());
+    this._listeners.get(name).add(fn);
+    return () => this._listeners.get(name)?.delete(fn);
+  }
+
+  _emit(name, ...args) {
+    for (const fn of [...(this._listeners.get(name) || [])]) {
+      try {
+        fn(...args);
+      } catch (e) {
+        console.error(`livedesk-client: "${name}" listener failed`, e);
+      }
+    }
+  }
+
+  /** The current connection state: 'connecting' | 'live' | 'reconnecting' | 'offline'. */
+  get state() {
+    return this._state;
+  }
+
+  _setState(s) {
+    if (this._state === s) return;
+    this._state = s;
+    this._emit('state', s);
+  }
+
+  // ------------------------------------------------------------ HTTP
+
+  /**
+   * Low-level request. Prefer the named methods.
+   * @param {string} method
+   * @param {string} path e.g. `/api/tickets/42`
+   * @param {{query?: object, body?: any, headers?: object}} [opts]
+   */
+  async request(method, path, { query, body, headers } = {}) {
+    let url = this.baseUrl + path;
+    if (query) {
+      const qs = new URLSearchParams();
+      for (const [k, v] of Object.entries(query)) {
+        if (v !== undefined && v !== null && v !== '') qs.set(k, String(v));
+      }
+      const s = qs.toString();
+      if (s) url += '?' + s;
+    }
+    const init = {
+      method,
+      headers: { Accept: 'application/json', ...(headers || {}) },
+    };
+    if (this.token) init.headers.Authorization = `Bearer ${this.token}`;
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(url, init);
+    } catch (e) {
+      throw new ApiError(0, { error: { code: 'network_error', message: `Network error: ${e.message}` } });
+    }
+    const text = await res.text();
+    let data = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = { error: { code: `http_${res.status}`, message: text.slice(0, 200) } };
+      }
+    }
+    if (!res.ok) {
+      const err = new ApiError(res.status, data);
+      if (res.status === 401) this._emit('unauthorized', err.message);
+      throw err;
+    }
+    return data;
+  }
+
+  /** GET /api/me — the agent of the token: `{id, name, email, avatar_url, role}`. */
+  me() {
+    return this.request('GET', '/api/me');
+  }
+
+  /**
+   * GET /api/tickets — newest first.
+   * @param {{status?: string, assignee?: 'me'|'none'|number|string, tag?: string, limit?: number, before?: any}} [filters]
+   * @returns {Promise<object[]>} the tickets
+   */
+  async listTickets(filters = {}) {
+    const { status, assignee, tag, limit, before } = filters;
+    const data = await this.request('GET', '/api/tickets', { query: { status, assignee, tag, limit, before } });
+    return (data && data.tickets) || [];
+  }
+
+  /**
+   * POST /api/tickets
+   * @param {{subject?: string, channel?: string, customer?: {email: string, name?: string}, body?: string}} ticket
+   * @returns {Promise<object>} the created ticket
+   */
+  createTicket(ticket) {
+    return this.request('POST', '/api/tickets', { body: ticket });
+  }
+
+  /**
+   * GET /api/tickets/{id}
+   * @returns {Promise<{ticket: object, messages: object[], presence: object[]}>}
+   */
+  getTicket(id) {
+    return this.request('GET', `/api/tickets/${encodeURIComponent(id)}`);
+  }
+
+  /**
+   * PATCH /api/tickets/{id} — all-or-nothing compare-and-set of fields.
+   * @param {number} id
+   * @param {Object<string, {from: any, to: any}>} changes e.g.
+   *   `{status: {from: 'new', to: 'open'}, 'custom_fields.plan': {from: null, to: 'pro'}}`
+   * @param {number} [ifMatch] demand that the whole ticket is still at this version
+   * @returns {Promise<object>} the ticket after the change.
+   *   Throws ApiError 409 `field_conflict` (`details.fields`), `already_assigned`
+   *   (`details.assignee`) or `stale_version`.
+   */
+  patchTicket(id, changes, ifMatch) {
+    const headers = ifMatch !== undefined && ifMatch !== null ? { 'If-Match': `"${ifMatch}"` } : undefined;
+    return this.request('PATCH', `/api/tickets/${encodeURIComponent(id)}`, { body: { changes }, headers });
+  }
+
+  /**
+   * POST /api/tickets/{id}/messages
+   * @param {number} id
+   * @param {{kind: 'reply'|'note'|'customer', body: string, seen_message_id?: number, client_id?: string, customer?: object}} message
+   * @returns {Promise<object>} the message (also when a retried client_id returns the stored one).
+   *   Throws ApiError 409 `duplicate_reply` with `details.replies`.
+   */
+  postMessage(id, message) {
+    return this.request('POST', `/api/tickets/${encodeURIComponent(id)}/messages`, { body: message });
+  }
+
+  /**
+   * POST /api/tickets/{id}/tags — deltas only; adding a present tag or removing
+   * an absent one is a no-op.
+   * @param {number} id
+   * @param {string[]} [add]
+   * @param {string[]} [remove]
+   * @returns {Promise<{tags: string[], version: number}>}
+   */
+  changeTags(id, add = [], remove = []) {
+    return this.request('POST', `/api/tickets/${encodeURIComponent(id)}/tags`, { body: { add, remove } });
+  }
+
+  /**
+   * GET /api/tickets/{id}/events — in version order.
+   * @param {number} id
+   * @param {{since?: number, limit?: number}} [opts]
+   * @returns {Promise<object[]>} the events
+   */
+  async listEvents(id, { since, limit } = {}) {
+    const data = await this.request('GET', `/api/tickets/${encodeURIComponent(id)}/events`, { query: { since, limit } });
+    return (data && data.events) || [];
+  }
+
+  /**
+   * GET /api/fields — custom field definitions `{key, label, type, options, position}`,
+   * sorted by position.
+   * @returns {Promise<object[]>}
+   */
+  async listFields() {
+    const data = await this.request('GET', '/api/fields');
+    const list = Array.isArray(data) ? data : (data && data.fields) || [];
+    return [...list].sort((a, b) => (a.position ?? 0) - (b.position ?? 0));
+  }
+
+  /** PUT /api/fields/{key} (admin) — create or change a field definition. */
+  putField(key, definition) {
+    return this.request('PUT', `/api/fields/${encodeURIComponent(key)}`, { body: definition });
+  }
+
+  // ------------------------------------------------------------ WebSocket
+
+  /** Open the WebSocket (idempotent). Reconnects by itself until `disconnect()`. */
+  connect() {
+    if (this._wanted) return;
+    this._wanted = true;
+    this._attempt = 0;
+    if (typeof addEventListener === 'function') {
+      addEventListener('online', this._onOnline);
+      addEventListener('offline', this._onOffline);
+    }
+    this._setState(ConnectionState.CONNECTING);
+    this._openNow();
+  }
+
+  /** Close the WebSocket and stop reconnecting. Subscriptions are kept for a later `connect()`. */
+  disconnect() {
+    this._wanted = false;
+    if (typeof removeEventListener === 'function') {
+      removeEventListener('online', this._onOnline);
+      removeEventListener('offline', this._onOffline);
+    }
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._stopHeartbeat();
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(1000, 'bye');
+      } catch {
+        /* already closed */
+      }
+    }
+    this._setState(ConnectionState.OFFLINE);
+  }
+
+  _wsUrl() {
+    const base = new URL(this.baseUrl + '/', typeof location !== 'undefined' ? location.href : undefined);
+    base.protocol = base.protocol === 'https:' ? 'wss:' : 'ws:';
+    const url = new URL('ws', base);
+    url.searchParams.set('access_token', this.token || '');
+    return url.toString();
+  }
+
+  _openNow() {
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    if (!this._wanted || this._ws) return;
+    let ws;
+    try {
+      ws = new this._WS(this._wsUrl());
+    } catch (e) {
+      console.error('livedesk-client: cannot open WebSocket', e);
+      this._scheduleReconnect();
+      return;
+    }
+    this._ws = ws;
+    ws.onmessage = (m) => this._onFrame(m.data);
+    ws.onclose = (ev) => this._onClose(ws, ev);
+    ws.onerror = () => {
+      /* a close event always follows */
+    };
+  }
+
+  _onClose(ws, ev) {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    this._stopHeartbeat();
+    for (const sub of this._subs.values()) sub.subscribed = false;
+    if (!this._wanted) return;
+    if (ev.code === 4001) {
+      this._wanted = false;
+      this._setState(ConnectionState.OFFLINE);
+      this._emit('unauthorized', ev.reason || 'unauthorized');
+      return;
+    }
+    // 1013 = "too slow, reconnect with since": come back at once.
+    this._scheduleReconnect(ev.code === 1013 ? 0 : undefined);
+  }
+
+  _scheduleReconnect(delayMs) {
+    if (!this._wanted) return;
+    const offline = typeof navigator !== 'undefined' && navigator.onLine === false;
+    this._setState(offline ? ConnectionState.OFFLINE : ConnectionState.RECONNECTING);
+    if (delayMs === undefined) {
+      const exp = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt);
+      delayMs = exp / 2 + Math.random() * (exp / 2); // jitter
+    }
+    this._attempt += 1;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = setTimeout(() => this._openNow(), delayMs);
+  }
+
+  _send(frame) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1 || this._state !== ConnectionState.LIVE) return false;
+    ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  _startHeartbeat() {
+    this._stopHeartbeat();
+    this._lastFrameAt = Date.now();
+    const every = Math.max(1000, this._heartbeatMs);
+    this._pingTimer = setInterval(() => {
+      // Nothing heard (not even a pong) for two periods: the link is dead.
+      if (Date.now() - this._lastFrameAt > 2 * every + 1000) {
+        const ws = this._ws;
+        this._ws = null;
+        this._stopHeartbeat();
+        if (ws) {
+          ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+          try {
+            ws.close(4000, 'heartbeat timeout');
+          } catch {
+            /* ignore */
+          }
+        }
+        for (const sub of this._subs.values()) sub.subscribed = false;
+        this._scheduleReconnect();
+        return;
+      }
+      this._send({ type: 'ping' });
+    }, every);
+  }
+
+  _stopHeartbeat() {
+    clearInterval(this._pingTimer);
+    this._pingTimer = null;
+  }
+
+  _onFrame(raw) {
+    this._lastFrameAt = Date.now();
+    let f;
+    try {
+      f = JSON.parse(raw);
+    } catch {
+      console.warn('livedesk-client: ignoring a non-JSON frame');
+      return;
+    }
+    this._emit('frame', f);
+    switch (f.type) {
+      case 'hello':
+        return this._onHello(f);
+      case 'subscribed': {
+        const sub = this._subs.get(Number(f.ticket_id));
+        if (!sub) return;
+        sub.subscribed = true;
+        sub.resyncing = false;
+        // Presence starts as 'viewing' on subscribe; restore what we said before.
+        if (sub.presence && sub.presence !== 'viewing') {
+          this._send({ type: 'presence', ticket_id: Number(f.ticket_id), state: sub.presence });
+        }
+        return this._call(sub, 'onSubscribed', f);
+      }
+      case 'snapshot': {
+        const id = Number(f.ticket && f.ticket.id);
+        const sub = this._subs.get(id);
+        if (!sub) return;
+        sub.version = f.ticket.version;
+        return this._call(sub, 'onSnapshot', f);
+      }
+      case 'event':
+        return this._onEvent(f);
+      case 'presence': {
+        const sub = this._subs.get(Number(f.ticket_id));
+        if (sub) this._call(sub, 'onPresence', f.viewers || [], f);
+        return;
+      }
+      case 'inbox':
+        for (const fn of [...this._inboxHandlers]) {
+          try {
+            fn(f.ticket, f);
+          } catch (e) {
+            console.error('livedesk-client: inbox handler failed', e);
+          }
+        }
+        return;
+      case 'error':
+        return this._emit('server-error', f);
+      case 'pong':
+        return;
+      default:
+        return; // unknown frame types are allowed by the contract (it may add)
+    }
+  }
+
+  _onHello(f) {
+    this.agent = f.agent || null;
+    this._heartbeatMs = Number(f.heartbeat_ms) || DEFAULT_HEARTBEAT_MS;
+    this._attempt = 0;
+    this._setState(ConnectionState.LIVE);
+    this._startHeartbeat();
+    for (const [id, sub] of this._subs) this._sendSubscribe(id, sub);
+    if (this._inboxHandlers.size) this._send({ type: 'subscribe_inbox' });
+    this._emit('hello', f);
+  }
+
+  _sendSubscribe(id, sub) {
+    const frame = { type: 'subscribe', ticket_id: id };
+    if (sub.version !== null && sub.version !== undefined) frame.since = sub.version;
+    this._send(frame);
+  }
+
+  _onEvent(ev) {
+    const id = Number(ev.ticket_id);
+    const sub = this._subs.get(id);
+    if (!sub) return;
+    const v = Number(ev.version);
+    if (sub.version !== null && v <= sub.version) return; // already applied: drop
+    if (sub.version !== null && v > sub.version + 1) {
+      // A gap: never apply out of order. Ask again from what we have.
+      this._resync(id, sub);
+      return;
+    }
+    sub.version = v;
+    this._call(sub, 'onEvent', ev);
+  }
+
+  /** Re-subscribe with `since` over WS, and catch up over HTTP meanwhile. */
+  _resync(id, sub) {
+    if (sub.resyncing) return;
+    sub.resyncing = true;
+    this._sendSubscribe(id, sub);
+    const catchUp = async () => {
+      for (;;) {
+        if (this._subs.get(id) !== sub) return;
+        const since = sub.version;
+        const events = await this.listEvents(id, { since, limit: EVENTS_PAGE });
+        for (const ev of events) this._onEvent(ev);
+        if (events.length < EVENTS_PAGE || sub.version === since) return;
+      }
+    };
+    catchUp()
+      .catch((e) => console.warn('livedesk-client: catch-up over HTTP failed', e))
+      .finally(() => {
+        sub.resyncing = false;
+      });
+  }
+
+  _call(sub, name, ...args) {
+    const fn = sub.handlers && sub.handlers[name];
+    if (!fn) return;
+    try {
+      fn(...args);
+    } catch (e) {
+      console.error(`livedesk-client: ${name} handler failed`, e);
+    }
+  }
+
+  /**
+   * Follow one ticket: snapshot (unless `since` is given), then every event
+   * exactly once and in version order, across reconnects. One subscription per
+   * ticket: subscribing again replaces the handlers.
+   * @param {number} ticketId
+   * @param {{onSnapshot?: Function, onEvent?: Function, onPresence?: Function, onSubscribed?: Function}} handlers
+   *   onSnapshot({ticket, messages}); onEvent(event); onPresence(viewers, frame); onSubscribed({ticket_id, version})
+   * @param {{since?: number}} [opts] the version you already have (e.g. from getTicket)
+   * @returns {() => void} unsubscribes
+   */
+  subscribe(ticketId, handlers, { since } = {}) {
+    const id = Number(ticketId);
+    const existing = this._subs.get(id);
+    if (existing) {
+      existing.handlers = handlers || {};
+      if (since !== undefined && since !== null && (existing.version === null || since > existing.version)) {
+        existing.version = since;
+      }
+      return () => this.unsubscribe(id);
+    }
+    const sub = {
+      handlers: handlers || {},
+      version: since !== undefined && since !== null ? Number(since) : null,
+      presence: 'viewing',
+      subscribed: false,
+      resyncing: false,
+    };
+    this._subs.set(id, sub);
+    this._sendSubscribe(id, sub);
+    return () => this.unsubscribe(id);
+  }
+
+  /** Stop following a ticket (also removes my presence there). */
+  unsubscribe(ticketId) {
+    const id = Number(ticketId);
+    if (!this._subs.delete(id)) return;
+    this._send({ type: 'unsubscribe', ticket_id: id });
+  }
+
+  /** The last version applied for a subscribed ticket, or null. */
+  appliedVersion(ticketId) {
+    const sub = this._subs.get(Number(ticketId));
+    return sub ? sub.version : null;
+  }
+
+  /**
+   * Receive a ticket summary for every ticket created or changed from now on.
+   * Frames sent while disconnected are lost: reload your list when `state`
+   * becomes 'live' again.
+   * @param {(ticket: object) => void} handler
+   * @returns {() => void} removes the handler
+   */
+  subscribeInbox(handler) {
+    const first = this._inboxHandlers.size === 0;
+    this._inboxHandlers.add(handler);
+    if (first) this._send({ type: 'subscribe_inbox' });
+    return () => this._inboxHandlers.delete(handler);
+  }
+
+  /**
+   * Tell colleagues what I am doing on a subscribed ticket. Only changes are
+   * sent; the state is restored after a reconnect.
+   * @param {number} ticketId
+   * @param {'viewing'|'typing'|'idle'} state
+   */
+  setPresence(ticketId, state) {
+    const id = Number(ticketId);
+    const sub = this._subs.get(id);
+    if (!sub || sub.presence === state) return;
+    sub.presence = state;
+    if (sub.subscribed) this._send({ type: 'presence', ticket_id: id, state });
+  }
+}
+
+export default LivedeskClient;

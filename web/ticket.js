@@ -1,0 +1,944 @@
+// The ticket view: fields, assignee, tags, conversation, composer and presence,
+// all kept live from the ticket's WebSocket subscription.
+//
+// Consistency rules (contract §2, §3):
+//  - `this.ticket` only ever moves forward in version: a ticket object (from an
+//    HTTP answer or an event's data.ticket) older than what is shown is ignored.
+//  - Every field edit is a compare-and-set PATCH {from: what the agent saw, to}.
+//    A field the agent is editing is never overwritten by a live change, and a
+//    live change never silently loses the agent's edit: both show a conflict
+//    notice next to the field where the agent picks.
+//  - Tags are only ever changed by deltas (add / remove one tag).
+
+import { ApiError } from './livedesk-client.js';
+import { h, replaceChildren, avatar, timeEl, sameValue, displayValue, uid, randomId } from './dom.js';
+
+export const STATUSES = ['new', 'open', 'pending', 'resolved', 'closed'];
+export const PRIORITIES = ['low', 'normal', 'high', 'urgent'];
+const TYPING_IDLE_MS = 3000;
+const NEAR_BOTTOM_PX = 120;
+
+/** Read a PATCH field name (`subject`, `custom_fields.plan`) from a ticket. */
+function fieldValue(ticket, name) {
+  if (name.startsWith('custom_fields.')) {
+    const v = (ticket.custom_fields || {})[name.slice('custom_fields.'.length)];
+    return v === undefined ? null : v;
+  }
+  const v = ticket[name];
+  return v === undefined ? null : v;
+}
+
+function normalizeOptions(options) {
+  let list = options;
+  if (list && !Array.isArray(list)) list = list.values || list.choices || list.options || [];
+  return (list || []).map((o) => (o && typeof o === 'object' ? { value: String(o.value ?? o.key ?? o.label), label: String(o.label ?? o.value) } : { value: String(o), label: String(o) }));
+}
+
+/**
+ * One editable field: its control, the value the agent saw (`base`), and the
+ * conflict notice (data-testid="field-conflict-<name>").
+ */
+class FieldEditor {
+  /**
+   * @param {TicketView} view
+   * @param {{name: string, label: string, control: HTMLElement, labelFor?: string, read: () => any,
+   *          write: (v:any) => void, norm?: (v:any) => any, commitOnChange?: boolean, focusEl?: HTMLElement,
+   *          labelTag?: string}} spec
+   */
+  constructor(view, spec) {
+    Object.assign(this, spec);
+    this.view = view;
+    this.norm = spec.norm || ((v) => v);
+    this.base = null; // raw server value the agent saw (the PATCH `from`)
+    this.conflict = null; // {expected, current, by}
+    this.busy = false;
+    this.conflictEl = h('div', { class: 'conflict', role: 'alert', hidden: true, dataset: { testid: `field-conflict-${spec.name}` } });
+    this.errorEl = h('p', { class: 'field-error', role: 'alert', hidden: true });
+    const labelEl = spec.labelTag === 'legend' ? null : h('label', { for: spec.labelFor, class: 'field-label' }, spec.label);
+    this.el = h('div', { class: 'field', dataset: { field: spec.name } }, labelEl, spec.control, this.errorEl, this.conflictEl);
+    if (spec.commitOnChange) spec.control.addEventListener('change', () => this.commit());
+  }
+
+  eq(a, b) {
+    return sameValue(this.norm(a), this.norm(b));
+  }
+
+  dirty() {
+    return !this.eq(this.read(), this.base);
+  }
+
+  /** First render. */
+  init(value) {
+    this.base = value;
+    this.write(value);
+  }
+
+  /** The server's value changed (or was confirmed); `by` names who changed it, if known. */
+  setServerValue(v, by) {
+    if (this.busy) return; // settled when the request answers
+    if (this.eq(v, this.read())) {
+      this.base = v;
+      this.clearConflict();
+      return;
+    }
+    if (this.conflict) {
+      this.conflict = { ...this.conflict, current: v, by: by || this.conflict.by };
+      this.renderConflict();
+      return;
+    }
+    if (this.eq(v, this.base)) return; // unchanged on the server; the agent's edit stays
+    if (this.dirty()) {
+      // The agent is editing this very field: show, don't overwrite.
+      this.showConflict({ expected: this.base, current: v, by });
+      return;
+    }
+    this.base = v;
+    this.write(v);
+    this.view.flash(this.el);
+  }
+
+  /** Send the agent's value as a compare-and-set from `from` (default: what the agent saw). */
+  async commit(from = this.base, to = this.read()) {
+    if (this.busy) return;
+    this.errorEl.hidden = true;
+    if (this.eq(from, to) && !this.conflict) return;
+    this.busy = true;
+    this.el.classList.add('saving');
+    let ok = false;
+    try {
+      const ticket = await this.view.client.patchTicket(this.view.id, { [this.name]: { from, to } });
+      ok = true;
+      this.busy = false;
+      this.base = to;
+      this.clearConflict();
+      this.view.applyTicket(ticket);
+    } catch (e) {
+      this.busy = false;
+      if (e instanceof ApiError && e.code === 'field_conflict') {
+        const fields = e.details.fields || {};
+        const c = fields[this.name] || fields[this.name.replace(/^custom_fields\./, '')] || Object.values(fields)[0];
+        this.showConflict({ expected: c ? c.expected : from, current: c ? c.current : null });
+      } else {
+        this.errorEl.textContent = `Not saved: ${e.message}`;
+        this.errorEl.hidden = false;
+      }
+    } finally {
+      this.busy = false;
+      this.el.classList.remove('saving');
+    }
+    // Reconcile with the newest server state seen meanwhile (events may have
+    // arrived while the request was in flight).
+    if (ok) this.setServerValue(fieldValue(this.view.ticket, this.name));
+  }
+
+  showConflict(c) {
+    this.conflict = c;
+    this.renderConflict();
+  }
+
+  renderConflict() {
+    const c = this.conflict;
+    if (!c) return;
+    const mine = this.read();
+    const name = this.label;
+    replaceChildren(
+      this.conflictEl,
+      h(
+        'p',
+        {},
+        h('strong', {}, `${name} was changed${c.by ? ` by ${c.by}` : ' by a colleague'} while you were editing. `),
+        'It is now ',
+        h('q', { class: 'conflict-current', dataset: { testid: `conflict-current-${this.name}` } }, displayValue(c.current)),
+        '; you saw ',
+        h('q', {}, displayValue(c.expected)),
+        ' and want ',
+        h('q', {}, displayValue(mine)),
+        '.',
+      ),
+      h(
+        'div',
+        { class: 'conflict-actions' },
+        h(
+          'button',
+          { type: 'button', class: 'btn btn-small btn-primary', dataset: { testid: `conflict-keep-mine-${this.name}` }, onclick: () => this.commit(this.conflict.current, this.read()) },
+          'Use mine',
+        ),
+        h(
+          'button',
+          { type: 'button', class: 'btn btn-small', dataset: { testid: `conflict-use-theirs-${this.name}` }, onclick: () => this.takeTheirs() },
+          'Keep theirs',
+        ),
+      ),
+    );
+    this.conflictEl.hidden = false;
+    this.el.classList.add('has-conflict');
+  }
+
+  takeTheirs() {
+    const current = this.conflict ? this.conflict.current : fieldValue(this.view.ticket, this.name);
+    this.base = current;
+    this.write(current);
+    this.clearConflict();
+    (this.focusEl || this.control).focus?.();
+  }
+
+  clearConflict() {
+    this.conflict = null;
+    this.conflictEl.hidden = true;
+    this.conflictEl.replaceChildren();
+    this.el.classList.remove('has-conflict');
+  }
+}
+
+export class TicketView {
+  /**
+   * @param {{client, me, fields: object[], id: number, onTicket?: (t:object)=>void}} opts
+   */
+  constructor({ client, me, fields, id, onTicket }) {
+    this.client = client;
+    this.me = me;
+    this.fieldDefs = fields || [];
+    this.id = id;
+    this.onTicket = onTicket || (() => {});
+    this.ticket = null;
+    this.messages = new Map();
+    this.viewers = [];
+    this.editors = new Map();
+    this.typingTimer = null;
+    this.draftClientId = null;
+    this.duplicate = null; // {replies}
+    this.destroyed = false;
+
+    this.el = h('section', { class: 'ticket', dataset: { testid: 'ticket-view', ticketId: id }, 'aria-label': `Ticket ${id}` }, h('p', { class: 'loading' }, 'Loading ticket…'));
+
+    this.onVisibility = () => this.updateOwnPresence();
+    document.addEventListener('visibilitychange', this.onVisibility);
+  }
+
+  destroy() {
+    this.destroyed = true;
+    clearTimeout(this.typingTimer);
+    document.removeEventListener('visibilitychange', this.onVisibility);
+    this.client.unsubscribe(this.id);
+  }
+
+  async load() {
+    let data;
+    try {
+      data = await this.client.getTicket(this.id);
+    } catch (e) {
+      if (this.destroyed) return;
+      const msg = e instanceof ApiError && e.status === 404 ? `Ticket #${this.id} does not exist.` : `Could not load ticket #${this.id}: ${e.message}`;
+      replaceChildren(this.el, h('p', { class: 'error', role: 'alert' }, msg));
+      return;
+    }
+    if (this.destroyed) return;
+    this.ticket = data.ticket;
+    for (const m of data.messages || []) this.messages.set(m.id, m);
+    this.viewers = data.presence || [];
+    this.build();
+    this.onTicket({ ...this.ticket });
+    this.client.subscribe(
+      this.id,
+      {
+        onSnapshot: (s) => this.onSnapshot(s),
+        onEvent: (ev) => this.onEvent(ev),
+        onPresence: (viewers) => this.setViewers(viewers),
+      },
+      { since: this.ticket.version },
+    );
+    this.updateOwnPresence();
+    this.scrollConversation(true);
+  }
+
+  // ---------------------------------------------------------------- building
+
+  build() {
+    const t = this.ticket;
+
+    // Subject: explicit save (button or Enter), Escape reverts.
+    const subjectId = uid('subject');
+    this.subjectInput = h('input', { id: subjectId, type: 'text', class: 'subject-input', maxlength: 500, autocomplete: 'off', dataset: { testid: 'ticket-subject' } });
+    const subjectEditor = new FieldEditor(this, {
+      name: 'subject',
+      label: 'Subject',
+      labelFor: subjectId,
+      control: h(
+        'form',
+        {
+          class: 'subject-form',
+          onsubmit: (e) => {
+            e.preventDefault();
+            subjectEditor.commit();
+          },
+        },
+        this.subjectInput,
+        h('button', { type: 'submit', class: 'btn', dataset: { testid: 'subject-save' } }, 'Save'),
+      ),
+      focusEl: this.subjectInput,
+      read: () => this.subjectInput.value,
+      write: (v) => {
+        this.subjectInput.value = v ?? '';
+      },
+    });
+    this.subjectInput.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && !subjectEditor.conflict) subjectEditor.write(subjectEditor.base);
+    });
+    this.addEditor(subjectEditor, t.subject);
+
+    this.presenceList = h('ul', { class: 'presence-bar', dataset: { testid: 'presence-bar' }, 'aria-label': 'Colleagues on this ticket' });
+    const customer = t.customer ? `${t.customer.name || ''} <${t.customer.email || ''}>`.trim() : 'no customer';
+
+    const head = h(
+      'header',
+      { class: 'ticket-head' },
+      h('h2', { class: 'sr-only' }, `Ticket #${t.id}`),
+      subjectEditor.el,
+      h(
+        'div',
+        { class: 'ticket-sub' },
+        h('span', {}, `#${t.id}`),
+        h('span', {}, t.channel || ''),
+        h('span', { class: 'customer' }, customer),
+        h('span', {}, 'opened ', timeEl(t.created_at)),
+        h('div', { class: 'presence-wrap' }, h('span', { class: 'sr-only' }, 'On this ticket:'), this.presenceList),
+      ),
+    );
+
+    // Conversation and composer.
+    this.conversation = h('ol', { class: 'conversation', role: 'log', 'aria-label': 'Conversation', dataset: { testid: 'conversation' } });
+    this.typingIndicator = h('p', { class: 'typing-indicator', 'aria-live': 'polite', dataset: { testid: 'typing-indicator' } });
+    const composer = this.buildComposer();
+
+    // Side panel: properties.
+    const side = h(
+      'aside',
+      { class: 'ticket-side', 'aria-label': 'Ticket properties' },
+      this.buildSelectEditor('status', 'Status', STATUSES, t.status, 'ticket-status'),
+      this.buildSelectEditor('priority', 'Priority', PRIORITIES, t.priority, 'ticket-priority'),
+      this.buildAssignee(),
+      this.buildTags(),
+      this.buildCustomFields(),
+    );
+
+    this.notice = h('p', { class: 'ticket-notice', role: 'status', 'aria-live': 'polite', dataset: { testid: 'ticket-notice' } });
+
+    replaceChildren(
+      this.el,
+      head,
+      this.notice,
+      h('div', { class: 'ticket-body' }, h('div', { class: 'conversation-col' }, this.conversation, this.typingIndicator, composer), side),
+    );
+
+    this.renderMessages();
+    this.renderAssignee();
+    this.renderTags();
+    this.renderPresence();
+  }
+
+  addEditor(editor, value) {
+    editor.init(value);
+    this.editors.set(editor.name, editor);
+  }
+
+  buildSelectEditor(name, label, values, value, testid) {
+    const id = uid(name);
+    const select = h('select', { id, dataset: { testid } }, values.map((v) => h('option', { value: v }, v)));
+    const editor = new FieldEditor(this, {
+      name,
+      label,
+      labelFor: id,
+      control: select,
+      commitOnChange: true,
+      read: () => select.value,
+      write: (v) => {
+        if (v !== null && v !== undefined && ![...select.options].some((o) => o.value === v)) select.append(h('option', { value: v }, v));
+        select.value = v ?? '';
+      },
+    });
+    this.addEditor(editor, value);
+    return editor.el;
+  }
+
+  buildCustomFields() {
+    const cf = this.ticket.custom_fields || {};
+    const defined = new Set(this.fieldDefs.map((d) => d.key));
+    const editors = this.fieldDefs.map((def) => {
+      const editor = this.buildFieldEditor(def);
+      this.addEditor(editor, cf[def.key] === undefined ? null : cf[def.key]);
+      return editor.el;
+    });
+    // Values without a definition (e.g. written before a definition changed): read-only.
+    const extra = Object.keys(cf)
+      .filter((k) => !defined.has(k))
+      .map((k) => h('div', { class: 'field' }, h('span', { class: 'field-label' }, k), h('span', { dataset: { testid: `field-${k}` } }, displayValue(cf[k]))));
+    this.unknownFieldsEl = h('div', {}, extra);
+    if (!editors.length && !extra.length) return null;
+    return h('section', { class: 'custom-fields', 'aria-labelledby': 'cf-title' }, h('h3', { id: 'cf-title' }, 'Fields'), editors, this.unknownFieldsEl);
+  }
+
+  buildFieldEditor(def) {
+    const name = `custom_fields.${def.key}`;
+    const label = def.label || def.key;
+    const id = uid(`cf-${def.key}`);
+    const testid = `field-${def.key}`;
+    const common = { name, label, labelFor: id, commitOnChange: true };
+    switch (def.type) {
+      case 'number': {
+        const input = h('input', { id, type: 'number', step: 'any', dataset: { testid } });
+        return new FieldEditor(this, {
+          ...common,
+          control: input,
+          read: () => (input.value === '' ? null : Number(input.value)),
+          write: (v) => {
+            input.value = v === null || v === undefined ? '' : String(v);
+          },
+          norm: (v) => (v === null || v === undefined || v === '' ? null : Number(v)),
+        });
+      }
+      case 'date': {
+        const input = h('input', { id, type: 'date', dataset: { testid } });
+        return new FieldEditor(this, {
+          ...common,
+          control: input,
+          read: () => input.value || null,
+          write: (v) => {
+            input.value = v ? String(v).slice(0, 10) : '';
+          },
+          norm: (v) => (v ? String(v).slice(0, 10) : null),
+        });
+      }
+      case 'select': {
+        const opts = normalizeOptions(def.options);
+        const select = h('select', { id, dataset: { testid } }, h('option', { value: '' }, '—'), opts.map((o) => h('option', { value: o.value }, o.label)));
+        return new FieldEditor(this, {
+          ...common,
+          control: select,
+          read: () => select.value || null,
+          write: (v) => {
+            if (v !== null && v !== undefined && ![...select.options].some((o) => o.value === String(v))) select.append(h('option', { value: String(v) }, String(v)));
+            select.value = v === null || v === undefined ? '' : String(v);
+          },
+        });
+      }
+      case 'multiselect': {
+        const opts = normalizeOptions(def.options);
+        const boxes = opts.map((o) => h('input', { type: 'checkbox', value: o.value, id: uid(`cf-${def.key}`), dataset: { testid: `field-${def.key}-${o.value}` } }));
+        const fieldset = h(
+          'fieldset',
+          { class: 'multiselect', dataset: { testid } },
+          h('legend', { class: 'field-label' }, label),
+          opts.map((o, i) => h('label', { class: 'check' }, boxes[i], ' ', o.label)),
+        );
+        return new FieldEditor(this, {
+          ...common,
+          labelTag: 'legend',
+          labelFor: undefined,
+          control: fieldset,
+          focusEl: boxes[0],
+          read: () => boxes.filter((b) => b.checked).map((b) => b.value),
+          write: (v) => {
+            const set = new Set((Array.isArray(v) ? v : []).map(String));
+            for (const b of boxes) b.checked = set.has(b.value);
+          },
+          norm: (v) => (Array.isArray(v) ? v.map(String) : []),
+        });
+      }
+      case 'checkbox': {
+        const input = h('input', { id, type: 'checkbox', dataset: { testid } });
+        return new FieldEditor(this, {
+          ...common,
+          control: h('div', { class: 'check' }, input),
+          focusEl: input,
+          read: () => input.checked,
+          write: (v) => {
+            input.checked = !!v;
+          },
+          norm: (v) => !!v,
+        });
+      }
+      case 'text':
+      default: {
+        const input = h('input', { id, type: 'text', autocomplete: 'off', dataset: { testid } });
+        return new FieldEditor(this, {
+          ...common,
+          control: input,
+          read: () => (input.value.trim() === '' ? null : input.value.trim()),
+          write: (v) => {
+            input.value = v === null || v === undefined ? '' : String(v);
+          },
+        });
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- assignee
+
+  buildAssignee() {
+    this.assigneeBox = h('div', { class: 'assignee' });
+    this.takenNotice = h('div', { class: 'notice notice-warn', role: 'alert', hidden: true, dataset: { testid: 'already-taken' } });
+    this.takeError = h('p', { class: 'field-error', role: 'alert', hidden: true });
+    return h('div', { class: 'field' }, h('span', { class: 'field-label', id: 'assignee-label' }, 'Assignee'), this.assigneeBox, this.takenNotice, this.takeError);
+  }
+
+  renderAssignee() {
+    const a = this.ticket.assignee;
+    const mine = a && a.id === this.me.id;
+    this.takeButton = h(
+      'button',
+      { type: 'button', class: 'btn btn-primary btn-small', dataset: { testid: 'take-button' }, onclick: () => this.take() },
+      'Take',
+    );
+    replaceChildren(
+      this.assigneeBox,
+      a ? avatar(a, { size: 'sm' }) : null,
+      h('span', { class: 'assignee-name', 'aria-describedby': 'assignee-label', dataset: { testid: 'assignee-name', assigneeId: a ? a.id : '' } }, a ? a.name : 'Unassigned'),
+      mine
+        ? h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'release-button' }, onclick: () => this.release() }, 'Unassign me')
+        : this.takeButton,
+    );
+    // The "already taken" notice stays only while the colleague holds it.
+    if (!a || mine) this.hideTaken();
+    else if (!this.takenNotice.hidden) this.showTaken(a);
+  }
+
+  showTaken(assignee, { offerTakeOver = true } = {}) {
+    replaceChildren(
+      this.takenNotice,
+      h('p', {}, 'Already taken by ', h('strong', {}, assignee.name), '.'),
+      offerTakeOver
+        ? h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'take-over' }, onclick: () => this.take({ over: true }) }, `Take over from ${assignee.name}`)
+        : null,
+    );
+    this.takenNotice.hidden = false;
+  }
+
+  hideTaken() {
+    this.takenNotice.hidden = true;
+    this.takenNotice.replaceChildren();
+  }
+
+  /** Make me the assignee. A colleague's ticket is only taken with the explicit "Take over". */
+  async take({ over = false } = {}) {
+    const current = this.ticket.assignee;
+    if (current && current.id === this.me.id) return;
+    if (current && !over) {
+      this.showTaken(current);
+      return;
+    }
+    await this.patchAssignee(current ? current.id : null, this.me.id);
+  }
+
+  release() {
+    return this.patchAssignee(this.me.id, null);
+  }
+
+  async patchAssignee(from, to) {
+    this.takeError.hidden = true;
+    for (const b of this.assigneeBox.querySelectorAll('button')) b.disabled = true;
+    try {
+      const ticket = await this.client.patchTicket(this.id, { assignee_id: { from, to } });
+      this.hideTaken();
+      this.applyTicket(ticket);
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 'already_assigned') {
+        const real = e.details.assignee || null;
+        // Show the real assignee now; the event with its version follows.
+        this.ticket = { ...this.ticket, assignee: real };
+        this.renderAssignee();
+        if (real) this.showTaken(real);
+        this.onTicket({ ...this.ticket });
+      } else {
+        this.takeError.textContent = `Not saved: ${e.message}`;
+        this.takeError.hidden = false;
+      }
+    } finally {
+      for (const b of this.assigneeBox.querySelectorAll('button')) b.disabled = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- tags
+
+  buildTags() {
+    const inputId = uid('tag');
+    this.tagList = h('ul', { class: 'tags', 'aria-label': 'Tags' });
+    this.tagInput = h('input', { id: inputId, type: 'text', maxlength: 64, autocomplete: 'off', placeholder: 'new tag', dataset: { testid: 'tag-input' } });
+    this.tagError = h('p', { class: 'field-error', role: 'alert', hidden: true });
+    const form = h(
+      'form',
+      {
+        class: 'tag-form',
+        onsubmit: (e) => {
+          e.preventDefault();
+          this.addTags();
+        },
+      },
+      h('label', { for: inputId, class: 'sr-only' }, 'Add a tag'),
+      this.tagInput,
+      h('button', { type: 'submit', class: 'btn btn-small', dataset: { testid: 'tag-add' } }, 'Add'),
+    );
+    return h('section', { class: 'field', 'aria-labelledby': 'tags-title' }, h('h3', { id: 'tags-title', class: 'field-label' }, 'Tags'), this.tagList, form, this.tagError);
+  }
+
+  renderTags() {
+    const focused = document.activeElement && this.tagList.contains(document.activeElement) ? document.activeElement.dataset.testid : null;
+    replaceChildren(
+      this.tagList,
+      (this.ticket.tags || []).map((tag) =>
+        h(
+          'li',
+          { class: 'chip', dataset: { testid: `tag-chip-${tag}`, tag } },
+          h('span', {}, tag),
+          h(
+            'button',
+            { type: 'button', class: 'chip-remove', 'aria-label': `Remove tag ${tag}`, title: `Remove tag ${tag}`, dataset: { testid: `tag-remove-${tag}` }, onclick: () => this.removeTag(tag) },
+            '×',
+          ),
+        ),
+      ),
+      (this.ticket.tags || []).length ? null : h('li', { class: 'muted' }, 'No tags'),
+    );
+    if (focused) {
+      const again = this.tagList.querySelector(`[data-testid="${CSS.escape(focused)}"]`);
+      (again || this.tagInput).focus();
+    }
+  }
+
+  async addTags() {
+    const tags = this.tagInput.value
+      .split(',')
+      .map((s) => s.trim().toLowerCase())
+      .filter(Boolean);
+    if (!tags.length) return;
+    const bad = tags.find((t) => [...t].length > 64 || /\p{Cc}/u.test(t));
+    if (bad) return this.showTagError(`“${bad}” is not a valid tag (1–64 characters, no control characters).`);
+    if (await this.changeTags(tags, [])) this.tagInput.value = '';
+    this.tagInput.focus();
+  }
+
+  removeTag(tag) {
+    return this.changeTags([], [tag]);
+  }
+
+  async changeTags(add, remove) {
+    this.tagError.hidden = true;
+    try {
+      const res = await this.client.changeTags(this.id, add, remove);
+      if (res && res.version >= this.ticket.version) {
+        this.ticket = { ...this.ticket, tags: res.tags, version: res.version };
+        this.renderTags();
+        this.onTicket({ ...this.ticket });
+      }
+      return true;
+    } catch (e) {
+      this.showTagError(`Tags not saved: ${e.message}`);
+      return false;
+    }
+  }
+
+  showTagError(msg) {
+    this.tagError.textContent = msg;
+    this.tagError.hidden = false;
+  }
+
+  // ---------------------------------------------------------------- live state
+
+  onSnapshot({ ticket, messages }) {
+    for (const m of messages || []) this.addMessage(m, { render: false });
+    this.renderMessages();
+    this.applyTicket(ticket);
+  }
+
+  onEvent(ev) {
+    const data = ev.data || {};
+    const by = ev.actor && ev.actor.id !== this.me.id ? ev.actor.name : null;
+    switch (ev.kind) {
+      case 'message.created':
+        if (data.message) this.addMessage(data.message);
+        this.bumpVersion(ev.version);
+        break;
+      case 'tags.changed':
+        if (ev.version > this.ticket.version && Array.isArray(data.tags)) {
+          this.ticket = { ...this.ticket, tags: data.tags, version: ev.version };
+          this.renderTags();
+          this.flash(this.tagList);
+          this.onTicket({ ...this.ticket });
+        }
+        break;
+      case 'ticket.updated':
+      default:
+        if (data.ticket) this.applyTicket(data.ticket, by);
+        else if (ev.kind === 'ticket.updated' && ev.version > this.ticket.version) this.refetch();
+        else this.bumpVersion(ev.version);
+    }
+  }
+
+  bumpVersion(v) {
+    if (v > this.ticket.version) this.ticket = { ...this.ticket, version: v };
+  }
+
+  async refetch() {
+    try {
+      const data = await this.client.getTicket(this.id);
+      if (this.destroyed) return;
+      for (const m of data.messages || []) this.addMessage(m);
+      this.applyTicket(data.ticket);
+    } catch (e) {
+      console.warn('refetch failed', e);
+    }
+  }
+
+  /** Show a newer ticket state; editors being edited keep the agent's value. */
+  applyTicket(t, by) {
+    if (!t || t.version < this.ticket.version) return;
+    const prev = this.ticket;
+    this.ticket = t;
+    for (const editor of this.editors.values()) editor.setServerValue(fieldValue(t, editor.name), by);
+    const pa = prev.assignee ? prev.assignee.id : null;
+    const na = t.assignee ? t.assignee.id : null;
+    if (pa !== na || (t.assignee && prev.assignee && t.assignee.name !== prev.assignee.name)) {
+      this.renderAssignee();
+      this.flash(this.assigneeBox);
+    }
+    if (JSON.stringify(prev.tags || []) !== JSON.stringify(t.tags || [])) this.renderTags();
+    this.onTicket({ ...t });
+  }
+
+  flash(el) {
+    if (!el) return;
+    el.classList.remove('flash');
+    void el.offsetWidth; // restart the animation
+    el.classList.add('flash');
+  }
+
+  // ---------------------------------------------------------------- conversation
+
+  maxMessageId() {
+    let max = 0;
+    for (const id of this.messages.keys()) if (id > max) max = id;
+    return max;
+  }
+
+  addMessage(m, { render = true } = {}) {
+    if (!m || this.messages.has(m.id)) return;
+    this.messages.set(m.id, m);
+    if (!render || !this.conversation) return;
+    const near = this.isNearBottom();
+    const el = this.messageEl(m);
+    // Insert in id order (usually at the end).
+    const next = [...this.conversation.children].find((c) => Number(c.dataset.id) > m.id);
+    this.conversation.insertBefore(el, next || null);
+    if (near || (m.author && m.author.type === 'agent' && m.author.id === this.me.id)) this.scrollConversation();
+  }
+
+  renderMessages() {
+    if (!this.conversation) return;
+    const list = [...this.messages.values()].sort((a, b) => a.id - b.id);
+    replaceChildren(this.conversation, list.length ? list.map((m) => this.messageEl(m)) : h('li', { class: 'muted empty' }, 'No messages yet.'));
+  }
+
+  messageEl(m) {
+    const author = m.author || {};
+    const kindLabel = { customer: 'Customer', reply: 'Reply', note: 'Internal note' }[m.kind] || m.kind;
+    return h(
+      'li',
+      { class: ['message', `message-${m.kind}`], dataset: { testid: `message-${m.id}`, kind: m.kind, id: m.id } },
+      h(
+        'div',
+        { class: 'message-head' },
+        author.type === 'agent' ? avatar({ id: author.id, name: author.name, avatar_url: author.avatar_url }, { size: 'sm' }) : null,
+        h('span', { class: 'message-author' }, author.name || (author.type === 'customer' ? 'Customer' : 'Unknown')),
+        h('span', { class: `message-kind kind-${m.kind}` }, kindLabel),
+        timeEl(m.created_at),
+      ),
+      h('div', { class: 'message-body' }, m.body || ''),
+    );
+  }
+
+  isNearBottom() {
+    const c = this.conversation;
+    return !c || c.scrollHeight - c.scrollTop - c.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  scrollConversation() {
+    const c = this.conversation;
+    if (c) c.scrollTop = c.scrollHeight;
+  }
+
+  // ---------------------------------------------------------------- composer
+
+  buildComposer() {
+    const bodyId = uid('composer-body');
+    const kindId = uid('composer-kind');
+    this.kindSelect = h(
+      'select',
+      { id: kindId, dataset: { testid: 'composer-kind' }, onchange: () => this.updateComposerKind() },
+      h('option', { value: 'reply' }, 'Reply to customer'),
+      h('option', { value: 'note' }, 'Internal note'),
+    );
+    this.bodyInput = h('textarea', { id: bodyId, rows: 4, dataset: { testid: 'composer-body' }, placeholder: 'Write a reply…  (Ctrl+Enter sends)' });
+    this.sendButton = h('button', { type: 'submit', class: 'btn btn-primary', dataset: { testid: 'composer-send' } }, 'Send reply');
+    this.composerError = h('p', { class: 'field-error', role: 'alert', hidden: true, dataset: { testid: 'composer-error' } });
+    this.duplicateBox = h('div', { class: 'duplicate', role: 'alert', hidden: true, dataset: { testid: 'duplicate-notice' } });
+
+    this.bodyInput.addEventListener('input', () => this.onTyping());
+    this.bodyInput.addEventListener('keydown', (e) => {
+      if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+        e.preventDefault();
+        this.send();
+      }
+    });
+
+    this.composer = h(
+      'form',
+      {
+        class: 'composer',
+        'aria-label': 'Composer',
+        onsubmit: (e) => {
+          e.preventDefault();
+          this.send();
+        },
+      },
+      this.duplicateBox,
+      h('div', { class: 'composer-row' }, h('label', { for: kindId }, 'Type'), this.kindSelect),
+      h('label', { for: bodyId, class: 'sr-only' }, 'Message'),
+      this.bodyInput,
+      this.composerError,
+      h('div', { class: 'composer-actions' }, this.sendButton),
+    );
+    return this.composer;
+  }
+
+  updateComposerKind() {
+    const note = this.kindSelect.value === 'note';
+    this.composer.classList.toggle('composer-note', note);
+    this.sendButton.textContent = note ? 'Add note' : 'Send reply';
+    this.bodyInput.placeholder = note ? 'Write an internal note…  (Ctrl+Enter sends)' : 'Write a reply…  (Ctrl+Enter sends)';
+  }
+
+  onTyping() {
+    clearTimeout(this.typingTimer);
+    if (!this.bodyInput.value.trim()) {
+      this.updateOwnPresence(false);
+      return;
+    }
+    this.updateOwnPresence(true);
+    this.typingTimer = setTimeout(() => this.updateOwnPresence(false), TYPING_IDLE_MS);
+  }
+
+  /** viewing / typing / idle, from the tab's visibility and the composer. */
+  updateOwnPresence(typing = false) {
+    if (this.destroyed) return;
+    let state = typing ? 'typing' : 'viewing';
+    if (document.visibilityState === 'hidden') state = 'idle';
+    this.client.setPresence(this.id, state);
+  }
+
+  /**
+   * Send the draft. `seenOverride` is used by "Send anyway" (the newest of
+   * the colleague's replies that were shown).
+   */
+  async send(seenOverride) {
+    const body = this.bodyInput.value;
+    if (!body.trim() || this.sending) return;
+    const kind = this.kindSelect.value;
+    if (!this.draftClientId) this.draftClientId = randomId();
+    const msg = { kind, body, client_id: this.draftClientId };
+    if (kind === 'reply') msg.seen_message_id = Math.max(this.maxMessageId(), seenOverride || 0);
+    this.sending = true;
+    this.sendButton.disabled = true;
+    this.composerError.hidden = true;
+    try {
+      const m = await this.client.postMessage(this.id, msg);
+      this.addMessage(m);
+      this.bodyInput.value = '';
+      this.draftClientId = null;
+      this.hideDuplicate();
+      clearTimeout(this.typingTimer);
+      this.updateOwnPresence(false);
+      this.bodyInput.focus();
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 'duplicate_reply') {
+        this.showDuplicate(e.details.replies || []);
+      } else {
+        this.composerError.textContent = `Not sent (your draft is kept): ${e.message}`;
+        this.composerError.hidden = false;
+      }
+    } finally {
+      this.sending = false;
+      this.sendButton.disabled = false;
+    }
+  }
+
+  showDuplicate(replies) {
+    for (const r of replies) this.addMessage(r); // they are part of the conversation too
+    this.duplicate = { replies };
+    const names = [...new Set(replies.map((r) => (r.author && r.author.name) || 'A colleague'))];
+    const who = names.length ? names.join(' and ') : 'A colleague';
+    replaceChildren(
+      this.duplicateBox,
+      h('p', { class: 'duplicate-title' }, h('strong', {}, `${who} just replied:`), ' your reply was not sent. Your draft is kept below.'),
+      replies.map((r) =>
+        h(
+          'blockquote',
+          { class: 'duplicate-reply', dataset: { testid: `duplicate-reply-${r.id}`, id: r.id } },
+          h('div', { class: 'message-head' }, h('span', { class: 'message-author' }, (r.author && r.author.name) || ''), timeEl(r.created_at)),
+          h('div', { class: 'message-body' }, r.body || ''),
+        ),
+      ),
+      h(
+        'div',
+        { class: 'duplicate-actions' },
+        h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'discard-draft' }, onclick: () => this.discardDraft() }, 'Discard my draft'),
+        h('button', { type: 'button', class: 'btn btn-small btn-primary', dataset: { testid: 'send-anyway' }, onclick: () => this.sendAnyway() }, 'Send anyway'),
+      ),
+    );
+    this.duplicateBox.hidden = false;
+  }
+
+  hideDuplicate() {
+    this.duplicate = null;
+    this.duplicateBox.hidden = true;
+    this.duplicateBox.replaceChildren();
+  }
+
+  discardDraft() {
+    this.bodyInput.value = '';
+    this.draftClientId = null;
+    this.hideDuplicate();
+    this.updateOwnPresence(false);
+    this.bodyInput.focus();
+  }
+
+  sendAnyway() {
+    const newest = Math.max(0, ...((this.duplicate && this.duplicate.replies) || []).map((r) => r.id));
+    return this.send(newest);
+  }
+
+  // ---------------------------------------------------------------- presence
+
+  setViewers(viewers) {
+    this.viewers = viewers || [];
+    this.renderPresence();
+  }
+
+  renderPresence() {
+    if (!this.presenceList) return;
+    const others = this.viewers.filter((v) => v.agent && v.agent.id !== this.me.id);
+    const stateText = { viewing: 'viewing', typing: 'typing a reply', idle: 'idle (tab in background)' };
+    replaceChildren(
+      this.presenceList,
+      others.map((v) =>
+        h(
+          'li',
+          { class: ['presence', `presence-${v.state}`], dataset: { testid: `presence-${v.agent.id}`, state: v.state }, title: `${v.agent.name}: ${stateText[v.state] || v.state}` },
+          avatar(v.agent, { size: 'md', label: `${v.agent.name}, ${stateText[v.state] || v.state}` }),
+          h('span', { class: 'presence-state', 'aria-hidden': 'true' }, v.state),
+        ),
+      ),
+      others.length ? null : h('li', { class: 'muted presence-none' }, 'No colleagues here'),
+    );
+    const typing = others.filter((v) => v.state === 'typing').map((v) => v.agent.name);
+    this.typingIndicator.textContent = typing.length ? `${typing.join(' and ')} ${typing.length > 1 ? 'are' : 'is'} typing…` : '';
+  }
+}
