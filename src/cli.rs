@@ -45,7 +45,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     result
 }
 
-async fn serve(settings: Settings, handle: &DatabaseHandle, args: ServeArgs) -> Result<(), CliError> {
+async fn serve(
+    settings: Settings,
+    handle: &DatabaseHandle,
+    args: ServeArgs,
+) -> Result<(), CliError> {
     let app = Application::build(settings.clone(), handle.db.clone()).await?;
     let base = format!("http://{}", app.address);
     tracing::info!(address = %app.address, "livedesk is serving");
@@ -53,9 +57,16 @@ async fn serve(settings: Settings, handle: &DatabaseHandle, args: ServeArgs) -> 
     if args.demo {
         print_demo_links(&base, demo::load(&handle.db).await?);
     } else if agents::list(&handle.db).await?.is_empty() {
-        let (agent, token) = agents::add(&handle.db, "Admin", "admin@livedesk.local", "admin").await?;
-        println!("First start: created the admin agent {} <{}>.", agent.name, agent.email);
-        println!("Log in (this link is shown once): {base}/#token={}", token.0);
+        let (agent, token) =
+            agents::add(&handle.db, "Admin", "admin@livedesk.local", "admin").await?;
+        println!(
+            "First start: created the admin agent {} <{}>.",
+            agent.name, agent.email
+        );
+        println!(
+            "Log in (this link is shown once): {base}/#token={}",
+            token.0
+        );
     }
     let server = app.server.handle();
     let shutdown = app.shutdown.clone();
@@ -73,17 +84,26 @@ async fn agent(handle: &DatabaseHandle, command: AgentCommand) -> Result<(), Cli
     match command {
         AgentCommand::Add { name, email, role } => {
             let (agent, token) = agents::add(&handle.db, &name, &email, role.as_str()).await?;
-            eprintln!("created agent {} <{}> (id {}, {})", agent.name, agent.email, agent.id, agent.role);
+            eprintln!(
+                "created agent {} <{}> (id {}, {})",
+                agent.name, agent.email, agent.id, agent.role
+            );
             println!("{}", token.0);
         }
         AgentCommand::List => {
             for agent in agents::list(&handle.db).await? {
-                println!("{}\t{}\t{}\t{}", agent.id, agent.role, agent.email, agent.name);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    agent.id, agent.role, agent.email, agent.name
+                );
             }
         }
         AgentCommand::Token { email } => {
             let (agent, token) = agents::rotate_token(&handle.db, &email).await?;
-            eprintln!("new token for {} <{}>; the old one no longer works", agent.name, agent.email);
+            eprintln!(
+                "new token for {} <{}>; the old one no longer works",
+                agent.name, agent.email
+            );
             println!("{}", token.0);
         }
     }

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// The command line: global settings plus an optional subcommand (serve by default).
 #[derive(Debug, Parser)]
-#[command(name = "livedesk", version, about = "Real-time collaboration server for helpdesk agents")]
+#[command(
+    name = "livedesk",
+    version,
+    about = "Real-time collaboration server for helpdesk agents"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
@@ -89,7 +93,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address and port to serve on (contract: LIVEDESK_BIND).
-    #[arg(long, env = "LIVEDESK_BIND", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_BIND",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub bind: SocketAddr,
 
     /// PostgreSQL URL; without it livedesk runs its own PostgreSQL in the data folder (contract).
@@ -97,7 +106,12 @@ pub struct Settings {
     pub database_url: Option<String>,
 
     /// Folder of the embedded PostgreSQL (contract: LIVEDESK_DATA_DIR).
-    #[arg(long, env = "LIVEDESK_DATA_DIR", default_value = "./livedesk-data", global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_DATA_DIR",
+        default_value = "./livedesk-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Connections in the database pool used by HTTP handlers and event reads.
@@ -106,7 +120,12 @@ pub struct Settings {
 
     /// Origins allowed to open WebSockets, comma-separated (contract: LIVEDESK_ALLOWED_ORIGINS).
     /// Default: the server's own origin (http://<bind>, and http://localhost:<port> for loopback).
-    #[arg(long, env = "LIVEDESK_ALLOWED_ORIGINS", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
     pub allowed_origins: Vec<String>,
 
     /// Log format: human (default) or json.
@@ -126,7 +145,12 @@ pub struct Settings {
     pub max_message_bytes: usize,
 
     /// Ticket subscriptions allowed per WebSocket connection.
-    #[arg(long, env = "LIVEDESK_MAX_SUBSCRIPTIONS", default_value_t = 200, global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_MAX_SUBSCRIPTIONS",
+        default_value_t = 200,
+        global = true
+    )]
     pub max_subscriptions: usize,
 
     /// Frames queued for one WebSocket connection before it is closed with 1013.
@@ -142,11 +166,21 @@ pub struct Settings {
     pub presence_ttl_ms: u64,
 
     /// Client frames allowed per second per connection before error frames, then a close.
-    #[arg(long, env = "LIVEDESK_MAX_FRAMES_PER_SECOND", default_value_t = 200, global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_MAX_FRAMES_PER_SECOND",
+        default_value_t = 200,
+        global = true
+    )]
     pub max_frames_per_second: u32,
 
     /// WebSocket connections allowed per process (further ones get 503).
-    #[arg(long, env = "LIVEDESK_MAX_CONNECTIONS", default_value_t = 20_000, global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_MAX_CONNECTIONS",
+        default_value_t = 20_000,
+        global = true
+    )]
     pub max_connections: usize,
 
     /// HTTP worker threads (default: one per CPU core).
@@ -154,7 +188,12 @@ pub struct Settings {
     pub workers: Option<usize>,
 
     /// Run the embedded PostgreSQL without fsync (throw-away clusters only: tests).
-    #[arg(long, env = "LIVEDESK_EMBEDDED_UNSAFE_FAST", hide = true, global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_EMBEDDED_UNSAFE_FAST",
+        hide = true,
+        global = true
+    )]
     pub embedded_unsafe_fast: bool,
 }
 

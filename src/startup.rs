@@ -56,7 +56,12 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
     let db = Database::new(config, settings.pool_size as usize)?;
     if !db.ping().await {
         // Say why, with the driver's own words.
-        let error = db.client().await.err().map(|e| e.to_string()).unwrap_or_default();
+        let error = db
+            .client()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         return Err(crate::db::DbError::Unavailable(error).into());
     }
     migrations::run(&db).await?;
@@ -87,7 +92,13 @@ impl Application {
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
-        let realtime = Realtime::start(db.clone(), settings.clone(), metrics.clone(), shutdown.clone()).await;
+        let realtime = Realtime::start(
+            db.clone(),
+            settings.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await;
         let state = web::Data::new(AppState {
             db,
             settings: settings.clone(),

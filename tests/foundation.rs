@@ -24,8 +24,14 @@ async fn healthz_and_metrics_need_no_token() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("livedesk_http_requests_total"), "{metrics}");
-    assert!(metrics.contains("livedesk_db_pool_connections"), "{metrics}");
+    assert!(
+        metrics.contains("livedesk_http_requests_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("livedesk_db_pool_connections"),
+        "{metrics}"
+    );
     assert!(metrics.contains("livedesk_listener_up 1"), "{metrics}");
 }
 
@@ -47,7 +53,9 @@ async fn a_token_authenticates_and_is_stored_hashed() {
         .unwrap();
     let stored: Vec<u8> = row.get(0);
     assert_eq!(stored.len(), 32, "a SHA-256 digest");
-    assert!(!stored.windows(token.len().min(16)).any(|w| token.as_bytes().starts_with(w)));
+    assert!(!stored
+        .windows(token.len().min(16))
+        .any(|w| token.as_bytes().starts_with(w)));
     let clear: i64 = sql
         .query_one(
             "SELECT count(*) FROM agents WHERE encode(token_hash, 'escape') LIKE '%' || $1 || '%'",
@@ -67,9 +75,20 @@ async fn wrong_missing_or_malformed_tokens_get_401_in_the_error_shape() {
     let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
         ("missing", app.http.get(&url)),
         ("wrong", app.http.get(&url).bearer_auth("ldk_0000")),
-        ("tampered", app.http.get(&url).bearer_auth(format!("{token}x"))),
-        ("scheme", app.http.get(&url).header("authorization", format!("Basic {token}"))),
-        ("empty", app.http.get(&url).header("authorization", "Bearer ")),
+        (
+            "tampered",
+            app.http.get(&url).bearer_auth(format!("{token}x")),
+        ),
+        (
+            "scheme",
+            app.http
+                .get(&url)
+                .header("authorization", format!("Basic {token}")),
+        ),
+        (
+            "empty",
+            app.http.get(&url).header("authorization", "Bearer "),
+        ),
         (
             "non-ascii",
             app.http.get(&url).header(
@@ -105,7 +124,11 @@ async fn unknown_routes_and_bad_bodies_use_the_error_shape() {
             .body(format!("{{\"subject\":\"{huge}\"}}")),
     )
     .await;
-    assert_eq!((status, error_code(&body)), (413, "payload_too_large"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
+    );
 }
 
 fn livedesk() -> Command {
@@ -120,7 +143,9 @@ fn livedesk() -> Command {
 fn postgres_of(dir: &std::path::Path) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline);
         if cmdline.contains("postgres") && cmdline.contains(&*dir.to_string_lossy()) {
@@ -131,7 +156,11 @@ fn postgres_of(dir: &std::path::Path) -> Vec<u32> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn wait_for(url: &str, limit: Duration) -> bool {
@@ -149,17 +178,34 @@ async fn wait_for(url: &str, limit: Duration) -> bool {
 
 #[tokio::test]
 async fn the_embedded_default_starts_stops_cleanly_and_keeps_data() {
-    let dir = tempfile::Builder::new().prefix("livedesk-embedded-").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-embedded-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let data = dir.path().join("data");
     // An agent made with the CLI against the embedded default.
     let output = livedesk()
-        .args(["agent", "add", "--name", "Dora", "--email", "dora@example.com"])
+        .args([
+            "agent",
+            "add",
+            "--name",
+            "Dora",
+            "--email",
+            "dora@example.com",
+        ])
         .env("LIVEDESK_DATA_DIR", &data)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
-    assert!(postgres_of(&data).is_empty(), "the CLI stops its PostgreSQL");
+    assert!(
+        postgres_of(&data).is_empty(),
+        "the CLI stops its PostgreSQL"
+    );
 
     for round in 0..2 {
         let port = free_port();
@@ -170,51 +216,98 @@ async fn the_embedded_default_starts_stops_cleanly_and_keeps_data() {
             .spawn()
             .unwrap();
         let base = format!("http://127.0.0.1:{port}");
-        assert!(wait_for(&format!("{base}/healthz"), Duration::from_secs(60)).await, "round {round}");
+        assert!(
+            wait_for(&format!("{base}/healthz"), Duration::from_secs(60)).await,
+            "round {round}"
+        );
         let me = reqwest::Client::new()
             .get(format!("{base}/api/me"))
             .bearer_auth(&token)
             .send()
             .await
             .unwrap();
-        assert_eq!(me.status(), 200, "round {round}: the agent survives restarts");
+        assert_eq!(
+            me.status(),
+            200,
+            "round {round}: the agent survives restarts"
+        );
         assert!(!postgres_of(&data).is_empty());
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(server.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        let status = tokio::task::spawn_blocking(move || server.wait()).await.unwrap().unwrap();
+        let status = tokio::task::spawn_blocking(move || server.wait())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(status.success(), "graceful stop: {status:?}");
-        assert!(postgres_of(&data).is_empty(), "no orphan postgres after stop");
+        assert!(
+            postgres_of(&data).is_empty(),
+            "no orphan postgres after stop"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_stale_postmaster_pid_from_a_crash_is_handled() {
-    let dir = tempfile::Builder::new().prefix("livedesk-stale-").tempdir_in("/tmp").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-stale-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let data = dir.path().join("data");
-    let status = livedesk().arg("migrate").env("LIVEDESK_DATA_DIR", &data).status().unwrap();
+    let status = livedesk()
+        .arg("migrate")
+        .env("LIVEDESK_DATA_DIR", &data)
+        .status()
+        .unwrap();
     assert!(status.success());
     // A crash leaves postmaster.pid behind, naming a process that is gone.
     std::fs::write(data.join("pg/postmaster.pid"), "999999\n/nowhere\n").unwrap();
-    let output = livedesk().arg("migrate").env("LIVEDESK_DATA_DIR", &data).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = livedesk()
+        .arg("migrate")
+        .env("LIVEDESK_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(postgres_of(&data).is_empty());
 }
 
 #[test]
 fn bad_configuration_exits_2_with_a_clear_message() {
     let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
-        ("bad bind", vec![("LIVEDESK_BIND", "not-an-address".into())], "invalid"),
+        (
+            "bad bind",
+            vec![("LIVEDESK_BIND", "not-an-address".into())],
+            "invalid",
+        ),
         (
             "unreachable database",
-            vec![("DATABASE_URL", "host=/nonexistent port=1 user=x dbname=y".into())],
+            vec![(
+                "DATABASE_URL",
+                "host=/nonexistent port=1 user=x dbname=y".into(),
+            )],
             "database",
         ),
-        ("malformed database url", vec![("DATABASE_URL", "postgres://%%%".into())], "database"),
-        ("unusable data folder", vec![("LIVEDESK_DATA_DIR", "/proc/livedesk".into())], "folder"),
-        ("bad pool size", vec![("LIVEDESK_POOL_SIZE", "0".into())], "pool"),
+        (
+            "malformed database url",
+            vec![("DATABASE_URL", "postgres://%%%".into())],
+            "database",
+        ),
+        (
+            "unusable data folder",
+            vec![("LIVEDESK_DATA_DIR", "/proc/livedesk".into())],
+            "folder",
+        ),
+        (
+            "bad pool size",
+            vec![("LIVEDESK_POOL_SIZE", "0".into())],
+            "pool",
+        ),
     ];
     for (name, env, needle) in cases {
         let mut command = livedesk();

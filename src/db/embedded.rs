@@ -49,7 +49,9 @@ pub enum EmbeddedError {
     },
     #[error("`{program}` failed: {message}")]
     Command { program: String, message: String },
-    #[error("PostgreSQL did not become ready within {seconds} s; its log ({log}) ends with:\n{tail}")]
+    #[error(
+        "PostgreSQL did not become ready within {seconds} s; its log ({log}) ends with:\n{tail}"
+    )]
     NotReady {
         seconds: u64,
         log: PathBuf,
@@ -212,7 +214,15 @@ impl EmbeddedPostgres {
             .command("initdb")
             .arg("-D")
             .arg(&self.data_dir)
-            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8"])
+            .args([
+                "-U",
+                SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| command_error("initdb", e.to_string()))?;
@@ -239,7 +249,10 @@ impl EmbeddedPostgres {
             .unwrap_or(0);
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if pid > 0 && comm.trim() == "postgres" {
-            tracing::warn!(pid, "a PostgreSQL from an earlier run still serves this folder; stopping it");
+            tracing::warn!(
+                pid,
+                "a PostgreSQL from an earlier run still serves this folder; stopping it"
+            );
             let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
             let deadline = Instant::now() + Duration::from_secs(30);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
@@ -276,7 +289,10 @@ impl EmbeddedPostgres {
             .args(["-c", "listen_addresses="])
             .args(["-c", &format!("port={}", self.port)])
             .arg("-c")
-            .arg(format!("unix_socket_directories={}", self.socket_dir.display()))
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.socket_dir.display()
+            ))
             .args(["-c", "unix_socket_permissions=0700"])
             .args(["-c", "max_connections=400"]);
         if self.options.unsafe_fast {
@@ -339,7 +355,14 @@ impl EmbeddedPostgres {
             .arg("-q")
             .arg("-h")
             .arg(&self.socket_dir)
-            .args(["-p", &self.port.to_string(), "-d", "postgres", "-U", SUPERUSER])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-d",
+                "postgres",
+                "-U",
+                SUPERUSER,
+            ])
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
@@ -350,7 +373,14 @@ impl EmbeddedPostgres {
             Command::new(self.bin_dir.join("psql"))
                 .arg("-h")
                 .arg(&self.socket_dir)
-                .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                    "-d",
+                    "postgres",
+                ])
                 .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-c", sql])
                 .output()
                 .map_err(|e| command_error("psql", e.to_string()))

@@ -39,7 +39,12 @@ pub async fn load(db: &Database) -> Result<Vec<Login>, DomainError> {
         let alice = &logins[0].0;
         for (key, label, kind, options) in [
             ("order_id", "Order", "text", None),
-            ("plan", "Plan", "select", Some(json!(["free", "pro", "enterprise"]))),
+            (
+                "plan",
+                "Plan",
+                "select",
+                Some(json!(["free", "pro", "enterprise"])),
+            ),
             ("refund_amount", "Refund amount", "number", None),
             ("vip", "VIP", "checkbox", None),
         ] {
@@ -51,21 +56,50 @@ pub async fn load(db: &Database) -> Result<Vec<Login>, DomainError> {
             };
             fields::put(db, key, &def).await?;
         }
-        let ticket = |subject: Option<&str>, channel: &str, email: &str, name: &str, body: &str| NewTicket {
-            subject: subject.map(str::to_owned),
-            channel: Some(channel.into()),
-            customer: Some(CustomerRef {
-                email: email.into(),
-                name: Some(name.into()),
-            }),
-            body: Some(body.into()),
-        };
-        tickets::create(db, alice, &ticket(Some("Refund for order #1042"), "email", "dana@example.com", "Dana Customer",
-            "Hello, I was charged twice for order #1042. Could you refund one of the charges?")).await?;
-        tickets::create(db, alice, &ticket(None, "chat", "eve@example.com", "Eve Visitor", "Hello")).await?;
-        let created = tickets::create(db, alice, &ticket(Some("Cannot log in after password reset"), "email",
-            "frank@example.com", "Frank User", "Since I reset my password yesterday the login page says 'invalid credentials'.")).await?;
-        if let Some(id) = serde_json::from_str::<serde_json::Value>(&created.0).ok().and_then(|t| t["id"].as_i64()) {
+        let ticket =
+            |subject: Option<&str>, channel: &str, email: &str, name: &str, body: &str| NewTicket {
+                subject: subject.map(str::to_owned),
+                channel: Some(channel.into()),
+                customer: Some(CustomerRef {
+                    email: email.into(),
+                    name: Some(name.into()),
+                }),
+                body: Some(body.into()),
+            };
+        tickets::create(
+            db,
+            alice,
+            &ticket(
+                Some("Refund for order #1042"),
+                "email",
+                "dana@example.com",
+                "Dana Customer",
+                "Hello, I was charged twice for order #1042. Could you refund one of the charges?",
+            ),
+        )
+        .await?;
+        tickets::create(
+            db,
+            alice,
+            &ticket(None, "chat", "eve@example.com", "Eve Visitor", "Hello"),
+        )
+        .await?;
+        let created = tickets::create(
+            db,
+            alice,
+            &ticket(
+                Some("Cannot log in after password reset"),
+                "email",
+                "frank@example.com",
+                "Frank User",
+                "Since I reset my password yesterday the login page says 'invalid credentials'.",
+            ),
+        )
+        .await?;
+        if let Some(id) = serde_json::from_str::<serde_json::Value>(&created.0)
+            .ok()
+            .and_then(|t| t["id"].as_i64())
+        {
             let note = NewMessage {
                 kind: "note".into(),
                 body: "Looks like the SSO cache again; checking with the platform team.".into(),

@@ -26,7 +26,13 @@ pub async fn put(db: &Database, key: &str, def: &FieldDefinition) -> Result<RawJ
     json_call(
         db,
         "SELECT ld_put_field($1, $2, $3, $4, $5)::text",
-        &[&key, &def.label, &def.kind, &def.options, &def.position.unwrap_or(0)],
+        &[
+            &key,
+            &def.label,
+            &def.kind,
+            &def.options,
+            &def.position.unwrap_or(0),
+        ],
     )
     .await
 }

@@ -36,7 +36,9 @@ pub async fn post(
     };
     let client = db.client().await?;
     let statement = client
-        .prepare_cached("SELECT created, message::text FROM ld_post_message($1, $2, $3, $4, $5, $6, $7, $8)")
+        .prepare_cached(
+            "SELECT created, message::text FROM ld_post_message($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
         .await?;
     let row = client
         .query_one(

@@ -17,7 +17,12 @@ pub struct TagDelta {
 }
 
 /// Apply a delta; `{"tags", "version"}` after it.
-pub async fn change(db: &Database, ticket_id: i64, actor: &Agent, delta: &TagDelta) -> Result<RawJson, DomainError> {
+pub async fn change(
+    db: &Database,
+    ticket_id: i64,
+    actor: &Agent,
+    delta: &TagDelta,
+) -> Result<RawJson, DomainError> {
     json_call(
         db,
         "SELECT ld_change_tags($1, $2, $3, $4)::text",

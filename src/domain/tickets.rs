@@ -35,7 +35,11 @@ pub struct TicketFilter {
 }
 
 /// Create a ticket (and its first message when a body is given).
-pub async fn create(db: &Database, actor: &Agent, input: &NewTicket) -> Result<RawJson, DomainError> {
+pub async fn create(
+    db: &Database,
+    actor: &Agent,
+    input: &NewTicket,
+) -> Result<RawJson, DomainError> {
     let (email, name) = match &input.customer {
         Some(c) => (Some(c.email.as_str()), c.name.as_deref()),
         None => (None, None),
@@ -43,7 +47,14 @@ pub async fn create(db: &Database, actor: &Agent, input: &NewTicket) -> Result<R
     json_call(
         db,
         "SELECT ld_create_ticket($1, $2, $3, $4, $5, $6)::text",
-        &[&actor.id, &input.subject, &input.channel, &email, &name, &input.body],
+        &[
+            &actor.id,
+            &input.subject,
+            &input.channel,
+            &email,
+            &name,
+            &input.body,
+        ],
     )
     .await
 }
@@ -73,7 +84,11 @@ pub async fn patch(
 }
 
 /// A page of tickets, newest first.
-pub async fn list(db: &Database, actor: &Agent, filter: &TicketFilter) -> Result<RawJson, DomainError> {
+pub async fn list(
+    db: &Database,
+    actor: &Agent,
+    filter: &TicketFilter,
+) -> Result<RawJson, DomainError> {
     json_call(
         db,
         "SELECT ld_list_tickets($1, $2, $3, $4, $5, $6)::text",
@@ -90,7 +105,12 @@ pub async fn list(db: &Database, actor: &Agent, filter: &TicketFilter) -> Result
 }
 
 /// The ticket's events after version `since`, in order.
-pub async fn events(db: &Database, id: i64, since: i64, limit: Option<i32>) -> Result<RawJson, DomainError> {
+pub async fn events(
+    db: &Database,
+    id: i64,
+    since: i64,
+    limit: Option<i32>,
+) -> Result<RawJson, DomainError> {
     json_call(
         db,
         "SELECT ld_list_events($1, $2, $3)::text",

@@ -77,9 +77,12 @@ impl ApiError {
                 (*message).into(),
                 Map::new(),
             ),
-            ApiError::NotFound(message) => {
-                (StatusCode::NOT_FOUND, "not_found", message.clone(), Map::new())
-            }
+            ApiError::NotFound(message) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                message.clone(),
+                Map::new(),
+            ),
             ApiError::TooLarge(message) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -142,12 +145,12 @@ pub mod extractors {
     /// For `web::JsonConfig`.
     pub fn json(err: JsonPayloadError, _req: &HttpRequest) -> Error {
         match err {
-            JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::TooLarge(
-                format!("The body is {length} bytes; the limit is {limit} bytes."),
-            ),
-            JsonPayloadError::Overflow { limit } => {
-                ApiError::TooLarge(format!("The body is larger than the limit of {limit} bytes."))
-            }
+            JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::TooLarge(format!(
+                "The body is {length} bytes; the limit is {limit} bytes."
+            )),
+            JsonPayloadError::Overflow { limit } => ApiError::TooLarge(format!(
+                "The body is larger than the limit of {limit} bytes."
+            )),
             JsonPayloadError::ContentType => ApiError::bad_request(
                 "invalid_content_type",
                 "The body must be JSON (Content-Type: application/json).",
@@ -158,7 +161,9 @@ pub mod extractors {
             JsonPayloadError::Deserialize(e) => {
                 ApiError::bad_request("invalid_json", format!("The body is not valid JSON: {e}."))
             }
-            other => ApiError::bad_request("invalid_json", format!("Cannot read the body: {other}.")),
+            other => {
+                ApiError::bad_request("invalid_json", format!("Cannot read the body: {other}."))
+            }
         }
         .into()
     }

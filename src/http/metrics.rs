@@ -24,16 +24,19 @@ pub struct Metrics {
 impl Metrics {
     /// A fresh registry with every metric (infallible names; a failure is a bug).
     pub fn new() -> Self {
-        let registry = Registry::new_custom(Some("livedesk".into()), None)
-            .unwrap_or_else(|_| Registry::new());
+        let registry =
+            Registry::new_custom(Some("livedesk".into()), None).unwrap_or_else(|_| Registry::new());
         let http_requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route and status"),
             &["method", "route", "status"],
         )
         .expect("valid metric");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ],
+            ),
             &["method", "route"],
         )
         .expect("valid metric");
@@ -45,10 +48,19 @@ impl Metrics {
             pool_size: gauge("db_pool_connections", "Open connections in the pool"),
             pool_available: gauge("db_pool_available", "Idle connections in the pool"),
             ws_connections: gauge("ws_connections", "Open WebSocket connections"),
-            ws_closed_slow: counter("ws_closed_slow_total", "Connections closed with 1013 (queue full)"),
+            ws_closed_slow: counter(
+                "ws_closed_slow_total",
+                "Connections closed with 1013 (queue full)",
+            ),
             listener_up: gauge("listener_up", "1 while the LISTEN connection is up"),
-            listener_reconnects: counter("listener_reconnects_total", "LISTEN connection (re)connects after a loss"),
-            events_delivered: counter("events_delivered_total", "Event frames queued to connections"),
+            listener_reconnects: counter(
+                "listener_reconnects_total",
+                "LISTEN connection (re)connects after a loss",
+            ),
+            events_delivered: counter(
+                "events_delivered_total",
+                "Event frames queued to connections",
+            ),
             event_fetches: counter("event_fetches_total", "Batched reads of ticket_events"),
             presence_writes: counter("presence_writes_total", "Writes to the presence table"),
             registry,

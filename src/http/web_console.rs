@@ -14,8 +14,10 @@ const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'sel
 
 /// Register `/` and the console's files.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/{file:[A-Za-z0-9_.-]+\\.(?:js|css|html|svg|png|ico)}", web::get().to(file));
+    cfg.route("/", web::get().to(index)).route(
+        "/{file:[A-Za-z0-9_.-]+\\.(?:js|css|html|svg|png|ico)}",
+        web::get().to(file),
+    );
 }
 
 async fn index() -> HttpResponse {

@@ -63,7 +63,9 @@ async fn serve(
         let statement = client
             .prepare_cached("SELECT ticket_id, version, frame FROM ld_event_frames($1, $2, $3)")
             .await?;
-        let rows = client.query(&statement, &[&ids, &afters, &EVENT_BATCH]).await?;
+        let rows = client
+            .query(&statement, &[&ids, &afters, &EVENT_BATCH])
+            .await?;
         rt.metrics.event_fetches.inc();
         let full = rows.len() as i32 >= EVENT_BATCH;
         let batch: Vec<(i64, i64, ByteString)> = rows
@@ -81,7 +83,11 @@ async fn serve(
             .prepare_cached("SELECT frame FROM ld_inbox_frames($1)")
             .await?;
         for row in client.query(&statement, &[&ids]).await? {
-            record(rt, rt.hub.fan_out_inbox(ByteString::from(row.get::<_, String>(0))));
+            record(
+                rt,
+                rt.hub
+                    .fan_out_inbox(ByteString::from(row.get::<_, String>(0))),
+            );
         }
     }
     if !presence.is_empty() {

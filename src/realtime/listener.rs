@@ -13,6 +13,8 @@ use super::Realtime;
 /// How often the idle LISTEN connection is probed (detects a silent loss).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// `application_name` of the LISTEN connection, to find it in `pg_stat_activity`.
+pub const LISTENER_NAME: &str = "livedesk-listener";
 
 /// The ticket id of a `livedesk_events` payload `{"ticket_id": …, "version": …}`.
 pub fn ticket_of(payload: &str) -> Option<i64> {
@@ -33,7 +35,9 @@ pub async fn run(rt: Realtime) {
         if rt.shutdown.is_cancelled() {
             return;
         }
-        match rt.db.config().connect(NoTls).await {
+        let mut config = rt.db.config().clone();
+        config.application_name(LISTENER_NAME);
+        match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 let relay = rt.clone();
                 let mut driver = tokio::spawn(async move {

@@ -75,7 +75,13 @@ impl Realtime {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Realtime {
-        let presence = presence::Presence::start(db.clone(), settings.clone(), metrics.clone(), shutdown.clone()).await;
+        let presence = presence::Presence::start(
+            db.clone(),
+            settings.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await;
         let realtime = Realtime {
             inner: Arc::new(Inner {
                 db,

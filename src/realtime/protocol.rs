@@ -67,7 +67,10 @@ pub fn parse(text: &str) -> Result<ClientFrame, (&'static str, String)> {
     let kind = value
         .get("type")
         .and_then(Value::as_str)
-        .ok_or(("invalid_frame", "The frame needs a string \"type\".".to_string()))?
+        .ok_or((
+            "invalid_frame",
+            "The frame needs a string \"type\".".to_string(),
+        ))?
         .to_string();
     const KNOWN: [&str; 6] = [
         "subscribe",
@@ -115,12 +118,21 @@ mod tests {
     fn parses_known_frames() {
         assert!(matches!(
             parse(r#"{"type":"subscribe","ticket_id":4,"since":2}"#),
-            Ok(ClientFrame::Subscribe { ticket_id: 4, since: Some(2) })
+            Ok(ClientFrame::Subscribe {
+                ticket_id: 4,
+                since: Some(2)
+            })
         ));
-        assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping {})));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping {})
+        ));
         assert!(matches!(
             parse(r#"{"type":"presence","ticket_id":1,"state":"typing"}"#),
-            Ok(ClientFrame::Presence { state: PresenceState::Typing, .. })
+            Ok(ClientFrame::Presence {
+                state: PresenceState::Typing,
+                ..
+            })
         ));
     }
 
@@ -129,8 +141,23 @@ mod tests {
         assert_eq!(parse("nope").unwrap_err().0, "invalid_json");
         assert_eq!(parse("[]").unwrap_err().0, "invalid_frame");
         assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().0, "unknown_type");
-        assert_eq!(parse(r#"{"type":"subscribe","ticket_id":"x"}"#).unwrap_err().0, "invalid_frame");
-        assert_eq!(parse(r#"{"type":"presence","ticket_id":1,"state":"asleep"}"#).unwrap_err().0, "invalid_frame");
-        assert_eq!(parse(r#"{"type":"subscribe","ticket_id":1,"extra":1}"#).unwrap_err().0, "invalid_frame");
+        assert_eq!(
+            parse(r#"{"type":"subscribe","ticket_id":"x"}"#)
+                .unwrap_err()
+                .0,
+            "invalid_frame"
+        );
+        assert_eq!(
+            parse(r#"{"type":"presence","ticket_id":1,"state":"asleep"}"#)
+                .unwrap_err()
+                .0,
+            "invalid_frame"
+        );
+        assert_eq!(
+            parse(r#"{"type":"subscribe","ticket_id":1,"extra":1}"#)
+                .unwrap_err()
+                .0,
+            "invalid_frame"
+        );
     }
 }

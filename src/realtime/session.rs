@@ -36,10 +36,9 @@ pub async fn upgrade(
         .and_then(|q| q.get("access_token").cloned());
     let token = bearer_token(&req).map(str::to_owned).or(query_token);
     let agent = authenticate(&state, token.as_deref()).await?;
-    let slot = state
-        .realtime
-        .open_connection()
-        .ok_or_else(|| ApiError::Unavailable("Too many WebSocket connections; retry later.".into()))?;
+    let slot = state.realtime.open_connection().ok_or_else(|| {
+        ApiError::Unavailable("Too many WebSocket connections; retry later.".into())
+    })?;
     let (response, ws, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("invalid_upgrade", e.to_string()))?;
     let max = state.settings.max_frame_bytes;
@@ -212,7 +211,11 @@ impl Session {
                 self.on_frame(ws, &text).await
             }
             AggregatedMessage::Binary(_) => {
-                send(ws, protocol::error_frame("unsupported_frame", "Frames must be JSON text.", None)).await
+                send(
+                    ws,
+                    protocol::error_frame("unsupported_frame", "Frames must be JSON text.", None),
+                )
+                .await
             }
             AggregatedMessage::Ping(bytes) => ws.pong(&bytes).await.err().map(|_| Stop::Gone),
             AggregatedMessage::Pong(_) => None,
@@ -231,7 +234,11 @@ impl Session {
             return Some(Stop::Close(close::POLICY, "too many frames"));
         }
         if self.window.1 > limit {
-            let frame = protocol::error_frame("rate_limited", "Too many frames; this one was ignored.", None);
+            let frame = protocol::error_frame(
+                "rate_limited",
+                "Too many frames; this one was ignored.",
+                None,
+            );
             return send(ws, frame).await;
         }
         None
@@ -243,14 +250,26 @@ impl Session {
         }
         let frame = match protocol::parse(text) {
             Ok(frame) => frame,
-            Err((code, message)) => return send(ws, protocol::error_frame(code, &message, None)).await,
+            Err((code, message)) => {
+                return send(ws, protocol::error_frame(code, &message, None)).await
+            }
         };
         match frame {
             ClientFrame::Ping {} => send(ws, r#"{"type":"pong"}"#.into()).await,
-            ClientFrame::Subscribe { ticket_id, since } => self.subscribe(ws, ticket_id, since).await,
+            ClientFrame::Subscribe { ticket_id, since } => {
+                self.subscribe(ws, ticket_id, since).await
+            }
             ClientFrame::Unsubscribe { ticket_id } => {
                 if self.subs.remove(&ticket_id).is_none() {
-                    return send(ws, protocol::error_frame("not_subscribed", "You are not subscribed to this ticket.", Some(ticket_id))).await;
+                    return send(
+                        ws,
+                        protocol::error_frame(
+                            "not_subscribed",
+                            "You are not subscribed to this ticket.",
+                            Some(ticket_id),
+                        ),
+                    )
+                    .await;
                 }
                 self.rt.hub.unsubscribe(ticket_id, self.slot.id);
                 if self.presence.remove(&ticket_id).is_some() {
@@ -271,7 +290,17 @@ impl Session {
             ClientFrame::Presence { ticket_id, state } => {
                 match self.presence.get_mut(&ticket_id) {
                     Some(slot) => slot.wanted = state,
-                    None => return send(ws, protocol::error_frame("not_subscribed", "Subscribe to the ticket before sending presence.", Some(ticket_id))).await,
+                    None => {
+                        return send(
+                            ws,
+                            protocol::error_frame(
+                                "not_subscribed",
+                                "Subscribe to the ticket before sending presence.",
+                                Some(ticket_id),
+                            ),
+                        )
+                        .await
+                    }
                 }
                 self.flush_presence();
                 None
@@ -279,13 +308,35 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, ws: &mut actix_ws::Session, ticket_id: i64, since: Option<i64>) -> Option<Stop> {
-        if !self.subs.contains_key(&ticket_id) && self.subs.len() >= self.rt.settings.max_subscriptions {
-            let message = format!("At most {} subscriptions per connection.", self.rt.settings.max_subscriptions);
-            return send(ws, protocol::error_frame("too_many_subscriptions", &message, Some(ticket_id))).await;
+    async fn subscribe(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        since: Option<i64>,
+    ) -> Option<Stop> {
+        if !self.subs.contains_key(&ticket_id)
+            && self.subs.len() >= self.rt.settings.max_subscriptions
+        {
+            let message = format!(
+                "At most {} subscriptions per connection.",
+                self.rt.settings.max_subscriptions
+            );
+            return send(
+                ws,
+                protocol::error_frame("too_many_subscriptions", &message, Some(ticket_id)),
+            )
+            .await;
         }
         if since.is_some_and(|s| s < 0) {
-            return send(ws, protocol::error_frame("invalid_frame", "since must be a version ≥ 0.", Some(ticket_id))).await;
+            return send(
+                ws,
+                protocol::error_frame(
+                    "invalid_frame",
+                    "since must be a version ≥ 0.",
+                    Some(ticket_id),
+                ),
+            )
+            .await;
         }
         // Register first: every event committed after our read below reaches us live.
         self.subs.remove(&ticket_id);
@@ -322,9 +373,15 @@ impl Session {
     }
 
     /// `subscribed` then `snapshot`; the version the client now has.
-    async fn send_snapshot(&mut self, ws: &mut actix_ws::Session, ticket_id: i64) -> Result<Result<i64, Stop>, DomainError> {
+    async fn send_snapshot(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+    ) -> Result<Result<i64, Stop>, DomainError> {
         let client = self.rt.db.client().await?;
-        let statement = client.prepare_cached("SELECT version, frame FROM ld_ws_snapshot($1)").await?;
+        let statement = client
+            .prepare_cached("SELECT version, frame FROM ld_ws_snapshot($1)")
+            .await?;
         let row = client.query_one(&statement, &[&ticket_id]).await?;
         let version: i64 = row.get(0);
         let frame: String = row.get(1);
@@ -338,14 +395,24 @@ impl Session {
     }
 
     /// `subscribed` then every event after `since`; the version the client now has.
-    async fn send_backlog(&mut self, ws: &mut actix_ws::Session, ticket_id: i64, since: i64) -> Result<Result<i64, Stop>, DomainError> {
+    async fn send_backlog(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        since: i64,
+    ) -> Result<Result<i64, Stop>, DomainError> {
         let current: i64 = {
             let client = self.rt.db.client().await?;
-            let statement = client.prepare_cached("SELECT ld_ticket_version($1)").await?;
+            let statement = client
+                .prepare_cached("SELECT ld_ticket_version($1)")
+                .await?;
             client.query_one(&statement, &[&ticket_id]).await?.get(0)
         };
         if since > current {
-            return Err(DomainError::invalid("since", format!("since ({since}) is ahead of the ticket's version ({current}).")));
+            return Err(DomainError::invalid(
+                "since",
+                format!("since ({since}) is ahead of the ticket's version ({current})."),
+            ));
         }
         if let Some(stop) = send(ws, protocol::subscribed_frame(ticket_id, since)).await {
             return Ok(Err(stop));
@@ -360,9 +427,16 @@ impl Session {
     }
 
     /// Send events from the log after the client's cursor, up to `until` (or the end).
-    async fn replay(&mut self, ws: &mut actix_ws::Session, ticket_id: i64, until: Option<i64>) -> Option<Stop> {
+    async fn replay(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        until: Option<i64>,
+    ) -> Option<Stop> {
         loop {
-            let Some(&after) = self.subs.get(&ticket_id) else { return None };
+            let Some(&after) = self.subs.get(&ticket_id) else {
+                return None;
+            };
             if until.is_some_and(|u| after >= u) {
                 return None;
             }
@@ -370,7 +444,10 @@ impl Session {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, ticket_id, "replay failed");
-                    return Some(Stop::Close(close::SERVER_ERROR, "could not read events: resume with since"));
+                    return Some(Stop::Close(
+                        close::SERVER_ERROR,
+                        "could not read events: resume with since",
+                    ));
                 }
             };
             let done = rows.len() < REPLAY_BATCH as usize;
@@ -386,12 +463,18 @@ impl Session {
         }
     }
 
-    async fn read_events(&self, ticket_id: i64, after: i64) -> Result<Vec<(i64, String)>, DomainError> {
+    async fn read_events(
+        &self,
+        ticket_id: i64,
+        after: i64,
+    ) -> Result<Vec<(i64, String)>, DomainError> {
         let client = self.rt.db.client().await?;
         let statement = client
             .prepare_cached("SELECT version, frame FROM ld_event_frames(ARRAY[$1::bigint], ARRAY[$2::bigint], $3)")
             .await?;
-        let rows = client.query(&statement, &[&ticket_id, &after, &REPLAY_BATCH]).await?;
+        let rows = client
+            .query(&statement, &[&ticket_id, &after, &REPLAY_BATCH])
+            .await?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -399,13 +482,22 @@ impl Session {
     async fn deliver(&mut self, ws: &mut actix_ws::Session, item: Outbound) -> Option<Stop> {
         match item {
             Outbound::Frame(frame) => self.send_or_overflow(ws, frame).await,
-            Outbound::Event { ticket_id, version, frame } => {
+            Outbound::Event {
+                ticket_id,
+                version,
+                frame,
+            } => {
                 let last = *self.subs.get(&ticket_id)?;
                 if version <= last {
                     return None;
                 }
                 if version > last + 1 {
-                    tracing::warn!(ticket_id, last, version, "gap in live events; filling from the log");
+                    tracing::warn!(
+                        ticket_id,
+                        last,
+                        version,
+                        "gap in live events; filling from the log"
+                    );
                     if let Some(stop) = self.replay(ws, ticket_id, Some(version - 1)).await {
                         return Some(stop);
                     }
@@ -420,7 +512,11 @@ impl Session {
     }
 
     /// A write that gives up when the hub declares this connection too slow.
-    async fn send_or_overflow(&self, ws: &mut actix_ws::Session, frame: ByteString) -> Option<Stop> {
+    async fn send_or_overflow(
+        &self,
+        ws: &mut actix_ws::Session,
+        frame: ByteString,
+    ) -> Option<Stop> {
         let overflow = self.handle.overflow.clone();
         tokio::select! {
             result = ws.text(frame) => result.err().map(|_| Stop::Gone),
@@ -432,8 +528,12 @@ impl Session {
     fn flush_presence(&mut self) {
         let now = Instant::now();
         for (ticket_id, slot) in &mut self.presence {
-            if slot.written != Some(slot.wanted) && now.duration_since(slot.at) >= PRESENCE_MIN_INTERVAL {
-                self.rt.presence.set(self.slot.id, *ticket_id, self.agent.id, slot.wanted);
+            if slot.written != Some(slot.wanted)
+                && now.duration_since(slot.at) >= PRESENCE_MIN_INTERVAL
+            {
+                self.rt
+                    .presence
+                    .set(self.slot.id, *ticket_id, self.agent.id, slot.wanted);
                 slot.written = Some(slot.wanted);
                 slot.at = now;
             }
@@ -463,13 +563,20 @@ async fn send(ws: &mut actix_ws::Session, frame: ByteString) -> Option<Stop> {
 /// A refused subscription as an `error` frame (the connection stays).
 fn domain_error_frame(error: &DomainError, ticket_id: i64) -> ByteString {
     match error {
-        DomainError::Rejected { kind: Rejection::NotFound, .. } => {
-            protocol::error_frame("not_found", "There is no such ticket.", Some(ticket_id))
+        DomainError::Rejected {
+            kind: Rejection::NotFound,
+            ..
+        } => protocol::error_frame("not_found", "There is no such ticket.", Some(ticket_id)),
+        DomainError::Rejected { kind, message, .. } => {
+            protocol::error_frame(kind.code(), message, Some(ticket_id))
         }
-        DomainError::Rejected { kind, message, .. } => protocol::error_frame(kind.code(), message, Some(ticket_id)),
         other => {
             tracing::warn!(error = %other, "subscription failed");
-            protocol::error_frame("unavailable", "The ticket could not be read now; retry.", Some(ticket_id))
+            protocol::error_frame(
+                "unavailable",
+                "The ticket could not be read now; retry.",
+                Some(ticket_id),
+            )
         }
     }
 }

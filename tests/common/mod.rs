@@ -34,7 +34,9 @@ static NEXT_DB: AtomicU32 = AtomicU32::new(1);
 pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         // A thread of its own: the caller may already be inside a runtime.
-        std::thread::spawn(start_cluster).join().expect("cluster start panicked")
+        std::thread::spawn(start_cluster)
+            .join()
+            .expect("cluster start panicked")
     })
 }
 
@@ -115,14 +117,22 @@ impl Cluster {
 
     /// Restart the PostgreSQL server (same socket and port).
     pub fn restart(&self) {
-        self.pg.lock().unwrap().restart().expect("restart PostgreSQL");
+        self.pg
+            .lock()
+            .unwrap()
+            .restart()
+            .expect("restart PostgreSQL");
     }
 }
 
 /// A fresh database cloned from the migrated template.
 pub async fn fresh_database() -> String {
     let cluster = cluster();
-    let name = format!("t_{}_{}", std::process::id(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+    let name = format!(
+        "t_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::Relaxed)
+    );
     let (client, connection) = cluster.config("postgres").connect(NoTls).await.unwrap();
     tokio::spawn(connection);
     let mut tries = 0;
@@ -219,7 +229,11 @@ impl TestApp {
 
     /// A new agent and its token.
     pub async fn agent(&self, name: &str, role: &str) -> (Agent, String) {
-        let email = format!("{}-{}@test.local", name.to_lowercase(), NEXT_DB.fetch_add(1, Ordering::Relaxed));
+        let email = format!(
+            "{}-{}@test.local",
+            name.to_lowercase(),
+            NEXT_DB.fetch_add(1, Ordering::Relaxed)
+        );
         let (agent, token) = agents::add(&self.db, name, &email, role).await.unwrap();
         (agent, token.0)
     }
@@ -256,7 +270,11 @@ impl TestApp {
     /// Create a ticket over HTTP; its JSON.
     pub async fn ticket(&self, token: &str, subject: &str) -> Value {
         let (status, body) = self
-            .post("/api/tickets", token, serde_json::json!({"subject": subject}))
+            .post(
+                "/api/tickets",
+                token,
+                serde_json::json!({"subject": subject}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         body
@@ -283,7 +301,14 @@ pub async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
 
 /// Assert the contract's error shape and return the code.
 pub fn error_code(body: &Value) -> &str {
-    let error = body.get("error").unwrap_or_else(|| panic!("no error object in {body}"));
-    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "no message in {body}");
-    error["code"].as_str().unwrap_or_else(|| panic!("no code in {body}"))
+    let error = body
+        .get("error")
+        .unwrap_or_else(|| panic!("no error object in {body}"));
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "no message in {body}"
+    );
+    error["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code in {body}"))
 }

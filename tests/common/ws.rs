@@ -26,7 +26,9 @@ pub enum Ended {
 impl WsClient {
     /// Connect with a Bearer header (and optional Origin); read `hello`.
     pub async fn connect(base: &str, token: &str) -> WsClient {
-        Self::connect_with(base, Some(token), None, false).await.unwrap()
+        Self::connect_with(base, Some(token), None, false)
+            .await
+            .unwrap()
     }
 
     /// Connect with options; the handshake's HTTP status on refusal.
@@ -47,7 +49,9 @@ impl WsClient {
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
         }
         if let Some(origin) = origin {
-            request.headers_mut().insert("origin", origin.parse().unwrap());
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
         }
         match tokio_tungstenite::connect_async(request).await {
             Ok((stream, _)) => {
@@ -91,7 +95,9 @@ impl WsClient {
     pub async fn next_within(&mut self, limit: Duration) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let message = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??;
+            let message = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()??;
             match message.ok()? {
                 Message::Text(text) => return Some(serde_json::from_str(&text).unwrap()),
                 Message::Close(_) => return None,
@@ -156,7 +162,18 @@ impl WsClient {
 
 /// Assert versions are exactly `from..=to`, once each, in order.
 pub fn assert_versions(events: &[Value], from: i64, to: i64) {
-    let versions: Vec<i64> = events.iter().map(|e| e["version"].as_i64().unwrap()).collect();
+    let versions: Vec<i64> = events
+        .iter()
+        .map(|e| e["version"].as_i64().unwrap())
+        .collect();
     let expected: Vec<i64> = (from..=to).collect();
-    assert_eq!(versions, expected, "versions must be gapless, in order, once");
+    if versions != expected {
+        let first_bad = versions.iter().zip(&expected).position(|(a, b)| a != b);
+        panic!(
+            "versions must be {from}..={to} once, in order: got {} events, first {:?}, last {:?}, first mismatch at index {first_bad:?}",
+            versions.len(),
+            versions.first(),
+            versions.last()
+        );
+    }
 }

@@ -25,5 +25,8 @@ pub async fn put(
     if !agent.is_admin() {
         return Err(ApiError::Forbidden("Only admins manage field definitions."));
     }
-    Ok(raw_json(StatusCode::OK, fields::put(&state.db, &key, &body).await?))
+    Ok(raw_json(
+        StatusCode::OK,
+        fields::put(&state.db, &key, &body).await?,
+    ))
 }

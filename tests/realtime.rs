@@ -1,0 +1,509 @@
+//! Live events over WebSocket: every committed change, exactly once, in order.
+
+mod common;
+
+use std::time::Duration;
+
+use common::ws::{assert_versions, Ended, WsClient};
+use common::{test_settings, TestApp};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn subject_change(sql: &tokio_postgres::Client, ticket: i64, n: usize) {
+    sql.execute(
+        "UPDATE tickets SET subject = $2 WHERE id = $1",
+        &[&ticket, &format!("subject {n}")],
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn http_and_direct_sql_changes_reach_a_subscriber() {
+    let app = TestApp::spawn().await;
+    let (alice, token) = app.agent("Alice", "agent").await;
+    let ticket = app.ticket(&token, "Hello").await;
+    let id = ticket["id"].as_i64().unwrap();
+
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    assert_eq!(ws.hello["agent"]["id"], alice.id);
+    assert_eq!(ws.hello["heartbeat_ms"], 15000);
+    let subscribed = ws.subscribe(id, None).await;
+    assert_eq!(subscribed["version"], 1);
+    let snapshot = ws.next_of("snapshot").await;
+    assert_eq!(snapshot["ticket"]["subject"], "Hello");
+    assert!(snapshot["messages"].is_array());
+
+    let (status, body) = app
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &token,
+            json!({"changes": {"subject": {"from": "Hello", "to": "Refund for order 7"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let event = ws.events(id, 1, LONG).await.remove(0);
+    assert_eq!(event["version"], 2);
+    assert_eq!(event["kind"], "ticket.updated");
+    assert_eq!(event["actor"]["id"], alice.id);
+    assert_eq!(
+        event["data"]["changes"]["subject"]["to"],
+        "Refund for order 7"
+    );
+    assert_eq!(event["data"]["ticket"]["subject"], "Refund for order 7");
+
+    let sql = app.sql().await;
+    sql.batch_execute(&format!(
+        "BEGIN; SET LOCAL livedesk.actor_agent_id = '{}'; UPDATE tickets SET priority = 'urgent' WHERE id = {id}; COMMIT;",
+        alice.id
+    ))
+    .await
+    .unwrap();
+    sql.execute(
+        "INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES ($1, 'note', $2, 'from psql')",
+        &[&id, &alice.id],
+    )
+    .await
+    .unwrap();
+    let events = ws.events(id, 2, LONG).await;
+    assert_versions(&events, 3, 4);
+    assert_eq!(events[0]["data"]["changes"]["priority"]["to"], "urgent");
+    assert_eq!(events[0]["actor"]["id"], alice.id);
+    assert_eq!(events[1]["kind"], "message.created");
+    assert_eq!(events[1]["data"]["message"]["body"], "from psql");
+}
+
+#[tokio::test]
+async fn a_client_resuming_with_since_gets_exactly_what_it_missed_then_live() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "s").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    drop(ws);
+
+    let sql = app.sql().await;
+    for n in 0..50 {
+        subject_change(&sql, id, n).await;
+    }
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    let subscribed = ws.subscribe(id, Some(1)).await;
+    assert_eq!(subscribed["version"], 1);
+    let events = ws.events(id, 50, LONG).await;
+    assert_versions(&events, 2, 51);
+    subject_change(&sql, id, 99).await;
+    let live = ws.events(id, 1, LONG).await;
+    assert_versions(&live, 52, 52);
+    assert!(ws
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none_or(|f| f["type"] != "event"));
+}
+
+#[tokio::test]
+async fn subscribing_with_since_while_a_writer_runs_has_no_gap_or_duplicate() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "seam").await["id"].as_i64().unwrap();
+    let sql = app.sql().await;
+    let writer_sql = app.sql().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() {
+                subject_change(&writer_sql, id, n).await;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for round in 0..50 {
+        let since: i64 = sql
+            .query_one("SELECT version FROM tickets WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        let since = (since - (round % 5)).max(1);
+        let mut ws = WsClient::connect(&app.base, &token).await;
+        ws.subscribe(id, Some(since)).await;
+        // Read for a moment while the writer keeps going, then check the run.
+        let mut versions = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(150);
+        while let Some(frame) = ws.next_within(deadline - tokio::time::Instant::now()).await {
+            if frame["type"] == "event" {
+                versions.push(frame["version"].as_i64().unwrap());
+            }
+        }
+        assert!(!versions.is_empty(), "round {round}: no events");
+        let expected: Vec<i64> = (since + 1..since + 1 + versions.len() as i64).collect();
+        assert_eq!(
+            versions, expected,
+            "round {round}: gap or duplicate at the seam"
+        );
+    }
+    stop.cancel();
+    writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn killing_the_listen_connection_loses_nothing() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "k").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    let sql = app.sql().await;
+    let killer = app.sql().await;
+    let writer = tokio::spawn(async move {
+        for n in 0..500 {
+            subject_change(&sql, id, n).await;
+        }
+    });
+    let mut kills = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        kills += killer
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'livedesk-listener'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .len();
+    }
+    writer.await.unwrap();
+    assert!(kills >= 1, "the LISTEN connection was found and killed");
+    let events = ws.events(id, 500, LONG).await;
+    assert_versions(&events, 2, 501);
+    assert!(ws
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none_or(|f| f["type"] != "event"));
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("livedesk_listener_reconnects_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reconnects >= 1, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() {
+    let mut settings = test_settings();
+    settings.outbound_queue = 16;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "slow").await["id"].as_i64().unwrap();
+    // A tiny receive buffer so the socket fills quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(app.address).await.unwrap();
+    let request = tokio_tungstenite::tungstenite::http::Request::builder()
+        .uri(format!("ws://{}/ws", app.address))
+        .header("host", app.address.to_string())
+        .header("authorization", format!("Bearer {token}"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let (stream, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    let mut slow = WsClient {
+        stream,
+        hello: json!(null),
+    };
+    slow.next_of("hello").await;
+    slow.subscribe(id, None).await;
+    // Meanwhile a normal client on the same ticket must not be slowed down.
+    let mut fast = WsClient::connect(&app.base, &token).await;
+    fast.subscribe(id, None).await;
+    let (count_tx, count_rx) = tokio::sync::oneshot::channel::<usize>();
+    let fast_reader = tokio::spawn(async move {
+        let mut events = Vec::new();
+        let mut target = None;
+        let mut count_rx = count_rx;
+        loop {
+            if let Ok(n) = count_rx.try_recv() {
+                target = Some(n);
+            }
+            if target.is_some_and(|n| events.len() >= n) {
+                return events;
+            }
+            match fast.next_within(Duration::from_secs(30)).await {
+                Some(frame) if frame["type"] == "event" => events.push(frame),
+                Some(_) => {}
+                None => return events,
+            }
+        }
+    });
+    let sql = app.sql().await;
+    let (alice, _) = app.agent("Writer", "agent").await;
+    let long = "x".repeat(50_000);
+    let mut written = 0;
+    for n in 0..3000 {
+        sql.execute(
+            "INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES ($1, 'note', $2, $3)",
+            &[&id, &alice.id, &format!("{n} {long}")],
+        )
+        .await
+        .unwrap();
+        written += 1;
+        if n % 100 == 99 {
+            let metrics = app
+                .http
+                .get(format!("{}/metrics", app.base))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if !metrics.contains("livedesk_ws_closed_slow_total 0") {
+                break;
+            }
+        }
+    }
+    count_tx.send(written).unwrap();
+    let fast_events = fast_reader.await.unwrap();
+    assert_versions(&fast_events, 2, 1 + written as i64);
+    assert_eq!(
+        slow.closed(LONG).await,
+        Ended::Closed(Some(1013)),
+        "slow client closed with 1013 after {written} changes"
+    );
+    let mut again = WsClient::connect(&app.base, &token).await;
+    again.subscribe(id, Some(1)).await;
+    let events = again.events(id, written, LONG).await;
+    assert_versions(&events, 2, 1 + written as i64);
+}
+
+#[tokio::test]
+async fn a_change_through_one_process_reaches_a_client_of_another() {
+    let a = TestApp::spawn().await;
+    let b = TestApp::spawn_on(a.dbname.clone(), test_settings()).await;
+    let (_, token) = a.agent("Alice", "agent").await;
+    let id = a.ticket(&token, "two processes").await["id"]
+        .as_i64()
+        .unwrap();
+    let mut on_b = WsClient::connect(&b.base, &token).await;
+    on_b.subscribe(id, None).await;
+    on_b.next_of("snapshot").await;
+    let (status, _) = a
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &token,
+            json!({"changes": {"status": {"from": "new", "to": "open"}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let events = on_b.events(id, 1, LONG).await;
+    assert_versions(&events, 2, 2);
+    assert_eq!(events[0]["data"]["changes"]["status"]["to"], "open");
+}
+
+#[tokio::test]
+async fn the_inbox_gets_a_summary_for_every_created_or_changed_ticket() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.send(json!({"type": "subscribe_inbox"})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ticket = app.ticket(&token, "inbox me").await;
+    let frame = ws.next_of("inbox").await;
+    assert_eq!(frame["ticket"]["id"], ticket["id"]);
+    assert_eq!(frame["ticket"]["subject"], "inbox me");
+}
+
+#[tokio::test]
+async fn wrong_origin_and_bad_tokens_are_refused() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let evil =
+        WsClient::connect_with(&app.base, Some(&token), Some("https://evil.example"), false).await;
+    assert_eq!(evil.err(), Some(403));
+    let own = WsClient::connect_with(&app.base, Some(&token), Some(&app.base), false).await;
+    assert!(own.is_ok());
+    let query = WsClient::connect_with(&app.base, Some(&token), Some(&app.base), true).await;
+    assert!(query.is_ok(), "token in the query string");
+    assert_eq!(
+        WsClient::connect_with(&app.base, None, None, false)
+            .await
+            .err(),
+        Some(401)
+    );
+    assert_eq!(
+        WsClient::connect_with(&app.base, Some("ldk_bad"), None, true)
+            .await
+            .err(),
+        Some(401)
+    );
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_stays() {
+    let mut settings = test_settings();
+    settings.max_subscriptions = 3;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "frames").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    let mut neighbour = WsClient::connect(&app.base, &token).await;
+    neighbour.subscribe(id, None).await;
+    neighbour.next_of("snapshot").await;
+    let cases: Vec<(&str, String)> = vec![
+        ("invalid_json", "not json".into()),
+        ("invalid_json", "{".into()),
+        ("invalid_json", "".into()),
+        ("invalid_frame", "[]".into()),
+        ("invalid_frame", "42".into()),
+        ("invalid_frame", "null".into()),
+        ("invalid_frame", r#"{"ticket_id": 1}"#.into()),
+        ("invalid_frame", r#"{"type": 7}"#.into()),
+        ("unknown_type", r#"{"type": "dance"}"#.into()),
+        (
+            "unknown_type",
+            r#"{"type": "SUBSCRIBE", "ticket_id": 1}"#.into(),
+        ),
+        ("invalid_frame", r#"{"type": "subscribe"}"#.into()),
+        (
+            "invalid_frame",
+            r#"{"type": "subscribe", "ticket_id": "1"}"#.into(),
+        ),
+        (
+            "invalid_frame",
+            r#"{"type": "subscribe", "ticket_id": 1.5}"#.into(),
+        ),
+        (
+            "invalid_frame",
+            r#"{"type": "subscribe", "ticket_id": 99999999999999999999}"#.into(),
+        ),
+        (
+            "invalid_frame",
+            r#"{"type": "subscribe", "ticket_id": 1, "since": "x"}"#.into(),
+        ),
+        (
+            "invalid_frame",
+            format!(r#"{{"type": "subscribe", "ticket_id": {id}, "since": -1}}"#),
+        ),
+        (
+            "invalid_field",
+            format!(r#"{{"type": "subscribe", "ticket_id": {id}, "since": 999}}"#),
+        ),
+        (
+            "invalid_frame",
+            r#"{"type": "subscribe", "ticket_id": 1, "extra": true}"#.into(),
+        ),
+        (
+            "not_found",
+            r#"{"type": "subscribe", "ticket_id": 424242}"#.into(),
+        ),
+        (
+            "not_found",
+            r#"{"type": "subscribe", "ticket_id": -3}"#.into(),
+        ),
+        (
+            "not_subscribed",
+            r#"{"type": "unsubscribe", "ticket_id": 5}"#.into(),
+        ),
+        (
+            "not_subscribed",
+            format!(r#"{{"type": "presence", "ticket_id": {id}, "state": "typing"}}"#),
+        ),
+        (
+            "invalid_frame",
+            format!(r#"{{"type": "presence", "ticket_id": {id}, "state": "asleep"}}"#),
+        ),
+        (
+            "invalid_frame",
+            r#"{"type": "presence", "ticket_id": 1}"#.into(),
+        ),
+        ("invalid_frame", r#"{"type": "ping", "x": 1}"#.into()),
+    ];
+    for (code, text) in &cases {
+        ws.send_text(text).await;
+        let frame = ws.next_of("error").await;
+        assert_eq!(frame["code"], *code, "frame {text}: {frame}");
+        assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Binary frames are refused with an error frame too.
+    use futures_util::SinkExt;
+    ws.stream
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![1, 2, 3].into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ws.next_of("error").await["code"], "unsupported_frame");
+    // Too many subscriptions.
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(
+            app.ticket(&token, &format!("t{n}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    for id in &ids[..3] {
+        ws.subscribe(*id, None).await;
+    }
+    ws.send(json!({"type": "subscribe", "ticket_id": ids[3]}))
+        .await;
+    assert_eq!(ws.next_of("error").await["code"], "too_many_subscriptions");
+    // Still alive.
+    ws.send(json!({"type": "ping"})).await;
+    assert_eq!(ws.next_of("pong").await["type"], "pong");
+    // An oversize frame closes with 1009; the neighbour is unaffected.
+    ws.send_text(&"x".repeat(70 * 1024)).await;
+    assert_eq!(ws.closed(LONG).await, Ended::Closed(Some(1009)));
+    app.patch(
+        &format!("/api/tickets/{id}"),
+        &token,
+        json!({"changes": {"status": {"from": "new", "to": "open"}}}),
+    )
+    .await;
+    assert_versions(&neighbour.events(id, 1, LONG).await, 2, 2);
+}
+
+#[tokio::test]
+async fn flooding_frames_gets_rate_limited_then_closed() {
+    let mut settings = test_settings();
+    settings.max_frames_per_second = 20;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    for _ in 0..100 {
+        ws.send(json!({"type": "ping"})).await;
+    }
+    let mut limited = false;
+    loop {
+        match ws.next_within(Duration::from_secs(5)).await {
+            Some(frame) if frame["code"] == "rate_limited" => limited = true,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    assert!(limited, "an error frame before the close");
+}
