@@ -115,7 +115,7 @@ CREATE TABLE field_definitions (
     position  int NOT NULL DEFAULT 0,
     CONSTRAINT field_definitions_options_required
         CHECK (type NOT IN ('select', 'multiselect')
-               OR (jsonb_typeof(options) = 'array' AND options <> '[]'::jsonb))
+               OR (options IS NOT NULL AND jsonb_typeof(options) = 'array' AND options <> '[]'::jsonb))
 );
 
 CREATE TABLE tickets (
@@ -374,7 +374,7 @@ BEGIN
                 v_ok := false;
                 v_expected := r.type;
         END CASE;
-        IF NOT v_ok THEN
+        IF v_ok IS NOT TRUE THEN
             PERFORM ld_fail('LD005',
                 format('custom field "%s" must be %s (type %s), got %s', r.key, v_expected, r.type,
                        left(r.value::text, 100)),
@@ -486,7 +486,7 @@ BEGIN
     IF NOT v_checked AND OLD.assignee_id IS NOT NULL
        AND NEW.assignee_id IS DISTINCT FROM OLD.assignee_id THEN
         v_actor := ld_actor();
-        IF NOT (NEW.assignee_id IS NULL AND OLD.assignee_id = v_actor) THEN
+        IF NOT (NEW.assignee_id IS NULL AND v_actor IS NOT NULL AND OLD.assignee_id = v_actor) THEN
             PERFORM ld_fail('LD002',
                 format('ticket %s is already assigned to %s', OLD.id,
                        coalesce((SELECT a.name FROM agents a WHERE a.id = OLD.assignee_id),
@@ -1272,10 +1272,11 @@ BEGIN
         PERFORM ld_fail('LD400', format('unknown field type %s (text, number, date, select, multiselect, checkbox)',
                                         coalesce(to_jsonb(p_type)::text, 'null')), '{"field": "type"}');
     END IF;
-    IF p_type IN ('select', 'multiselect') AND NOT (
-           jsonb_typeof(v_options) = 'array' AND v_options <> '[]'::jsonb
-           AND NOT jsonb_path_exists(v_options, '$[*] ? (@.type() != "string")')
-           AND (SELECT count(*) = count(DISTINCT x) FROM jsonb_array_elements(v_options) x)) THEN
+    IF p_type IN ('select', 'multiselect') AND CASE
+           WHEN v_options IS NULL OR jsonb_typeof(v_options) <> 'array' OR v_options = '[]'::jsonb THEN true
+           WHEN jsonb_path_exists(v_options, '$[*] ? (@.type() != "string")') THEN true
+           ELSE (SELECT count(*) <> count(DISTINCT x) FROM jsonb_array_elements(v_options) x)
+       END THEN
         PERFORM ld_fail('LD400', format('a %s field needs "options": a non-empty array of distinct strings', p_type),
                         '{"field": "options"}');
     END IF;

@@ -1,0 +1,135 @@
+-- Contract §2 for direct writers: version 1 on insert, +1 per change, one
+-- event per version, no bump and no event for an UPDATE that changes nothing.
+
+DO $$
+DECLARE
+    t bigint;
+    t2 bigint;
+    e ticket_events;
+BEGIN
+    -- INSERT: version 1 (a stated version is ignored), ticket.created.
+    INSERT INTO tickets (subject, channel, version) VALUES ('  Printer on fire  ', 'phone', 99)
+    RETURNING id INTO t;
+    PERFORM t_eq(t_version(t), 1::bigint, 'a new ticket starts at version 1');
+    SELECT * INTO e FROM ticket_events WHERE ticket_id = t AND version = 1;
+    PERFORM t_eq(e.kind, 'ticket.created', 'kind of the first event');
+    PERFORM t_eq(e.data -> 'ticket' ->> 'subject', 'Printer on fire', 'subject is trimmed');
+    PERFORM t_eq(e.data -> 'ticket' ->> 'channel', 'phone', 'channel in the created event');
+    PERFORM t_eq(e.actor_agent_id, NULL::bigint, 'no actor without livedesk.actor_agent_id');
+
+    -- UPDATE by an actor: one ticket.updated with every changed field.
+    PERFORM set_config('livedesk.actor_agent_id', '2', true);
+    UPDATE tickets SET status = 'open', priority = 'high', subject = 'Printer on fire (2nd floor)'
+    WHERE id = t;
+    PERFORM t_eq(t_version(t), 2::bigint, 'one UPDATE = one bump');
+    SELECT * INTO e FROM ticket_events WHERE ticket_id = t AND version = 2;
+    PERFORM t_eq(e.kind, 'ticket.updated', 'kind');
+    PERFORM t_eq(e.actor_agent_id, 2::bigint, 'actor from livedesk.actor_agent_id');
+    PERFORM t_eq(e.data -> 'changes',
+        '{"status": {"from": "new", "to": "open"}, "priority": {"from": "normal", "to": "high"},
+          "subject": {"from": "Printer on fire", "to": "Printer on fire (2nd floor)"}}'::jsonb,
+        'changes of the update');
+    PERFORM t_eq((e.data -> 'ticket' ->> 'version')::bigint, 2::bigint, 'data.ticket is the ticket after');
+    PERFORM t_eq(e.data -> 'ticket' ->> 'status', 'open', 'data.ticket.status');
+
+    -- UPDATEs that change nothing: no bump, no event.
+    UPDATE tickets SET status = 'open' WHERE id = t;
+    UPDATE tickets SET updated_at = now() - interval '1 day' WHERE id = t;
+    UPDATE tickets SET subject = '  Printer on fire (2nd floor) ' WHERE id = t;  -- trims to the same
+    UPDATE tickets SET custom_fields = '{}' WHERE id = t;
+    PERFORM t_eq(t_version(t), 2::bigint, 'no-op updates do not bump');
+    PERFORM t_eq(t_events(t), 2::bigint, 'no-op updates write no event');
+    PERFORM t_true((SELECT updated_at = now() FROM tickets WHERE id = t), 'updated_at kept by a no-op');
+
+    -- Empty actor setting = no actor.
+    PERFORM set_config('livedesk.actor_agent_id', '', true);
+    UPDATE tickets SET priority = 'urgent' WHERE id = t;
+    PERFORM t_eq((SELECT actor_agent_id FROM ticket_events WHERE ticket_id = t AND version = 3),
+                 NULL::bigint, 'empty actor setting');
+
+    -- Customer change is a change too.
+    INSERT INTO customers (name, email) VALUES ('Dana', 'dana@example.com');
+    UPDATE tickets SET customer_id = (SELECT id FROM customers WHERE email = 'dana@example.com') WHERE id = t;
+    PERFORM t_eq((SELECT data -> 'changes' -> 'customer_id' -> 'from' FROM ticket_events
+                  WHERE ticket_id = t AND version = 4), 'null'::jsonb, 'customer_id from null');
+
+    -- Messages and tags bump the ticket and write their own event.
+    INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (t, 'note', 1, 'on it');
+    PERFORM t_eq(t_version(t), 5::bigint, 'a message bumps');
+    PERFORM t_eq((SELECT kind FROM ticket_events WHERE ticket_id = t AND version = 5), 'message.created', 'message event');
+    PERFORM t_eq((SELECT actor_agent_id FROM ticket_events WHERE ticket_id = t AND version = 5), 1::bigint,
+                 'the author is the actor of a message');
+    INSERT INTO ticket_tags (ticket_id, tag) VALUES (t, 'hardware');
+    PERFORM t_eq(t_version(t), 6::bigint, 'a tag bumps');
+    PERFORM t_true((SELECT updated_at = now() FROM tickets WHERE id = t), 'updated_at on every bump');
+
+    -- A multi-row UPDATE: one event per ticket.
+    INSERT INTO tickets (subject) VALUES ('Second') RETURNING id INTO t2;
+    UPDATE tickets SET priority = 'low' WHERE id IN (t, t2);
+    PERFORM t_eq(t_version(t), 7::bigint, 'multi-row update, first ticket');
+    PERFORM t_eq(t_version(t2), 2::bigint, 'multi-row update, second ticket');
+
+    -- Two changes in one transaction: two versions.
+    UPDATE tickets SET status = 'pending' WHERE id = t2;
+    UPDATE tickets SET status = 'open' WHERE id = t2;
+    PERFORM t_eq(t_version(t2), 4::bigint, 'two updates in one transaction');
+
+    PERFORM t_check_log(t);
+    PERFORM t_check_log(t2);
+END
+$$;
+
+-- History is append-only; a ticket's id cannot change.
+DO $$
+DECLARE
+    t bigint;
+    d jsonb;
+BEGIN
+    INSERT INTO tickets (subject) VALUES ('Immutable') RETURNING id INTO t;
+    INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (t, 'note', 1, 'note');
+    PERFORM t_raises(format('UPDATE messages SET body = %L WHERE ticket_id = %s', 'edited', t), 'LD400');
+    PERFORM t_raises(format('DELETE FROM messages WHERE ticket_id = %s', t), 'LD400');
+    PERFORM t_raises(format('UPDATE ticket_events SET data = %L WHERE ticket_id = %s', '{}', t), 'LD400');
+    PERFORM t_raises(format('DELETE FROM ticket_events WHERE ticket_id = %s', t), 'LD400');
+    d := t_raises(format('UPDATE tickets SET id = id + 1000 WHERE id = %s', t), 'LD400');
+    PERFORM t_eq(d -> 'detail' ->> 'field', 'id', 'id change refused');
+    -- CHECK constraints keep their names and SQLSTATE 23514.
+    d := t_raises(format('UPDATE tickets SET status = %L WHERE id = %s', 'done', t), '23514');
+    PERFORM t_true(d ->> 'message' LIKE '%tickets_status_valid%', 'named status constraint');
+    PERFORM t_raises(format('UPDATE tickets SET subject = %L WHERE id = %s', '   ', t), '23514');
+    PERFORM t_raises(format('UPDATE tickets SET subject = %L WHERE id = %s', repeat('x', 501), t), '23514');
+    PERFORM t_raises(format('UPDATE tickets SET priority = %L WHERE id = %s', 'meh', t), '23514');
+    PERFORM t_raises(format('UPDATE tickets SET channel = %L WHERE id = %s', 'fax', t), '23514');
+    PERFORM t_raises('INSERT INTO tickets (subject) VALUES (NULL)', '23502');
+    PERFORM t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (%s, %L, 1, %L)',
+                            t, 'note', E' \n '), '23514');
+    PERFORM t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (%s, %L, 1, %L)',
+                            t, 'email', 'x'), '23514');
+    PERFORM t_raises(format('INSERT INTO messages (ticket_id, kind, body) VALUES (%s, %L, %L)',
+                            t, 'note', 'nobody wrote this'), '23514');
+    PERFORM t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (%s, %L, 1, %L)',
+                            t, 'customer', 'no customer'), '23514');
+    PERFORM t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id) VALUES (%s, %L, 1, %L, -1)',
+                            t, 'note', 'x'), '23514');
+    -- A bogus actor is refused by the event log's foreign key.
+    PERFORM set_config('livedesk.actor_agent_id', '999', true);
+    PERFORM t_raises(format('UPDATE tickets SET status = %L WHERE id = %s', 'open', t), '23503');
+    PERFORM set_config('livedesk.actor_agent_id', '', true);
+    PERFORM t_eq(t_version(t), 2::bigint, 'refused statements changed nothing');
+    PERFORM t_check_log(t);
+END
+$$;
+
+-- The internal bump setting cannot smuggle field changes past the rules.
+DO $$
+DECLARE
+    t bigint;
+BEGIN
+    INSERT INTO tickets (subject, assignee_id) VALUES ('Guarded', 1) RETURNING id INTO t;
+    PERFORM set_config('livedesk.internal_bump', t::text, true);
+    PERFORM t_raises(format('UPDATE tickets SET assignee_id = 2 WHERE id = %s', t), 'P0001');
+    PERFORM set_config('livedesk.internal_bump', '', true);
+END
+$$;
+
+SELECT 'ok' AS versions_events;
