@@ -362,10 +362,10 @@ BEGIN
                 v_ok := jsonb_typeof(r.value) = 'string' AND r.options ? (r.value #>> '{}');
                 v_expected := 'one of ' || r.options::text;
             WHEN 'multiselect' THEN
-                v_ok := jsonb_typeof(r.value) = 'array'
-                    AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(r.value) x
-                                    WHERE jsonb_typeof(x) <> 'string' OR NOT r.options ? (x #>> '{}'))
-                    AND (SELECT count(*) = count(DISTINCT x) FROM jsonb_array_elements(r.value) x);
+                v_ok := CASE WHEN jsonb_typeof(r.value) <> 'array' THEN false ELSE (
+                            SELECT coalesce(bool_and(jsonb_typeof(x) = 'string' AND r.options ? (x #>> '{}')), true)
+                                   AND count(*) = count(DISTINCT x)
+                            FROM jsonb_array_elements(r.value) x) END;
                 v_expected := 'an array of distinct values from ' || r.options::text;
             WHEN 'checkbox' THEN
                 v_ok := jsonb_typeof(r.value) = 'boolean';
@@ -1272,11 +1272,11 @@ BEGIN
         PERFORM ld_fail('LD400', format('unknown field type %s (text, number, date, select, multiselect, checkbox)',
                                         coalesce(to_jsonb(p_type)::text, 'null')), '{"field": "type"}');
     END IF;
-    IF p_type IN ('select', 'multiselect') AND CASE
+    IF p_type IN ('select', 'multiselect') AND (CASE
            WHEN v_options IS NULL OR jsonb_typeof(v_options) <> 'array' OR v_options = '[]'::jsonb THEN true
            WHEN jsonb_path_exists(v_options, '$[*] ? (@.type() != "string")') THEN true
            ELSE (SELECT count(*) <> count(DISTINCT x) FROM jsonb_array_elements(v_options) x)
-       END THEN
+       END) THEN
         PERFORM ld_fail('LD400', format('a %s field needs "options": a non-empty array of distinct strings', p_type),
                         '{"field": "options"}');
     END IF;

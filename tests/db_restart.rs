@@ -1,0 +1,79 @@
+//! A database restart during writes loses nothing (own binary: it restarts
+//! the cluster its tests share).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::ws::{assert_versions, WsClient};
+use common::{cluster, TestApp};
+
+#[tokio::test]
+async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "restart").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+
+    // Writer: 300 changes, retrying across the restart (each attempt is one
+    // transaction: a failed one left nothing behind).
+    let dbname = app.dbname.clone();
+    let writer = tokio::spawn(async move {
+        let mut done = 0;
+        let mut client: Option<tokio_postgres::Client> = None;
+        while done < 300 {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                match cluster().config(&dbname).connect(tokio_postgres::NoTls).await {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        client = Some(c);
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(c) = client.as_ref() else { continue };
+            match c.execute("UPDATE tickets SET subject = $2 WHERE id = $1", &[&id, &format!("n{done}")]).await {
+                Ok(_) => done += 1,
+                Err(_) => {
+                    client = None;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    // Watch /healthz go 503 during the restart, then 200.
+    let http = app.http.clone();
+    let health_url = format!("{}/healthz", app.base);
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let status = match http.get(&health_url).timeout(Duration::from_secs(2)).send().await {
+                Ok(r) => r.status().as_u16(),
+                Err(_) => 0,
+            };
+            if seen.last() != Some(&status) {
+                seen.push(status);
+            }
+            if seen.contains(&503) && status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::spawn_blocking(|| cluster().restart()).await.unwrap();
+    writer.await.unwrap();
+    let health = watcher.await.unwrap();
+    assert!(health.contains(&503), "healthz reported the outage: {health:?}");
+    assert_eq!(health.last(), Some(&200), "healthz recovered: {health:?}");
+    let events = ws.events(id, 300, Duration::from_secs(30)).await;
+    assert_versions(&events, 2, 301);
+}
