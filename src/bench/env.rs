@@ -1,0 +1,145 @@
+//! The benchmark's world: a durable embedded PostgreSQL (fsync on) in a temp
+//! folder, and livedesk server processes against it, all on loopback.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::db::embedded::{find_bin_dir, EmbeddedOptions, EmbeddedPostgres};
+use crate::db::{migrations, Database};
+use crate::domain::agents;
+
+/// A running cluster, a server process, and agents with tokens.
+pub struct BenchEnv {
+    pub pg: EmbeddedPostgres,
+    pub db: Database,
+    pub bin_dir: PathBuf,
+    pub server: Child,
+    pub base: String,
+    pub server_pid: u32,
+    pub tokens: Vec<(i64, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchEnv {
+    /// Start everything; `agents` agents are created with tokens.
+    pub async fn start(agent_count: usize) -> Result<BenchEnv> {
+        raise_fd_limit();
+        let dir = tempfile::Builder::new().prefix("livedesk-bench-").tempdir_in("/tmp")?;
+        let mut options = EmbeddedOptions::new(dir.path());
+        options.settings.push(("shared_buffers".into(), "256MB".into()));
+        options.settings.push(("max_connections".into(), "300".into()));
+        let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options)).await??;
+        let db = Database::new(pg.config(), 16)?;
+        migrations::run(&db).await?;
+        let mut tokens = Vec::new();
+        for n in 0..agent_count {
+            let (agent, token) = agents::add(&db, &format!("Bench {n}"), &format!("bench{n}@bench.local"), "agent").await?;
+            tokens.push((agent.id, token.0));
+        }
+        let bin_dir = find_bin_dir().context("PostgreSQL binaries")?;
+        let (server, base) = spawn_server(&pg)?;
+        let server_pid = server.id();
+        let env = BenchEnv {
+            pg,
+            db,
+            bin_dir,
+            server,
+            base,
+            server_pid,
+            tokens,
+            _dir: dir,
+        };
+        env.wait_healthy().await?;
+        Ok(env)
+    }
+
+    async fn wait_healthy(&self) -> Result<()> {
+        for _ in 0..400 {
+            if let Ok(r) = reqwest::get(format!("{}/healthz", self.base)).await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the livedesk server did not become healthy")
+    }
+
+    /// A libpq key=value string for pgbench and psql.
+    pub fn conninfo(&self) -> String {
+        let (dir, port) = self.pg.socket();
+        format!("host={} port={port} user=livedesk dbname=livedesk", dir.display())
+    }
+
+    /// A direct connection, as another service would have.
+    pub async fn sql(&self) -> Result<tokio_postgres::Client> {
+        let (client, connection) = self.pg.config().connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn server_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.server_pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// `n` fresh tickets; their ids.
+    pub async fn tickets(&self, n: i64) -> Result<Vec<i64>> {
+        let sql = self.sql().await?;
+        let rows = sql
+            .query("INSERT INTO tickets (subject) SELECT 'bench ' || g FROM generate_series(1, $1::bigint) g RETURNING id", &[&n])
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+impl Drop for BenchEnv {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.server.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.server.wait();
+    }
+}
+
+fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let exe = std::env::current_exe()?;
+    let livedesk = exe.with_file_name("livedesk");
+    if !livedesk.exists() {
+        bail!("{} not found: build it with `cargo build --release` (cargo run --release --bin livedesk-bench does)", livedesk.display());
+    }
+    let (dir, pg_port) = pg.socket();
+    let log = std::fs::File::create(dir.parent().unwrap_or(dir).join("livedesk-server.log"))?;
+    let child = Command::new(livedesk)
+        .env("DATABASE_URL", format!("host={} port={pg_port} user=livedesk dbname=livedesk", dir.display()))
+        .env("LIVEDESK_BIND", format!("127.0.0.1:{port}"))
+        .env("LIVEDESK_MAX_CONNECTIONS", "15000")
+        .env("LIVEDESK_POOL_SIZE", "16")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok((child, format!("http://127.0.0.1:{port}")))
+}
+
+/// Raise the soft open-files limit to the hard limit (10,000 sockets need it);
+/// children (the server) inherit it.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}

@@ -1,0 +1,63 @@
+//! livedesk's benchmark command: starts its own durable PostgreSQL and a
+//! livedesk server, drives them over loopback, checks every delivery, and
+//! prints each figure beside a baseline measured in the same run.
+
+pub mod env;
+pub mod pgbench;
+pub mod report;
+pub mod scenarios;
+pub mod wsload;
+
+use anyhow::Result;
+use clap::Parser;
+
+use report::Report;
+
+/// Options of `livedesk-bench`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "livedesk-bench", about = "Benchmarks livedesk against PostgreSQL's own floor")]
+pub struct BenchArgs {
+    /// Seconds per throughput phase.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
+    /// Scale every count down by this factor (quick smoke runs).
+    #[arg(long, default_value_t = 1)]
+    pub scale_down: usize,
+    /// Write the table to this Markdown file.
+    #[arg(long, default_value = "docs/benchmarks.md")]
+    pub output: std::path::PathBuf,
+    /// Only run scenarios whose name contains this.
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+/// Run every scenario; `Ok(false)` if any correctness check failed.
+pub async fn run(args: BenchArgs) -> Result<bool> {
+    eprintln!("livedesk-bench: starting PostgreSQL (fsync on) and a livedesk server…");
+    let env = env::BenchEnv::start(8).await?;
+    let mut report = Report::new(&env).await;
+    let wants = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let phases: Vec<(&str, scenarios::Phase)> = vec![
+        ("sql", scenarios::Phase::SqlThroughput),
+        ("reply", scenarios::Phase::ReplyCost),
+        ("http", scenarios::Phase::HttpThroughput),
+        ("latency", scenarios::Phase::Latency1000),
+        ("fanout100", scenarios::Phase::Fanout100),
+        ("fanout1000", scenarios::Phase::Fanout1000),
+        ("listener", scenarios::Phase::ListenerKill),
+        ("resume", scenarios::Phase::Resume),
+        ("race", scenarios::Phase::ReplyRace),
+        ("idle", scenarios::Phase::Idle10k),
+    ];
+    for (name, phase) in phases {
+        if wants(name) {
+            eprintln!("livedesk-bench: {name}…");
+            if let Err(e) = scenarios::run(phase, &env, &args, &mut report).await {
+                report.failure(name, &format!("{e:#}"));
+            }
+        }
+    }
+    report.print();
+    report.write(&args)?;
+    Ok(report.all_correct())
+}

@@ -1,0 +1,67 @@
+//! Baselines and SQL-level figures from PostgreSQL's own `pgbench`, on the
+//! same cluster, in the same run.
+
+use std::process::Command;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::env::BenchEnv;
+
+/// Transactions per second of a custom script run by `clients` clients.
+pub fn tps(env: &BenchEnv, name: &str, script: &str, clients: u32, seconds: u32) -> Result<f64> {
+    let path = std::env::temp_dir().join(format!("livedesk-bench-{name}.sql"));
+    std::fs::write(&path, script)?;
+    let output = Command::new(env.bin_dir.join("pgbench"))
+        .args(["-n", "-M", "prepared", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(&path)
+        .arg(env.conninfo())
+        .output()
+        .context("run pgbench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(anyhow!("pgbench {name} failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr)));
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow!("no tps in pgbench output: {stdout}"))
+}
+
+/// The plain-table baseline: an UPDATE plus `pg_notify` in one transaction.
+pub const PLAIN_NOTIFY: &str = "\\set id :client_id + 1
+BEGIN;
+UPDATE bench_plain SET n = n + 1, subject = 'bench ' || random() WHERE id = :id;
+SELECT pg_notify('bench_plain', :id::text);
+END;
+";
+
+/// A ticket change through every livedesk trigger (version, event log, NOTIFY).
+pub const TICKET_CHANGE: &str = "\\set id :client_id + 1
+UPDATE tickets SET subject = 'bench ' || random() WHERE id = :first + :id - 1;
+";
+
+/// A note: a message insert without the duplicate-reply check.
+pub const NOTE_INSERT: &str = "\\set id :client_id + 1
+INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (:first + :id - 1, 'note', :agent, 'bench note');
+";
+
+/// A reply: the same insert with the duplicate-reply check.
+pub const REPLY_INSERT: &str = "\\set id :client_id + 1
+INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id) VALUES (:first + :id - 1, 'reply', :agent, 'bench reply', 0);
+";
+
+/// Create the plain table the baseline updates.
+pub async fn prepare_plain(env: &BenchEnv, rows: i64) -> Result<()> {
+    let sql = env.sql().await?;
+    sql.batch_execute("DROP TABLE IF EXISTS bench_plain; CREATE TABLE bench_plain (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, subject text)")
+        .await?;
+    sql.execute("INSERT INTO bench_plain (id) SELECT generate_series(1, $1::bigint)", &[&rows]).await?;
+    Ok(())
+}
+
+/// Substitute the script's `:first` and `:agent` placeholders.
+pub fn with_ids(script: &str, first_ticket: i64, agent: i64) -> String {
+    script.replace(":first", &first_ticket.to_string()).replace(":agent", &agent.to_string())
+}

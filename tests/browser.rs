@@ -1,0 +1,303 @@
+//! The web console end to end, in a real browser (Debian's Chromium driven by
+//! Playwright, `tests/e2e/console.mjs`) against a real server and database:
+//! two agents on one ticket — presence (viewing, typing, idle), a live note,
+//! the duplicate-reply race, concurrent tag edits, the Take race, and a direct
+//! SQL update of the subject. Screenshots go to
+//! `<target>/e2e-screenshots/`. See docs/browser-tests.md.
+//!
+//! Ignored by default (it needs Chromium and `npm ci` in tests/e2e); CI runs
+//! it with `--include-ignored`. When run, a missing browser or module fails
+//! the test: it never passes silently.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::TestApp;
+use livedesk::domain::agents;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+/// Where the browser is expected (Debian's package `chromium`); `CHROMIUM` overrides.
+const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
+/// The whole browser run, including Chromium's start.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(90);
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `<CARGO_TARGET_DIR or target>/e2e-screenshots`, emptied.
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                manifest_dir().join(p)
+            }
+        })
+        .unwrap_or_else(|| manifest_dir().join("target"));
+    let dir = target.join("e2e-screenshots");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the screenshot folder");
+    dir
+}
+
+/// Everything the browser test needs, or a panic that says how to get it.
+fn prerequisites() -> (PathBuf, PathBuf) {
+    let e2e = manifest_dir().join("tests/e2e");
+    let chromium =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| DEFAULT_CHROMIUM.into()));
+    let mut missing = Vec::new();
+    if !chromium.is_file() {
+        missing.push(format!(
+            "Chromium is not at {} — install it with `apt-get install chromium` \
+             (or point CHROMIUM at a Chromium binary)",
+            chromium.display()
+        ));
+    }
+    if !e2e
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        missing.push(format!(
+            "{}/node_modules/playwright-core is missing — run `cd tests/e2e && npm ci` \
+             (needs Node.js >= 20 and npm: `apt-get install nodejs npm`)",
+            e2e.display()
+        ));
+    }
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !node_ok {
+        missing.push(
+            "`node` is not on PATH — install Node.js >= 20 (`apt-get install nodejs npm`)".into(),
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser tests cannot run (see docs/browser-tests.md):\n  - {}",
+        missing.join("\n  - ")
+    );
+    (chromium, e2e)
+}
+
+/// PUT a custom field definition as an admin.
+async fn put_field(app: &TestApp, admin: &str, key: &str, def: Value) {
+    let (status, body) = common::send(
+        app.req(reqwest::Method::PUT, &format!("/api/fields/{key}"), admin)
+            .json(&def),
+    )
+    .await;
+    assert_eq!(status, 200, "PUT /api/fields/{key}: {body}");
+}
+
+/// What the script printed (stdout and stderr, interleaved by arrival).
+#[derive(Default)]
+struct Transcript(Vec<String>);
+
+impl Transcript {
+    fn text(&self) -> String {
+        self.0.join("\n")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium and tests/e2e/node_modules: run with cargo test -- --include-ignored (see docs/browser-tests.md)"]
+async fn two_agents_work_one_ticket_in_the_web_console() {
+    let (chromium, e2e) = prerequisites();
+    let shots = screenshot_dir();
+
+    // ------------------------------------------------------------ the data
+    let app = TestApp::spawn().await;
+    // Full names (the harness's `agent()` derives the e-mail from the name).
+    let (alice, token_a) = agents::add(&app.db, "Alice Archer", "alice@e2e.test", "agent")
+        .await
+        .unwrap();
+    let (bob, token_b) = agents::add(&app.db, "Bob Baker", "bob@e2e.test", "agent")
+        .await
+        .unwrap();
+    let (token_a, token_b) = (token_a.0, token_b.0);
+    let (_, admin) = app.agent("Root", "admin").await;
+    let (_, gateway) = app.agent("Gateway", "service").await;
+    put_field(
+        &app,
+        &admin,
+        "plan",
+        json!({"label": "Plan", "type": "select", "options": ["free", "pro", "enterprise"]}),
+    )
+    .await;
+    // An older ticket, so the inbox is not a list of one.
+    app.ticket(&token_a, "Printer on fire").await;
+    let (status, ticket) = app
+        .post(
+            "/api/tickets",
+            &gateway,
+            json!({"subject": "Refund for order 1042", "channel": "email",
+                   "customer": {"email": "eve@example.com", "name": "Eve Evans"},
+                   "body": "Hello, I was charged twice for order 1042. Can I get a refund?"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ticket}");
+    let id = ticket["id"].as_i64().unwrap();
+    let (status, body) = app
+        .post(
+            &format!("/api/tickets/{id}/tags"),
+            &admin,
+            json!({"add": ["billing", "refund"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &admin,
+            json!({"changes": {"custom_fields.plan": {"from": null, "to": "pro"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // ------------------------------------------------------------ the browser run
+    let mut child = Command::new("node")
+        .arg(e2e.join("console.mjs"))
+        .current_dir(&e2e)
+        .env("BASE", &app.base)
+        .env("TICKET", id.to_string())
+        .env("TOKEN_A", &token_a)
+        .env("TOKEN_B", &token_b)
+        .env("NAME_A", &alice.name)
+        .env("NAME_B", &bob.name)
+        .env("AGENT_A", alice.id.to_string())
+        .env("AGENT_B", bob.id.to_string())
+        .env("SCREENSHOT_DIR", &shots)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start node tests/e2e/console.mjs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+
+    let sql = app.sql().await;
+    let mut transcript = Transcript::default();
+    let mut result: Option<Value> = None;
+    let mut sql_subject: Option<String> = None;
+    let run = async {
+        let (mut out_open, mut err_open) = (true, true);
+        while out_open || err_open {
+            tokio::select! {
+                line = stdout.next_line(), if out_open => match line.unwrap() {
+                    None => out_open = false,
+                    Some(line) => {
+                        if let Some(subject) = line.strip_prefix("SQL_UPDATE_SUBJECT ") {
+                            // A direct write, as another service would do it: no API.
+                            let n = sql
+                                .execute(
+                                    "UPDATE tickets SET subject = $1 WHERE id = $2",
+                                    &[&subject, &id],
+                                )
+                                .await
+                                .expect("the direct SQL update");
+                            assert_eq!(n, 1);
+                            sql_subject = Some(subject.to_string());
+                            stdin.write_all(b"SQL_DONE\n").await.unwrap();
+                            stdin.flush().await.unwrap();
+                        }
+                        if let Some(json) = line.strip_prefix("RESULT ") {
+                            result = serde_json::from_str(json).ok();
+                        }
+                        transcript.0.push(line);
+                    }
+                },
+                line = stderr.next_line(), if err_open => match line.unwrap() {
+                    None => err_open = false,
+                    Some(line) => transcript.0.push(format!("stderr: {line}")),
+                },
+            }
+        }
+        child.wait().await.unwrap()
+    };
+    let status = tokio::time::timeout(SCRIPT_LIMIT, run).await;
+    let output = transcript.text();
+    let status = match status {
+        Ok(status) => status,
+        Err(_) => panic!(
+            "the browser script did not finish within {SCRIPT_LIMIT:?}; its output so far:\n{output}"
+        ),
+    };
+    assert!(
+        status.success(),
+        "the browser script failed ({status}); screenshots in {}; its output:\n{output}",
+        shots.display()
+    );
+    let result =
+        result.unwrap_or_else(|| panic!("the script printed no RESULT line; its output:\n{output}"));
+
+    // ------------------------------------------------------------ the database agrees
+    let (status, full) = app.get(&format!("/api/tickets/{id}"), &token_a).await;
+    assert_eq!(status, 200, "{full}");
+    let t = &full["ticket"];
+    assert_eq!(
+        Some(t["subject"].as_str().unwrap_or_default()),
+        sql_subject.as_deref(),
+        "{output}"
+    );
+    assert_eq!(result["subject"], t["subject"], "{output}");
+    assert_eq!(t["tags"], json!(["refund", "vip"]), "{output}");
+    assert_eq!(result["tags"], t["tags"], "{output}");
+    let owner = match result["take_winner"].as_str() {
+        Some("A") => alice.id,
+        Some("B") => bob.id,
+        other => panic!("no take winner ({other:?}); output:\n{output}"),
+    };
+    assert_eq!(t["assignee"]["id"], owner, "{output}");
+    let messages = full["messages"].as_array().unwrap();
+    let kinds: Vec<&str> = messages
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["customer", "note", "reply"], "{output}");
+    let replier = match result["reply_winner"].as_str() {
+        Some("A") => alice.id,
+        Some("B") => bob.id,
+        other => panic!("no reply winner ({other:?}); output:\n{output}"),
+    };
+    assert_eq!(messages[2]["author"]["id"], replier, "{output}");
+    assert_eq!(messages[1]["author"]["id"], alice.id, "the note is A's");
+
+    let listed = screenshots(&shots);
+    assert!(
+        listed.len() >= 14,
+        "expected a screenshot per step and agent in {}, found {listed:?}",
+        shots.display()
+    );
+    println!("{output}\nscreenshots in {}:", shots.display());
+    for name in listed {
+        println!("  {name}");
+    }
+}
+
+fn screenshots(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".png"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

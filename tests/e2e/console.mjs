@@ -1,0 +1,425 @@
+// End-to-end test of the web console in a real browser (Debian's Chromium,
+// driven by playwright-core), against a real livedesk server.
+//
+// Started by tests/browser.rs, which creates the data and passes it in the
+// environment:
+//   BASE             http://127.0.0.1:PORT of the server
+//   TOKEN_A, TOKEN_B tokens of two agents
+//   NAME_A, NAME_B   their names;  AGENT_A, AGENT_B  their ids
+//   TICKET           the ticket both work on (tags "billing" and "refund",
+//                    one customer message, custom field "plan" = "pro")
+//   SCREENSHOT_DIR   where the screenshots go (created if missing)
+//   CHROMIUM         the browser binary (default /usr/bin/chromium)
+//
+// The direct SQL step: the script prints the line
+//   SQL_UPDATE_SUBJECT <new subject>
+// and waits for one line on stdin (the Rust side has run the UPDATE by then).
+//
+// Every check prints `PASS …` or `FAIL …`; the last line is
+//   RESULT {json}
+// with what the browsers ended with, for the Rust side to compare with the
+// database. Exit code 0 only if every check passed.
+
+import { chromium } from 'playwright-core';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+
+const env = (name, fallback) => {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined || v === '') {
+    console.log(`FAIL missing environment variable ${name}`);
+    process.exit(2);
+  }
+  return v;
+};
+const BASE = env('BASE');
+const TICKET = Number(env('TICKET'));
+const AGENTS = {
+  A: { token: env('TOKEN_A'), name: env('NAME_A'), id: Number(env('AGENT_A')) },
+  B: { token: env('TOKEN_B'), name: env('NAME_B'), id: Number(env('AGENT_B')) },
+};
+const SHOTS = env('SCREENSHOT_DIR');
+const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
+const WAIT = 10_000; // default wait for anything to show up
+
+fs.mkdirSync(SHOTS, { recursive: true });
+
+// ------------------------------------------------------------------ harness
+
+let failures = 0;
+let currentStep = 'setup';
+function check(cond, msg) {
+  console.log(`${cond ? 'PASS' : 'FAIL'} [${currentStep}] ${msg}`);
+  if (!cond) failures += 1;
+  return cond;
+}
+const t = (id) => `[data-testid="${id}"]`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Wait for a condition in the page; a failed check (not an exception) on timeout. */
+async function waitIn(page, msg, fn, arg, timeout = WAIT) {
+  try {
+    await page.waitForFunction(fn, arg, { timeout, polling: 50 });
+    return check(true, msg);
+  } catch (e) {
+    return check(false, `${msg} (not within ${timeout} ms)`);
+  }
+}
+
+let shotNo = 0;
+const shots = [];
+async function shot(agent, label) {
+  const file = path.join(SHOTS, `${String(++shotNo).padStart(2, '0')}-${label}-${agent.key}.png`);
+  await agent.page.screenshot({ path: file, fullPage: true });
+  shots.push(path.basename(file));
+}
+async function shotBoth(label) {
+  await shot(AGENTS.A, label);
+  await shot(AGENTS.B, label);
+}
+
+/**
+ * Hold the matching request of every page until each page has sent one, then
+ * let them all go at once: both agents act "from the same state" and the
+ * requests really race at the server (not at the client).
+ */
+async function together(label, method, pathname, action) {
+  const pages = [AGENTS.A, AGENTS.B];
+  const held = new Map();
+  let release;
+  const all = new Promise((r) => {
+    release = r;
+  });
+  const match = (url) => url.pathname === pathname;
+  const handlers = pages.map((agent) => async (route) => {
+    if (route.request().method() !== method || held.has(agent.key)) return route.fallback();
+    held.set(agent.key, route);
+    if (held.size === pages.length) release();
+    await all;
+    await route.continue();
+  });
+  for (const [i, agent] of pages.entries()) await agent.page.route(match, handlers[i]);
+  await action();
+  const ok = await Promise.race([all.then(() => true), sleep(WAIT).then(() => false)]);
+  check(ok, `${label}: both agents' ${method} ${pathname} reached the network together (held: ${[...held.keys()].join(',') || 'none'})`);
+  release(); // never leave a request hanging
+  for (const [i, agent] of pages.entries()) await agent.page.unroute(match, handlers[i]);
+  return ok;
+}
+
+// ------------------------------------------------------------------ browser
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  // Playwright gives the browser a fresh temporary --user-data-dir (and
+  // removes it on close); these flags are what a root, offline machine needs.
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+  timeout: 30_000,
+});
+
+/** Everything unexpected a page reports: console errors/warnings, page errors, CSP violations, failed requests. */
+const problems = [];
+/** HTTP answers >= 400, per agent: [{status, method, path}] (the expected 409s are checked off). */
+const httpErrors = { A: [], B: [] };
+/** The 409s each agent must get (path per expected answer). */
+const expected409 = { A: [], B: [] };
+
+async function openAgent(key) {
+  const agent = AGENTS[key];
+  agent.key = key;
+  const context = await browser.newContext({ viewport: { width: 1300, height: 900 }, baseURL: BASE });
+  await context.exposeBinding('__e2eCsp', (_source, v) => problems.push(`${key} CSP violation: ${v}`));
+  await context.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__e2eCsp(`${e.violatedDirective} blocked ${e.blockedURI || '(inline)'} at ${e.sourceFile}:${e.lineNumber}`);
+    });
+  });
+  const page = await context.newPage();
+  page.on('console', (m) => {
+    if (m.type() !== 'error' && m.type() !== 'warning') return;
+    const loc = m.location();
+    // Chromium logs every non-2xx answer of fetch() as "Failed to load resource";
+    // the HTTP answers are checked one by one below instead.
+    if (/^Failed to load resource: the server responded with a status of \d+/.test(m.text())) return;
+    problems.push(`${key} console ${m.type()}: ${m.text()} (${loc.url}:${loc.lineNumber})`);
+  });
+  page.on('pageerror', (e) => problems.push(`${key} page error: ${e.message}`));
+  page.on('requestfailed', (r) => {
+    if (!closing) problems.push(`${key} request failed: ${r.method()} ${r.url()} ${r.failure()?.errorText}`);
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400) httpErrors[key].push({ status: r.status(), method: r.request().method(), path: new URL(r.url()).pathname });
+  });
+  page.on('websocket', (ws) => {
+    ws.on('socketerror', (e) => {
+      if (!closing) problems.push(`${key} websocket error: ${e}`);
+    });
+  });
+  agent.context = context;
+  agent.page = page;
+  return agent;
+}
+let closing = false;
+
+/** Emulate the Page Visibility API: headless Chromium keeps every page "visible" (a second tab, window.open or minimising the window change nothing). */
+async function setVisibility(agent, state) {
+  await agent.page.evaluate((s) => {
+    Object.defineProperty(document, 'visibilityState', { value: s, configurable: true });
+    Object.defineProperty(document, 'hidden', { value: s === 'hidden', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, state);
+}
+
+const presenceState = (viewer) => `${t(`presence-${viewer.id}`)}`;
+async function waitPresence(watcher, viewer, state, msg) {
+  return waitIn(
+    watcher.page,
+    msg,
+    ([sel, s]) => document.querySelector(sel)?.dataset.state === s,
+    [presenceState(viewer), state],
+  );
+}
+
+const text = (page, id) => page.locator(t(id)).first().textContent({ timeout: 2000 }).catch(() => null);
+const visible = (page, id) => page.locator(`${t(id)}:not([hidden])`).first().isVisible().catch(() => false);
+const replyBodies = (page) => page.$$eval(`${t('conversation')} [data-kind="reply"] .message-body`, (els) => els.map((e) => e.textContent));
+const tagsIn = (page) => page.$$eval(`${t('ticket-view')} [data-testid^="tag-chip-"]`, (els) => els.map((e) => e.dataset.tag).sort());
+
+const result = {};
+const A = AGENTS.A;
+const B = AGENTS.B;
+
+async function main() {
+  // ---------------------------------------------------------------- login
+  currentStep = 'login';
+  await openAgent('A');
+  await openAgent('B');
+  for (const agent of [A, B]) {
+    await agent.page.goto(`/#token=${encodeURIComponent(agent.token)}`);
+    await waitIn(agent.page, `${agent.key} is live`, (sel) => document.querySelector(sel)?.dataset.state === 'live', t('conn-state'));
+    check(!agent.page.url().includes(agent.token), `${agent.key}: token removed from the URL (${agent.page.url()})`);
+    check((await text(agent.page, 'me-name')) === agent.name, `${agent.key}: logged in as ${agent.name}`);
+    await waitIn(agent.page, `${agent.key}: inbox lists the ticket`, (sel) => !!document.querySelector(sel), t(`inbox-row-${TICKET}`));
+  }
+
+  // ---------------------------------------------------------------- presence: viewing
+  currentStep = 'viewing';
+  await B.page.click(t(`inbox-row-${TICKET}`));
+  await waitIn(B.page, 'B opened the ticket', (sel) => !!document.querySelector(sel), `${t('ticket-view')} ${t('ticket-subject')}`);
+  await A.page.click(t(`inbox-row-${TICKET}`));
+  await waitIn(A.page, 'A opened the ticket', (sel) => !!document.querySelector(sel), `${t('ticket-view')} ${t('ticket-subject')}`);
+  await waitPresence(B, A, 'viewing', "B sees A's avatar, viewing");
+  await waitPresence(A, B, 'viewing', "A sees B's avatar, viewing");
+  check(
+    ((await B.page.getAttribute(presenceState(A), 'title')) || '').includes(A.name),
+    `B's presence avatar for A is titled with A's name`,
+  );
+  check((await B.page.$$(`${t('conversation')} [data-kind="customer"]`)).length === 1, 'the customer message is shown');
+  check((await A.page.inputValue(t('field-plan')).catch(() => null)) === 'pro', 'custom field "plan" shows "pro"');
+  await shotBoth('viewing');
+
+  // ---------------------------------------------------------------- presence: typing
+  currentStep = 'typing';
+  await A.page.click(t('composer-body'));
+  await A.page.keyboard.type('Hello, I am looking', { delay: 15 });
+  await waitPresence(B, A, 'typing', 'B sees A typing');
+  await waitIn(B.page, 'B shows "<A> is typing…"', ([sel, name]) => (document.querySelector(sel)?.textContent || '').includes(`${name} is typing`), [t('typing-indicator'), A.name]);
+  await shotBoth('typing');
+  await waitPresence(B, A, 'viewing', 'A is back to viewing after a pause in typing', 8000);
+
+  // ---------------------------------------------------------------- presence: idle tab
+  currentStep = 'idle';
+  await setVisibility(A, 'hidden');
+  await waitPresence(B, A, 'idle', "A's tab hidden → B sees A idle");
+  await shotBoth('idle');
+  await setVisibility(A, 'visible');
+  await waitPresence(B, A, 'viewing', "A's tab visible again → B sees A viewing");
+
+  // ---------------------------------------------------------------- internal note
+  currentStep = 'note';
+  const note = 'Internal: customer is on the pro plan, refund approved';
+  await A.page.fill(t('composer-body'), note);
+  await A.page.selectOption(t('composer-kind'), 'note');
+  await A.page.click(t('composer-send'));
+  await waitIn(
+    B.page,
+    "A's note appears in B's view without reload",
+    (body) => [...document.querySelectorAll('[data-testid="conversation"] [data-kind="note"] .message-body')].some((e) => e.textContent === body),
+    note,
+  );
+  await waitIn(A.page, "A's composer is emptied after sending", (sel) => document.querySelector(sel).value === '', t('composer-body'));
+  await shotBoth('note');
+
+  // ---------------------------------------------------------------- duplicate reply
+  currentStep = 'duplicate-reply';
+  await A.page.selectOption(t('composer-kind'), 'reply');
+  const drafts = { A: `Reply from ${A.name}: your refund is on its way.`, B: `Reply from ${B.name}: we are processing your refund.` };
+  await A.page.fill(t('composer-body'), drafts.A);
+  await B.page.fill(t('composer-body'), drafts.B);
+  await together('reply race', 'POST', `/api/tickets/${TICKET}/messages`, () =>
+    Promise.all([A.page.click(t('composer-send')), B.page.click(t('composer-send'))]),
+  );
+  // Settle: one composer empties, the other shows the notice.
+  await waitIn(
+    A.page,
+    'the reply race settled in A',
+    ([body, dup]) => document.querySelector(body).value === '' || !!document.querySelector(`${dup}:not([hidden])`),
+    [t('composer-body'), t('duplicate-notice')],
+  );
+  await waitIn(
+    B.page,
+    'the reply race settled in B',
+    ([body, dup]) => document.querySelector(body).value === '' || !!document.querySelector(`${dup}:not([hidden])`),
+    [t('composer-body'), t('duplicate-notice')],
+  );
+  const dupA = await visible(A.page, 'duplicate-notice');
+  const dupB = await visible(B.page, 'duplicate-notice');
+  check(dupA !== dupB, `exactly one agent got the duplicate notice (A: ${dupA}, B: ${dupB})`);
+  const loser = dupA ? A : B;
+  const winner = dupA ? B : A;
+  result.reply_winner = winner.key;
+  // The winner's reply is the only one sent, in both conversations.
+  for (const agent of [A, B]) {
+    await waitIn(
+      agent.page,
+      `${agent.key}'s conversation shows exactly one reply, ${winner.key}'s`,
+      (body) => {
+        const r = [...document.querySelectorAll('[data-testid="conversation"] [data-kind="reply"] .message-body')].map((e) => e.textContent);
+        return r.length === 1 && r[0] === body;
+      },
+      drafts[winner.key],
+    );
+  }
+  const notice = (await text(loser.page, 'duplicate-notice')) || '';
+  check(notice.includes(`${winner.name} just replied`), `${loser.key}'s notice names the colleague: "${notice.slice(0, 60)}…"`);
+  check(notice.includes(drafts[winner.key]), `${loser.key}'s notice shows ${winner.key}'s reply in the composer area`);
+  const composerHasNotice = await loser.page.$eval(t('duplicate-notice'), (el) => !!el.closest('form.composer'));
+  check(composerHasNotice, 'the notice is inside the composer');
+  check((await loser.page.inputValue(t('composer-body'))) === drafts[loser.key], `${loser.key}'s draft is kept`);
+  check((await winner.page.inputValue(t('composer-body'))) === '', `${winner.key}'s composer is empty (sent)`);
+  check(!(await visible(winner.page, 'duplicate-notice')), `${winner.key} has no duplicate notice`);
+  await shot(loser, 'duplicate-loser');
+  await shot(winner, 'duplicate-winner');
+  expected409[loser.key].push(`/api/tickets/${TICKET}/messages`);
+  // Discard the draft: exactly one reply stays sent.
+  await loser.page.click(t('discard-draft'));
+  await waitIn(loser.page, `${loser.key}: "Discard my draft" empties the composer and hides the notice`, ([body, dup]) => document.querySelector(body).value === '' && document.querySelector(dup).hidden, [t('composer-body'), t('duplicate-notice')]);
+
+  // ---------------------------------------------------------------- tags
+  currentStep = 'tags';
+  check(JSON.stringify(await tagsIn(A.page)) === '["billing","refund"]', `A starts with billing, refund: ${JSON.stringify(await tagsIn(A.page))}`);
+  check(JSON.stringify(await tagsIn(B.page)) === '["billing","refund"]', `B starts with billing, refund: ${JSON.stringify(await tagsIn(B.page))}`);
+  await B.page.fill(t('tag-input'), 'VIP');
+  await together('tag race', 'POST', `/api/tickets/${TICKET}/tags`, () =>
+    Promise.all([A.page.click(t('tag-remove-billing')), B.page.click(t('tag-add'))]),
+  );
+  for (const agent of [A, B]) {
+    await waitIn(
+      agent.page,
+      `${agent.key} ends with tags refund, vip`,
+      () => JSON.stringify([...document.querySelectorAll('[data-testid="ticket-view"] [data-testid^="tag-chip-"]')].map((e) => e.dataset.tag).sort()) === '["refund","vip"]',
+    );
+  }
+  // Let any late event land, then check again: nothing flips back.
+  await sleep(500);
+  for (const agent of [A, B]) {
+    const tags = await tagsIn(agent.page);
+    check(JSON.stringify(tags) === '["refund","vip"]', `${agent.key} still shows refund, vip after settling: ${JSON.stringify(tags)}`);
+  }
+  check((await B.page.inputValue(t('tag-input'))) === '', 'B\'s tag input is emptied');
+  result.tags = await tagsIn(A.page);
+  await shotBoth('tags');
+
+  // ---------------------------------------------------------------- take
+  currentStep = 'take';
+  await together('take race', 'PATCH', `/api/tickets/${TICKET}`, () =>
+    Promise.all([A.page.click(t('take-button')), B.page.click(t('take-button'))]),
+  );
+  // Both end showing the same assignee.
+  for (const agent of [A, B]) {
+    await waitIn(agent.page, `${agent.key} shows an assignee`, (sel) => !!document.querySelector(sel)?.dataset.assigneeId, t('assignee-name'));
+  }
+  const assigneeA = Number(await A.page.getAttribute(t('assignee-name'), 'data-assignee-id'));
+  const assigneeB = Number(await B.page.getAttribute(t('assignee-name'), 'data-assignee-id'));
+  check(assigneeA === assigneeB && [A.id, B.id].includes(assigneeA), `both views show the same assignee (A: ${assigneeA}, B: ${assigneeB})`);
+  const owner = assigneeA === B.id ? B : A;
+  const other = owner === A ? B : A;
+  result.take_winner = owner.key;
+  for (const agent of [A, B]) {
+    check((await text(agent.page, 'assignee-name')) === owner.name, `${agent.key} shows ${owner.name} as assignee`);
+  }
+  await waitIn(other.page, `${other.key} sees "Already taken by ${owner.name}"`, ([sel, name]) => {
+    const el = document.querySelector(sel);
+    return !!el && !el.hidden && el.textContent.includes(`Already taken by ${name}`);
+  }, [t('already-taken'), owner.name]);
+  check(!(await visible(owner.page, 'already-taken')), `${owner.key} (the owner) has no "already taken" notice`);
+  check(await owner.page.isVisible(t('release-button')), `${owner.key} is offered "Unassign me"`);
+  check(await other.page.isVisible(t('take-over')), `${other.key} is offered "Take over from ${owner.name}"`);
+  expected409[other.key].push(`/api/tickets/${TICKET}`);
+  await shot(other, 'take-loser');
+  await shot(owner, 'take-owner');
+
+  // ---------------------------------------------------------------- direct SQL
+  currentStep = 'sql-subject';
+  const subject = `Refund for order 1042 (edited in SQL ${Date.now() % 100000})`;
+  const lines = readline.createInterface({ input: process.stdin });
+  const ack = new Promise((resolve) => lines.once('line', resolve));
+  console.log(`SQL_UPDATE_SUBJECT ${subject}`);
+  const answer = await Promise.race([ack, sleep(15_000).then(() => null)]);
+  lines.close();
+  check(answer !== null && answer.trim() === 'SQL_DONE', `the Rust side ran the UPDATE (answer: ${JSON.stringify(answer)})`);
+  for (const agent of [A, B]) {
+    await waitIn(agent.page, `${agent.key}'s subject field shows the SQL subject`, ([sel, s]) => document.querySelector(sel)?.value === s, [t('ticket-subject'), subject]);
+    await waitIn(agent.page, `${agent.key}'s inbox row shows the SQL subject`, ([sel, s]) => (document.querySelector(sel)?.textContent || '').includes(s), [t(`inbox-row-${TICKET}`), subject]);
+    await waitIn(agent.page, `${agent.key}'s window title follows`, (s) => document.title.includes(s), subject);
+  }
+  result.subject = subject;
+  await shotBoth('sql-subject');
+
+  // ---------------------------------------------------------------- still healthy
+  currentStep = 'final';
+  for (const agent of [A, B]) {
+    const state = await agent.page.getAttribute(t('conn-state'), 'data-state');
+    check(state === 'live', `${agent.key} is still live (${state})`);
+    const ids = await agent.page.$$eval('[data-testid="conversation"] [data-testid^="message-"]', (els) => els.map((e) => e.dataset.testid));
+    check(new Set(ids).size === ids.length && ids.length === 3, `${agent.key}: 3 messages (customer, note, reply), none doubled: ${ids.join(',')}`);
+    check((await agent.page.$$(t('field-conflict-subject') + ':not([hidden])')).length === 0, `${agent.key}: no conflict notice on the subject`);
+    const errors = await agent.page.$$eval('.field-error:not([hidden]), [data-testid="composer-error"]:not([hidden])', (els) => els.map((e) => e.textContent));
+    check(errors.length === 0, `${agent.key}: no error shown in the view ${JSON.stringify(errors)}`);
+  }
+}
+
+try {
+  await main();
+} catch (e) {
+  check(false, `unexpected exception: ${e && e.stack ? e.stack : e}`);
+  for (const agent of [A, B]) if (agent.page) await shot(agent, 'exception').catch(() => {});
+}
+
+currentStep = 'problems';
+for (const key of ['A', 'B']) {
+  const expected = [...expected409[key]];
+  for (const r of httpErrors[key]) {
+    const i = r.status === 409 ? expected.indexOf(r.path) : -1;
+    if (i >= 0) expected.splice(i, 1);
+    else problems.push(`${key} unexpected HTTP ${r.status} for ${r.method} ${r.path}`);
+  }
+  check(expected.length === 0, `${key}: every expected 409 was answered (${JSON.stringify(expected409[key])})`);
+}
+check(problems.length === 0, `no console errors, page errors, CSP violations or failed requests${problems.length ? ':\n  ' + problems.join('\n  ') : ''}`);
+
+closing = true;
+await browser.close().catch(() => {});
+console.log(`SCREENSHOTS ${SHOTS}: ${shots.join(' ')}`);
+console.log(`RESULT ${JSON.stringify({ ...result, failures })}`);
+process.exit(failures ? 1 : 0);
