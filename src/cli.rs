@@ -124,7 +124,12 @@ fn print_demo_links(base: &str, logins: Vec<demo::Login>) {
 }
 
 async fn close(handle: DatabaseHandle) {
-    if let Some(pg) = handle.embedded {
+    // Close our connections first so PostgreSQL's shutdown is not logged as
+    // lost connections.
+    let DatabaseHandle { db, embedded } = handle;
+    db.pool().close();
+    drop(db);
+    if let Some(pg) = embedded {
         let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
     }
 }

@@ -5,6 +5,7 @@
 //! WebSocket subscribers, and tracks presence. See `docs/architecture.md`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -13,4 +14,3 @@ pub mod http;
 pub mod realtime;
 pub mod startup;
 pub mod telemetry;
-pub mod bench;

@@ -9,6 +9,8 @@
 //! it with `--include-ignored`. When run, a missing browser or module fails
 //! the test: it never passes silently.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -241,8 +243,8 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         "the browser script failed ({status}); screenshots in {}; its output:\n{output}",
         shots.display()
     );
-    let result =
-        result.unwrap_or_else(|| panic!("the script printed no RESULT line; its output:\n{output}"));
+    let result = result
+        .unwrap_or_else(|| panic!("the script printed no RESULT line; its output:\n{output}"));
 
     // ------------------------------------------------------------ the database agrees
     let (status, full) = app.get(&format!("/api/tickets/{id}"), &token_a).await;

@@ -1,6 +1,8 @@
 //! A database restart during writes loses nothing (own binary: it restarts
 //! the cluster its tests share).
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -25,7 +27,11 @@ async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
         let mut client: Option<tokio_postgres::Client> = None;
         while done < 300 {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                match cluster().config(&dbname).connect(tokio_postgres::NoTls).await {
+                match cluster()
+                    .config(&dbname)
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                {
                     Ok((c, conn)) => {
                         tokio::spawn(conn);
                         client = Some(c);
@@ -37,7 +43,13 @@ async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
                 }
             }
             let Some(c) = client.as_ref() else { continue };
-            match c.execute("UPDATE tickets SET subject = $2 WHERE id = $1", &[&id, &format!("n{done}")]).await {
+            match c
+                .execute(
+                    "UPDATE tickets SET subject = $2 WHERE id = $1",
+                    &[&id, &format!("n{done}")],
+                )
+                .await
+            {
                 Ok(_) => done += 1,
                 Err(_) => {
                     client = None;
@@ -54,7 +66,12 @@ async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
         let mut seen = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let status = match http.get(&health_url).timeout(Duration::from_secs(2)).send().await {
+            let status = match http
+                .get(&health_url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
                 Ok(r) => r.status().as_u16(),
                 Err(_) => 0,
             };
@@ -69,10 +86,15 @@ async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
         seen
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    tokio::task::spawn_blocking(|| cluster().restart()).await.unwrap();
+    tokio::task::spawn_blocking(|| cluster().restart())
+        .await
+        .unwrap();
     writer.await.unwrap();
     let health = watcher.await.unwrap();
-    assert!(health.contains(&503), "healthz reported the outage: {health:?}");
+    assert!(
+        health.contains(&503),
+        "healthz reported the outage: {health:?}"
+    );
     assert_eq!(health.last(), Some(&200), "healthz recovered: {health:?}");
     let events = ws.events(id, 300, Duration::from_secs(30)).await;
     assert_versions(&events, 2, 301);

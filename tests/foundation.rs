@@ -1,5 +1,7 @@
 //! Foundation: the embedded default, tokens, the HTTP skeleton, bad configuration.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::{Command, Stdio};
@@ -279,7 +281,8 @@ async fn a_stale_postmaster_pid_from_a_crash_is_handled() {
 
 #[test]
 fn bad_configuration_exits_2_with_a_clear_message() {
-    let cases: Vec<(&str, Vec<(&str, String)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "bad bind",
             vec![("LIVEDESK_BIND", "not-an-address".into())],

@@ -1,5 +1,7 @@
 //! Presence: viewing, typing, idle, across connections and processes.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -1,5 +1,7 @@
 //! Live events over WebSocket: every committed change, exactly once, in order.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -451,9 +453,9 @@ async fn bad_frames_get_error_frames_and_the_connection_stays() {
     // Binary frames are refused with an error frame too.
     use futures_util::SinkExt;
     ws.stream
-        .send(tokio_tungstenite::tungstenite::Message::Binary(
-            vec![1, 2, 3].into(),
-        ))
+        .send(tokio_tungstenite::tungstenite::Message::Binary(vec![
+            1, 2, 3,
+        ]))
         .await
         .unwrap();
     assert_eq!(ws.next_of("error").await["code"], "unsupported_frame");

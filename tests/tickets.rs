@@ -1,6 +1,8 @@
 //! Tickets, messages, tags, custom fields: every conflict rule, through HTTP
 //! and through direct SQL, with races run as races.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -27,16 +27,28 @@ impl BenchEnv {
     /// Start everything; `agents` agents are created with tokens.
     pub async fn start(agent_count: usize) -> Result<BenchEnv> {
         raise_fd_limit();
-        let dir = tempfile::Builder::new().prefix("livedesk-bench-").tempdir_in("/tmp")?;
+        let dir = tempfile::Builder::new()
+            .prefix("livedesk-bench-")
+            .tempdir_in("/tmp")?;
         let mut options = EmbeddedOptions::new(dir.path());
-        options.settings.push(("shared_buffers".into(), "256MB".into()));
-        options.settings.push(("max_connections".into(), "300".into()));
+        options
+            .settings
+            .push(("shared_buffers".into(), "256MB".into()));
+        options
+            .settings
+            .push(("max_connections".into(), "300".into()));
         let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options)).await??;
         let db = Database::new(pg.config(), 16)?;
         migrations::run(&db).await?;
         let mut tokens = Vec::new();
         for n in 0..agent_count {
-            let (agent, token) = agents::add(&db, &format!("Bench {n}"), &format!("bench{n}@bench.local"), "agent").await?;
+            let (agent, token) = agents::add(
+                &db,
+                &format!("Bench {n}"),
+                &format!("bench{n}@bench.local"),
+                "agent",
+            )
+            .await?;
             tokens.push((agent.id, token.0));
         }
         let bin_dir = find_bin_dir().context("PostgreSQL binaries")?;
@@ -71,7 +83,10 @@ impl BenchEnv {
     /// A libpq key=value string for pgbench and psql.
     pub fn conninfo(&self) -> String {
         let (dir, port) = self.pg.socket();
-        format!("host={} port={port} user=livedesk dbname=livedesk", dir.display())
+        format!(
+            "host={} port={port} user=livedesk dbname=livedesk",
+            dir.display()
+        )
     }
 
     /// A direct connection, as another service would have.
@@ -114,7 +129,9 @@ impl Drop for BenchEnv {
 }
 
 fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let exe = std::env::current_exe()?;
     let livedesk = exe.with_file_name("livedesk");
     if !livedesk.exists() {
@@ -123,7 +140,13 @@ fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
     let (dir, pg_port) = pg.socket();
     let log = std::fs::File::create(dir.parent().unwrap_or(dir).join("livedesk-server.log"))?;
     let child = Command::new(livedesk)
-        .env("DATABASE_URL", format!("host={} port={pg_port} user=livedesk dbname=livedesk", dir.display()))
+        .env(
+            "DATABASE_URL",
+            format!(
+                "host={} port={pg_port} user=livedesk dbname=livedesk",
+                dir.display()
+            ),
+        )
         .env("LIVEDESK_BIND", format!("127.0.0.1:{port}"))
         .env("LIVEDESK_MAX_CONNECTIONS", "15000")
         .env("LIVEDESK_POOL_SIZE", "16")

@@ -15,7 +15,10 @@ use report::Report;
 
 /// Options of `livedesk-bench`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "livedesk-bench", about = "Benchmarks livedesk against PostgreSQL's own floor")]
+#[command(
+    name = "livedesk-bench",
+    about = "Benchmarks livedesk against PostgreSQL's own floor"
+)]
 pub struct BenchArgs {
     /// Seconds per throughput phase.
     #[arg(long, default_value_t = 10)]

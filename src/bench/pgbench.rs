@@ -12,14 +12,29 @@ pub fn tps(env: &BenchEnv, name: &str, script: &str, clients: u32, seconds: u32)
     let path = std::env::temp_dir().join(format!("livedesk-bench-{name}.sql"));
     std::fs::write(&path, script)?;
     let output = Command::new(env.bin_dir.join("pgbench"))
-        .args(["-n", "-M", "prepared", "-c", &clients.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
         .arg(&path)
         .arg(env.conninfo())
         .output()
         .context("run pgbench")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
-        return Err(anyhow!("pgbench {name} failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr)));
+        return Err(anyhow!(
+            "pgbench {name} failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     stdout
         .lines()
@@ -57,11 +72,17 @@ pub async fn prepare_plain(env: &BenchEnv, rows: i64) -> Result<()> {
     let sql = env.sql().await?;
     sql.batch_execute("DROP TABLE IF EXISTS bench_plain; CREATE TABLE bench_plain (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, subject text)")
         .await?;
-    sql.execute("INSERT INTO bench_plain (id) SELECT generate_series(1, $1::bigint)", &[&rows]).await?;
+    sql.execute(
+        "INSERT INTO bench_plain (id) SELECT generate_series(1, $1::bigint)",
+        &[&rows],
+    )
+    .await?;
     Ok(())
 }
 
 /// Substitute the script's `:first` and `:agent` placeholders.
 pub fn with_ids(script: &str, first_ticket: i64, agent: i64) -> String {
-    script.replace(":first", &first_ticket.to_string()).replace(":agent", &agent.to_string())
+    script
+        .replace(":first", &first_ticket.to_string())
+        .replace(":agent", &agent.to_string())
 }

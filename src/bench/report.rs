@@ -29,10 +29,16 @@ pub struct Report {
 impl Report {
     /// An empty report describing this machine.
     pub async fn new(env: &BenchEnv) -> Report {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
         let memory = std::fs::read_to_string("/proc/meminfo")
             .ok()
-            .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+            .and_then(|m| {
+                m.lines()
+                    .next()
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+            })
             .and_then(|kib| kib.parse::<u64>().ok())
             .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
             .unwrap_or_default();
@@ -85,7 +91,10 @@ impl Report {
 
     fn markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "| scenario | livedesk | baseline (same run) | target | met |");
+        let _ = writeln!(
+            out,
+            "| scenario | livedesk | baseline (same run) | target | met |"
+        );
         let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
         for r in &self.rows {
             let met = match r.met {
@@ -93,7 +102,11 @@ impl Report {
                 Some(false) => "**no**",
                 None => "",
             };
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} |", r.scenario, r.figure, r.baseline, r.target, met);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r.scenario, r.figure, r.baseline, r.target, met
+            );
         }
         out
     }
@@ -116,7 +129,12 @@ impl Report {
         );
         let existing = std::fs::read_to_string(&args.output).unwrap_or_default();
         let text = match (existing.find(START), existing.find(END)) {
-            (Some(s), Some(e)) if e > s => format!("{}{}{}", &existing[..s], generated, &existing[e + END.len()..]),
+            (Some(s), Some(e)) if e > s => format!(
+                "{}{}{}",
+                &existing[..s],
+                generated,
+                &existing[e + END.len()..]
+            ),
             _ => format!("# livedesk benchmarks\n\n{generated}\n"),
         };
         if let Some(parent) = args.output.parent() {

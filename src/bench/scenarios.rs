@@ -29,15 +29,42 @@ pub enum Phase {
 }
 
 /// Run one phase.
-pub async fn run(phase: Phase, env: &BenchEnv, args: &BenchArgs, report: &mut Report) -> Result<()> {
+pub async fn run(
+    phase: Phase,
+    env: &BenchEnv,
+    args: &BenchArgs,
+    report: &mut Report,
+) -> Result<()> {
     let s = args.scale_down.max(1);
     match phase {
         Phase::SqlThroughput => sql_throughput(env, args, report).await,
         Phase::ReplyCost => reply_cost(env, args, report).await,
         Phase::HttpThroughput => http_throughput(env, args, report).await,
         Phase::Latency1000 => latency(env, report, 1000 / s, 500.0, 5000 / s).await,
-        Phase::Fanout100 => fanout(env, report, 100 / s, 100.0, 1000 / s, "100 watchers of one ticket, 100 changes/s", 10_000).await,
-        Phase::Fanout1000 => fanout(env, report, 1000 / s, 5.0, 20, "one change to 1,000 watchers of one ticket", 15_000).await,
+        Phase::Fanout100 => {
+            fanout(
+                env,
+                report,
+                100 / s,
+                100.0,
+                1000 / s,
+                "100 watchers of one ticket, 100 changes/s",
+                10_000,
+            )
+            .await
+        }
+        Phase::Fanout1000 => {
+            fanout(
+                env,
+                report,
+                1000 / s,
+                5.0,
+                20,
+                "one change to 1,000 watchers of one ticket",
+                15_000,
+            )
+            .await
+        }
         Phase::ListenerKill => listener_kill(env, report, 200.0, 1200 / s).await,
         Phase::Resume => resume(env, report, 10_000 / s as i64).await,
         Phase::ReplyRace => reply_race(env, report, 1000 / s).await,
@@ -60,7 +87,12 @@ fn percentiles(h: &Histogram<u64>) -> String {
 
 /// Make `total` subject changes round-robin over `tickets` at `rate`/s with
 /// a few writer connections; when each commit was acknowledged.
-async fn write_changes(env: &BenchEnv, tickets: &[i64], rate: f64, total: usize) -> Result<Commits> {
+async fn write_changes(
+    env: &BenchEnv,
+    tickets: &[i64],
+    rate: f64,
+    total: usize,
+) -> Result<Commits> {
     let writers = 4usize.min(total.max(1));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::new();
@@ -68,12 +100,16 @@ async fn write_changes(env: &BenchEnv, tickets: &[i64], rate: f64, total: usize)
         let sql = env.sql().await?;
         let tickets = tickets.to_vec();
         tasks.push(tokio::spawn(async move {
-            let statement = sql.prepare("UPDATE tickets SET subject = $2 WHERE id = $1 RETURNING version").await?;
+            let statement = sql
+                .prepare("UPDATE tickets SET subject = $2 WHERE id = $1 RETURNING version")
+                .await?;
             let mut commits = Vec::new();
             for i in (w..total).step_by(writers) {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
                 let ticket = tickets[i % tickets.len()];
-                let row = sql.query_one(&statement, &[&ticket, &format!("change {i}")]).await?;
+                let row = sql
+                    .query_one(&statement, &[&ticket, &format!("change {i}")])
+                    .await?;
                 commits.push(((ticket, row.get::<_, i64>(0)), Instant::now()));
             }
             Ok::<_, anyhow::Error>(commits)
@@ -93,17 +129,30 @@ async fn settle(clients: &wsload::Clients, limit: Duration) {
     tokio::time::sleep(limit).await;
 }
 
-async fn latency(env: &BenchEnv, report: &mut Report, clients: usize, rate: f64, total: usize) -> Result<()> {
+async fn latency(
+    env: &BenchEnv,
+    report: &mut Report,
+    clients: usize,
+    rate: f64,
+    total: usize,
+) -> Result<()> {
     let tickets = env.tickets(clients as i64).await?;
     let watchers = wsload::open(&env.base, &env.tokens[0].1, &tickets, clients, None).await?;
     let commits = write_changes(env, &tickets, rate, total).await?;
     settle(&watchers, Duration::from_secs(2)).await;
     let logs = watchers.finish().await;
     let (h, faults, _) = wsload::analyse(&logs, &commits);
-    let ok = faults == 0 && ms(h.value_at_quantile(0.5)) <= 0.8 && ms(h.value_at_quantile(0.99)) <= 3.0;
+    let ok =
+        faults == 0 && ms(h.value_at_quantile(0.5)) <= 0.8 && ms(h.value_at_quantile(0.99)) <= 3.0;
     report.add(Row {
-        scenario: format!("commit → WS latency, {clients} clients each on its own ticket, {rate} changes/s"),
-        figure: format!("{}; {} events, {faults} faulty clients", percentiles(&h), h.len()),
+        scenario: format!(
+            "commit → WS latency, {clients} clients each on its own ticket, {rate} changes/s"
+        ),
+        figure: format!(
+            "{}; {} events, {faults} faulty clients",
+            percentiles(&h),
+            h.len()
+        ),
         baseline: "commit acknowledged to the writer".into(),
         target: "p50 ≤ 0.8 ms, p99 ≤ 3 ms".into(),
         met: Some(ok),
@@ -112,7 +161,15 @@ async fn latency(env: &BenchEnv, report: &mut Report, clients: usize, rate: f64,
     Ok(())
 }
 
-async fn fanout(env: &BenchEnv, report: &mut Report, watchers: usize, rate: f64, total: usize, name: &str, p99_target_us: u64) -> Result<()> {
+async fn fanout(
+    env: &BenchEnv,
+    report: &mut Report,
+    watchers: usize,
+    rate: f64,
+    total: usize,
+    name: &str,
+    p99_target_us: u64,
+) -> Result<()> {
     let tickets = env.tickets(1).await?;
     let clients = wsload::open(&env.base, &env.tokens[1].1, &tickets, watchers, None).await?;
     let started = Instant::now();
@@ -126,7 +183,11 @@ async fn fanout(env: &BenchEnv, report: &mut Report, watchers: usize, rate: f64,
     let ok = faults == 0 && delivered == expected && h.value_at_quantile(0.99) <= p99_target_us;
     report.add(Row {
         scenario: name.into(),
-        figure: format!("{}; {delivered}/{expected} delivered ({:.0} msg/s), {faults} faulty clients", percentiles(&h), delivered as f64 / elapsed.as_secs_f64()),
+        figure: format!(
+            "{}; {delivered}/{expected} delivered ({:.0} msg/s), {faults} faulty clients",
+            percentiles(&h),
+            delivered as f64 / elapsed.as_secs_f64()
+        ),
         baseline: "—".into(),
         target: format!("p99 ≤ {} ms, nothing lost", p99_target_us / 1000),
         met: Some(ok),
@@ -183,7 +244,10 @@ async fn listener_kill(env: &BenchEnv, report: &mut Report, rate: f64, total: us
 async fn resume(env: &BenchEnv, report: &mut Report, missed: i64) -> Result<()> {
     let ticket = env.tickets(1).await?[0];
     let sql = env.sql().await?;
-    let since: i64 = sql.query_one("SELECT version FROM tickets WHERE id = $1", &[&ticket]).await?.get(0);
+    let since: i64 = sql
+        .query_one("SELECT version FROM tickets WHERE id = $1", &[&ticket])
+        .await?
+        .get(0);
     sql.execute(
         "DO $$ DECLARE i int; BEGIN FOR i IN 1..$MISSED LOOP UPDATE tickets SET subject = 'missed ' || i WHERE id = $TICKET; END LOOP; END $$"
             .replace("$MISSED", &missed.to_string())
@@ -214,10 +278,18 @@ async fn resume(env: &BenchEnv, report: &mut Report, missed: i64) -> Result<()> 
     let log = log.ok_or_else(|| anyhow!("no client log"))?;
     let versions: Vec<i64> = log.receipts.iter().map(|(v, _)| *v).collect();
     let correct = versions == (since + 1..=target).collect::<Vec<_>>();
-    let took = log.receipts.last().map(|(_, at)| at.duration_since(started)).unwrap_or_default();
+    let took = log
+        .receipts
+        .last()
+        .map(|(_, at)| at.duration_since(started))
+        .unwrap_or_default();
     report.add(Row {
         scenario: format!("resume with since after {missed} missed events"),
-        figure: format!("{:.0} ms to the last event (connect + subscribe + replay), {} events", took.as_secs_f64() * 1000.0, versions.len()),
+        figure: format!(
+            "{:.0} ms to the last event (connect + subscribe + replay), {} events",
+            took.as_secs_f64() * 1000.0,
+            versions.len()
+        ),
         baseline: "—".into(),
         target: "≤ 0.5 s".into(),
         met: Some(correct && took <= Duration::from_millis(500)),
@@ -247,8 +319,20 @@ async fn sql_throughput(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -
 async fn reply_cost(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -> Result<()> {
     let tickets = env.tickets(8).await?;
     let agent = env.tokens[0].0;
-    let note = pgbench::tps(env, "note", &pgbench::with_ids(pgbench::NOTE_INSERT, tickets[0], agent), 8, args.seconds)?;
-    let reply = pgbench::tps(env, "reply", &pgbench::with_ids(pgbench::REPLY_INSERT, tickets[0], agent), 8, args.seconds)?;
+    let note = pgbench::tps(
+        env,
+        "note",
+        &pgbench::with_ids(pgbench::NOTE_INSERT, tickets[0], agent),
+        8,
+        args.seconds,
+    )?;
+    let reply = pgbench::tps(
+        env,
+        "reply",
+        &pgbench::with_ids(pgbench::REPLY_INSERT, tickets[0], agent),
+        8,
+        args.seconds,
+    )?;
     let cost = note / reply;
     report.add(Row {
         scenario: "reply insert with the duplicate check, 8 clients".into(),
@@ -265,13 +349,20 @@ async fn http_throughput(env: &BenchEnv, args: &BenchArgs, report: &mut Report) 
     pgbench::prepare_plain(env, 8).await?;
     let plain = pgbench::tps(env, "plain-http", pgbench::PLAIN_NOTIFY, 8, args.seconds)?;
     let tickets = env.tickets(8).await?;
-    let http = reqwest::Client::builder().pool_max_idle_per_host(16).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(16)
+        .build()?;
     let seconds = args.seconds as u64;
     for kind in ["patch", "reply"] {
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = Vec::new();
         for (n, ticket) in tickets.iter().enumerate() {
-            let (http, base, token, ticket) = (http.clone(), env.base.clone(), env.tokens[n % env.tokens.len()].1.clone(), *ticket);
+            let (http, base, token, ticket) = (
+                http.clone(),
+                env.base.clone(),
+                env.tokens[n % env.tokens.len()].1.clone(),
+                *ticket,
+            );
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u64;
                 let mut errors = 0u64;
@@ -330,7 +421,14 @@ async fn http_throughput(env: &BenchEnv, args: &BenchArgs, report: &mut Report) 
         }
         let rps = done as f64 / seconds as f64;
         report.add(Row {
-            scenario: format!("same through HTTP ({}), 8 clients", if kind == "patch" { "PATCH subject" } else { "POST reply" }),
+            scenario: format!(
+                "same through HTTP ({}), 8 clients",
+                if kind == "patch" {
+                    "PATCH subject"
+                } else {
+                    "POST reply"
+                }
+            ),
             figure: format!("{rps:.0} req/s ({errors} errors)"),
             baseline: format!("{plain:.0} tps (plain UPDATE + pg_notify)"),
             target: format!("report ({:.2}×)", rps / plain),
@@ -351,7 +449,12 @@ async fn reply_race(env: &BenchEnv, report: &mut Report, rounds: usize) -> Resul
         let barrier = Arc::new(tokio::sync::Barrier::new(2));
         let mut tasks = Vec::new();
         for n in 0..2 {
-            let (http, base, token, barrier) = (http.clone(), env.base.clone(), env.tokens[n].1.clone(), barrier.clone());
+            let (http, base, token, barrier) = (
+                http.clone(),
+                env.base.clone(),
+                env.tokens[n].1.clone(),
+                barrier.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
                 let r = http
@@ -376,7 +479,10 @@ async fn reply_race(env: &BenchEnv, report: &mut Report, rounds: usize) -> Resul
             continue;
         }
         let winner_id = winners[0].1["id"].as_i64().unwrap_or(-1);
-        if !losers[0].1["error"]["replies"].as_array().is_some_and(|r| r.iter().any(|m| m["id"] == winner_id)) {
+        if !losers[0].1["error"]["replies"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|m| m["id"] == winner_id))
+        {
             wrong += 1;
         }
         seen = winner_id;
@@ -413,9 +519,18 @@ async fn idle(env: &BenchEnv, report: &mut Report, connections: usize) -> Result
 }
 
 async fn current_subject(http: &reqwest::Client, base: &str, token: &str, ticket: i64) -> String {
-    let answer = http.get(format!("{base}/api/tickets/{ticket}")).bearer_auth(token).send().await;
+    let answer = http
+        .get(format!("{base}/api/tickets/{ticket}"))
+        .bearer_auth(token)
+        .send()
+        .await;
     match answer {
-        Ok(r) => r.json::<serde_json::Value>().await.ok().and_then(|v| v["ticket"]["subject"].as_str().map(str::to_owned)).unwrap_or_default(),
+        Ok(r) => r
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["ticket"]["subject"].as_str().map(str::to_owned))
+            .unwrap_or_default(),
         Err(_) => String::new(),
     }
 }

@@ -40,7 +40,13 @@ struct Frame {
 
 /// Open `n` clients; client i subscribes to `tickets[i % len]` (none if empty),
 /// optionally `since`; returns once all are subscribed.
-pub async fn open(base: &str, token: &str, tickets: &[i64], n: usize, since: Option<i64>) -> Result<Clients> {
+pub async fn open(
+    base: &str,
+    token: &str,
+    tickets: &[i64],
+    n: usize,
+    since: Option<i64>,
+) -> Result<Clients> {
     let stop = CancellationToken::new();
     let ready = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -49,8 +55,14 @@ pub async fn open(base: &str, token: &str, tickets: &[i64], n: usize, since: Opt
     let mut tasks = Vec::with_capacity(n);
     for i in 0..n {
         let ticket = (!tickets.is_empty()).then(|| tickets[i % tickets.len()]);
-        let (url, token, stop, ready, failed, gate) =
-            (url.clone(), token.to_string(), stop.clone(), ready.clone(), failed.clone(), gate.clone());
+        let (url, token, stop, ready, failed, gate) = (
+            url.clone(),
+            token.to_string(),
+            stop.clone(),
+            ready.clone(),
+            failed.clone(),
+            gate.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             match client(&url, &token, ticket, since, &ready, stop, permit.ok()).await {
@@ -65,7 +77,10 @@ pub async fn open(base: &str, token: &str, tickets: &[i64], n: usize, since: Opt
     let deadline = Instant::now() + Duration::from_secs(120);
     while ready.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline {
-            return Err(anyhow!("only {} of {n} clients subscribed", ready.load(Ordering::Relaxed)));
+            return Err(anyhow!(
+                "only {} of {n} clients subscribed",
+                ready.load(Ordering::Relaxed)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -86,7 +101,9 @@ async fn client(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<ClientLog> {
     let mut request = url.into_client_request()?;
-    request.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
     let mut log = ClientLog {
         ticket,
@@ -98,7 +115,7 @@ async fn client(
         if let Some(since) = since {
             frame["since"] = since.into();
         }
-        ws.send(Message::Text(frame.to_string().into())).await?;
+        ws.send(Message::Text(frame.to_string())).await?;
         loop {
             let frame = next_frame(&mut ws).await?;
             if frame.kind == "subscribed" {
@@ -164,7 +181,8 @@ pub type Commits = HashMap<(i64, i64), Instant>;
 /// Latency histogram (µs) of every receipt, and the number of correctness
 /// faults (gaps, duplicates, missing events, disorder).
 pub fn analyse(logs: &[ClientLog], commits: &Commits) -> (Histogram<u64>, u64, u64) {
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds");
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds");
     let mut faults = 0;
     let mut early = 0;
     let mut expected: HashMap<i64, Vec<i64>> = HashMap::new();
@@ -178,7 +196,12 @@ pub fn analyse(logs: &[ClientLog], commits: &Commits) -> (Histogram<u64>, u64, u
         let Some(ticket) = log.ticket else { continue };
         let want: Vec<i64> = expected
             .get(&ticket)
-            .map(|v| v.iter().copied().filter(|v| *v > log.start_version).collect())
+            .map(|v| {
+                v.iter()
+                    .copied()
+                    .filter(|v| *v > log.start_version)
+                    .collect()
+            })
             .unwrap_or_default();
         let got: Vec<i64> = log.receipts.iter().map(|(v, _)| *v).collect();
         if got != want {

@@ -8,7 +8,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let args = livedesk::bench::BenchArgs::parse();
     livedesk::telemetry::init(livedesk::config::LogFormat::Human);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("livedesk-bench: {e}");

@@ -24,6 +24,9 @@ use crate::http::Metrics;
 /// dropped one: a missed removal expires, a missed state shows on the next change).
 const QUEUE: usize = 8192;
 
+/// What this process has published: (connection, ticket) → (agent, state).
+type Published = HashMap<(ConnId, i64), (i64, PresenceState)>;
+
 #[derive(Debug, Clone)]
 enum Op {
     Set {
@@ -46,7 +49,7 @@ pub struct Presence {
     tx: mpsc::Sender<Op>,
     /// What this process has published, to republish after a database restart
     /// (the UNLOGGED table is emptied by crash recovery).
-    live: Arc<Mutex<HashMap<(ConnId, i64), (i64, PresenceState)>>>,
+    live: Arc<Mutex<Published>>,
 }
 
 impl Presence {
@@ -127,7 +130,7 @@ struct Writer {
     process_id: Uuid,
     process_key: String,
     metrics: Arc<Metrics>,
-    live: Arc<Mutex<HashMap<(ConnId, i64), (i64, PresenceState)>>>,
+    live: Arc<Mutex<Published>>,
 }
 
 impl Writer {
@@ -215,7 +218,7 @@ impl Writer {
         Ok(())
     }
 
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, HashMap<(ConnId, i64), (i64, PresenceState)>> {
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, Published> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -434,9 +434,7 @@ impl Session {
         until: Option<i64>,
     ) -> Option<Stop> {
         loop {
-            let Some(&after) = self.subs.get(&ticket_id) else {
-                return None;
-            };
+            let &after = self.subs.get(&ticket_id)?;
             if until.is_some_and(|u| after >= u) {
                 return None;
             }

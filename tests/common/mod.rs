@@ -55,7 +55,9 @@ fn start_cluster() -> Cluster {
     let (socket_dir, port) = pg.socket();
     let socket_dir = socket_dir.to_path_buf();
     // The watchdog stops the cluster and removes its folder when this test
-    // process ends, however it ends (statics are never dropped).
+    // process ends, however it ends (statics are never dropped). It outlives
+    // us on purpose, so it is never waited for.
+    #[allow(clippy::zombie_processes)]
     Command::new("/bin/sh")
         .arg("-c")
         .arg(

@@ -73,7 +73,7 @@ impl WsClient {
     /// Send a JSON frame.
     pub async fn send(&mut self, frame: Value) {
         self.stream
-            .send(Message::Text(frame.to_string().into()))
+            .send(Message::Text(frame.to_string()))
             .await
             .unwrap();
     }

@@ -57,14 +57,18 @@ function check(cond, msg) {
 const t = (id) => `[data-testid="${id}"]`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Wait for a condition in the page; a failed check (not an exception) on timeout. */
+/** A wait that failed: the later steps build on this one, so the run stops. */
+class StepFailed extends Error {}
+
+/** Wait for a condition in the page; on timeout a FAIL, and the run stops. */
 async function waitIn(page, msg, fn, arg, timeout = WAIT) {
   try {
     await page.waitForFunction(fn, arg, { timeout, polling: 50 });
-    return check(true, msg);
   } catch (e) {
-    return check(false, `${msg} (not within ${timeout} ms)`);
+    check(false, `${msg} (not within ${timeout} ms)`);
+    throw new StepFailed(msg);
   }
+  return check(true, msg);
 }
 
 let shotNo = 0;
@@ -287,6 +291,7 @@ async function main() {
   check(dupA !== dupB, `exactly one agent got the duplicate notice (A: ${dupA}, B: ${dupB})`);
   const loser = dupA ? A : B;
   const winner = dupA ? B : A;
+  expected409[loser.key].push(`/api/tickets/${TICKET}/messages`); // its duplicate_reply
   result.reply_winner = winner.key;
   // The winner's reply is the only one sent, in both conversations.
   for (const agent of [A, B]) {
@@ -310,7 +315,6 @@ async function main() {
   check(!(await visible(winner.page, 'duplicate-notice')), `${winner.key} has no duplicate notice`);
   await shot(loser, 'duplicate-loser');
   await shot(winner, 'duplicate-winner');
-  expected409[loser.key].push(`/api/tickets/${TICKET}/messages`);
   // Discard the draft: exactly one reply stays sent.
   await loser.page.click(t('discard-draft'));
   await waitIn(loser.page, `${loser.key}: "Discard my draft" empties the composer and hides the notice`, ([body, dup]) => document.querySelector(body).value === '' && document.querySelector(dup).hidden, [t('composer-body'), t('duplicate-notice')]);
@@ -354,6 +358,7 @@ async function main() {
   check(assigneeA === assigneeB && [A.id, B.id].includes(assigneeA), `both views show the same assignee (A: ${assigneeA}, B: ${assigneeB})`);
   const owner = assigneeA === B.id ? B : A;
   const other = owner === A ? B : A;
+  expected409[other.key].push(`/api/tickets/${TICKET}`); // its already_assigned
   result.take_winner = owner.key;
   for (const agent of [A, B]) {
     check((await text(agent.page, 'assignee-name')) === owner.name, `${agent.key} shows ${owner.name} as assignee`);
@@ -365,7 +370,6 @@ async function main() {
   check(!(await visible(owner.page, 'already-taken')), `${owner.key} (the owner) has no "already taken" notice`);
   check(await owner.page.isVisible(t('release-button')), `${owner.key} is offered "Unassign me"`);
   check(await other.page.isVisible(t('take-over')), `${other.key} is offered "Take over from ${owner.name}"`);
-  expected409[other.key].push(`/api/tickets/${TICKET}`);
   await shot(other, 'take-loser');
   await shot(owner, 'take-owner');
 
@@ -402,8 +406,9 @@ async function main() {
 try {
   await main();
 } catch (e) {
-  check(false, `unexpected exception: ${e && e.stack ? e.stack : e}`);
-  for (const agent of [A, B]) if (agent.page) await shot(agent, 'exception').catch(() => {});
+  if (e instanceof StepFailed) console.log(`STOP [${currentStep}] the later steps build on this one`);
+  else check(false, `unexpected exception: ${e && e.stack ? e.stack : e}`);
+  for (const agent of [A, B]) if (agent.page) await shot(agent, `failed-${currentStep}`).catch(() => {});
 }
 
 currentStep = 'problems';
