@@ -325,3 +325,42 @@ fn bad_configuration_exits_2_with_a_clear_message() {
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn the_demo_set_loads_once_and_gives_each_agent_a_working_login() {
+    let app = TestApp::spawn().await;
+    let logins = livedesk::domain::demo::load(&app.db).await.unwrap();
+    assert_eq!(logins.len(), 3);
+    for login in &logins {
+        let (status, me) = app.get("/api/me", &login.token).await;
+        assert_eq!(status, 200, "{me}");
+        assert_eq!(me["name"], login.name.as_str());
+    }
+    let (_, list) = app.get("/api/tickets", &logins[0].token).await;
+    let tickets = list["tickets"].as_array().unwrap();
+    assert_eq!(tickets.len(), 3);
+    assert!(tickets.iter().any(|t| t["channel"] == "chat" && t["subject"] == "Hello"));
+    let (_, fields) = app.get("/api/fields", &logins[0].token).await;
+    assert_eq!(fields["fields"].as_array().unwrap().len(), 4);
+    // A second run adds nothing and issues new tokens (the old ones stop working).
+    let again = livedesk::domain::demo::load(&app.db).await.unwrap();
+    let (_, list) = app.get("/api/tickets", &again[0].token).await;
+    assert_eq!(list["tickets"].as_array().unwrap().len(), 3);
+    let (status, _) = app.get("/api/me", &logins[0].token).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_a_content_security_policy() {
+    let app = TestApp::spawn().await;
+    for (path, mime) in [("/", "text/html"), ("/app.js", "javascript"), ("/livedesk-client.js", "javascript"), ("/style.css", "text/css")] {
+        let response = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let headers = response.headers();
+        assert!(headers["content-type"].to_str().unwrap().contains(mime), "{path}: {:?}", headers["content-type"]);
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'"), "{csp}");
+    }
+    let response = app.http.get(format!("{}/README.md", app.base)).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+}
