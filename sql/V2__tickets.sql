@@ -1365,12 +1365,3 @@ BEGIN
                          FROM messages m WHERE m.ticket_id = p_ticket_id))::text, 2);
 END
 $$;
-
--- Inbox summaries for the given tickets (missing ids are skipped).
-CREATE FUNCTION ld_inbox_frames(p_ticket_ids bigint[]) RETURNS TABLE (ticket_id bigint, frame text)
-LANGUAGE sql STABLE AS $$
-    SELECT t.id, '{"type": "inbox", "ticket": ' || ld_ticket_json(t)::text || '}'
-    FROM tickets t
-    WHERE t.id = ANY (p_ticket_ids)
-    ORDER BY t.id
-$$;

@@ -149,3 +149,30 @@ LANGUAGE sql STABLE AS $$
            (s.frame::jsonb || jsonb_build_object('presence', ld_presence_viewers(p_ticket)))::text
     FROM ld_snapshot_frame(p_ticket) s
 $$;
+
+-- A ticket summary for lists and the inbox: the ticket plus who is on it.
+CREATE FUNCTION ld_ticket_summaries(p_tickets jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(t || jsonb_build_object('viewers', ld_presence_viewers((t ->> 'id')::bigint))
+                              ORDER BY n), '[]'::jsonb)
+    FROM jsonb_array_elements(p_tickets) WITH ORDINALITY AS x (t, n)
+$$;
+
+-- `GET /api/tickets`: the page of ld_list_tickets, each ticket with its viewers.
+CREATE FUNCTION ld_list_ticket_summaries(p_actor bigint, p_status text, p_assignee text, p_tag text,
+                                         p_limit int, p_before bigint) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_set(page, '{tickets}', ld_ticket_summaries(page -> 'tickets'))
+    FROM ld_list_tickets(p_actor, p_status, p_assignee, p_tag, p_limit, p_before) AS page
+$$;
+
+-- `inbox` frames: a summary (ticket + viewers) per ticket.
+CREATE FUNCTION ld_inbox_summary_frames(p_ticket_ids bigint[]) RETURNS TABLE (ticket_id bigint, frame text)
+LANGUAGE sql STABLE AS $$
+    SELECT t.id,
+           jsonb_build_object('type', 'inbox',
+                              'ticket', ld_ticket_json(t) || jsonb_build_object('viewers', ld_presence_viewers(t.id)))::text
+    FROM tickets t
+    WHERE t.id = ANY (p_ticket_ids)
+    ORDER BY t.id
+$$;

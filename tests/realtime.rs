@@ -337,6 +337,20 @@ async fn the_inbox_gets_a_summary_for_every_created_or_changed_ticket() {
     let frame = ws.next_of("inbox").await;
     assert_eq!(frame["ticket"]["id"], ticket["id"]);
     assert_eq!(frame["ticket"]["subject"], "inbox me");
+    assert_eq!(frame["ticket"]["viewers"], json!([]));
+    // Someone opens it: the inbox row shows the viewer, and so does the list.
+    let (bob, bob_token) = app.agent("Bob", "agent").await;
+    let mut viewer = WsClient::connect(&app.base, &bob_token).await;
+    viewer.subscribe(ticket["id"].as_i64().unwrap(), None).await;
+    loop {
+        let frame = ws.next_of("inbox").await;
+        if frame["ticket"]["viewers"][0]["agent"]["id"] == bob.id {
+            break;
+        }
+    }
+    let (_, list) = app.get("/api/tickets", &token).await;
+    assert_eq!(list["tickets"][0]["viewers"][0]["agent"]["id"], bob.id);
+    assert_eq!(list["tickets"][0]["viewers"][0]["state"], "viewing");
 }
 
 #[tokio::test]

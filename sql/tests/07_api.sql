@@ -194,10 +194,11 @@ BEGIN
     PERFORM t_eq(f.frame::jsonb -> 'messages', ld_get_ticket(t) -> 'messages', 'snapshot messages');
     PERFORM t_raises('SELECT * FROM ld_snapshot_frame(5555)', 'LD404');
 
-    PERFORM t_eq((SELECT array_agg(ticket_id ORDER BY ticket_id) FROM ld_inbox_frames(ARRAY[t, t2, 5555])),
+    PERFORM t_eq((SELECT array_agg(ticket_id ORDER BY ticket_id) FROM ld_inbox_summary_frames(ARRAY[t, t2, 5555])),
                  ARRAY[t, t2], 'inbox frames skip missing tickets');
-    PERFORM t_eq((SELECT frame::jsonb FROM ld_inbox_frames(ARRAY[t])),
-                 jsonb_build_object('type', 'inbox', 'ticket', ld_get_ticket(t) -> 'ticket'), 'inbox frame');
+    PERFORM t_eq((SELECT frame::jsonb FROM ld_inbox_summary_frames(ARRAY[t])),
+                 jsonb_build_object('type', 'inbox', 'ticket',
+                                    (ld_get_ticket(t) -> 'ticket') || '{"viewers": []}'::jsonb), 'inbox frame');
 END
 $$;
 

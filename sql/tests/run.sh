@@ -14,7 +14,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SQL_DIR="$(dirname "$HERE")"
-PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PG_BIN="${PG_BIN:-$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}"
 PORT="${PGTEST_PORT:-$((20000 + RANDOM % 20000))}"
 WORK="$(mktemp -d /tmp/livedesk-sqltest.XXXXXX)"
 chmod 755 "$WORK"

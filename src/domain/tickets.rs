@@ -83,7 +83,7 @@ pub async fn patch(
     .await
 }
 
-/// A page of tickets, newest first.
+/// A page of tickets, newest first, each with its current viewers.
 pub async fn list(
     db: &Database,
     actor: &Agent,
@@ -91,7 +91,7 @@ pub async fn list(
 ) -> Result<RawJson, DomainError> {
     json_call(
         db,
-        "SELECT ld_list_tickets($1, $2, $3, $4, $5, $6)::text",
+        "SELECT ld_list_ticket_summaries($1, $2, $3, $4, $5, $6)::text",
         &[
             &actor.id,
             &filter.status,

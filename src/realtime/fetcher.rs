@@ -77,10 +77,11 @@ async fn serve(
             rt.request_catch_up(ids, false);
         }
     }
-    if !inbox.is_empty() && rt.hub.has_inbox() {
-        let ids: Vec<i64> = inbox.iter().copied().collect();
+    if (!inbox.is_empty() || !presence.is_empty()) && rt.hub.has_inbox() {
+        // A summary carries its viewers, so presence changes refresh it too.
+        let ids: Vec<i64> = inbox.union(presence).copied().collect();
         let statement = client
-            .prepare_cached("SELECT frame FROM ld_inbox_frames($1)")
+            .prepare_cached("SELECT frame FROM ld_inbox_summary_frames($1)")
             .await?;
         for row in client.query(&statement, &[&ids]).await? {
             record(
