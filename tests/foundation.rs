@@ -339,7 +339,9 @@ async fn the_demo_set_loads_once_and_gives_each_agent_a_working_login() {
     let (_, list) = app.get("/api/tickets", &logins[0].token).await;
     let tickets = list["tickets"].as_array().unwrap();
     assert_eq!(tickets.len(), 3);
-    assert!(tickets.iter().any(|t| t["channel"] == "chat" && t["subject"] == "Hello"));
+    assert!(tickets
+        .iter()
+        .any(|t| t["channel"] == "chat" && t["subject"] == "Hello"));
     let (_, fields) = app.get("/api/fields", &logins[0].token).await;
     assert_eq!(fields["fields"].as_array().unwrap().len(), 4);
     // A second run adds nothing and issues new tokens (the old ones stop working).
@@ -353,14 +355,83 @@ async fn the_demo_set_loads_once_and_gives_each_agent_a_working_login() {
 #[tokio::test]
 async fn the_console_is_served_with_a_content_security_policy() {
     let app = TestApp::spawn().await;
-    for (path, mime) in [("/", "text/html"), ("/app.js", "javascript"), ("/livedesk-client.js", "javascript"), ("/style.css", "text/css")] {
-        let response = app.http.get(format!("{}{path}", app.base)).send().await.unwrap();
+    for (path, mime) in [
+        ("/", "text/html"),
+        ("/app.js", "javascript"),
+        ("/livedesk-client.js", "javascript"),
+        ("/style.css", "text/css"),
+    ] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{path}");
         let headers = response.headers();
-        assert!(headers["content-type"].to_str().unwrap().contains(mime), "{path}: {:?}", headers["content-type"]);
+        assert!(
+            headers["content-type"].to_str().unwrap().contains(mime),
+            "{path}: {:?}",
+            headers["content-type"]
+        );
         let csp = headers["content-security-policy"].to_str().unwrap();
-        assert!(csp.contains("default-src 'self'") && csp.contains("script-src 'self'"), "{csp}");
+        assert!(
+            csp.contains("default-src 'self'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
     }
-    let response = app.http.get(format!("{}/README.md", app.base)).send().await.unwrap();
+    let response = app
+        .http
+        .get(format!("{}/README.md", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
+}
+
+#[test]
+fn a_data_folder_the_postgres_user_cannot_reach_is_kept_elsewhere_consistently() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // Only root hands the cluster to the postgres user.
+    }
+    let locked = tempfile::Builder::new()
+        .prefix("livedesk-locked-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        locked.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let data = locked.path().join("data");
+    let add = livedesk()
+        .args([
+            "agent",
+            "add",
+            "--name",
+            "Lou",
+            "--email",
+            "lou@example.com",
+        ])
+        .env("LIVEDESK_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&add.stderr).to_string();
+    assert!(add.status.success(), "{stderr}");
+    let cluster = stderr
+        .split("cluster=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|p| p.trim_matches('"').to_string())
+        .unwrap_or_else(|| panic!("the relocation is announced: {stderr}"));
+    let list = livedesk()
+        .args(["agent", "list"])
+        .env("LIVEDESK_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&cluster);
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains("lou@example.com"),
+        "same cluster on the next run"
+    );
 }

@@ -9,6 +9,9 @@ fn the_sql_test_scripts_pass() {
         .expect("run sql/tests/run.sh");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "sql/tests/run.sh failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "sql/tests/run.sh failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("0 failed"), "{stdout}");
 }

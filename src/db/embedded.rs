@@ -109,19 +109,33 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        let root = absolute(&options.data_dir)?;
-        let data_dir = root.join("pg");
-        let socket_dir = root.join("run");
-        for dir in [&root, &socket_dir] {
-            fs::create_dir_all(dir).map_err(|source| EmbeddedError::Folder {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        let mut root = absolute(&options.data_dir)?;
         if let Some(user) = &run_as {
             give_to(user, &root)?;
+            if let Err(unreachable) = check_reachable(user, &root) {
+                // A checkout under /root (mode 700) is the common case: keep
+                // the cluster in a reachable place, the same one every time
+                // for this data folder, and say where.
+                let fallback = relocated(&root);
+                fs::create_dir_all(&fallback).map_err(|_| unreachable)?;
+                give_to(user, &fallback)?;
+                check_reachable(user, &fallback)?;
+                tracing::warn!(
+                    configured = %root.display(),
+                    cluster = %fallback.display(),
+                    "the postgres user cannot reach the data folder; keeping the cluster in a reachable folder instead"
+                );
+                root = fallback;
+            }
+        }
+        let data_dir = root.join("pg");
+        let socket_dir = root.join("run");
+        fs::create_dir_all(&socket_dir).map_err(|source| EmbeddedError::Folder {
+            path: socket_dir.clone(),
+            source,
+        })?;
+        if let Some(user) = &run_as {
             give_to(user, &socket_dir)?;
-            check_reachable(user, &root)?;
         }
         let mut pg = EmbeddedPostgres {
             bin_dir,
@@ -451,6 +465,14 @@ pub fn find_bin_dir() -> Option<PathBuf> {
         .unwrap_or_default()
         .into_iter()
         .find(|dir| has_server(dir))
+}
+
+/// Where the cluster of an unreachable data folder lives instead: a folder
+/// under /var/lib/livedesk named after the configured path.
+fn relocated(configured: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(configured.as_os_str().as_encoded_bytes());
+    PathBuf::from("/var/lib/livedesk/clusters").join(&hex::encode(digest)[..16])
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, EmbeddedError> {
