@@ -107,7 +107,7 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'agent', jsonb_build_object('id', a.id, 'name', a.name, 'avatar_url', a.avatar_url),
                'state', v.state,
-               'since', v.since) ORDER BY v.first_seen, a.id), '[]'::jsonb)
+               'since', ld_ts(v.since)) ORDER BY v.first_seen, a.id), '[]'::jsonb)
     FROM (
         SELECT DISTINCT ON (agent_id) agent_id, state, since,
                min(since) OVER (PARTITION BY agent_id) AS first_seen

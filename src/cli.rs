@@ -35,7 +35,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let result = match command {
         Command::Serve(args) => serve(settings, &handle, args).await,
         Command::Migrate => {
-            println!("migrations are up to date");
+            println!(
+                "applied {} migration(s); the schema is up to date",
+                handle.applied
+            );
             Ok(())
         }
         Command::Agent(command) => agent(&handle, command).await,
@@ -126,7 +129,7 @@ fn print_demo_links(base: &str, logins: Vec<demo::Login>) {
 async fn close(handle: DatabaseHandle) {
     // Close our connections first so PostgreSQL's shutdown is not logged as
     // lost connections.
-    let DatabaseHandle { db, embedded } = handle;
+    let DatabaseHandle { db, embedded, .. } = handle;
     db.pool().close();
     drop(db);
     if let Some(pg) = embedded {

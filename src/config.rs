@@ -50,17 +50,23 @@ pub struct ServeArgs {
 pub enum AgentCommand {
     /// Create an agent and print its API token (shown once; only a hash is stored).
     Add {
+        /// The name colleagues see on avatars and messages.
         #[arg(long)]
         name: String,
+        /// The agent's email (unique, case-insensitive).
         #[arg(long)]
         email: String,
+        /// agent (works tickets), admin (also manages fields), service (an integration writing customer messages).
         #[arg(long, value_enum, default_value_t = Role::Agent)]
         role: Role,
     },
     /// List the agents.
     List,
     /// Issue a new token for an agent (the old one stops working) and print it.
-    Token { email: String },
+    Token {
+        /// The agent's email.
+        email: String,
+    },
 }
 
 /// An agent's role (contract §4).

@@ -36,6 +36,8 @@ pub struct DatabaseHandle {
     pub db: Database,
     /// Present in the embedded default; stopping it stops PostgreSQL.
     pub embedded: Option<EmbeddedPostgres>,
+    /// Migrations applied by this start.
+    pub applied: usize,
 }
 
 /// Connect to (or start) the database and apply migrations.
@@ -60,12 +62,16 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
             .client()
             .await
             .err()
-            .map(|e| e.to_string())
+            .map(|e| error_chain(&e))
             .unwrap_or_default();
         return Err(crate::db::DbError::Unavailable(error).into());
     }
-    migrations::run(&db).await?;
-    Ok(DatabaseHandle { db, embedded })
+    let applied = migrations::run(&db).await?;
+    Ok(DatabaseHandle {
+        db,
+        embedded,
+        applied,
+    })
 }
 
 /// A built, not yet awaited, server and what it needs to stop cleanly.
@@ -138,4 +144,19 @@ impl Application {
         self.shutdown.cancel();
         result
     }
+}
+
+/// An error with its causes, "outer: inner: root".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

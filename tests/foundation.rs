@@ -209,7 +209,10 @@ async fn the_embedded_default_starts_stops_cleanly_and_keeps_data() {
         "the CLI stops its PostgreSQL"
     );
 
-    for round in 0..2 {
+    // Round 0: a CLI command next to the running server shares its database.
+    // Round 1: the server is killed (-9): its PostgreSQL is orphaned.
+    // Round 2: the next start takes the orphan over and stops it at the end.
+    for round in 0..3 {
         let port = free_port();
         let mut server = livedesk()
             .env("LIVEDESK_DATA_DIR", &data)
@@ -234,20 +237,59 @@ async fn the_embedded_default_starts_stops_cleanly_and_keeps_data() {
             "round {round}: the agent survives restarts"
         );
         assert!(!postgres_of(&data).is_empty());
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(server.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        if round == 0 {
+            let output = livedesk()
+                .args([
+                    "agent",
+                    "add",
+                    "--name",
+                    "Eli",
+                    "--email",
+                    "eli@example.com",
+                ])
+                .env("LIVEDESK_DATA_DIR", &data)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let eli = String::from_utf8(output.stdout).unwrap().trim().to_string();
+            let me = reqwest::Client::new()
+                .get(format!("{base}/api/me"))
+                .bearer_auth(&eli)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(me.status(), 200, "the running server sees the CLI's agent");
+            assert!(
+                wait_for(&format!("{base}/healthz"), Duration::from_secs(5)).await,
+                "still healthy"
+            );
+        }
+        let signal = if round == 1 {
+            nix::sys::signal::Signal::SIGKILL
+        } else {
+            nix::sys::signal::Signal::SIGTERM
+        };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.id() as i32), signal).unwrap();
         let status = tokio::task::spawn_blocking(move || server.wait())
             .await
             .unwrap()
             .unwrap();
-        assert!(status.success(), "graceful stop: {status:?}");
-        assert!(
-            postgres_of(&data).is_empty(),
-            "no orphan postgres after stop"
-        );
+        if round == 1 {
+            assert!(
+                !postgres_of(&data).is_empty(),
+                "kill -9 leaves PostgreSQL behind"
+            );
+        } else {
+            assert!(status.success(), "graceful stop: {status:?}");
+            assert!(
+                postgres_of(&data).is_empty(),
+                "no orphan postgres after stop"
+            );
+        }
     }
 }
 

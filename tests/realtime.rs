@@ -523,3 +523,110 @@ async fn flooding_frames_gets_rate_limited_then_closed() {
     }
     assert!(limited, "an error frame before the close");
 }
+
+#[tokio::test]
+async fn close_is_answered_and_silence_times_out_with_4002() {
+    let mut settings = test_settings();
+    settings.presence_ttl_ms = 800;
+    settings.heartbeat_ms = 300;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    // A clean close gets a clean answer.
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    use futures_util::SinkExt;
+    ws.stream
+        .send(tokio_tungstenite::tungstenite::Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                reason: "bye".into(),
+            },
+        )))
+        .await
+        .unwrap();
+    assert_eq!(ws.closed(LONG).await, Ended::Closed(Some(1000)));
+    // A client that never answers pings is closed after the TTL. A raw socket:
+    // a WebSocket library would answer the pings for us.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.address
+    );
+    raw.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut bytes)).await;
+    let elapsed = started.elapsed();
+    // The close frame: FIN+opcode 8, then the code 4002 (0x0FA2) big-endian.
+    let close_4002 = bytes
+        .windows(4)
+        .any(|w| w[0] == 0x88 && w[2] == 0x0F && w[3] == 0xA2);
+    assert!(close_4002, "no 4002 close frame in {} bytes", bytes.len());
+    assert!(
+        elapsed >= Duration::from_millis(700) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_resubscribe_leaves_no_subscription_and_no_presence() {
+    let app = TestApp::spawn().await;
+    let (alice, token) = app.agent("Alice", "agent").await;
+    let (_, bob_token) = app.agent("Bob", "agent").await;
+    let id = app.ticket(&token, "re").await["id"].as_i64().unwrap();
+    let mut bob = WsClient::connect(&app.base, &bob_token).await;
+    bob.subscribe(id, None).await;
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    loop {
+        let frame = bob.next_of("presence").await;
+        if frame["viewers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["agent"]["id"] == alice.id)
+        {
+            break;
+        }
+    }
+    ws.send(json!({"type": "subscribe", "ticket_id": id, "since": 999}))
+        .await;
+    assert_eq!(ws.next_of("error").await["ticket_id"], id);
+    loop {
+        let frame = bob.next_of("presence").await;
+        if !frame["viewers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["agent"]["id"] == alice.id)
+        {
+            break;
+        }
+    }
+    ws.send(json!({"type": "unsubscribe", "ticket_id": id}))
+        .await;
+    assert_eq!(ws.next_of("error").await["code"], "not_subscribed");
+}
+
+#[tokio::test]
+async fn an_oversize_fragmented_message_closes_with_1009() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::*, Frame};
+    let chunk = vec![b'x'; 40 * 1024];
+    for (i, last) in [(0, false), (1, false), (2, true)] {
+        let opcode = if i == 0 {
+            OpCode::Data(Data::Text)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(chunk.clone(), opcode, last);
+        ws.stream
+            .send(tokio_tungstenite::tungstenite::Message::Frame(frame))
+            .await
+            .unwrap();
+    }
+    assert_eq!(ws.closed(LONG).await, Ended::Closed(Some(1009)));
+}

@@ -91,6 +91,10 @@ pub struct EmbeddedPostgres {
     options: EmbeddedOptions,
     run_as: Option<User>,
     child: Option<Child>,
+    /// A server this process found running instead of starting it: its pid,
+    /// and whether we own it (stop it at the end) or share it with the
+    /// livedesk that started it (a CLI command next to a running server).
+    adopted: Option<(i32, bool)>,
 }
 
 impl EmbeddedPostgres {
@@ -145,13 +149,19 @@ impl EmbeddedPostgres {
             options,
             run_as,
             child: None,
+            adopted: None,
         };
         if !pg.data_dir.join("PG_VERSION").exists() {
             pg.initdb()?;
         }
-        pg.clear_stale_postmaster()?;
-        pg.port = free_port()?;
-        pg.spawn()?;
+        match pg.running_postmaster() {
+            Some((pid, port)) => pg.adopt(pid, port),
+            None => {
+                pg.port = free_port()?;
+                pg.spawn()?;
+                pg.claim();
+            }
+        }
         pg.wait_ready(Duration::from_secs(60))?;
         pg.ensure_database()?;
         Ok(pg)
@@ -181,14 +191,29 @@ impl EmbeddedPostgres {
 
     /// Process id of the postmaster, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .or(self.adopted.map(|(pid, _)| pid as u32))
     }
 
     /// Stop the server (fast shutdown) and wait for it, at most 30 s, then kill it.
     pub fn stop(&mut self) {
+        if let Some((pid, owned)) = self.adopted.take() {
+            if owned {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while process_alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = fs::remove_file(self.owner_file());
+            }
+            return;
+        }
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let _ = fs::remove_file(self.owner_file());
         let pid = Pid::from_raw(child.id() as i32);
         let _ = kill(pid, Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -249,34 +274,68 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// A `postmaster.pid` left by a crash: remove it when its process is gone,
-    /// stop the leftover server when it still runs (one livedesk per folder).
-    fn clear_stale_postmaster(&self) -> Result<(), EmbeddedError> {
+    /// The postmaster serving this folder now, with its port. A
+    /// `postmaster.pid` naming a process that is gone (a crash) is removed.
+    fn running_postmaster(&self) -> Option<(i32, u16)> {
         let pid_file = self.data_dir.join("postmaster.pid");
-        let Ok(text) = fs::read_to_string(&pid_file) else {
-            return Ok(());
-        };
-        let pid: i32 = text
-            .lines()
+        let text = fs::read_to_string(&pid_file).ok()?;
+        let mut lines = text.lines();
+        let pid: i32 = lines
             .next()
             .and_then(|l| l.trim().parse().ok())
             .unwrap_or(0);
+        let port: u16 = lines
+            .nth(2)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if pid > 0 && comm.trim() == "postgres" {
-            tracing::warn!(
-                pid,
-                "a PostgreSQL from an earlier run still serves this folder; stopping it"
-            );
-            let _ = kill(Pid::from_raw(pid), Signal::SIGINT);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        } else {
-            tracing::info!("removing a stale postmaster.pid left by a crash");
-            let _ = fs::remove_file(&pid_file);
+        if pid > 0 && port > 0 && comm.trim() == "postgres" {
+            return Some((pid, port));
         }
-        Ok(())
+        tracing::info!("removing a stale postmaster.pid left by a crash");
+        let _ = fs::remove_file(&pid_file);
+        None
+    }
+
+    /// Use a server already running on this folder. If the livedesk that
+    /// started it still runs (a CLI command next to a server), share it;
+    /// otherwise it was orphaned by a crash: take it over and stop it at the end.
+    fn adopt(&mut self, pid: i32, port: u16) {
+        self.port = port;
+        let owner = fs::read_to_string(self.owner_file())
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .filter(|owner| *owner != std::process::id() as i32 && process_alive(*owner));
+        match owner {
+            Some(owner) => {
+                tracing::info!(
+                    pid,
+                    owner,
+                    "using the PostgreSQL of the livedesk already running on this folder"
+                );
+                self.adopted = Some((pid, false));
+            }
+            None => {
+                tracing::warn!(
+                    pid,
+                    "taking over a PostgreSQL left running by an earlier livedesk"
+                );
+                self.adopted = Some((pid, true));
+                self.claim();
+            }
+        }
+    }
+
+    /// Record this process as the one that stops the server.
+    fn claim(&self) {
+        let _ = fs::write(self.owner_file(), std::process::id().to_string());
+    }
+
+    fn owner_file(&self) -> PathBuf {
+        self.data_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("livedesk.owner")
     }
 
     fn spawn(&mut self) -> Result<(), EmbeddedError> {
@@ -527,6 +586,10 @@ fn check_reachable(user: &User, dir: &Path) -> Result<(), EmbeddedError> {
             reason: blocked,
         })
     }
+}
+
+fn process_alive(pid: i32) -> bool {
+    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn free_port() -> Result<u16, EmbeddedError> {

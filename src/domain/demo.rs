@@ -15,10 +15,11 @@ pub struct Login {
     pub token: String,
 }
 
-const AGENTS: [(&str, &str); 3] = [
-    ("Alice", "alice@demo.livedesk.local"),
-    ("Bob", "bob@demo.livedesk.local"),
-    ("Carol", "carol@demo.livedesk.local"),
+/// Two agents to play a collision, and an admin who manages custom fields.
+const AGENTS: [(&str, &str, &str); 3] = [
+    ("Alice", "alice@demo.livedesk.local", "agent"),
+    ("Bob", "bob@demo.livedesk.local", "agent"),
+    ("Carol", "carol@demo.livedesk.local", "admin"),
 ];
 
 /// Add the demo set (once: a second run only issues new tokens).
@@ -26,12 +27,12 @@ pub async fn load(db: &Database) -> Result<Vec<Login>, DomainError> {
     let existing = agents::list(db).await?;
     let mut logins = Vec::new();
     let mut first_run = true;
-    for (name, email) in AGENTS {
+    for (name, email, role) in AGENTS {
         let (agent, token) = if existing.iter().any(|a| a.email == email) {
             first_run = false;
             agents::rotate_token(db, email).await?
         } else {
-            agents::add(db, name, email, "agent").await?
+            agents::add(db, name, email, role).await?
         };
         logins.push((agent, token));
     }

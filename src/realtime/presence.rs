@@ -241,10 +241,11 @@ fn coalesce(ops: Vec<Op>) -> Vec<Op> {
         .collect()
 }
 
-/// Refresh this process's rows and expire everybody's stale ones, every TTL/3.
+/// Refresh this process's rows and expire everybody's stale ones, every TTL/6:
+/// a dead process's viewers are gone at most TTL + TTL/6 after its last refresh.
 async fn upkeep(db: Database, process_id: Uuid, ttl: Duration, shutdown: CancellationToken) {
     let ttl_ms = ttl.as_millis().min(i32::MAX as u128) as i32;
-    let mut tick = tokio::time::interval(ttl / 3);
+    let mut tick = tokio::time::interval(ttl / 6);
     loop {
         tokio::select! {
             _ = tick.tick() => {}

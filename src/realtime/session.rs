@@ -91,6 +91,8 @@ pub fn allowed_origins(state: &AppState) -> Vec<String> {
 enum Stop {
     /// The peer went away (or the socket failed): nothing to send.
     Gone,
+    /// The peer closed: answer with its close frame, as the protocol asks.
+    Echo(Option<CloseReason>),
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
@@ -145,7 +147,8 @@ impl Session {
     ) {
         let heartbeat = self.rt.settings.heartbeat();
         let ttl = self.rt.settings.presence_ttl();
-        let mut tick = tokio::time::interval(heartbeat.min(ttl / 2));
+        // Ping often enough that a live client answers well within the TTL.
+        let mut tick = tokio::time::interval(heartbeat.min(ttl / 3));
         tick.tick().await;
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
         let mut stop = match ws.text(hello).await {
@@ -162,14 +165,9 @@ impl Session {
                 _ = shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
                 message = stream.next() => self.on_message(&mut ws, message).await,
                 Some(item) = self.rx.recv() => self.deliver(&mut ws, item).await,
-                _ = tick.tick() => {
-                    if self.last_heard.elapsed() > ttl {
-                        Some(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
-                    } else if ws.ping(b"").await.is_err() {
-                        Some(Stop::Gone)
-                    } else {
-                        None
-                    }
+                _ = tick.tick() => ws.ping(b"").await.err().map(|_| Stop::Gone),
+                _ = tokio::time::sleep_until((self.last_heard + ttl).into()) => {
+                    Some(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
                 }
                 _ = sleep_until(flush_at) => { self.flush_presence(); None }
             };
@@ -180,12 +178,19 @@ impl Session {
         if !self.presence.is_empty() {
             self.rt.presence.remove(self.slot.id, None);
         }
-        if let Some(Stop::Close(code, reason)) = stop {
-            let reason = CloseReason {
+        let reason = match stop {
+            Some(Stop::Close(code, reason)) => Some(Some(CloseReason {
                 code: CloseCode::from(code),
                 description: Some(reason.into()),
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(Some(reason))).await;
+            })),
+            Some(Stop::Echo(reason)) => Some(reason.map(|r| CloseReason {
+                code: r.code,
+                description: None,
+            })),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(reason)).await;
         }
     }
 
@@ -199,6 +204,10 @@ impl Session {
             Some(Ok(m)) => m,
             Some(Err(ProtocolError::Overflow)) => {
                 return Some(Stop::Close(close::TOO_BIG, "frame too large"))
+            }
+            // Aggregated continuations over the limit surface as an I/O error.
+            Some(Err(ProtocolError::Io(e))) if e.to_string().contains("size") => {
+                return Some(Stop::Close(close::TOO_BIG, "message too large"))
             }
             Some(Err(_)) => return Some(Stop::Close(1002, "protocol error")),
         };
@@ -219,7 +228,7 @@ impl Session {
             }
             AggregatedMessage::Ping(bytes) => ws.pong(&bytes).await.err().map(|_| Stop::Gone),
             AggregatedMessage::Pong(_) => None,
-            AggregatedMessage::Close(_) => Some(Stop::Gone),
+            AggregatedMessage::Close(reason) => Some(Stop::Echo(reason)),
         }
     }
 
@@ -349,7 +358,12 @@ impl Session {
             Ok(Ok(version)) => version,
             Ok(Err(stop)) => return Some(stop),
             Err(e) => {
+                // Refused: the ticket is not watched by this connection any more
+                // (even if it was before this frame), presence included.
                 self.rt.hub.unsubscribe(ticket_id, self.slot.id);
+                if self.presence.remove(&ticket_id).is_some() {
+                    self.rt.presence.remove(self.slot.id, Some(ticket_id));
+                }
                 return send(ws, domain_error_frame(&e, ticket_id)).await;
             }
         };

@@ -150,7 +150,10 @@ impl WsClient {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Err(_) => return Ended::Timeout,
                 Ok(None) => return Ended::Closed(None),
-                Ok(Some(Err(_))) => return Ended::Closed(None),
+                Ok(Some(Err(e))) => {
+                    eprintln!("websocket error while waiting for the close: {e}");
+                    return Ended::Closed(None);
+                }
                 Ok(Some(Ok(Message::Close(frame)))) => {
                     return Ended::Closed(frame.map(|f| u16::from(f.code)))
                 }
