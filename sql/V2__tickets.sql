@@ -247,14 +247,6 @@ BEGIN
 END
 $$;
 
--- {"id","name","email"} of a customer, or NULL.
-CREATE FUNCTION ld_customer_json(p_customer_id bigint) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN (SELECT jsonb_build_object('id', c.id, 'name', c.name, 'email', c.email)
-            FROM customers c WHERE c.id = p_customer_id);
-END
-$$;
 
 -- The ticket's tags, sorted by code point (COLLATE "C": stable across
 -- database locales and equal to a byte-wise sort in the client).
@@ -267,20 +259,31 @@ END
 $$;
 
 CREATE FUNCTION ld_ticket_json(t tickets) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'id', t.id,
-        'version', t.version,
-        'subject', t.subject,
-        'status', t.status,
-        'priority', t.priority,
-        'channel', t.channel,
-        'customer', ld_customer_json(t.customer_id),
-        'assignee', ld_agent_ref_json(t.assignee_id),
-        'tags', ld_ticket_tags(t.id),
-        'custom_fields', t.custom_fields,
-        'created_at', ld_ts(t.created_at),
-        'updated_at', ld_ts(t.updated_at))
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    -- One statement (one cached plan) for the whole shape: this runs once per
+    -- ticket event, inside the writer's transaction.
+    RETURN (
+        SELECT jsonb_build_object(
+            'id', t.id,
+            'version', t.version,
+            'subject', t.subject,
+            'status', t.status,
+            'priority', t.priority,
+            'channel', t.channel,
+            'customer', CASE WHEN c.id IS NULL THEN NULL
+                             ELSE jsonb_build_object('id', c.id, 'name', c.name, 'email', c.email) END,
+            'assignee', CASE WHEN a.id IS NULL THEN NULL
+                             ELSE jsonb_build_object('id', a.id, 'name', a.name, 'avatar_url', a.avatar_url) END,
+            'tags', (SELECT coalesce(jsonb_agg(g.tag ORDER BY g.tag COLLATE "C"), '[]'::jsonb)
+                     FROM ticket_tags g WHERE g.ticket_id = t.id),
+            'custom_fields', t.custom_fields,
+            'created_at', ld_ts(t.created_at),
+            'updated_at', ld_ts(t.updated_at))
+        FROM (SELECT t.customer_id AS customer_id, t.assignee_id AS assignee_id) r
+        LEFT JOIN customers c ON c.id = r.customer_id
+        LEFT JOIN agents a ON a.id = r.assignee_id);
+END
 $$;
 
 -- author.type is "customer" when a customer wrote it (author_agent_id then

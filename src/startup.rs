@@ -118,6 +118,7 @@ impl Application {
                 .wrap_fn(http::observe)
                 .configure(|cfg| http::configure(cfg, &config_settings))
         })
+        .on_connect(no_delay)
         .shutdown_timeout(10)
         .disable_signals();
         if let Some(workers) = settings.workers {
@@ -159,4 +160,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Live events are small writes that must leave at once: without
+/// TCP_NODELAY, Nagle's algorithm holds a write back until the previous one
+/// is acknowledged, and the peer's delayed ACK adds up to 40 ms.
+fn no_delay(connection: &dyn std::any::Any, _: &mut actix_web::dev::Extensions) {
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let _ = stream.set_nodelay(true);
+    }
 }

@@ -57,14 +57,19 @@ pub const TICKET_CHANGE: &str = "\\set id :client_id + 1
 UPDATE tickets SET subject = 'bench ' || random() WHERE id = :first + :id - 1;
 ";
 
-/// A note: a message insert without the duplicate-reply check.
+/// A note: a message insert without the duplicate-reply check. Like the
+/// reply, it first reads the newest message id (what a client has seen), so
+/// the two scripts differ only in the check.
 pub const NOTE_INSERT: &str = "\\set id :client_id + 1
+SELECT coalesce(max(id), 0) AS seen FROM messages WHERE ticket_id = :first + :id - 1 \\gset
 INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (:first + :id - 1, 'note', :agent, 'bench note');
 ";
 
-/// A reply: the same insert with the duplicate-reply check.
+/// A reply by an agent who saw the newest message: the same insert with the
+/// duplicate-reply check.
 pub const REPLY_INSERT: &str = "\\set id :client_id + 1
-INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id) VALUES (:first + :id - 1, 'reply', :agent, 'bench reply', 0);
+SELECT coalesce(max(id), 0) AS seen FROM messages WHERE ticket_id = :first + :id - 1 \\gset
+INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id) VALUES (:first + :id - 1, 'reply', :agent, 'bench reply', :seen);
 ";
 
 /// Create the plain table the baseline updates.

@@ -122,11 +122,15 @@ async fn write_changes(
     Ok(all)
 }
 
-/// Wait until every client has what it should, or a deadline passes.
-async fn settle(clients: &wsload::Clients, limit: Duration) {
-    // Clients record into their own logs; give deliveries time to land.
-    let _ = clients;
+/// Give deliveries time to land (clients record into their own logs).
+async fn settle(limit: Duration) {
     tokio::time::sleep(limit).await;
+}
+
+/// Subscribing makes every client a viewer: let the presence lists that
+/// this announces settle before measuring event latency.
+async fn let_presence_settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 async fn latency(
@@ -138,8 +142,9 @@ async fn latency(
 ) -> Result<()> {
     let tickets = env.tickets(clients as i64).await?;
     let watchers = wsload::open(&env.base, &env.tokens[0].1, &tickets, clients, None).await?;
+    let_presence_settle().await;
     let commits = write_changes(env, &tickets, rate, total).await?;
-    settle(&watchers, Duration::from_secs(2)).await;
+    settle(Duration::from_secs(2)).await;
     let logs = watchers.finish().await;
     let (h, faults, _) = wsload::analyse(&logs, &commits);
     let ok =
@@ -172,10 +177,11 @@ async fn fanout(
 ) -> Result<()> {
     let tickets = env.tickets(1).await?;
     let clients = wsload::open(&env.base, &env.tokens[1].1, &tickets, watchers, None).await?;
+    let_presence_settle().await;
     let started = Instant::now();
     let commits = write_changes(env, &tickets, rate, total).await?;
     let elapsed = started.elapsed();
-    settle(&clients, Duration::from_secs(2)).await;
+    settle(Duration::from_secs(2)).await;
     let logs = clients.finish().await;
     let (h, faults, _) = wsload::analyse(&logs, &commits);
     let delivered = h.len();
@@ -213,7 +219,7 @@ async fn listener_kill(env: &BenchEnv, report: &mut Report, rate: f64, total: us
     });
     let commits = write_changes(env, &tickets, rate, total).await?;
     let (killed_at, killed) = kill_task.await?;
-    settle(&clients, Duration::from_secs(3)).await;
+    settle(Duration::from_secs(3)).await;
     let logs = clients.finish().await;
     let (h, faults, _) = wsload::analyse(&logs, &commits);
     // Catch-up: the worst latency of changes committed after the kill.

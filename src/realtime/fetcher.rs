@@ -2,7 +2,7 @@
 //! of many tickets, one for inbox summaries, one for presence lists.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
@@ -12,17 +12,34 @@ use super::Realtime;
 /// Rows read per event query; more are fetched in the next round.
 pub const EVENT_BATCH: i32 = 2000;
 
+/// Presence lists are sent at most this often per process: a list is O(viewers)
+/// and goes to every viewer, so a crowd joining a ticket would otherwise cost
+/// O(viewers²) bytes and delay that ticket's events behind it.
+pub const PRESENCE_EVERY: Duration = Duration::from_millis(250);
+
 /// Wait for wake-ups and serve them until shutdown.
 pub async fn run(rt: Realtime) {
+    let mut presence_due = Instant::now();
+    let mut presence_timer: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = rt.wake.notified() => {}
+            _ = super::sleep_until(presence_timer) => presence_timer = None,
             _ = rt.shutdown.cancelled() => return,
         }
         loop {
-            let pending = rt.take_pending();
+            let mut pending = rt.take_pending();
+            if !pending.presence.is_empty() && Instant::now() < presence_due {
+                // Hold presence back until its next slot; events go now.
+                let held = std::mem::take(&mut pending.presence);
+                rt.lock_pending().presence.extend(held);
+                presence_timer = Some(presence_due);
+            }
             if pending.is_empty() {
                 break;
+            }
+            if !pending.presence.is_empty() {
+                presence_due = Instant::now() + PRESENCE_EVERY;
             }
             if let Err(e) = serve(&rt, &pending.events, &pending.inbox, &pending.presence).await {
                 tracing::warn!(error = %e, "reading events failed; retrying");

@@ -195,3 +195,12 @@ impl Drop for ConnectionSlot {
         self.realtime.metrics.ws_connections.dec();
     }
 }
+
+/// Sleep until `at`, or forever when there is nothing to wait for (a
+/// `select!` branch that is armed only sometimes).
+pub(crate) async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

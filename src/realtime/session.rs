@@ -169,7 +169,7 @@ impl Session {
                 _ = tokio::time::sleep_until((self.last_heard + ttl).into()) => {
                     Some(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
                 }
-                _ = sleep_until(flush_at) => { self.flush_presence(); None }
+                _ = super::sleep_until(flush_at) => { self.flush_presence(); None }
             };
         }
         self.rt
@@ -558,13 +558,6 @@ impl Session {
             .filter(|s| s.written != Some(s.wanted))
             .map(|s| s.at + PRESENCE_MIN_INTERVAL)
             .min()
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 
