@@ -142,6 +142,18 @@ fn livedesk() -> Command {
     command
 }
 
+/// `livedesk agent add` against the embedded default in `data`; the token.
+fn cli_agent_add(data: &std::path::Path, name: &str, email: &str) -> String {
+    let output = livedesk()
+        .args(["agent", "add", "--name", name, "--email", email])
+        .env("LIVEDESK_DATA_DIR", data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 fn postgres_of(dir: &std::path::Path) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -186,24 +198,7 @@ async fn the_embedded_default_starts_stops_cleanly_and_keeps_data() {
         .unwrap();
     let data = dir.path().join("data");
     // An agent made with the CLI against the embedded default.
-    let output = livedesk()
-        .args([
-            "agent",
-            "add",
-            "--name",
-            "Dora",
-            "--email",
-            "dora@example.com",
-        ])
-        .env("LIVEDESK_DATA_DIR", &data)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let token = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let token = cli_agent_add(&data, "Dora", "dora@example.com");
     assert!(
         postgres_of(&data).is_empty(),
         "the CLI stops its PostgreSQL"
@@ -238,24 +233,7 @@ async fn the_embedded_default_starts_stops_cleanly_and_keeps_data() {
         );
         assert!(!postgres_of(&data).is_empty());
         if round == 0 {
-            let output = livedesk()
-                .args([
-                    "agent",
-                    "add",
-                    "--name",
-                    "Eli",
-                    "--email",
-                    "eli@example.com",
-                ])
-                .env("LIVEDESK_DATA_DIR", &data)
-                .output()
-                .unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let eli = String::from_utf8(output.stdout).unwrap().trim().to_string();
+            let eli = cli_agent_add(&data, "Eli", "eli@example.com");
             let me = reqwest::Client::new()
                 .get(format!("{base}/api/me"))
                 .bearer_auth(&eli)

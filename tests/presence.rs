@@ -222,25 +222,13 @@ async fn typing_floods_are_coalesced_and_do_not_slow_events() {
     let (_, token_a) = app.agent("Alice", "agent").await;
     let (_, token_b) = app.agent("Bob", "agent").await;
     let id = app.ticket(&token_a, "flood").await["id"].as_i64().unwrap();
-    let writes = |app: &TestApp| {
-        let url = format!("{}/metrics", app.base);
-        let http = app.http.clone();
-        async move {
-            let text = http.get(url).send().await.unwrap().text().await.unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix("livedesk_presence_writes_total "))
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        }
-    };
     let mut bob = WsClient::connect(&app.base, &token_b).await;
     bob.subscribe(id, None).await;
     bob.next_of("snapshot").await;
     let mut alice = WsClient::connect(&app.base, &token_a).await;
     alice.subscribe(id, None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = writes(&app).await;
+    let before = app.metric("livedesk_presence_writes_total").await;
     let sql = app.sql().await;
     let flood = tokio::spawn(async move {
         for n in 0..500 {
@@ -268,7 +256,7 @@ async fn typing_floods_are_coalesced_and_do_not_slow_events() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _alice = flood.await.unwrap();
-    let written = writes(&app).await - before;
+    let written = app.metric("livedesk_presence_writes_total").await - before;
     // 5 s of flapping at 100 frames/s: at most one write per 200 ms.
     assert!(written <= 30, "{written} presence writes for 500 frames");
     assert!(

@@ -187,22 +187,8 @@ async fn killing_the_listen_connection_loses_nothing() {
         .next_within(Duration::from_millis(300))
         .await
         .is_none_or(|f| f["type"] != "event"));
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let reconnects: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("livedesk_listener_reconnects_total "))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(reconnects >= 1, "{metrics}");
+    let reconnects = app.metric("livedesk_listener_reconnects_total").await;
+    assert!(reconnects >= 1, "{reconnects} reconnects");
 }
 
 #[tokio::test]
@@ -274,16 +260,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() 
         .unwrap();
         written += 1;
         if n % 100 == 99 {
-            let metrics = app
-                .http
-                .get(format!("{}/metrics", app.base))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if !metrics.contains("livedesk_ws_closed_slow_total 0") {
+            if app.metric("livedesk_ws_closed_slow_total").await > 0 {
                 break;
             }
         }

@@ -282,6 +282,24 @@ impl TestApp {
         body
     }
 
+    /// The value of a counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+            .parse()
+            .unwrap()
+    }
+
     /// Stop the server and its realtime tasks.
     pub async fn stop(&mut self) {
         self.shutdown.cancel();
