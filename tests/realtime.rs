@@ -259,10 +259,8 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() 
         .await
         .unwrap();
         written += 1;
-        if n % 100 == 99 {
-            if app.metric("livedesk_ws_closed_slow_total").await > 0 {
-                break;
-            }
+        if n % 100 == 99 && app.metric("livedesk_ws_closed_slow_total").await > 0 {
+            break;
         }
     }
     count_tx.send(written).unwrap();
