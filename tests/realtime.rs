@@ -605,3 +605,29 @@ async fn an_oversize_fragmented_message_closes_with_1009() {
     }
     assert_eq!(ws.closed(LONG).await, Ended::Closed(Some(1009)));
 }
+
+#[tokio::test]
+async fn after_a_server_restart_a_client_resumes_with_since_and_misses_nothing() {
+    let mut first = TestApp::spawn().await;
+    let (_, token) = first.agent("Alice", "agent").await;
+    let id = first.ticket(&token, "restart").await["id"]
+        .as_i64()
+        .unwrap();
+    let sql = first.sql().await;
+    let mut ws = WsClient::connect(&first.base, &token).await;
+    ws.subscribe(id, None).await;
+    subject_change(&sql, id, 0).await;
+    let seen = ws.events(id, 1, LONG).await;
+    assert_versions(&seen, 2, 2);
+    first.stop().await;
+    // The server is gone: the client is told, and writers carry on.
+    assert!(matches!(ws.closed(LONG).await, Ended::Closed(_)));
+    for n in 1..=20 {
+        subject_change(&sql, id, n).await;
+    }
+    let second = TestApp::spawn_on(first.dbname.clone(), test_settings()).await;
+    let mut ws = WsClient::connect(&second.base, &token).await;
+    ws.subscribe(id, Some(2)).await;
+    subject_change(&sql, id, 21).await;
+    assert_versions(&ws.events(id, 21, LONG).await, 3, 23);
+}
