@@ -141,79 +141,77 @@ impl Writer {
                 n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
                 _ = shutdown.cancelled() => {
                     // Leave no viewers behind for other processes.
-                    let _ = self.write(Op::Remove { conn: 0, ticket: None }, true).await;
+                    let _ = self.remove(None, None).await;
                     return;
                 }
             }
             for op in coalesce(std::mem::take(&mut batch)) {
-                if let Err(e) = self.write(op, false).await {
+                if let Err(e) = self.write(op).await {
                     tracing::warn!(error = %e, "presence write failed");
                 }
             }
         }
     }
 
-    async fn write(&self, op: Op, whole_process: bool) -> Result<(), DbError> {
-        let client = self.db.client().await?;
-        let conn_id = |c: ConnId| c as i64;
+    async fn write(&self, op: Op) -> Result<(), DbError> {
         match op {
             Op::Set {
                 conn,
                 ticket,
                 agent,
                 state,
-            } => {
-                self.lock_live().insert((conn, ticket), (agent, state));
-                let statement = client
-                    .prepare_cached("SELECT ld_presence_set($1, $2, $3, $4, $5, $6)")
-                    .await?;
-                client
-                    .execute(
-                        &statement,
-                        &[
-                            &self.process_id,
-                            &self.process_key,
-                            &conn_id(conn),
-                            &ticket,
-                            &agent,
-                            &state.as_str(),
-                        ],
-                    )
-                    .await?;
-            }
-            Op::Remove { conn, ticket } => {
-                let conn = (!whole_process).then_some(conn_id(conn));
-                {
-                    let mut live = self.lock_live();
-                    live.retain(|(c, t), _| {
-                        !(whole_process
-                            || (Some(*c as i64) == conn && ticket.is_none_or(|x| x == *t)))
-                    });
-                }
-                let statement = client
-                    .prepare_cached("SELECT ld_presence_remove($1, $2, $3)")
-                    .await?;
-                client
-                    .execute(&statement, &[&self.process_id, &conn, &ticket])
-                    .await?;
-            }
+            } => self.set(conn, ticket, agent, state).await,
+            Op::Remove { conn, ticket } => self.remove(Some(conn), ticket).await,
             Op::Republish => {
                 let entries: Vec<_> = self.lock_live().clone().into_iter().collect();
                 for ((conn, ticket), (agent, state)) in entries {
-                    Box::pin(self.write(
-                        Op::Set {
-                            conn,
-                            ticket,
-                            agent,
-                            state,
-                        },
-                        false,
-                    ))
-                    .await?;
+                    self.set(conn, ticket, agent, state).await?;
                 }
-                return Ok(());
+                Ok(())
             }
         }
+    }
+
+    async fn set(
+        &self,
+        conn: ConnId,
+        ticket: i64,
+        agent: i64,
+        state: PresenceState,
+    ) -> Result<(), DbError> {
+        self.lock_live().insert((conn, ticket), (agent, state));
+        let client = self.db.client().await?;
+        let statement = client
+            .prepare_cached("SELECT ld_presence_set($1, $2, $3, $4, $5, $6)")
+            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+            &self.process_id,
+            &self.process_key,
+            &(conn as i64),
+            &ticket,
+            &agent,
+            &state.as_str(),
+        ];
+        client.execute(&statement, &params).await?;
+        self.metrics.presence_writes.inc();
+        Ok(())
+    }
+
+    /// Remove one connection's presence (on one ticket or all), or with
+    /// `conn = None` everything this process shows.
+    async fn remove(&self, conn: Option<ConnId>, ticket: Option<i64>) -> Result<(), DbError> {
+        self.lock_live().retain(|(c, t), _| {
+            let gone = conn.is_none_or(|conn| conn == *c) && ticket.is_none_or(|x| x == *t);
+            !gone
+        });
+        let client = self.db.client().await?;
+        let statement = client
+            .prepare_cached("SELECT ld_presence_remove($1, $2, $3)")
+            .await?;
+        let conn = conn.map(|c| c as i64);
+        client
+            .execute(&statement, &[&self.process_id, &conn, &ticket])
+            .await?;
         self.metrics.presence_writes.inc();
         Ok(())
     }
