@@ -392,13 +392,16 @@ impl Session {
         ws: &mut actix_ws::Session,
         ticket_id: i64,
     ) -> Result<Result<i64, Stop>, DomainError> {
-        let client = self.rt.db.client().await?;
-        let statement = client
-            .prepare_cached("SELECT version, frame FROM ld_ws_snapshot($1)")
-            .await?;
-        let row = client.query_one(&statement, &[&ticket_id]).await?;
-        let version: i64 = row.get(0);
-        let frame: String = row.get(1);
+        // Read, then give the connection back before writing to the socket:
+        // a slow client must not hold a pooled connection.
+        let (version, frame): (i64, String) = {
+            let client = self.rt.db.client().await?;
+            let statement = client
+                .prepare_cached("SELECT version, frame FROM ld_ws_snapshot($1)")
+                .await?;
+            let row = client.query_one(&statement, &[&ticket_id]).await?;
+            (row.get(0), row.get(1))
+        };
         if let Some(stop) = send(ws, protocol::subscribed_frame(ticket_id, version)).await {
             return Ok(Err(stop));
         }
