@@ -13,8 +13,10 @@ use crate::domain::agents;
 
 /// A running cluster, a server process, and agents with tokens.
 pub struct BenchEnv {
-    pub pg: EmbeddedPostgres,
+    /// Declared before `pg`: fields drop in order, and the pool must close
+    /// before PostgreSQL stops.
     pub db: Database,
+    pub pg: EmbeddedPostgres,
     pub bin_dir: PathBuf,
     pub server: Child,
     pub base: String,
@@ -55,8 +57,8 @@ impl BenchEnv {
         let (server, base) = spawn_server(&pg)?;
         let server_pid = server.id();
         let env = BenchEnv {
-            pg,
             db,
+            pg,
             bin_dir,
             server,
             base,
@@ -125,6 +127,7 @@ impl Drop for BenchEnv {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.server.wait();
+        self.db.pool().close();
     }
 }
 
