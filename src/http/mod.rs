@@ -50,7 +50,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .service(routes::tags::change)
     .service(routes::fields::list)
     .service(routes::fields::put)
-    .route("/ws", web::get().to(crate::realtime::session::upgrade))
+    .route("/ws", web::get().to(crate::realtime::handshake::upgrade))
     .configure(web_console::configure)
     .default_service(web::to(not_found));
 }

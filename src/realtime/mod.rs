@@ -7,6 +7,7 @@
 //! restart) costs a catch-up read, never an event.
 
 pub mod fetcher;
+pub mod handshake;
 pub mod hub;
 pub mod listener;
 pub mod presence;

@@ -1,0 +1,75 @@
+//! The WebSocket handshake: the Origin allow-list (against cross-site
+//! WebSocket hijacking), the token (header or `access_token` query, never
+//! logged), the connection cap; then the socket goes to a session task.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::session::Session;
+use crate::http::auth::{authenticate, bearer_token};
+use crate::http::{ApiError, AppState};
+
+/// `GET /ws`: check the Origin and the token, then hand the socket to a session task.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
+    let query_token = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("access_token").cloned());
+    let token = bearer_token(&req).map(str::to_owned).or(query_token);
+    let agent = authenticate(&state, token.as_deref()).await?;
+    let slot = state.realtime.open_connection().ok_or_else(|| {
+        ApiError::Unavailable("Too many WebSocket connections; retry later.".into())
+    })?;
+    let (response, ws, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request("invalid_upgrade", e.to_string()))?;
+    let max = state.settings.max_frame_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
+    let session = Session::new(slot, agent, state.realtime.clone());
+    actix_web::rt::spawn(session.run(ws, stream));
+    Ok(response)
+}
+
+/// Browsers always send `Origin` on WebSockets: it must be allowed. Clients
+/// that send none (services, tools) are not browsers and cannot be hijacked.
+fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(origin) = req.headers().get("origin") else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    if allowed_origins(state).iter().any(|o| o == origin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "This Origin may not open WebSockets here (LIVEDESK_ALLOWED_ORIGINS).",
+        ))
+    }
+}
+
+/// The configured allow-list, or the server's own origins by default.
+pub fn allowed_origins(state: &AppState) -> Vec<String> {
+    let settings = &state.settings;
+    if !settings.allowed_origins.is_empty() {
+        return settings
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .collect();
+    }
+    let bind = settings.bind;
+    let port = bind.port();
+    let mut own = vec![format!("http://{bind}")];
+    if bind.ip().is_loopback() || bind.ip().is_unspecified() {
+        own.push(format!("http://localhost:{port}"));
+        own.push(format!("http://127.0.0.1:{port}"));
+        own.push(format!("http://[::1]:{port}"));
+    }
+    own
+}

@@ -1,0 +1,189 @@
+//! Subscribing: register with the hub first, then read the snapshot or the
+//! backlog, seed the hub's cursor, and fill any gap from the log, so the
+//! client gets every version after its cursor exactly once and in order.
+
+use super::{domain_error_frame, send, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL};
+use crate::domain::DomainError;
+use crate::realtime::protocol::{self, close, PresenceState};
+use std::time::Instant;
+
+/// Events read per query while replaying a backlog.
+const REPLAY_BATCH: i32 = 1000;
+
+impl Session {
+    pub(super) async fn subscribe(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        since: Option<i64>,
+    ) -> Option<Stop> {
+        if !self.subs.contains_key(&ticket_id)
+            && self.subs.len() >= self.rt.settings.max_subscriptions
+        {
+            let message = format!(
+                "At most {} subscriptions per connection.",
+                self.rt.settings.max_subscriptions
+            );
+            return send(
+                ws,
+                protocol::error_frame("too_many_subscriptions", &message, Some(ticket_id)),
+            )
+            .await;
+        }
+        if since.is_some_and(|s| s < 0) {
+            return send(
+                ws,
+                protocol::error_frame(
+                    "invalid_frame",
+                    "since must be a version ≥ 0.",
+                    Some(ticket_id),
+                ),
+            )
+            .await;
+        }
+        // Register first: every event committed after our read below reaches us live.
+        self.subs.remove(&ticket_id);
+        self.rt.hub.subscribe(ticket_id, &self.handle);
+        let result = match since {
+            None => self.send_snapshot(ws, ticket_id).await,
+            Some(since) => self.send_backlog(ws, ticket_id, since).await,
+        };
+        let version = match result {
+            Ok(Ok(version)) => version,
+            Ok(Err(stop)) => return Some(stop),
+            Err(e) => {
+                // Refused: the ticket is not watched by this connection any more
+                // (even if it was before this frame), presence included.
+                self.rt.hub.unsubscribe(ticket_id, self.slot.id);
+                if self.presence.remove(&ticket_id).is_some() {
+                    self.rt.presence.remove(self.slot.id, Some(ticket_id));
+                }
+                return send(ws, domain_error_frame(&e, ticket_id)).await;
+            }
+        };
+        self.subs.insert(ticket_id, version);
+        let (ahead, due) = self.rt.hub.seed(ticket_id, version);
+        if due {
+            self.rt.request_catch_up([ticket_id], false);
+        }
+        if let Some(target) = ahead {
+            if let Some(stop) = self.replay(ws, ticket_id, Some(target)).await {
+                return Some(stop);
+            }
+        }
+        self.presence.entry(ticket_id).or_insert(PresenceSlot {
+            wanted: PresenceState::Viewing,
+            written: None,
+            at: Instant::now() - PRESENCE_MIN_INTERVAL,
+        });
+        self.flush_presence();
+        None
+    }
+
+    /// `subscribed` then `snapshot`; the version the client now has.
+    async fn send_snapshot(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+    ) -> Result<Result<i64, Stop>, DomainError> {
+        // Read, then give the connection back before writing to the socket:
+        // a slow client must not hold a pooled connection.
+        let (version, frame): (i64, String) = {
+            let client = self.rt.db.client().await?;
+            let statement = client
+                .prepare_cached("SELECT version, frame FROM ld_ws_snapshot($1)")
+                .await?;
+            let row = client.query_one(&statement, &[&ticket_id]).await?;
+            (row.get(0), row.get(1))
+        };
+        if let Some(stop) = send(ws, protocol::subscribed_frame(ticket_id, version)).await {
+            return Ok(Err(stop));
+        }
+        Ok(match send(ws, frame.into()).await {
+            Some(stop) => Err(stop),
+            None => Ok(version),
+        })
+    }
+
+    /// `subscribed` then every event after `since`; the version the client now has.
+    async fn send_backlog(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        since: i64,
+    ) -> Result<Result<i64, Stop>, DomainError> {
+        let current: i64 = {
+            let client = self.rt.db.client().await?;
+            let statement = client
+                .prepare_cached("SELECT ld_ticket_version($1)")
+                .await?;
+            client.query_one(&statement, &[&ticket_id]).await?.get(0)
+        };
+        if since > current {
+            return Err(DomainError::invalid(
+                "since",
+                format!("since ({since}) is ahead of the ticket's version ({current})."),
+            ));
+        }
+        if let Some(stop) = send(ws, protocol::subscribed_frame(ticket_id, since)).await {
+            return Ok(Err(stop));
+        }
+        self.subs.insert(ticket_id, since);
+        let stop = self.replay(ws, ticket_id, None).await;
+        let version = self.subs.remove(&ticket_id).unwrap_or(since);
+        Ok(match stop {
+            Some(stop) => Err(stop),
+            None => Ok(version),
+        })
+    }
+
+    /// Send events from the log after the client's cursor, up to `until` (or the end).
+    pub(super) async fn replay(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        until: Option<i64>,
+    ) -> Option<Stop> {
+        loop {
+            let &after = self.subs.get(&ticket_id)?;
+            if until.is_some_and(|u| after >= u) {
+                return None;
+            }
+            let rows = match self.read_events(ticket_id, after).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, ticket_id, "replay failed");
+                    return Some(Stop::Close(
+                        close::SERVER_ERROR,
+                        "could not read events: resume with since",
+                    ));
+                }
+            };
+            let done = rows.len() < REPLAY_BATCH as usize;
+            for (version, frame) in rows {
+                if let Some(stop) = send(ws, frame.into()).await {
+                    return Some(stop);
+                }
+                self.subs.insert(ticket_id, version);
+            }
+            if done {
+                return None;
+            }
+        }
+    }
+
+    async fn read_events(
+        &self,
+        ticket_id: i64,
+        after: i64,
+    ) -> Result<Vec<(i64, String)>, DomainError> {
+        let client = self.rt.db.client().await?;
+        let statement = client
+            .prepare_cached("SELECT version, frame FROM ld_event_frames(ARRAY[$1::bigint], ARRAY[$2::bigint], $3)")
+            .await?;
+        let rows = client
+            .query(&statement, &[&ticket_id, &after, &REPLAY_BATCH])
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
