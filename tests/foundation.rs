@@ -455,3 +455,33 @@ fn a_data_folder_the_postgres_user_cannot_reach_is_kept_elsewhere_consistently()
         "same cluster on the next run"
     );
 }
+
+#[test]
+fn an_existing_data_folder_keeps_its_owner_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-existing-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = std::fs::metadata(dir.path()).unwrap();
+    let output = livedesk()
+        .arg("migrate")
+        .env("LIVEDESK_DATA_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let after = std::fs::metadata(dir.path()).unwrap();
+    assert_eq!(
+        (after.uid(), after.mode() & 0o7777),
+        (before.uid(), before.mode() & 0o7777)
+    );
+    assert!(
+        dir.path().join("pg/PG_VERSION").exists(),
+        "the cluster lives in its own subfolder"
+    );
+}

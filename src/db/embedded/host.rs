@@ -121,3 +121,18 @@ pub(super) fn command_error(program: &str, message: String) -> EmbeddedError {
         message,
     }
 }
+
+/// The cluster's own folders, `pg` and `run`, handed to the `postgres` user
+/// when livedesk runs as root.
+pub(super) fn prepare_subfolders(root: &Path, user: Option<&User>) -> Result<(), EmbeddedError> {
+    for dir in [root.join("pg"), root.join("run")] {
+        fs::create_dir_all(&dir).map_err(|source| EmbeddedError::Folder {
+            path: dir.clone(),
+            source,
+        })?;
+        if let Some(user) = user {
+            give_to(user, &dir)?;
+        }
+    }
+    Ok(())
+}

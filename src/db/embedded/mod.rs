@@ -21,7 +21,8 @@ mod host;
 
 pub use host::find_bin_dir;
 use host::{
-    absolute, check_reachable, command_error, free_port, give_to, process_alive, relocated,
+    absolute, check_reachable, command_error, free_port, give_to, prepare_subfolders,
+    process_alive, relocated,
 };
 
 /// The database every livedesk cluster serves.
@@ -119,17 +120,25 @@ impl EmbeddedPostgres {
         } else {
             None
         };
+        let existed = options.data_dir.exists();
         let mut root = absolute(&options.data_dir)?;
         if let Some(user) = &run_as {
-            give_to(user, &root)?;
-            if let Err(unreachable) = check_reachable(user, &root) {
+            // Only a folder livedesk made is handed to postgres; an existing
+            // one (a home, /tmp) keeps its owner and mode: the cluster lives
+            // in its own subfolders.
+            if !existed {
+                give_to(user, &root)?;
+            }
+            prepare_subfolders(&root, Some(user))?;
+            if let Err(unreachable) = check_reachable(user, &root.join("pg")) {
                 // A checkout under /root (mode 700) is the common case: keep
                 // the cluster in a reachable place, the same one every time
                 // for this data folder, and say where.
                 let fallback = relocated(&root);
                 fs::create_dir_all(&fallback).map_err(|_| unreachable)?;
                 give_to(user, &fallback)?;
-                check_reachable(user, &fallback)?;
+                prepare_subfolders(&fallback, Some(user))?;
+                check_reachable(user, &fallback.join("pg"))?;
                 tracing::warn!(
                     configured = %root.display(),
                     cluster = %fallback.display(),
@@ -137,16 +146,11 @@ impl EmbeddedPostgres {
                 );
                 root = fallback;
             }
+        } else {
+            prepare_subfolders(&root, None)?;
         }
         let data_dir = root.join("pg");
         let socket_dir = root.join("run");
-        fs::create_dir_all(&socket_dir).map_err(|source| EmbeddedError::Folder {
-            path: socket_dir.clone(),
-            source,
-        })?;
-        if let Some(user) = &run_as {
-            give_to(user, &socket_dir)?;
-        }
         let mut pg = EmbeddedPostgres {
             bin_dir,
             data_dir,
@@ -161,14 +165,19 @@ impl EmbeddedPostgres {
             pg.initdb()?;
         }
         match pg.running_postmaster() {
-            Some((pid, port)) => pg.adopt(pid, port),
+            Some((pid, port)) => {
+                pg.adopt(pid, port);
+                pg.wait_ready(Duration::from_secs(60))?;
+            }
             None => {
                 pg.port = free_port()?;
                 pg.spawn()?;
+                pg.wait_ready(Duration::from_secs(60))?;
+                // Only a server we started and saw ready makes us its owner
+                // (two starters on one folder: the loser's postgres exits).
                 pg.claim();
             }
         }
-        pg.wait_ready(Duration::from_secs(60))?;
         pg.ensure_database()?;
         Ok(pg)
     }
@@ -280,26 +289,43 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
-    /// The postmaster serving this folder now, with its port. A
-    /// `postmaster.pid` naming a process that is gone (a crash) is removed.
+    /// The postmaster serving this folder now, with its port. A process is
+    /// trusted only if it is a `postgres` whose working directory is this
+    /// cluster (a pid from an old `postmaster.pid` may now be anybody's).
     fn running_postmaster(&self) -> Option<(i32, u16)> {
         let pid_file = self.data_dir.join("postmaster.pid");
-        let text = fs::read_to_string(&pid_file).ok()?;
-        let mut lines = text.lines();
-        let pid: i32 = lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0);
-        let port: u16 = lines
-            .nth(2)
-            .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0);
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if pid > 0 && port > 0 && comm.trim() == "postgres" {
-            return Some((pid, port));
+        for _ in 0..50 {
+            let text = fs::read_to_string(&pid_file).ok()?;
+            let mut lines = text.lines();
+            let pid: i32 = lines
+                .next()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            let port: u16 = lines
+                .nth(2)
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or(0);
+            if !process_alive(pid) {
+                return None; // PostgreSQL itself replaces a lock file of a dead process.
+            }
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cwd = fs::read_link(format!("/proc/{pid}/cwd")).ok();
+            if comm.trim() != "postgres" || cwd.as_deref() != Some(self.data_dir.as_path()) {
+                // The pid was reused by a process that is not our server: the
+                // lock file is stale, and PostgreSQL would refuse to start.
+                tracing::info!(
+                    pid,
+                    "removing a stale postmaster.pid (its pid now belongs to another process)"
+                );
+                let _ = fs::remove_file(&pid_file);
+                return None;
+            }
+            if port > 0 {
+                return Some((pid, port));
+            }
+            // Our server is still writing its lock file.
+            std::thread::sleep(Duration::from_millis(100));
         }
-        tracing::info!("removing a stale postmaster.pid left by a crash");
-        let _ = fs::remove_file(&pid_file);
         None
     }
 
