@@ -631,3 +631,25 @@ async fn after_a_server_restart_a_client_resumes_with_since_and_misses_nothing()
     subject_change(&sql, id, 21).await;
     assert_versions(&ws.events(id, 21, LONG).await, 3, 23);
 }
+
+#[tokio::test]
+async fn a_configured_origin_list_is_the_only_one_allowed() {
+    let mut settings = test_settings();
+    settings.allowed_origins = vec!["https://desk.example.com".into()];
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let listed = WsClient::connect_with(
+        &app.base,
+        Some(&token),
+        Some("https://desk.example.com"),
+        false,
+    )
+    .await;
+    assert!(listed.is_ok());
+    let own = WsClient::connect_with(&app.base, Some(&token), Some(&app.base), false).await;
+    assert_eq!(
+        own.err(),
+        Some(403),
+        "with a list, the server's own address is not implied"
+    );
+}

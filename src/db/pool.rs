@@ -28,6 +28,15 @@ impl Database {
             config.application_name("livedesk");
         }
         config.connect_timeout(Duration::from_secs(5));
+        // A peer that vanished (network partition, failover) must surface as
+        // an error within seconds, not after the kernel's 15-minute
+        // retransmission limit: a hung read would stall event delivery.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
         let manager = Manager::from_config(
             config.clone(),
             NoTls,

@@ -10,7 +10,7 @@ use super::hub::FanoutStats;
 use super::Realtime;
 
 /// Rows read per event query; more are fetched in the next round.
-pub const EVENT_BATCH: i32 = 2000;
+pub const EVENT_BATCH: i32 = 500;
 
 /// Presence lists are sent at most this often per process: a list is O(viewers)
 /// and goes to every viewer, so a crowd joining a ticket would otherwise cost

@@ -44,7 +44,18 @@ fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-    if allowed_origins(state).iter().any(|o| o == origin) {
+    // By default "our own origin" is also the one the browser addressed
+    // (behind a proxy or a load balancer the bind address is not what the
+    // browser sees): same scheme-less host as the Host header.
+    let same_host = state.settings.allowed_origins.is_empty()
+        && req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                origin == format!("http://{host}") || origin == format!("https://{host}")
+            });
+    if same_host || allowed_origins(state).iter().any(|o| o == origin) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(

@@ -76,7 +76,8 @@ pub async fn run(rt: Realtime) {
                                 _ = &mut driver => break,
                                 _ = rt.shutdown.cancelled() => break,
                                 _ = tokio::time::sleep(PROBE_EVERY) => {
-                                    if client.simple_query("SELECT 1").await.is_err() {
+                                    let probe = tokio::time::timeout(PROBE_EVERY, client.simple_query("SELECT 1"));
+                                    if !matches!(probe.await, Ok(Ok(_))) {
                                         break;
                                     }
                                 }

@@ -1,16 +1,19 @@
 //! Presence: who is viewing, typing or idle on a ticket, shared by every
 //! livedesk process through an UNLOGGED table and `NOTIFY livedesk_presence`.
 //!
-//! Writes go through one writer task per process with a bounded queue, so a
-//! burst of presence changes never delays ticket events; rows of a process
-//! that died expire after the TTL, and a restarted process clears the rows it
-//! left behind under the same process key.
+//! Sessions change this process's published state at once (in memory) and
+//! mark the (connection, ticket) dirty; one writer task makes the table
+//! match, key by key. Nothing is queued but the set of dirty keys (at most
+//! one per viewer), so a burst of changes coalesces, a failed write is simply
+//! retried, and presence never delays ticket events. Rows of a process that
+//! died expire after the TTL; a restarted process clears the rows it left
+//! behind under the same process key.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -20,36 +23,26 @@ use crate::config::Settings;
 use crate::db::{Database, DbError};
 use crate::http::Metrics;
 
-/// Presence operations queued before the writer drops them (the TTL repairs a
-/// dropped one: a missed removal expires, a missed state shows on the next change).
-const QUEUE: usize = 8192;
+/// A viewer slot: a connection on a ticket.
+type Key = (ConnId, i64);
 
-/// What this process has published: (connection, ticket) → (agent, state).
-type Published = HashMap<(ConnId, i64), (i64, PresenceState)>;
-
-#[derive(Debug, Clone)]
-enum Op {
-    Set {
-        conn: ConnId,
-        ticket: i64,
-        agent: i64,
-        state: PresenceState,
-    },
-    Remove {
-        conn: ConnId,
-        ticket: Option<i64>,
-    },
-    Republish,
+/// What this process publishes (the truth the table is made to match) and
+/// which keys the table may not match yet.
+#[derive(Debug, Default)]
+struct State {
+    published: HashMap<Key, (i64, PresenceState)>,
+    dirty: HashSet<Key>,
 }
 
-/// This process's presence writer.
+/// How long the writer waits before retrying writes that failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// This process's presence.
 pub struct Presence {
     db: Database,
     process_id: Uuid,
-    tx: mpsc::Sender<Op>,
-    /// What this process has published, to republish after a database restart
-    /// (the UNLOGGED table is emptied by crash recovery).
-    live: Arc<Mutex<Published>>,
+    state: Arc<Mutex<State>>,
+    wake: Arc<Notify>,
 }
 
 impl Presence {
@@ -62,12 +55,11 @@ impl Presence {
     ) -> Presence {
         let process_id = Uuid::new_v4();
         let process_key = format!("{}@{}", settings.bind, hostname());
-        let (tx, rx) = mpsc::channel(QUEUE);
         let presence = Presence {
             db: db.clone(),
             process_id,
-            tx,
-            live: Arc::default(),
+            state: Arc::default(),
+            wake: Arc::default(),
         };
         if let Err(e) = clear_leftovers(&db, &process_key, process_id).await {
             tracing::warn!(error = %e, "could not clear presence left by an earlier run");
@@ -77,37 +69,47 @@ impl Presence {
             process_id,
             process_key,
             metrics,
-            live: presence.live.clone(),
+            state: presence.state.clone(),
         };
-        tokio::spawn(writer.run(rx, shutdown.clone()));
+        tokio::spawn(writer.run(presence.wake.clone(), shutdown.clone()));
         tokio::spawn(upkeep(db, process_id, settings.presence_ttl(), shutdown));
         presence
     }
 
     /// Publish a viewer's state on a ticket.
     pub fn set(&self, conn: ConnId, ticket: i64, agent: i64, state: PresenceState) {
-        self.send(Op::Set {
-            conn,
-            ticket,
-            agent,
-            state,
-        });
+        let mut guard = lock(&self.state);
+        guard.published.insert((conn, ticket), (agent, state));
+        guard.dirty.insert((conn, ticket));
+        drop(guard);
+        self.wake.notify_one();
     }
 
-    /// Remove a viewer from one ticket, or from all with `None`.
+    /// Remove a viewer from one ticket, or from all its tickets with `None`.
     pub fn remove(&self, conn: ConnId, ticket: Option<i64>) {
-        self.send(Op::Remove { conn, ticket });
-    }
-
-    /// Write everything this process shows again (after the listener reconnects).
-    pub fn republish(&self) {
-        self.send(Op::Republish);
-    }
-
-    fn send(&self, op: Op) {
-        if let Err(e) = self.tx.try_send(op) {
-            tracing::warn!(error = %e, "presence queue full; dropping an update (TTL repairs it)");
+        let mut guard = lock(&self.state);
+        let gone: Vec<Key> = guard
+            .published
+            .keys()
+            .filter(|(c, t)| *c == conn && ticket.is_none_or(|x| x == *t))
+            .copied()
+            .collect();
+        for key in gone {
+            guard.published.remove(&key);
+            guard.dirty.insert(key);
         }
+        drop(guard);
+        self.wake.notify_one();
+    }
+
+    /// Write everything this process shows again (after the listener
+    /// reconnects: a database crash empties the UNLOGGED table).
+    pub fn republish(&self) {
+        let mut guard = lock(&self.state);
+        let keys: Vec<Key> = guard.published.keys().copied().collect();
+        guard.dirty.extend(keys);
+        drop(guard);
+        self.wake.notify_one();
     }
 
     /// The viewer list of a ticket.
@@ -125,118 +127,89 @@ impl Presence {
     }
 }
 
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Writer {
     db: Database,
     process_id: Uuid,
     process_key: String,
     metrics: Arc<Metrics>,
-    live: Arc<Mutex<Published>>,
+    state: Arc<Mutex<State>>,
 }
 
 impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<Op>, shutdown: CancellationToken) {
-        let mut batch = Vec::new();
+    async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let mut retry = false;
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(RETRY), if retry => {}
                 _ = shutdown.cancelled() => {
                     // Leave no viewers behind for other processes.
-                    let _ = self.remove(None, None).await;
+                    if let Err(e) = self.remove_process().await {
+                        tracing::warn!(error = %e, "could not remove this process's viewers");
+                    }
                     return;
                 }
             }
-            for op in coalesce(std::mem::take(&mut batch)) {
-                if let Err(e) = self.write(op).await {
-                    tracing::warn!(error = %e, "presence write failed");
+            let dirty = std::mem::take(&mut lock(&self.state).dirty);
+            retry = false;
+            for key in dirty {
+                if let Err(e) = self.sync(key).await {
+                    tracing::warn!(error = %e, "presence write failed; retrying");
+                    lock(&self.state).dirty.insert(key);
+                    retry = true;
                 }
             }
         }
     }
 
-    async fn write(&self, op: Op) -> Result<(), DbError> {
-        match op {
-            Op::Set {
-                conn,
-                ticket,
-                agent,
-                state,
-            } => self.set(conn, ticket, agent, state).await,
-            Op::Remove { conn, ticket } => self.remove(Some(conn), ticket).await,
-            Op::Republish => {
-                let entries: Vec<_> = self.lock_live().clone().into_iter().collect();
-                for ((conn, ticket), (agent, state)) in entries {
-                    self.set(conn, ticket, agent, state).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    async fn set(
-        &self,
-        conn: ConnId,
-        ticket: i64,
-        agent: i64,
-        state: PresenceState,
-    ) -> Result<(), DbError> {
-        self.lock_live().insert((conn, ticket), (agent, state));
+    /// Make the table's row for `key` match what this process publishes.
+    async fn sync(&self, (conn, ticket): Key) -> Result<(), DbError> {
+        let wanted = lock(&self.state).published.get(&(conn, ticket)).copied();
         let client = self.db.client().await?;
-        let statement = client
-            .prepare_cached("SELECT ld_presence_set($1, $2, $3, $4, $5, $6)")
-            .await?;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-            &self.process_id,
-            &self.process_key,
-            &(conn as i64),
-            &ticket,
-            &agent,
-            &state.as_str(),
-        ];
-        client.execute(&statement, &params).await?;
+        match wanted {
+            Some((agent, state)) => {
+                let statement = client
+                    .prepare_cached("SELECT ld_presence_set($1, $2, $3, $4, $5, $6)")
+                    .await?;
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+                    &self.process_id,
+                    &self.process_key,
+                    &(conn as i64),
+                    &ticket,
+                    &agent,
+                    &state.as_str(),
+                ];
+                client.execute(&statement, &params).await?;
+            }
+            None => {
+                let statement = client
+                    .prepare_cached("SELECT ld_presence_remove($1, $2, $3)")
+                    .await?;
+                client
+                    .execute(&statement, &[&self.process_id, &(conn as i64), &ticket])
+                    .await?;
+            }
+        }
         self.metrics.presence_writes.inc();
         Ok(())
     }
 
-    /// Remove one connection's presence (on one ticket or all), or with
-    /// `conn = None` everything this process shows.
-    async fn remove(&self, conn: Option<ConnId>, ticket: Option<i64>) -> Result<(), DbError> {
-        self.lock_live().retain(|(c, t), _| {
-            let gone = conn.is_none_or(|conn| conn == *c) && ticket.is_none_or(|x| x == *t);
-            !gone
-        });
+    async fn remove_process(&self) -> Result<(), DbError> {
         let client = self.db.client().await?;
-        let statement = client
-            .prepare_cached("SELECT ld_presence_remove($1, $2, $3)")
-            .await?;
-        let conn = conn.map(|c| c as i64);
+        let no_conn: Option<i64> = None;
+        let no_ticket: Option<i64> = None;
         client
-            .execute(&statement, &[&self.process_id, &conn, &ticket])
+            .execute(
+                "SELECT ld_presence_remove($1, $2, $3)",
+                &[&self.process_id, &no_conn, &no_ticket],
+            )
             .await?;
-        self.metrics.presence_writes.inc();
         Ok(())
     }
-
-    fn lock_live(&self) -> std::sync::MutexGuard<'_, Published> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Keep only the last `Set` per (connection, ticket) within a batch, in order.
-fn coalesce(ops: Vec<Op>) -> Vec<Op> {
-    let mut last_set: HashMap<(ConnId, i64), usize> = HashMap::new();
-    for (i, op) in ops.iter().enumerate() {
-        if let Op::Set { conn, ticket, .. } = op {
-            last_set.insert((*conn, *ticket), i);
-        }
-    }
-    ops.into_iter()
-        .enumerate()
-        .filter(|(i, op)| match op {
-            Op::Set { conn, ticket, .. } => last_set.get(&(*conn, *ticket)) == Some(i),
-            _ => true,
-        })
-        .map(|(_, op)| op)
-        .collect()
 }
 
 /// Refresh this process's rows and expire everybody's stale ones, every TTL/6:

@@ -86,10 +86,7 @@ impl Session {
         let mut tick = tokio::time::interval(heartbeat.min(ttl / 3));
         tick.tick().await;
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
-        let mut stop = match ws.text(hello).await {
-            Ok(()) => None,
-            Err(_) => Some(Stop::Gone),
-        };
+        let mut stop = self.send(&mut ws, hello).await;
         let overflow = self.handle.overflow.clone();
         let shutdown = self.rt.shutdown.clone();
         while stop.is_none() {
@@ -100,7 +97,7 @@ impl Session {
                 _ = shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
                 message = stream.next() => self.on_message(&mut ws, message).await,
                 Some(item) = self.rx.recv() => self.deliver(&mut ws, item).await,
-                _ = tick.tick() => ws.ping(b"").await.err().map(|_| Stop::Gone),
+                _ = tick.tick() => self.write(ws.ping(b"")).await,
                 _ = tokio::time::sleep_until((self.last_heard + ttl).into()) => {
                     Some(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
                 }
@@ -155,13 +152,13 @@ impl Session {
                 self.on_frame(ws, &text).await
             }
             AggregatedMessage::Binary(_) => {
-                send(
+                self.send(
                     ws,
                     protocol::error_frame("unsupported_frame", "Frames must be JSON text.", None),
                 )
                 .await
             }
-            AggregatedMessage::Ping(bytes) => ws.pong(&bytes).await.err().map(|_| Stop::Gone),
+            AggregatedMessage::Ping(bytes) => self.write(ws.pong(&bytes)).await,
             AggregatedMessage::Pong(_) => None,
             AggregatedMessage::Close(reason) => Some(Stop::Echo(reason)),
         }
@@ -183,7 +180,7 @@ impl Session {
                 "Too many frames; this one was ignored.",
                 None,
             );
-            return send(ws, frame).await;
+            return self.send(ws, frame).await;
         }
         None
     }
@@ -195,25 +192,28 @@ impl Session {
         let frame = match protocol::parse(text) {
             Ok(frame) => frame,
             Err((code, message)) => {
-                return send(ws, protocol::error_frame(code, &message, None)).await
+                return self
+                    .send(ws, protocol::error_frame(code, &message, None))
+                    .await
             }
         };
         match frame {
-            ClientFrame::Ping {} => send(ws, r#"{"type":"pong"}"#.into()).await,
+            ClientFrame::Ping {} => self.send(ws, r#"{"type":"pong"}"#.into()).await,
             ClientFrame::Subscribe { ticket_id, since } => {
                 self.subscribe(ws, ticket_id, since).await
             }
             ClientFrame::Unsubscribe { ticket_id } => {
                 if self.subs.remove(&ticket_id).is_none() {
-                    return send(
-                        ws,
-                        protocol::error_frame(
-                            "not_subscribed",
-                            "You are not subscribed to this ticket.",
-                            Some(ticket_id),
-                        ),
-                    )
-                    .await;
+                    return self
+                        .send(
+                            ws,
+                            protocol::error_frame(
+                                "not_subscribed",
+                                "You are not subscribed to this ticket.",
+                                Some(ticket_id),
+                            ),
+                        )
+                        .await;
                 }
                 self.rt.hub.unsubscribe(ticket_id, self.slot.id);
                 if self.presence.remove(&ticket_id).is_some() {
@@ -235,15 +235,16 @@ impl Session {
                 match self.presence.get_mut(&ticket_id) {
                     Some(slot) => slot.wanted = state,
                     None => {
-                        return send(
-                            ws,
-                            protocol::error_frame(
-                                "not_subscribed",
-                                "Subscribe to the ticket before sending presence.",
-                                Some(ticket_id),
-                            ),
-                        )
-                        .await
+                        return self
+                            .send(
+                                ws,
+                                protocol::error_frame(
+                                    "not_subscribed",
+                                    "Subscribe to the ticket before sending presence.",
+                                    Some(ticket_id),
+                                ),
+                            )
+                            .await
                     }
                 }
                 self.flush_presence();
@@ -255,7 +256,7 @@ impl Session {
     /// Send a queued item, skipping versions already sent and filling any gap from the log.
     async fn deliver(&mut self, ws: &mut actix_ws::Session, item: Outbound) -> Option<Stop> {
         match item {
-            Outbound::Frame(frame) => self.send_or_overflow(ws, frame).await,
+            Outbound::Frame(frame) => self.send(ws, frame).await,
             Outbound::Event {
                 ticket_id,
                 version,
@@ -275,8 +276,16 @@ impl Session {
                     if let Some(stop) = self.replay(ws, ticket_id, Some(version - 1)).await {
                         return Some(stop);
                     }
+                    // The replay reads whole batches: it may already have sent this one.
+                    if self
+                        .subs
+                        .get(&ticket_id)
+                        .is_some_and(|sent| version <= *sent)
+                    {
+                        return None;
+                    }
                 }
-                let stop = self.send_or_overflow(ws, frame).await;
+                let stop = self.send(ws, frame).await;
                 if stop.is_none() {
                     self.subs.insert(ticket_id, version);
                 }
@@ -285,16 +294,24 @@ impl Session {
         }
     }
 
-    /// A write that gives up when the hub declares this connection too slow.
-    async fn send_or_overflow(
-        &self,
-        ws: &mut actix_ws::Session,
-        frame: ByteString,
-    ) -> Option<Stop> {
+    /// Every write to the socket goes through here. A client that stops
+    /// reading must not hold the task: the write gives up when the hub
+    /// declares the connection too slow (1013), at shutdown (1001), or when
+    /// nothing could be written for the TTL (the peer is gone: drop it).
+    async fn send(&self, ws: &mut actix_ws::Session, frame: ByteString) -> Option<Stop> {
+        self.write(ws.text(frame)).await
+    }
+
+    async fn write<F>(&self, write: F) -> Option<Stop>
+    where
+        F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
+    {
         let overflow = self.handle.overflow.clone();
         tokio::select! {
-            result = ws.text(frame) => result.err().map(|_| Stop::Gone),
+            result = write => result.err().map(|_| Stop::Gone),
             _ = overflow.wait() => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
+            _ = self.rt.shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
+            _ = tokio::time::sleep(self.rt.settings.presence_ttl()) => Some(Stop::Gone),
         }
     }
 
@@ -321,10 +338,6 @@ impl Session {
             .map(|s| s.at + PRESENCE_MIN_INTERVAL)
             .min()
     }
-}
-
-async fn send(ws: &mut actix_ws::Session, frame: ByteString) -> Option<Stop> {
-    ws.text(frame).await.err().map(|_| Stop::Gone)
 }
 
 /// A refused subscription as an `error` frame (the connection stays).

@@ -2,16 +2,31 @@
 //! backlog, seed the hub's cursor, and fill any gap from the log, so the
 //! client gets every version after its cursor exactly once and in order.
 
-use super::{domain_error_frame, send, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL};
+use super::{domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL};
 use crate::domain::DomainError;
 use crate::realtime::protocol::{self, close, PresenceState};
 use std::time::Instant;
 
 /// Events read per query while replaying a backlog.
-const REPLAY_BATCH: i32 = 1000;
+const REPLAY_BATCH: i32 = 500;
 
 impl Session {
+    /// Handle a `subscribe` frame. However it ends, the hub knows this
+    /// connection on the ticket exactly when the session does.
     pub(super) async fn subscribe(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        since: Option<i64>,
+    ) -> Option<Stop> {
+        let stop = self.try_subscribe(ws, ticket_id, since).await;
+        if !self.subs.contains_key(&ticket_id) {
+            self.rt.hub.unsubscribe(ticket_id, self.slot.id);
+        }
+        stop
+    }
+
+    async fn try_subscribe(
         &mut self,
         ws: &mut actix_ws::Session,
         ticket_id: i64,
@@ -24,22 +39,24 @@ impl Session {
                 "At most {} subscriptions per connection.",
                 self.rt.settings.max_subscriptions
             );
-            return send(
-                ws,
-                protocol::error_frame("too_many_subscriptions", &message, Some(ticket_id)),
-            )
-            .await;
+            return self
+                .send(
+                    ws,
+                    protocol::error_frame("too_many_subscriptions", &message, Some(ticket_id)),
+                )
+                .await;
         }
         if since.is_some_and(|s| s < 0) {
-            return send(
-                ws,
-                protocol::error_frame(
-                    "invalid_frame",
-                    "since must be a version ≥ 0.",
-                    Some(ticket_id),
-                ),
-            )
-            .await;
+            return self
+                .send(
+                    ws,
+                    protocol::error_frame(
+                        "invalid_frame",
+                        "since must be a version ≥ 0.",
+                        Some(ticket_id),
+                    ),
+                )
+                .await;
         }
         // Register first: every event committed after our read below reaches us live.
         self.subs.remove(&ticket_id);
@@ -54,11 +71,10 @@ impl Session {
             Err(e) => {
                 // Refused: the ticket is not watched by this connection any more
                 // (even if it was before this frame), presence included.
-                self.rt.hub.unsubscribe(ticket_id, self.slot.id);
                 if self.presence.remove(&ticket_id).is_some() {
                     self.rt.presence.remove(self.slot.id, Some(ticket_id));
                 }
-                return send(ws, domain_error_frame(&e, ticket_id)).await;
+                return self.send(ws, domain_error_frame(&e, ticket_id)).await;
             }
         };
         self.subs.insert(ticket_id, version);
@@ -96,10 +112,13 @@ impl Session {
             let row = client.query_one(&statement, &[&ticket_id]).await?;
             (row.get(0), row.get(1))
         };
-        if let Some(stop) = send(ws, protocol::subscribed_frame(ticket_id, version)).await {
+        if let Some(stop) = self
+            .send(ws, protocol::subscribed_frame(ticket_id, version))
+            .await
+        {
             return Ok(Err(stop));
         }
-        Ok(match send(ws, frame.into()).await {
+        Ok(match self.send(ws, frame.into()).await {
             Some(stop) => Err(stop),
             None => Ok(version),
         })
@@ -125,7 +144,10 @@ impl Session {
                 format!("since ({since}) is ahead of the ticket's version ({current})."),
             ));
         }
-        if let Some(stop) = send(ws, protocol::subscribed_frame(ticket_id, since)).await {
+        if let Some(stop) = self
+            .send(ws, protocol::subscribed_frame(ticket_id, since))
+            .await
+        {
             return Ok(Err(stop));
         }
         self.subs.insert(ticket_id, since);
@@ -161,7 +183,7 @@ impl Session {
             };
             let done = rows.len() < REPLAY_BATCH as usize;
             for (version, frame) in rows {
-                if let Some(stop) = send(ws, frame.into()).await {
+                if let Some(stop) = self.send(ws, frame.into()).await {
                     return Some(stop);
                 }
                 self.subs.insert(ticket_id, version);
