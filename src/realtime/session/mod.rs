@@ -306,6 +306,12 @@ impl Session {
     where
         F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
     {
+        // Fast path: the socket's channel has room (the usual case), so no
+        // timer or watcher is set up for this write.
+        let mut write = std::pin::pin!(write);
+        if let std::task::Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
+            return result.err().map(|_| Stop::Gone);
+        }
         let overflow = self.handle.overflow.clone();
         tokio::select! {
             result = write => result.err().map(|_| Stop::Gone),
