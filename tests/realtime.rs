@@ -231,21 +231,19 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() 
     let (count_tx, count_rx) = tokio::sync::oneshot::channel::<usize>();
     let fast_reader = tokio::spawn(async move {
         let mut events = Vec::new();
-        let mut target = None;
+        let mut target: Option<usize> = None;
         let mut count_rx = count_rx;
-        loop {
-            if let Ok(n) = count_rx.try_recv() {
-                target = Some(n);
-            }
-            if target.is_some_and(|n| events.len() >= n) {
-                return events;
-            }
-            match fast.next_within(Duration::from_secs(30)).await {
-                Some(frame) if frame["type"] == "event" => events.push(frame),
-                Some(_) => {}
-                None => return events,
+        while target.is_none_or(|n| events.len() < n) {
+            tokio::select! {
+                n = &mut count_rx, if target.is_none() => target = Some(n.unwrap()),
+                frame = fast.next_within(Duration::from_secs(30)) => match frame {
+                    Some(frame) if frame["type"] == "event" => events.push(frame),
+                    Some(_) => {}
+                    None => break,
+                },
             }
         }
+        events
     });
     let sql = app.sql().await;
     let (alice, _) = app.agent("Writer", "agent").await;
