@@ -628,6 +628,27 @@ CREATE TRIGGER tickets_90_updated_event
 -- messages triggers
 ------------------------------------------------------------------------------
 
+-- Message ids follow commit order within a ticket: the id is drawn only
+-- after taking the ticket's row lock (held to commit), so a message with a
+-- smaller id of the same ticket has always committed first. The
+-- duplicate-reply rule compares ids with seen_message_id, and relies on it:
+-- with ids drawn before the lock, a reply could get id 9, commit after
+-- message 10, and be missed by a colleague who had seen 10. (A lock taken for
+-- an `ON CONFLICT DO NOTHING` retry is released at commit: no side effect.)
+-- Any id given by the writer is replaced.
+CREATE FUNCTION ld_messages_commit_ordered_id() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM tickets t WHERE t.id = NEW.ticket_id FOR NO KEY UPDATE;
+    NEW.id := nextval('messages_id_seq');
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER messages_05_commit_ordered_id
+    BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION ld_messages_commit_ordered_id();
+
 -- AFTER (not BEFORE) INSERT so that `INSERT ... ON CONFLICT (author_agent_id,
 -- client_id) WHERE client_id IS NOT NULL DO NOTHING` has no side effects for
 -- a retried client_id. Takes the ticket lock by bumping the version, then —

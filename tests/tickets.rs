@@ -977,3 +977,66 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         "a refused request changes nothing"
     );
 }
+
+#[tokio::test]
+async fn message_ids_follow_commit_order_within_a_ticket() {
+    // Otherwise a reply could take id 9, commit after message 10, and slip
+    // past the duplicate check of a colleague who had seen 10. Writers queue
+    // behind a transaction holding the ticket; when it commits they race, and
+    // the order of their ids must be the order of their commits (versions).
+    let app = TestApp::spawn().await;
+    let (a, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "order").await["id"].as_i64().unwrap();
+    let holder = app.sql().await;
+    let watcher = app.sql().await;
+    for round in 0..20 {
+        holder
+            .batch_execute(&format!(
+                "BEGIN; UPDATE tickets SET subject = 'round {round}' WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+        let mut writers = Vec::new();
+        for n in 0..6 {
+            let sql = app.sql().await;
+            let agent = a.id;
+            writers.push(tokio::spawn(async move {
+                sql.execute(
+                    "INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES ($1, 'note', $2, $3)",
+                    &[&id, &agent, &format!("{round}/{n}")],
+                )
+                .await
+                .unwrap();
+            }));
+        }
+        // Wait until all six wait for the holder, then let them race.
+        loop {
+            let waiting: i64 = watcher
+                .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype IN ('transactionid', 'tuple')", &[])
+                .await
+                .unwrap()
+                .get(0);
+            if waiting >= 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        holder.batch_execute("COMMIT").await.unwrap();
+        for w in writers {
+            w.await.unwrap();
+        }
+    }
+    let rows = watcher
+        .query(
+            "SELECT (e.data->'message'->>'id')::bigint FROM ticket_events e
+             WHERE e.ticket_id = $1 AND e.kind = 'message.created' ORDER BY e.version",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(ids.len(), 120);
+    assert_eq!(ids, sorted, "message ids in commit (version) order");
+}
