@@ -11,6 +11,18 @@ use common::{error_code, TestApp};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 
+/// Run a statement that the database must refuse with `code`; the error.
+async fn refused(
+    sql: &tokio_postgres::Client,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    code: &str,
+) -> tokio_postgres::Error {
+    let e = sql.execute(query, params).await.unwrap_err();
+    assert_eq!(sqlstate(&e), code, "{query}: {e}");
+    e
+}
+
 fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
@@ -351,14 +363,13 @@ async fn assignee_and_version_rules_for_direct_sql_writers() {
     .await
     .unwrap();
     // Changing a set assignee without a version check is refused.
-    let e = sql
-        .execute(
-            "UPDATE tickets SET assignee_id = $2 WHERE id = $1",
-            &[&id, &b.id],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "LD002");
+    let e = refused(
+        &sql,
+        "UPDATE tickets SET assignee_id = $2 WHERE id = $1",
+        &[&id, &b.id],
+        "LD002",
+    )
+    .await;
     let detail: Value = serde_json::from_str(e.as_db_error().unwrap().detail().unwrap()).unwrap();
     assert_eq!(detail["assignee_id"], a.id);
     // With the version it read, it is allowed.
@@ -374,22 +385,23 @@ async fn assignee_and_version_rules_for_direct_sql_writers() {
     .await
     .unwrap();
     // A stale version is refused with LD003 and the current version.
-    let e = sql
-        .execute(
-            "UPDATE tickets SET subject = 'late', version = $2 WHERE id = $1",
-            &[&id, &v],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "LD003");
+    let e = refused(
+        &sql,
+        "UPDATE tickets SET subject = 'late', version = $2 WHERE id = $1",
+        &[&id, &v],
+        "LD003",
+    )
+    .await;
     let detail: Value = serde_json::from_str(e.as_db_error().unwrap().detail().unwrap()).unwrap();
     assert_eq!(detail["version"], v + 1);
     // The assignment function takes the expected current assignee.
-    let e = sql
-        .query_one("SELECT ld_assign($1, $2, $3, $3)", &[&id, &a.id, &a.id])
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "LD002");
+    refused(
+        &sql,
+        "SELECT ld_assign($1, $2, $3, $3)",
+        &[&id, &a.id, &a.id],
+        "LD002",
+    )
+    .await;
     sql.query_one("SELECT ld_assign($1, $2, $3, $3)", &[&id, &b.id, &a.id])
         .await
         .unwrap();
@@ -485,22 +497,20 @@ async fn a_stale_page_cannot_remove_a_tag_it_never_saw() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(tags, ["a", "b", "vip"]);
-    let e = sql
-        .execute(
-            "INSERT INTO ticket_tags (ticket_id, tag) VALUES ($1, $2)",
-            &[&id, &"x".repeat(65)],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "23514");
-    let e = sql
-        .execute(
-            "INSERT INTO ticket_tags (ticket_id, tag) VALUES ($1, 'a\tb')",
-            &[&id],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "23514");
+    refused(
+        &sql,
+        "INSERT INTO ticket_tags (ticket_id, tag) VALUES ($1, $2)",
+        &[&id, &"x".repeat(65)],
+        "23514",
+    )
+    .await;
+    refused(
+        &sql,
+        "INSERT INTO ticket_tags (ticket_id, tag) VALUES ($1, 'a\tb')",
+        &[&id],
+        "23514",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -581,31 +591,28 @@ async fn patch_is_compare_and_set_all_or_nothing() {
     assert_eq!(status, 200);
     // Direct SQL: LD004 from the patch function, LD005 for bad custom fields.
     let sql = app.sql().await;
-    let e = sql
-        .query_one(
-            "SELECT ld_patch_ticket($1, NULL, $2, NULL)",
-            &[&id, &json!({"priority": {"from": "low", "to": "urgent"}})],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "LD004");
-    let e = sql
-        .execute(
-            "UPDATE tickets SET custom_fields = '{\"nope\": 1}' WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "LD005");
+    refused(
+        &sql,
+        "SELECT ld_patch_ticket($1, NULL, $2, NULL)",
+        &[&id, &json!({"priority": {"from": "low", "to": "urgent"}})],
+        "LD004",
+    )
+    .await;
+    let e = refused(
+        &sql,
+        "UPDATE tickets SET custom_fields = '{\"nope\": 1}' WHERE id = $1",
+        &[&id],
+        "LD005",
+    )
+    .await;
     assert!(e.as_db_error().unwrap().message().contains("nope"));
-    let e = sql
-        .execute(
-            "UPDATE tickets SET custom_fields = '{\"plan\": \"gold\"}' WHERE id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&e), "LD005");
+    let e = refused(
+        &sql,
+        "UPDATE tickets SET custom_fields = '{\"plan\": \"gold\"}' WHERE id = $1",
+        &[&id],
+        "LD005",
+    )
+    .await;
     let message = e.as_db_error().unwrap().message().to_string();
     assert!(
         message.contains("plan") && message.contains("select"),
