@@ -6,11 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
+use super::event_log;
 use super::hub::FanoutStats;
 use super::Realtime;
-
-/// Rows read per event query; more are fetched in the next round.
-pub const EVENT_BATCH: i32 = 500;
+use crate::db::DbError;
 
 /// Presence lists are sent at most this often per process: a list is O(viewers)
 /// and goes to every viewer, so a crowd joining a ticket would otherwise cost
@@ -64,37 +63,23 @@ async fn serve(
     events: &HashSet<i64>,
     inbox: &HashSet<i64>,
     presence: &HashSet<i64>,
-) -> Result<(), tokio_postgres::Error> {
-    let client = match rt.db.client().await {
-        Ok(c) => c,
-        Err(crate::db::DbError::Query(e)) => return Err(e),
-        Err(e) => {
-            tracing::warn!(error = %e, "no database connection for event reads");
-            // Surface as a retry without a tokio_postgres error value.
-            return retry_later(rt, events, inbox, presence).await;
-        }
-    };
+) -> Result<(), DbError> {
     let cursors = rt.hub.cursors(events);
     if !cursors.is_empty() {
         let (ids, afters): (Vec<i64>, Vec<i64>) = cursors.into_iter().unzip();
-        let statement = client
-            .prepare_cached("SELECT ticket_id, version, frame FROM ld_event_frames($1, $2, $3)")
-            .await?;
-        let rows = client
-            .query(&statement, &[&ids, &afters, &EVENT_BATCH])
-            .await?;
+        let (frames, more) = event_log::read(&rt.db, &ids, &afters).await?;
         rt.metrics.event_fetches.inc();
-        let full = rows.len() as i32 >= EVENT_BATCH;
-        let batch: Vec<(i64, i64, ByteString)> = rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), ByteString::from(r.get::<_, String>(2))))
-            .collect();
-        record(rt, rt.hub.fan_out_events(batch));
-        if full {
+        record(rt, rt.hub.fan_out_events(frames));
+        if more {
             rt.request_catch_up(ids, false);
         }
     }
-    if (!inbox.is_empty() || !presence.is_empty()) && rt.hub.has_inbox() {
+    let summaries = (!inbox.is_empty() || !presence.is_empty()) && rt.hub.has_inbox();
+    if !summaries && presence.is_empty() {
+        return Ok(());
+    }
+    let client = rt.db.client().await?;
+    if summaries {
         // A summary carries its viewers, so presence changes refresh it too.
         let ids: Vec<i64> = inbox.union(presence).copied().collect();
         let statement = client
@@ -118,23 +103,6 @@ async fn serve(
             record(rt, rt.hub.fan_out_ticket_frame(row.get(0), frame));
         }
     }
-    Ok(())
-}
-
-async fn retry_later(
-    rt: &Realtime,
-    events: &HashSet<i64>,
-    inbox: &HashSet<i64>,
-    presence: &HashSet<i64>,
-) -> Result<(), tokio_postgres::Error> {
-    {
-        let mut back = rt.lock_pending();
-        back.events.extend(events);
-        back.inbox.extend(inbox);
-        back.presence.extend(presence);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    rt.wake.notify_one();
     Ok(())
 }
 

@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytestring::ByteString;
 use tokio::sync::{mpsc, Notify};
 
+use super::event_log::EventFrame;
+
 /// Identifies a WebSocket connection within this process.
 pub type ConnId = u64;
 
@@ -230,10 +232,15 @@ impl Hub {
 
     /// Fan out events read from the log, in version order per ticket. An event
     /// is sent only if it is the next version; older ones are skipped.
-    pub fn fan_out_events(&self, events: Vec<(i64, i64, ByteString)>) -> FanoutStats {
+    pub fn fan_out_events(&self, events: Vec<EventFrame>) -> FanoutStats {
         let mut stats = FanoutStats::default();
         let mut state = self.lock();
-        for (ticket_id, version, frame) in events {
+        for EventFrame {
+            ticket_id,
+            version,
+            frame,
+        } in events
+        {
             let Some(entry) = state.tickets.get_mut(&ticket_id) else {
                 continue;
             };
@@ -328,7 +335,11 @@ mod tests {
         let (a, mut rx) = conn(1, 16);
         hub.subscribe(7, &a);
         assert_eq!(hub.seed(7, 3), (None, false));
-        let ev = |v| (7, v, ByteString::from(format!("e{v}")));
+        let ev = |version| EventFrame {
+            ticket_id: 7,
+            version,
+            frame: ByteString::from(format!("e{version}")),
+        };
         hub.fan_out_events(vec![ev(3), ev(4), ev(5), ev(5), ev(7)]);
         // 6 is missing from the log: 7 still goes out rather than stalling the ticket.
         assert_eq!(versions(&mut rx), vec![4, 5, 7]);
@@ -342,7 +353,15 @@ mod tests {
         hub.subscribe(1, &slow);
         hub.subscribe(1, &fast);
         hub.seed(1, 0);
-        let stats = hub.fan_out_events((1..=3).map(|v| (1, v, ByteString::from("x"))).collect());
+        let stats = hub.fan_out_events(
+            (1..=3)
+                .map(|version| EventFrame {
+                    ticket_id: 1,
+                    version,
+                    frame: ByteString::from("x"),
+                })
+                .collect(),
+        );
         assert_eq!(stats.overflowed, 1);
         assert!(slow.overflow.flag.load(Ordering::Acquire));
         assert_eq!(versions(&mut fast_rx), vec![1, 2, 3]);

@@ -6,6 +6,7 @@
 //! read from it by version, so a lost notification (listener down, database
 //! restart) costs a catch-up read, never an event.
 
+pub mod event_log;
 pub mod fetcher;
 pub mod handshake;
 pub mod hub;

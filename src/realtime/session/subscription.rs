@@ -4,11 +4,9 @@
 
 use super::{domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL};
 use crate::domain::DomainError;
+use crate::realtime::event_log;
 use crate::realtime::protocol::{self, close, PresenceState};
 use std::time::Instant;
-
-/// Events read per query while replaying a backlog.
-const REPLAY_BATCH: i32 = 500;
 
 impl Session {
     /// Handle a `subscribe` frame. However it ends, the hub knows this
@@ -171,8 +169,8 @@ impl Session {
             if until.is_some_and(|u| after >= u) {
                 return None;
             }
-            let rows = match self.read_events(ticket_id, after).await {
-                Ok(rows) => rows,
+            let (frames, more) = match event_log::read(&self.rt.db, &[ticket_id], &[after]).await {
+                Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, ticket_id, "replay failed");
                     return Some(Stop::Close(
@@ -181,31 +179,16 @@ impl Session {
                     ));
                 }
             };
-            let done = rows.len() < REPLAY_BATCH as usize;
-            for (version, frame) in rows {
-                if let Some(stop) = self.send(ws, frame.into()).await {
+            let done = !more;
+            for event in frames {
+                if let Some(stop) = self.send(ws, event.frame).await {
                     return Some(stop);
                 }
-                self.subs.insert(ticket_id, version);
+                self.subs.insert(ticket_id, event.version);
             }
             if done {
                 return None;
             }
         }
-    }
-
-    async fn read_events(
-        &self,
-        ticket_id: i64,
-        after: i64,
-    ) -> Result<Vec<(i64, String)>, DomainError> {
-        let client = self.rt.db.client().await?;
-        let statement = client
-            .prepare_cached("SELECT version, frame FROM ld_event_frames(ARRAY[$1::bigint], ARRAY[$2::bigint], $3)")
-            .await?;
-        let rows = client
-            .query(&statement, &[&ticket_id, &after, &REPLAY_BATCH])
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
