@@ -6,7 +6,7 @@ use futures_util::{pin_mut, TryStreamExt};
 use crate::db::{Database, DbError};
 
 /// Rows read per query at most.
-pub const MAX_ROWS: i32 = 500;
+pub const MAX_ROWS: i32 = 1000;
 /// Bytes of frames kept per read at most (one frame is always kept): with
 /// message bodies up to 256 KiB, rows alone would not bound memory.
 pub const MAX_BYTES: usize = 8 * 1024 * 1024;
