@@ -503,6 +503,8 @@ export class TicketView {
   }
 
   showTaken(assignee, { offerTakeOver = true } = {}) {
+    // One way forward at a time: the notice offers "Take over", so "Take" goes.
+    if (this.takeButton) this.takeButton.hidden = true;
     replaceChildren(
       this.takenNotice,
       h('p', {}, 'Already taken by ', h('strong', {}, assignee.name), '.'),
