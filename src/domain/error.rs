@@ -74,15 +74,6 @@ impl DomainError {
             detail,
         }
     }
-
-    /// A missing resource.
-    pub fn not_found(message: impl Into<String>) -> Self {
-        DomainError::Rejected {
-            kind: Rejection::NotFound,
-            message: message.into(),
-            detail: Map::new(),
-        }
-    }
 }
 
 impl From<DbError> for DomainError {

@@ -40,7 +40,6 @@ const RETRY: Duration = Duration::from_secs(1);
 /// This process's presence.
 pub struct Presence {
     db: Database,
-    process_id: Uuid,
     state: Arc<Mutex<State>>,
     wake: Arc<Notify>,
 }
@@ -57,7 +56,6 @@ impl Presence {
         let process_key = format!("{}@{}", settings.bind, hostname());
         let presence = Presence {
             db: db.clone(),
-            process_id,
             state: Arc::default(),
             wake: Arc::default(),
         };
@@ -119,11 +117,6 @@ impl Presence {
             .prepare_cached("SELECT ld_presence_viewers($1)")
             .await?;
         Ok(client.query_one(&statement, &[&ticket]).await?.get(0))
-    }
-
-    /// This process's id in the presence table.
-    pub fn process_id(&self) -> Uuid {
-        self.process_id
     }
 }
 

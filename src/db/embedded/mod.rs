@@ -199,11 +199,6 @@ impl EmbeddedPostgres {
         (&self.socket_dir, self.port)
     }
 
-    /// The folder holding the cluster files.
-    pub fn cluster_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     /// Process id of the postmaster, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child
