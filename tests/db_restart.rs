@@ -10,8 +10,12 @@ use std::time::{Duration, Instant};
 use common::ws::{assert_versions, WsClient};
 use common::{cluster, TestApp};
 
+/// The tests here restart the cluster every test of this binary shares: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
+    let _serial = SERIAL.lock().await;
     let app = TestApp::spawn().await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "restart").await["id"].as_i64().unwrap();
@@ -98,4 +102,65 @@ async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
     assert_eq!(health.last(), Some(&200), "healthz recovered: {health:?}");
     let events = ws.events(id, 300, Duration::from_secs(30)).await;
     assert_versions(&events, 2, 301);
+}
+
+/// Presence lives in an UNLOGGED table, which crash recovery empties: the
+/// processes publish their viewers again once their listener is back.
+#[tokio::test]
+async fn viewers_come_back_after_a_database_crash() {
+    let _serial = SERIAL.lock().await;
+    let app = TestApp::spawn().await;
+    let (alice, token_a) = app.agent("Alice", "agent").await;
+    let (_, token_b) = app.agent("Bob", "agent").await;
+    let id = app.ticket(&token_a, "crash").await["id"].as_i64().unwrap();
+    let mut alice_ws = WsClient::connect(&app.base, &token_a).await;
+    alice_ws.subscribe(id, None).await;
+    let mut bob = WsClient::connect(&app.base, &token_b).await;
+    bob.subscribe(id, None).await;
+    let has_alice = |frame: &serde_json::Value| {
+        frame["viewers"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["agent"]["id"] == alice.id))
+    };
+    loop {
+        if has_alice(&bob.next_of("presence").await) {
+            break;
+        }
+    }
+    // Crash: immediate shutdown, then crash recovery on start.
+    tokio::task::spawn_blocking(|| {
+        let cluster = cluster();
+        let mut pg = cluster.pg.lock().unwrap();
+        if let Some(pid) = pg.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        pg.restart().unwrap();
+    })
+    .await
+    .unwrap();
+    let sql = app.sql().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM presence WHERE ticket_id = $1 AND agent_id = $2",
+                &[&id, &alice.id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if rows > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Alice's presence was never published again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(alice_ws);
 }
