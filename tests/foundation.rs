@@ -17,15 +17,7 @@ async fn healthz_and_metrics_need_no_token() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["database"], true);
     assert_eq!(body["listener"], true);
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.contains("livedesk_http_requests_total"),
         "{metrics}"
@@ -142,6 +134,18 @@ fn livedesk() -> Command {
     command
 }
 
+/// `GET /api/me` on a server started by a test; the status.
+async fn me_status(base: &str, token: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{base}/api/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// `livedesk agent add` against the embedded default in `data`; the token.
 fn cli_agent_add(data: &std::path::Path, name: &str, email: &str) -> String {
     let output = livedesk()
@@ -220,27 +224,19 @@ async fn the_embedded_default_starts_stops_cleanly_and_keeps_data() {
             wait_for(&format!("{base}/healthz"), Duration::from_secs(60)).await,
             "round {round}"
         );
-        let me = reqwest::Client::new()
-            .get(format!("{base}/api/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
         assert_eq!(
-            me.status(),
+            me_status(&base, &token).await,
             200,
             "round {round}: the agent survives restarts"
         );
         assert!(!postgres_of(&data).is_empty());
         if round == 0 {
             let eli = cli_agent_add(&data, "Eli", "eli@example.com");
-            let me = reqwest::Client::new()
-                .get(format!("{base}/api/me"))
-                .bearer_auth(&eli)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(me.status(), 200, "the running server sees the CLI's agent");
+            assert_eq!(
+                me_status(&base, &eli).await,
+                200,
+                "the running server sees the CLI's agent"
+            );
             assert!(
                 wait_for(&format!("{base}/healthz"), Duration::from_secs(5)).await,
                 "still healthy"

@@ -184,14 +184,11 @@ impl Hub {
         self.lock().inbox.remove(&conn);
     }
 
-    /// Whether a notification for `ticket_id` concerns this process; marks
-    /// unseeded entries pending.
-    pub fn wants(&self, ticket_id: i64) -> bool {
+    /// What a notification for `ticket_id` concerns in this process: its
+    /// watchers (an unseeded entry is marked pending) and the inbox.
+    pub fn interest(&self, ticket_id: i64) -> (bool, bool) {
         let mut state = self.lock();
-        if !state.inbox.is_empty() {
-            return true;
-        }
-        match state.tickets.get_mut(&ticket_id) {
+        let watched = match state.tickets.get_mut(&ticket_id) {
             Some(entry) => {
                 if entry.delivered.is_none() {
                     entry.pending = true;
@@ -199,7 +196,8 @@ impl Hub {
                 true
             }
             None => false,
-        }
+        };
+        (watched, !state.inbox.is_empty())
     }
 
     /// Whether anyone watches the inbox.
@@ -383,8 +381,8 @@ mod tests {
         let hub = Hub::default();
         let (a, _rx) = conn(1, 4);
         hub.subscribe(5, &a);
-        assert!(hub.wants(5));
+        assert_eq!(hub.interest(5), (true, false));
         assert_eq!(hub.seed(5, 2), (None, true));
-        assert!(!hub.wants(6));
+        assert_eq!(hub.interest(6), (false, false));
     }
 }

@@ -131,10 +131,11 @@ impl Realtime {
                     tracing::warn!(payload, "ignoring a malformed livedesk_events payload");
                     return;
                 };
-                if self.hub.wants(ticket_id) {
+                let (watched, inbox) = self.hub.interest(ticket_id);
+                if watched {
                     pending.events.insert(ticket_id);
                 }
-                if self.hub.has_inbox() {
+                if inbox {
                     pending.inbox.insert(ticket_id);
                 }
             }

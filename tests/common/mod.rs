@@ -282,17 +282,21 @@ impl TestApp {
         body
     }
 
-    /// The value of a counter or gauge from `/metrics`.
-    pub async fn metric(&self, name: &str) -> u64 {
-        let text = self
-            .http
+    /// The whole `/metrics` exposition.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The value of a counter or gauge from `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .unwrap_or_else(|| panic!("no metric {name} in {text}"))

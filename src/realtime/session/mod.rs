@@ -22,6 +22,14 @@ use crate::domain::{Agent, DomainError, Rejection};
 /// Presence writes per (connection, ticket) are at most this frequent.
 const PRESENCE_MIN_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Where a client frame falls in the per-second budget: served, ignored with
+/// an `error` frame, or (past twice the budget) a reason to close.
+enum FrameBudget {
+    Within,
+    Over,
+    Abuse,
+}
+
 enum Stop {
     /// The peer went away (or the socket failed): nothing to send.
     Gone,
@@ -145,12 +153,18 @@ impl Session {
         };
         self.last_heard = Instant::now();
         match message {
-            AggregatedMessage::Text(text) => {
-                if let Some(stop) = self.rate_limit(ws).await {
-                    return Some(stop);
+            AggregatedMessage::Text(text) => match self.count_frame() {
+                FrameBudget::Within => self.on_frame(ws, &text).await,
+                FrameBudget::Over => {
+                    let frame = protocol::error_frame(
+                        "rate_limited",
+                        "Too many frames; this one was ignored.",
+                        None,
+                    );
+                    self.send(ws, frame).await
                 }
-                self.on_frame(ws, &text).await
-            }
+                FrameBudget::Abuse => Some(Stop::Close(close::POLICY, "too many frames")),
+            },
             AggregatedMessage::Binary(_) => {
                 self.send(
                     ws,
@@ -165,30 +179,23 @@ impl Session {
     }
 
     /// Error frames past the per-second limit, a close past twice the limit.
-    async fn rate_limit(&mut self, ws: &mut actix_ws::Session) -> Option<Stop> {
+    /// Count a client frame against the per-second budget.
+    fn count_frame(&mut self) -> FrameBudget {
         let limit = self.rt.settings.max_frames_per_second;
         if self.window.0.elapsed() >= Duration::from_secs(1) {
             self.window = (Instant::now(), 0);
         }
         self.window.1 += 1;
         if self.window.1 > limit.saturating_mul(2) {
-            return Some(Stop::Close(close::POLICY, "too many frames"));
+            FrameBudget::Abuse
+        } else if self.window.1 > limit {
+            FrameBudget::Over
+        } else {
+            FrameBudget::Within
         }
-        if self.window.1 > limit {
-            let frame = protocol::error_frame(
-                "rate_limited",
-                "Too many frames; this one was ignored.",
-                None,
-            );
-            return self.send(ws, frame).await;
-        }
-        None
     }
 
     async fn on_frame(&mut self, ws: &mut actix_ws::Session, text: &str) -> Option<Stop> {
-        if self.window.1 > self.rt.settings.max_frames_per_second {
-            return None;
-        }
         let frame = match protocol::parse(text) {
             Ok(frame) => frame,
             Err((code, message)) => {
