@@ -175,6 +175,7 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         .env("TICKET", id.to_string())
         .env("TOKEN_A", &token_a)
         .env("TOKEN_B", &token_b)
+        .env("TOKEN_SERVICE", &gateway)
         .env("NAME_A", &alice.name)
         .env("NAME_B", &bob.name)
         .env("AGENT_A", alice.id.to_string())
@@ -269,7 +270,11 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         .iter()
         .map(|m| m["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["customer", "note", "reply"], "{output}");
+    assert_eq!(
+        kinds,
+        ["customer", "note", "reply", "reply", "reply", "customer", "reply"],
+        "{output}"
+    );
     let replier = match result["reply_winner"].as_str() {
         Some("A") => alice.id,
         Some("B") => bob.id,
@@ -277,6 +282,11 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     };
     assert_eq!(messages[2]["author"]["id"], replier, "{output}");
     assert_eq!(messages[1]["author"]["id"], alice.id, "the note is A's");
+    // The held duplicate: A's reply, then B's "Send anyway", then B's reply
+    // after the customer's message was acknowledged.
+    assert_eq!(messages[3]["author"]["id"], alice.id, "{output}");
+    assert_eq!(messages[4]["author"]["id"], bob.id, "{output}");
+    assert_eq!(messages[6]["author"]["id"], bob.id, "{output}");
 
     let listed = screenshots(&shots);
     assert!(

@@ -164,9 +164,9 @@ export class LivedeskClient {
    * Low-level request. Prefer the named methods.
    * @param {string} method
    * @param {string} path e.g. `/api/tickets/42`
-   * @param {{query?: object, body?: any, headers?: object}} [opts]
+   * @param {{query?: object, body?: any, headers?: object, keepalive?: boolean}} [opts]
    */
-  async request(method, path, { query, body, headers } = {}) {
+  async request(method, path, { query, body, headers, keepalive } = {}) {
     let url = this.baseUrl + path;
     if (query) {
       const qs = new URLSearchParams();
@@ -180,6 +180,7 @@ export class LivedeskClient {
       method,
       headers: { Accept: 'application/json', ...(headers || {}) },
     };
+    if (keepalive) init.keepalive = true; // finishes even if the page is being closed
     if (this.token) init.headers.Authorization = `Bearer ${this.token}`;
     if (body !== undefined) {
       init.headers['Content-Type'] = 'application/json';
@@ -304,6 +305,53 @@ export class LivedeskClient {
   /** PUT /api/fields/{key} (admin) — create or change a field definition. */
   putField(key, definition) {
     return this.request('PUT', `/api/fields/${encodeURIComponent(key)}`, { body: definition });
+  }
+
+  /**
+   * GET /api/tickets/{id}/messages — an older page of the conversation.
+   * @param {number} id
+   * @param {{before?: number, limit?: number}} [opts] `before`: the `messages_before` you hold
+   * @returns {Promise<{messages: object[], messages_before: number|null}>} oldest first
+   */
+  listMessages(id, { before, limit } = {}) {
+    return this.request('GET', `/api/tickets/${encodeURIComponent(id)}/messages`, { query: { before, limit } });
+  }
+
+  /**
+   * PUT /api/tickets/{id}/draft — save my draft on a ticket (kept until sent
+   * or deleted; colleagues see that I have one, never its body).
+   * @param {number} id
+   * @param {{kind: 'reply'|'note', body: string, seen_message_id?: number}} draft
+   * @param {{keepalive?: boolean}} [opts] keepalive: survive the page being closed
+   * @returns {Promise<{ticket_id, kind, body, seen_message_id, updated_at}>}
+   */
+  putDraft(id, draft, { keepalive } = {}) {
+    return this.request('PUT', `/api/tickets/${encodeURIComponent(id)}/draft`, { body: draft, keepalive });
+  }
+
+  /** GET /api/tickets/{id}/draft — my draft (ApiError 404 `not_found` when there is none). */
+  getDraft(id) {
+    return this.request('GET', `/api/tickets/${encodeURIComponent(id)}/draft`);
+  }
+
+  /** DELETE /api/tickets/{id}/draft — idempotent. */
+  deleteDraft(id, { keepalive } = {}) {
+    return this.request('DELETE', `/api/tickets/${encodeURIComponent(id)}/draft`, { keepalive });
+  }
+
+  /**
+   * GET /api/tickets/{id}/drafts (livedesk extension) — who has an unsent
+   * draft on the ticket: `[{agent: {id, name, avatar_url}, kind, updated_at}]`.
+   */
+  async listDrafts(id) {
+    const data = await this.request('GET', `/api/tickets/${encodeURIComponent(id)}/drafts`);
+    return (data && data.drafts) || [];
+  }
+
+  /** GET /api/agents — enabled agents `{id, name, avatar_url, role}`, for assigning. */
+  async listAgents() {
+    const data = await this.request('GET', '/api/agents');
+    return (data && data.agents) || [];
   }
 
   // ------------------------------------------------------------ WebSocket

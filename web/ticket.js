@@ -15,8 +15,13 @@ import { h, replaceChildren, avatar, timeEl, sameValue, displayValue, uid, rando
 
 export const STATUSES = ['new', 'open', 'pending', 'resolved', 'closed'];
 export const PRIORITIES = ['low', 'normal', 'high', 'urgent'];
-const TYPING_IDLE_MS = 3000;
+/** "typing" lasts this long after the last key; then the draft marker says "has a draft". */
+const TYPING_IDLE_MS = 5000;
+/** No input for this long: idle (contract §6). */
+const IDLE_AFTER_MS = 5 * 60 * 1000;
 const NEAR_BOTTOM_PX = 120;
+/** What counts as the agent being at the keyboard. */
+const ACTIVITY_EVENTS = ['keydown', 'pointerdown', 'wheel', 'touchstart'];
 
 /** Read a PATCH field name (`subject`, `custom_fields.plan`) from a ticket. */
 function fieldValue(ticket, name) {
@@ -194,31 +199,53 @@ export class TicketView {
   /**
    * @param {{client, me, fields: object[], id: number, onTicket?: (t:object)=>void}} opts
    */
-  constructor({ client, me, fields, id, onTicket }) {
+  constructor({ client, me, fields, id, onTicket, onHeld }) {
     this.client = client;
     this.me = me;
     this.fieldDefs = fields || [];
     this.id = id;
     this.onTicket = onTicket || (() => {});
+    this.onHeld = onHeld || (() => {});
+    /** Messages from others that arrived while the agent had a draft, not yet acknowledged: id -> message. */
+    this.unseen = new Map();
+    this.held = null; // {reason: 'reply'|'customer', messages}
+    this.typing = false;
+    this.idleByTime = false;
+    this.lastActivity = Date.now();
+    this.messagesBefore = null;
     this.ticket = null;
     this.messages = new Map();
     this.viewers = [];
     this.editors = new Map();
     this.typingTimer = null;
     this.draftClientId = null;
-    this.duplicate = null; // {replies}
     this.destroyed = false;
 
     this.el = h('section', { class: 'ticket', dataset: { testid: 'ticket-view', ticketId: id }, 'aria-label': `Ticket ${id}` }, h('p', { class: 'loading' }, 'Loading ticket…'));
 
-    this.onVisibility = () => this.updateOwnPresence();
+    this.onVisibility = () => {
+      this.updateOwnPresence();
+      if (document.visibilityState === 'visible') this.onConversationScroll();
+    };
+    this.onActivity = () => this.noteActivity();
     document.addEventListener('visibilitychange', this.onVisibility);
+    for (const type of ACTIVITY_EVENTS) document.addEventListener(type, this.onActivity, { passive: true, capture: true });
+    this.idleTimer = setInterval(() => {
+      const idle = Date.now() - this.lastActivity >= IDLE_AFTER_MS;
+      if (idle !== this.idleByTime) {
+        this.idleByTime = idle;
+        this.updateOwnPresence();
+      }
+    }, 10_000);
   }
 
   destroy() {
     this.destroyed = true;
     clearTimeout(this.typingTimer);
+    clearInterval(this.idleTimer);
     document.removeEventListener('visibilitychange', this.onVisibility);
+    for (const type of ACTIVITY_EVENTS) document.removeEventListener(type, this.onActivity, { capture: true });
+    this.onDestroy?.();
     this.client.unsubscribe(this.id);
   }
 
@@ -235,6 +262,7 @@ export class TicketView {
     if (this.destroyed) return;
     this.ticket = data.ticket;
     for (const m of data.messages || []) this.messages.set(m.id, m);
+    this.messagesBefore = data.messages_before ?? null;
     this.viewers = data.presence || [];
     this.build();
     this.onTicket({ ...this.ticket });
@@ -306,7 +334,8 @@ export class TicketView {
     );
 
     // Conversation and composer.
-    this.conversation = h('ol', { class: 'conversation', role: 'log', 'aria-label': 'Conversation', dataset: { testid: 'conversation' } });
+    this.conversation = h('ol', { class: 'conversation', role: 'log', 'aria-label': 'Conversation', tabindex: '0', dataset: { testid: 'conversation' } });
+    this.conversation.addEventListener('scroll', () => this.onConversationScroll(), { passive: true });
     this.typingIndicator = h('p', { class: 'typing-indicator', 'aria-live': 'polite', dataset: { testid: 'typing-indicator' } });
     const composer = this.buildComposer();
 
@@ -645,10 +674,14 @@ export class TicketView {
 
   // ---------------------------------------------------------------- live state
 
-  onSnapshot({ ticket, messages }) {
-    for (const m of messages || []) this.addMessage(m, { render: false });
+  onSnapshot({ ticket, messages, messages_before: before }) {
+    for (const m of messages || []) this.addMessage(m, { render: false, live: true });
+    if (before !== undefined && (this.messagesBefore === null || before === null || before < this.messagesBefore)) {
+      // A fresh snapshot (e.g. after a reset): keep paging from the oldest we hold.
+      this.messagesBefore = this.messagesBefore ?? before;
+    }
     this.renderMessages();
-    this.applyTicket(ticket);
+    this.applyTicket(ticket, null, { force: true });
   }
 
   onEvent(ev) {
@@ -656,7 +689,7 @@ export class TicketView {
     const by = ev.actor && ev.actor.id !== this.me.id ? ev.actor.name : null;
     switch (ev.kind) {
       case 'message.created':
-        if (data.message) this.addMessage(data.message);
+        if (data.message) this.addMessage(data.message, { live: true });
         this.bumpVersion(ev.version);
         break;
       case 'tags.changed':
@@ -683,7 +716,7 @@ export class TicketView {
     try {
       const data = await this.client.getTicket(this.id);
       if (this.destroyed) return;
-      for (const m of data.messages || []) this.addMessage(m);
+      for (const m of data.messages || []) this.addMessage(m, { live: true });
       this.applyTicket(data.ticket);
     } catch (e) {
       console.warn('refetch failed', e);
@@ -691,8 +724,8 @@ export class TicketView {
   }
 
   /** Show a newer ticket state; editors being edited keep the agent's value. */
-  applyTicket(t, by) {
-    if (!t || t.version < this.ticket.version) return;
+  applyTicket(t, by, { force = false } = {}) {
+    if (!t || (t.version < this.ticket.version && !force)) return;
     const prev = this.ticket;
     this.ticket = t;
     for (const editor of this.editors.values()) editor.setServerValue(fieldValue(t, editor.name), by);
@@ -706,6 +739,11 @@ export class TicketView {
     this.onTicket({ ...t });
   }
 
+  /** A general notice at the top of the view (role=status). */
+  showNotice(text) {
+    if (this.notice) this.notice.textContent = text;
+  }
+
   flash(el) {
     if (!el) return;
     el.classList.remove('flash');
@@ -714,6 +752,14 @@ export class TicketView {
   }
 
   // ---------------------------------------------------------------- conversation
+  //
+  // "Seen" is what the agent acknowledged, not what is on screen (story 7):
+  // a colleague's or customer's message that arrives while the agent has a
+  // draft (or the tab is hidden) is marked "new while you were writing" and
+  // stays unacknowledged until the agent scrolls it into view with the
+  // window focused, or presses the notice. Replies are sent with
+  // seen_message_id = the newest message before the first unacknowledged one,
+  // so the database's duplicate-reply rule (LD001) holds the send.
 
   maxMessageId() {
     let max = 0;
@@ -721,30 +767,88 @@ export class TicketView {
     return max;
   }
 
-  addMessage(m, { render = true } = {}) {
+  /** The seen_message_id a reply is sent with: everything before the first unacknowledged message. */
+  seenId() {
+    if (this.unseen.size) return Math.min(...this.unseen.keys()) - 1;
+    return this.maxMessageId();
+  }
+
+  isMine(m) {
+    return !!(m && m.author && m.author.type === 'agent' && m.author.id === this.me.id);
+  }
+
+  hasDraft() {
+    return !!(this.bodyInput && this.bodyInput.value.trim());
+  }
+
+  /**
+   * A message arrived (live, from a catch-up or a 409 answer). `live`: it
+   * arrived while the view was open, so it may need acknowledging.
+   */
+  addMessage(m, { render = true, live = false } = {}) {
     if (!m || this.messages.has(m.id)) return;
     this.messages.set(m.id, m);
+    const needsAck = live && !this.isMine(m) && m.kind !== 'note' && (this.hasDraft() || document.visibilityState === 'hidden');
+    if (needsAck) this.unseen.set(m.id, m);
     if (!render || !this.conversation) return;
     const near = this.isNearBottom();
     const el = this.messageEl(m);
+    this.conversation.querySelector('.empty')?.remove();
     // Insert in id order (usually at the end).
     const next = [...this.conversation.children].find((c) => Number(c.dataset.id) > m.id);
     this.conversation.insertBefore(el, next || null);
-    if (near || (m.author && m.author.type === 'agent' && m.author.id === this.me.id)) this.scrollConversation();
+    // Never scroll a message the agent has not acknowledged into view by itself.
+    if (this.isMine(m) || (near && !needsAck)) this.scrollConversation();
+    if (needsAck) this.renderUnseenNotice();
   }
 
   renderMessages() {
     if (!this.conversation) return;
     const list = [...this.messages.values()].sort((a, b) => a.id - b.id);
-    replaceChildren(this.conversation, list.length ? list.map((m) => this.messageEl(m)) : h('li', { class: 'muted empty' }, 'No messages yet.'));
+    replaceChildren(
+      this.conversation,
+      this.messagesBefore ? h('li', { class: 'load-earlier' }, this.loadEarlierButton()) : null,
+      list.length ? list.map((m) => this.messageEl(m)) : h('li', { class: 'muted empty' }, 'No messages yet.'),
+    );
+    this.renderUnseenNotice();
+  }
+
+  loadEarlierButton() {
+    return h('button', { type: 'button', class: 'btn btn-small', onclick: (e) => this.loadEarlier(e.currentTarget) }, 'Load earlier messages');
+  }
+
+  /** "Load earlier": one older page from GET /api/tickets/{id}/messages?before=. */
+  async loadEarlier(button) {
+    if (!this.messagesBefore) return;
+    button.disabled = true;
+    try {
+      const page = await this.client.listMessages(this.id, { before: this.messagesBefore, limit: 50 });
+      if (this.destroyed) return;
+      const first = this.conversation.querySelector('.message');
+      const offset = first ? first.getBoundingClientRect().top : 0;
+      for (const m of page.messages || []) this.messages.set(m.id, m);
+      this.messagesBefore = page.messages_before ?? null;
+      this.renderMessages();
+      // Keep what the agent was reading where it was.
+      if (first) {
+        const again = this.conversation.querySelector(`[data-id="${first.dataset.id}"]`);
+        if (again) this.conversation.scrollTop += again.getBoundingClientRect().top - offset;
+      }
+      this.conversation.querySelector('.message')?.focus?.();
+    } catch (e) {
+      button.disabled = false;
+      this.showNotice(`Could not load earlier messages: ${e.message}`);
+    }
   }
 
   messageEl(m) {
     const author = m.author || {};
     const kindLabel = { customer: 'Customer', reply: 'Reply', note: 'Internal note' }[m.kind] || m.kind;
+    const unseen = this.unseen.has(m.id);
     return h(
       'li',
-      { class: ['message', `message-${m.kind}`], dataset: { testid: `message-${m.id}`, kind: m.kind, id: m.id } },
+      { class: ['message', `message-${m.kind}`, unseen ? 'message-unseen' : null], dataset: { testid: `message-${m.id}`, kind: m.kind, id: m.id }, 'aria-label': `${kindLabel} from ${author.name || 'unknown'}` },
+      unseen ? h('p', { class: 'unseen-mark' }, 'New while you were writing') : null,
       h(
         'div',
         { class: 'message-head' },
@@ -757,6 +861,71 @@ export class TicketView {
     );
   }
 
+  /** The agent has now seen these messages (all unacknowledged ones when `ids` is omitted). */
+  acknowledge(ids) {
+    const list = ids ? [...ids] : [...this.unseen.keys()];
+    let changed = false;
+    for (const id of list) {
+      if (!this.unseen.delete(id)) continue;
+      changed = true;
+      const el = this.conversation && this.conversation.querySelector(`[data-id="${id}"]`);
+      if (el) {
+        el.classList.remove('message-unseen');
+        el.querySelector('.unseen-mark')?.remove();
+      }
+    }
+    if (changed) {
+      this.renderUnseenNotice();
+      if (!this.unseen.size && this.held) this.hideHeld();
+      this.scheduleDraftSave?.();
+    }
+  }
+
+  /** "2 new messages while you were writing — Show them". */
+  renderUnseenNotice() {
+    if (!this.unseenNotice) return;
+    const n = this.unseen.size;
+    if (!n || this.held) {
+      // A held send shows the same messages in its own notice.
+      this.unseenNotice.hidden = true;
+      this.unseenNotice.replaceChildren();
+      return;
+    }
+    const who = [...new Set([...this.unseen.values()].map((m) => (m.author && m.author.name) || 'Someone'))].join(' and ');
+    replaceChildren(
+      this.unseenNotice,
+      h('span', {}, `${n} new ${n === 1 ? 'message' : 'messages'} from ${who} while you were writing.`),
+      h('button', { type: 'button', class: 'btn btn-small', onclick: () => this.showUnseen() }, n === 1 ? 'Show it' : 'Show them'),
+    );
+    this.unseenNotice.hidden = false;
+  }
+
+  /** Scroll the first unacknowledged message into view and count them all as seen. */
+  showUnseen() {
+    const first = Math.min(...this.unseen.keys());
+    const el = this.conversation.querySelector(`[data-id="${first}"]`);
+    if (el) {
+      this.programmaticScroll = Date.now();
+      el.scrollIntoView({ block: 'nearest' });
+      this.flash(el);
+    }
+    this.acknowledge();
+    this.bodyInput.focus();
+  }
+
+  /** The agent scrolled the conversation: messages now in view, with the window focused, are seen. */
+  onConversationScroll() {
+    if (!this.unseen.size || !document.hasFocus() || document.visibilityState !== 'visible') return;
+    if (Date.now() - (this.programmaticScroll || 0) < 300) return; // our own scrolling is not reading
+    const box = this.conversation.getBoundingClientRect();
+    const inView = [];
+    for (const id of this.unseen.keys()) {
+      const r = this.conversation.querySelector(`[data-id="${id}"]`)?.getBoundingClientRect();
+      if (r && r.top >= box.top - 1 && r.bottom <= box.bottom + 1) inView.push(id);
+    }
+    if (inView.length) this.acknowledge(inView);
+  }
+
   isNearBottom() {
     const c = this.conversation;
     return !c || c.scrollHeight - c.scrollTop - c.clientHeight < NEAR_BOTTOM_PX;
@@ -764,7 +933,9 @@ export class TicketView {
 
   scrollConversation() {
     const c = this.conversation;
-    if (c) c.scrollTop = c.scrollHeight;
+    if (!c) return;
+    this.programmaticScroll = Date.now();
+    c.scrollTop = c.scrollHeight;
   }
 
   // ---------------------------------------------------------------- composer
@@ -782,6 +953,8 @@ export class TicketView {
     this.sendButton = h('button', { type: 'submit', class: 'btn btn-primary', dataset: { testid: 'composer-send' } }, 'Send reply');
     this.composerError = h('p', { class: 'field-error', role: 'alert', hidden: true, dataset: { testid: 'composer-error' } });
     this.duplicateBox = h('div', { class: 'duplicate', role: 'alert', hidden: true, dataset: { testid: 'duplicate-notice' } });
+    this.unseenNotice = h('div', { class: 'unseen-notice', role: 'status', hidden: true, dataset: { testid: 'unseen-notice' } });
+    this.draftStatus = h('p', { class: 'draft-status muted', role: 'status', 'aria-live': 'polite', dataset: { testid: 'draft-status' } });
 
     this.bodyInput.addEventListener('input', () => this.onTyping());
     this.bodyInput.addEventListener('keydown', (e) => {
@@ -800,13 +973,17 @@ export class TicketView {
           e.preventDefault();
           this.send();
         },
+        onkeydown: (e) => {
+          if (e.key === 'Escape') this.closeNotices();
+        },
       },
+      this.unseenNotice,
       this.duplicateBox,
       h('div', { class: 'composer-row' }, h('label', { for: kindId }, 'Type'), this.kindSelect),
       h('label', { for: bodyId, class: 'sr-only' }, 'Message'),
       this.bodyInput,
       this.composerError,
-      h('div', { class: 'composer-actions' }, this.sendButton),
+      h('div', { class: 'composer-actions' }, this.draftStatus, this.sendButton),
     );
     return this.composer;
   }
@@ -816,52 +993,86 @@ export class TicketView {
     this.composer.classList.toggle('composer-note', note);
     this.sendButton.textContent = note ? 'Add note' : 'Send reply';
     this.bodyInput.placeholder = note ? 'Write an internal note…  (Ctrl+Enter sends)' : 'Write a reply…  (Ctrl+Enter sends)';
+    this.scheduleDraftSave?.();
+  }
+
+  /** Escape: close the composer's notices (a held send stays held until acknowledged). */
+  closeNotices() {
+    if (this.held) return this.editMyReply();
+    if (!this.unseenNotice.hidden) this.unseenNotice.hidden = true;
   }
 
   onTyping() {
+    this.noteActivity();
     clearTimeout(this.typingTimer);
+    this.scheduleDraftSave?.();
     if (!this.bodyInput.value.trim()) {
-      this.updateOwnPresence(false);
+      this.typing = false;
+      this.updateOwnPresence();
       return;
     }
-    this.updateOwnPresence(true);
-    this.typingTimer = setTimeout(() => this.updateOwnPresence(false), TYPING_IDLE_MS);
+    this.typing = true;
+    this.updateOwnPresence();
+    this.typingTimer = setTimeout(() => {
+      this.typing = false;
+      this.updateOwnPresence();
+    }, TYPING_IDLE_MS);
   }
 
-  /** viewing / typing / idle, from the tab's visibility and the composer. */
-  updateOwnPresence(typing = false) {
+  /** Any input on the page: the agent is here (idle comes after IDLE_AFTER_MS without it). */
+  noteActivity() {
+    this.lastActivity = Date.now();
+    if (this.idleByTime) {
+      this.idleByTime = false;
+      this.updateOwnPresence();
+    }
+  }
+
+  /** viewing / typing / idle, from the tab's visibility, input activity and the composer. */
+  updateOwnPresence() {
     if (this.destroyed) return;
-    let state = typing ? 'typing' : 'viewing';
-    if (document.visibilityState === 'hidden') state = 'idle';
+    let state = this.typing ? 'typing' : 'viewing';
+    if (document.visibilityState === 'hidden' || this.idleByTime) state = 'idle';
     this.client.setPresence(this.id, state);
   }
 
   /**
    * Send the draft. `seenOverride` is used by "Send anyway" (the newest of
-   * the colleague's replies that were shown).
+   * the messages that were shown in the notice).
    */
   async send(seenOverride) {
     const body = this.bodyInput.value;
     if (!body.trim() || this.sending) return;
     const kind = this.kindSelect.value;
+    if (kind === 'reply' && seenOverride === undefined) {
+      // Console rule: a customer message the agent has not read holds the reply.
+      const customer = [...this.unseen.values()].filter((m) => m.kind === 'customer');
+      if (customer.length) return this.showHeld('customer', customer);
+    }
     if (!this.draftClientId) this.draftClientId = randomId();
     const msg = { kind, body, client_id: this.draftClientId };
-    if (kind === 'reply') msg.seen_message_id = Math.max(this.maxMessageId(), seenOverride || 0);
+    if (kind === 'reply') msg.seen_message_id = Math.max(this.seenId(), seenOverride || 0);
     this.sending = true;
     this.sendButton.disabled = true;
     this.composerError.hidden = true;
     try {
+      await this.beforeSend?.();
       const m = await this.client.postMessage(this.id, msg);
       this.addMessage(m);
+      if (seenOverride) this.acknowledge([...this.unseen.keys()].filter((id) => id <= seenOverride));
       this.bodyInput.value = '';
       this.draftClientId = null;
-      this.hideDuplicate();
+      this.hideHeld();
       clearTimeout(this.typingTimer);
-      this.updateOwnPresence(false);
+      this.typing = false;
+      this.updateOwnPresence();
+      this.afterSend?.(kind);
       this.bodyInput.focus();
     } catch (e) {
       if (e instanceof ApiError && e.code === 'duplicate_reply') {
-        this.showDuplicate(e.details.replies || []);
+        const replies = e.details.replies || [];
+        this.showHeld('reply', replies);
+        this.onHeld({ ticket: this.ticket, replies });
       } else {
         this.composerError.textContent = `Not sent (your draft is kept): ${e.message}`;
         this.composerError.hidden = false;
@@ -872,18 +1083,28 @@ export class TicketView {
     }
   }
 
-  showDuplicate(replies) {
-    for (const r of replies) this.addMessage(r); // they are part of the conversation too
-    this.duplicate = { replies };
-    const names = [...new Set(replies.map((r) => (r.author && r.author.name) || 'A colleague'))];
+  /**
+   * The send was held: `reason` 'reply' (a colleague replied first: 409
+   * duplicate_reply) or 'customer' (the customer wrote meanwhile). The
+   * messages are shown beside the kept draft with "Edit my reply", "Send
+   * anyway" and "Discard".
+   */
+  showHeld(reason, messages) {
+    for (const r of messages) this.addMessage(r, { live: true }); // part of the conversation too
+    this.held = { reason, messages };
+    const names = [...new Set(messages.map((r) => (r.author && r.author.name) || (reason === 'customer' ? 'The customer' : 'A colleague')))];
     const who = names.length ? names.join(' and ') : 'A colleague';
+    const title =
+      reason === 'customer'
+        ? [h('strong', {}, `${who} wrote while you were writing:`), ' your reply is held until you have read it. Your draft is kept below.']
+        : [h('strong', {}, `${who} just replied:`), ' your reply was not sent. Your draft is kept below.'];
     replaceChildren(
       this.duplicateBox,
-      h('p', { class: 'duplicate-title' }, h('strong', {}, `${who} just replied:`), ' your reply was not sent. Your draft is kept below.'),
-      replies.map((r) =>
+      h('p', { class: 'duplicate-title', id: uid('held-title') }, title),
+      messages.map((r) =>
         h(
           'blockquote',
-          { class: 'duplicate-reply', dataset: { testid: `duplicate-reply-${r.id}`, id: r.id } },
+          { class: reason === 'customer' ? 'duplicate-reply held-customer' : 'duplicate-reply', dataset: { testid: `duplicate-reply-${r.id}`, id: r.id } },
           h('div', { class: 'message-head' }, h('span', { class: 'message-author' }, (r.author && r.author.name) || ''), timeEl(r.created_at)),
           h('div', { class: 'message-body' }, r.body || ''),
         ),
@@ -891,29 +1112,46 @@ export class TicketView {
       h(
         'div',
         { class: 'duplicate-actions' },
-        h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'discard-draft' }, onclick: () => this.discardDraft() }, 'Discard my draft'),
+        h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'discard-draft' }, onclick: () => this.discardDraft() }, 'Discard'),
+        h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'edit-reply' }, onclick: () => this.editMyReply() }, 'Edit my reply'),
         h('button', { type: 'button', class: 'btn btn-small btn-primary', dataset: { testid: 'send-anyway' }, onclick: () => this.sendAnyway() }, 'Send anyway'),
       ),
     );
     this.duplicateBox.hidden = false;
+    this.renderUnseenNotice();
   }
 
-  hideDuplicate() {
-    this.duplicate = null;
+  hideHeld() {
+    this.held = null;
     this.duplicateBox.hidden = true;
     this.duplicateBox.replaceChildren();
+    this.renderUnseenNotice();
+  }
+
+  /** The agent read what was shown: it counts as seen; back to the kept draft. */
+  editMyReply() {
+    const shown = (this.held && this.held.messages) || [];
+    this.hideHeld();
+    this.acknowledge(shown.map((m) => m.id));
+    this.bodyInput.focus();
   }
 
   discardDraft() {
+    const shown = (this.held && this.held.messages) || [];
     this.bodyInput.value = '';
     this.draftClientId = null;
-    this.hideDuplicate();
-    this.updateOwnPresence(false);
+    this.hideHeld();
+    this.acknowledge(shown.map((m) => m.id));
+    this.typing = false;
+    this.updateOwnPresence();
+    this.scheduleDraftSave?.();
     this.bodyInput.focus();
   }
 
   sendAnyway() {
-    const newest = Math.max(0, ...((this.duplicate && this.duplicate.replies) || []).map((r) => r.id));
+    const shown = (this.held && this.held.messages) || [];
+    const newest = Math.max(this.seenId(), ...shown.map((r) => r.id));
+    this.acknowledge(shown.map((m) => m.id));
     return this.send(newest);
   }
 
@@ -922,25 +1160,37 @@ export class TicketView {
   setViewers(viewers) {
     this.viewers = viewers || [];
     this.renderPresence();
+    this.onViewersChanged?.();
+  }
+
+  /** What a colleague is doing, in words: "typing a reply", "has a draft", … */
+  static describe(v) {
+    const kind = v.draft === 'note' ? 'note' : 'reply';
+    if (v.state === 'typing') return kind === 'note' ? 'writing a note' : 'typing a reply';
+    if (v.draft) return v.state === 'idle' ? `has a draft ${kind} (tab in background)` : `has a draft ${kind}`;
+    return { viewing: 'viewing', idle: 'idle (tab in background)' }[v.state] || v.state;
   }
 
   renderPresence() {
     if (!this.presenceList) return;
     const others = this.viewers.filter((v) => v.agent && v.agent.id !== this.me.id);
-    const stateText = { viewing: 'viewing', typing: 'typing a reply', idle: 'idle (tab in background)' };
     replaceChildren(
       this.presenceList,
-      others.map((v) =>
-        h(
+      others.map((v) => {
+        const what = TicketView.describe(v);
+        return h(
           'li',
-          { class: ['presence', `presence-${v.state}`], dataset: { testid: `presence-${v.agent.id}`, state: v.state }, title: `${v.agent.name}: ${stateText[v.state] || v.state}` },
-          avatar(v.agent, { size: 'md', label: `${v.agent.name}, ${stateText[v.state] || v.state}` }),
-          h('span', { class: 'presence-state', 'aria-hidden': 'true' }, v.state),
-        ),
-      ),
+          { class: ['presence', `presence-${v.state}`, v.draft ? 'presence-draft' : null], dataset: { testid: `presence-${v.agent.id}`, state: v.state, draft: v.draft || '' }, title: `${v.agent.name}: ${what}` },
+          avatar(v.agent, { size: 'md', label: `${v.agent.name}, ${what}` }),
+          h('span', { class: 'presence-state', 'aria-hidden': 'true' }, v.state === 'typing' ? 'typing' : v.draft ? 'draft' : v.state),
+        );
+      }),
       others.length ? null : h('li', { class: 'muted presence-none' }, 'No colleagues here'),
     );
-    const typing = others.filter((v) => v.state === 'typing').map((v) => v.agent.name);
-    this.typingIndicator.textContent = typing.length ? `${typing.join(' and ')} ${typing.length > 1 ? 'are' : 'is'} typing…` : '';
+    const busy = others.filter((v) => v.state === 'typing' || v.draft);
+    replaceChildren(
+      this.typingIndicator,
+      busy.map((v) => h('span', { class: 'activity' }, `${v.agent.name} ${v.state === 'typing' ? `is ${TicketView.describe(v)}…` : TicketView.describe(v)}`)),
+    );
   }
 }

@@ -39,6 +39,7 @@ const AGENTS = {
   A: { token: env('TOKEN_A'), name: env('NAME_A'), id: Number(env('AGENT_A')) },
   B: { token: env('TOKEN_B'), name: env('NAME_B'), id: Number(env('AGENT_B')) },
 };
+const TOKEN_SERVICE = env('TOKEN_SERVICE');
 const SHOTS = env('SCREENSHOT_DIR');
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const WAIT = 10_000; // default wait for anything to show up
@@ -199,6 +200,25 @@ const visible = (page, id) => page.locator(`${t(id)}:not([hidden])`).first().isV
 const replyBodies = (page) => page.$$eval(`${t('conversation')} [data-kind="reply"] .message-body`, (els) => els.map((e) => e.textContent));
 const tagsIn = (page) => page.$$eval(`${t('ticket-view')} [data-testid^="tag-chip-"]`, (els) => els.map((e) => e.dataset.tag).sort());
 
+/** The API as another client sees it (not through a page: not counted as the page's HTTP answers). */
+async function api(method, pathname, token, body) {
+  const res = await fetch(BASE + pathname, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+/** Every message of the ticket, from the database (through the API). */
+async function storedMessages() {
+  const { status, body } = await api('GET', `/api/tickets/${TICKET}`, AGENTS.A.token);
+  if (status !== 200) throw new Error(`GET ticket: ${status}`);
+  return body.messages;
+}
+/** Person timing: the seconds between seeing something and clicking. */
+const think = (seconds) => sleep(seconds * 1000);
+
 const result = {};
 const A = AGENTS.A;
 const B = AGENTS.B;
@@ -315,9 +335,84 @@ async function main() {
   check(!(await visible(winner.page, 'duplicate-notice')), `${winner.key} has no duplicate notice`);
   await shot(loser, 'duplicate-loser');
   await shot(winner, 'duplicate-winner');
+  for (const label of ['Edit my reply', 'Send anyway', 'Discard']) {
+    check(await loser.page.getByRole('button', { name: label, exact: true }).isVisible(), `${loser.key} is offered "${label}"`);
+  }
   // Discard the draft: exactly one reply stays sent.
-  await loser.page.click(t('discard-draft'));
-  await waitIn(loser.page, `${loser.key}: "Discard my draft" empties the composer and hides the notice`, ([body, dup]) => document.querySelector(body).value === '' && document.querySelector(dup).hidden, [t('composer-body'), t('duplicate-notice')]);
+  await loser.page.getByRole('button', { name: 'Discard', exact: true }).click();
+  await waitIn(loser.page, `${loser.key}: "Discard" empties the composer and hides the notice`, ([body, dup]) => document.querySelector(body).value === '' && document.querySelector(dup).hidden, [t('composer-body'), t('duplicate-notice')]);
+
+  // ---------------------------------------------------------------- held duplicate (story 7)
+  // B starts a reply; A's reply arrives a moment later; B, having only seen
+  // "something move", presses Send one second later: the send is held.
+  currentStep = 'held-duplicate';
+  const composerOf = (agent) => agent.page.getByRole('textbox', { name: 'Message' });
+  const sendOf = (agent) => agent.page.getByRole('button', { name: 'Send reply' });
+  const heldB = `Reply from ${B.name}: I have started the refund for order 1042.`;
+  const replyA = `Reply from ${A.name}: the refund was issued this morning.`;
+  await composerOf(B).click();
+  await B.page.keyboard.type(heldB, { delay: 5 });
+  await composerOf(A).fill(replyA);
+  await sendOf(A).click();
+  const aReply = B.page.getByRole('log', { name: 'Conversation' }).getByRole('listitem').filter({ hasText: replyA });
+  await waitIn(B.page, "A's reply appears in B's thread", (body) => [...document.querySelectorAll('[role="log"] li')].some((li) => li.textContent.includes(body)), replyA);
+  check(((await aReply.textContent()) || '').includes('New while you were writing'), 'it is marked "New while you were writing" in B\'s thread');
+  check(await B.page.getByRole('status').filter({ hasText: 'while you were writing' }).isVisible(), 'B sees the notice "1 new message … while you were writing"');
+  await shotBoth('held-new-while-writing');
+  await think(1);
+  const before = (await storedMessages()).length;
+  await sendOf(B).click();
+  expected409.B.push(`/api/tickets/${TICKET}/messages`);
+  const heldNotice = B.page.getByRole('alert').filter({ hasText: `${A.name} just replied` });
+  await heldNotice.waitFor({ timeout: WAIT }).then(() => check(true, `B's send is held: "${A.name} just replied"`), () => check(false, "B's send is held"));
+  const stored = await storedMessages();
+  check(stored.length === before && !stored.some((m) => m.body === heldB), `nothing stored for B (${stored.length} messages, ${before} before)`);
+  check(((await heldNotice.textContent()) || '').includes(replyA), "the held notice shows A's reply beside the draft");
+  check((await composerOf(B).inputValue()) === heldB, "B's draft is kept");
+  for (const label of ['Edit my reply', 'Send anyway', 'Discard']) {
+    check(await heldNotice.getByRole('button', { name: label, exact: true }).isVisible(), `B is offered "${label}"`);
+  }
+  await shot(B, 'held-duplicate');
+  await think(1);
+  await heldNotice.getByRole('button', { name: 'Send anyway' }).click();
+  await waitIn(B.page, 'after "Send anyway" B\'s composer is empty', (sel) => document.querySelector(sel).value === '', t('composer-body'));
+  for (const agent of [A, B]) {
+    await waitIn(agent.page, `${agent.key} shows B's reply once`, (body) => [...document.querySelectorAll('[role="log"] .message-body')].filter((e) => e.textContent === body).length === 1, heldB);
+  }
+  const afterAnyway = await storedMessages();
+  check(afterAnyway.filter((m) => m.body === heldB).length === 1, '"Send anyway" stored B\'s reply exactly once');
+  check(!(await B.page.getByText('New while you were writing').count()), 'no message is marked unseen any more');
+  await shotBoth('held-send-anyway');
+
+  // A customer message that arrives while B writes holds the send (console rule): nothing is sent.
+  currentStep = 'held-customer';
+  const heldC = `Reply from ${B.name}: thank you for your patience.`;
+  const customerMsg = 'Customer: also, my address changed last week.';
+  await composerOf(B).click();
+  await B.page.keyboard.type(heldC, { delay: 5 });
+  const posted = await api('POST', `/api/tickets/${TICKET}/messages`, TOKEN_SERVICE, { kind: 'customer', body: customerMsg });
+  check(posted.status === 201, `the customer's message was posted by the gateway (${posted.status})`);
+  await waitIn(B.page, "the customer's message appears in B's thread", (body) => [...document.querySelectorAll('[role="log"] .message-body')].some((e) => e.textContent === body), customerMsg);
+  await think(1);
+  const requests = [];
+  const onRequest = (r) => {
+    if (r.method() === 'POST' && r.url().endsWith(`/api/tickets/${TICKET}/messages`)) requests.push(r.url());
+  };
+  B.page.on('request', onRequest);
+  await sendOf(B).click();
+  const custNotice = B.page.getByRole('alert').filter({ hasText: 'wrote while you were writing' });
+  await custNotice.waitFor({ timeout: WAIT }).then(() => check(true, 'B\'s send is held by the customer\'s message'), () => check(false, "B's send is held by the customer's message"));
+  check(((await custNotice.textContent()) || '').includes(customerMsg), "the notice shows the customer's message");
+  await sleep(300);
+  check(requests.length === 0, `no message was sent while held (${requests.length})`);
+  await shot(B, 'held-customer');
+  await think(1);
+  await custNotice.getByRole('button', { name: 'Edit my reply' }).click();
+  check((await composerOf(B).inputValue()) === heldC, 'B edits the kept draft');
+  await B.page.keyboard.press('Control+Enter');
+  await waitIn(B.page, 'Ctrl+Enter sends the acknowledged reply', (sel) => document.querySelector(sel).value === '', t('composer-body'));
+  B.page.off('request', onRequest);
+  check((await storedMessages()).filter((m) => m.body === heldC).length === 1, "B's reply is stored once");
 
   // ---------------------------------------------------------------- tags
   currentStep = 'tags';
@@ -396,7 +491,7 @@ async function main() {
     const state = await agent.page.getAttribute(t('conn-state'), 'data-state');
     check(state === 'live', `${agent.key} is still live (${state})`);
     const ids = await agent.page.$$eval('[data-testid="conversation"] [data-testid^="message-"]', (els) => els.map((e) => e.dataset.testid));
-    check(new Set(ids).size === ids.length && ids.length === 3, `${agent.key}: 3 messages (customer, note, reply), none doubled: ${ids.join(',')}`);
+    check(new Set(ids).size === ids.length && ids.length === 7, `${agent.key}: 7 messages, none doubled: ${ids.join(',')}`);
     check((await agent.page.$$(t('field-conflict-subject') + ':not([hidden])')).length === 0, `${agent.key}: no conflict notice on the subject`);
     const errors = await agent.page.$$eval('.field-error:not([hidden]), [data-testid="composer-error"]:not([hidden])', (els) => els.map((e) => e.textContent));
     check(errors.length === 0, `${agent.key}: no error shown in the view ${JSON.stringify(errors)}`);
