@@ -52,6 +52,11 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
                 .map_err(|e| StartError::Other(e.to_string()))??;
             let (dir, port) = pg.socket();
             tracing::info!(socket = %dir.display(), port, "embedded PostgreSQL is ready");
+            // Superuser only creates the roles; the owner migrates and serves.
+            let admin = Database::new(pg.admin_config(), 1)?;
+            let bootstrapped = crate::db::bootstrap::embedded(&admin).await;
+            admin.pool().close();
+            bootstrapped?;
             (pg.config(), Some(pg))
         }
     };
@@ -66,7 +71,7 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
             .unwrap_or_default();
         return Err(crate::db::DbError::Unavailable(error).into());
     }
-    let applied = migrations::run(&db).await?;
+    let applied = migrations::run(&db).await?.migrations;
     Ok(DatabaseHandle {
         db,
         embedded,
@@ -139,10 +144,29 @@ impl Application {
         })
     }
 
-    /// Serve until the server stops; stops realtime tasks after it.
+    /// Serve until the server stops (it stops accepting and drains HTTP
+    /// when `shutdown` is cancelled and the server handle is stopped), then
+    /// stop the realtime side in order. The caller closes the pool (and an
+    /// embedded PostgreSQL) afterwards: nothing here uses it any more.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
-        self.shutdown.cancel();
+        let Application {
+            server,
+            realtime,
+            shutdown,
+            ..
+        } = self;
+        // The realtime side stops as soon as shutdown is asked for, while
+        // actix drains HTTP (it checks its connections once a second).
+        let serve = async {
+            let result = server.await;
+            shutdown.cancel();
+            result
+        };
+        let stop_realtime = async {
+            shutdown.cancelled().await;
+            realtime.stop().await;
+        };
+        let (result, ()) = tokio::join!(serve, stop_realtime);
         result
     }
 }

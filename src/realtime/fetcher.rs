@@ -24,7 +24,7 @@ pub async fn run(rt: Realtime) {
         tokio::select! {
             _ = rt.wake.notified() => {}
             _ = super::sleep_until(presence_timer) => presence_timer = None,
-            _ = rt.shutdown.cancelled() => return,
+            _ = rt.bus_stop.cancelled() => return,
         }
         loop {
             let mut pending = rt.take_pending();
@@ -50,7 +50,7 @@ pub async fn run(rt: Realtime) {
                     back.presence.extend(pending.presence);
                 }
                 tokio::select! {
-                    _ = rt.shutdown.cancelled() => return,
+                    _ = rt.bus_stop.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             }

@@ -33,7 +33,12 @@ pub async fn upgrade(
         .aggregate_continuations()
         .max_continuation_size(max);
     let session = Session::new(slot, agent, state.realtime.clone());
-    actix_web::rt::spawn(session.run(ws, stream));
+    actix_web::rt::spawn(
+        state
+            .realtime
+            .sessions
+            .track_future(session.run(ws, stream)),
+    );
     Ok(response)
 }
 

@@ -32,7 +32,7 @@ pub async fn run(rt: Realtime) {
     let mut backoff = Duration::from_millis(50);
     let mut connected_before = false;
     loop {
-        if rt.shutdown.is_cancelled() {
+        if rt.bus_stop.is_cancelled() {
             return;
         }
         let mut config = rt.db.config().clone();
@@ -74,7 +74,7 @@ pub async fn run(rt: Realtime) {
                         loop {
                             tokio::select! {
                                 _ = &mut driver => break,
-                                _ = rt.shutdown.cancelled() => break,
+                                _ = rt.bus_stop.cancelled() => break,
                                 _ = tokio::time::sleep(PROBE_EVERY) => {
                                     let probe = tokio::time::timeout(PROBE_EVERY, client.simple_query("SELECT 1"));
                                     if !matches!(probe.await, Ok(Ok(_))) {
@@ -87,14 +87,23 @@ pub async fn run(rt: Realtime) {
                     Err(e) => tracing::warn!(error = %e, "LISTEN failed"),
                 }
                 rt.set_listener_up(false);
-                driver.abort();
+                // Dropping the client ends the session cleanly (Terminate);
+                // the driver then returns. A dead socket gets no such grace.
+                drop(client);
+                if !driver.is_finished()
+                    && tokio::time::timeout(Duration::from_secs(1), &mut driver)
+                        .await
+                        .is_err()
+                {
+                    driver.abort();
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot open the LISTEN connection")
             }
         }
         tokio::select! {
-            _ = rt.shutdown.cancelled() => return,
+            _ = rt.bus_stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);

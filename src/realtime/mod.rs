@@ -19,8 +19,12 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Duration;
+
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::Database;
@@ -48,13 +52,23 @@ pub struct Inner {
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
     pub presence: presence::Presence,
+    /// Cancelled when the process stops: sessions close with 1001.
     pub shutdown: CancellationToken,
+    /// Every WebSocket session task, awaited at shutdown before presence is
+    /// removed (a session still running could publish a viewer again).
+    pub sessions: TaskTracker,
+    /// Stops the listener and the fetcher, after the sessions and presence.
+    bus_stop: CancellationToken,
+    bus_tasks: Mutex<Vec<JoinHandle<()>>>,
     listener_up: AtomicBool,
     pending: Mutex<Pending>,
     wake: Notify,
     next_connection: AtomicU64,
     connections: AtomicUsize,
 }
+
+/// How long sessions get to send their close frames at shutdown.
+const SESSIONS_GRACE: Duration = Duration::from_secs(3);
 
 /// A cheap handle on the realtime side.
 #[derive(Clone)]
@@ -77,13 +91,8 @@ impl Realtime {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Realtime {
-        let presence = presence::Presence::start(
-            db.clone(),
-            settings.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        )
-        .await;
+        let presence =
+            presence::Presence::start(db.clone(), settings.clone(), metrics.clone()).await;
         let realtime = Realtime {
             inner: Arc::new(Inner {
                 db,
@@ -92,6 +101,9 @@ impl Realtime {
                 settings,
                 presence,
                 shutdown,
+                sessions: TaskTracker::new(),
+                bus_stop: CancellationToken::new(),
+                bus_tasks: Mutex::new(Vec::new()),
                 listener_up: AtomicBool::new(false),
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
@@ -99,9 +111,37 @@ impl Realtime {
                 connections: AtomicUsize::new(0),
             }),
         };
-        tokio::spawn(listener::run(realtime.clone()));
-        tokio::spawn(fetcher::run(realtime.clone()));
+        let tasks = vec![
+            tokio::spawn(listener::run(realtime.clone())),
+            tokio::spawn(fetcher::run(realtime.clone())),
+        ];
+        *realtime.bus_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         realtime
+    }
+
+    /// Stop in order, each step awaited: close every WebSocket with 1001
+    /// and wait for its task, remove this process's viewers, then close the
+    /// LISTEN connection and stop the fetcher. The caller closes the pool
+    /// (and stops an embedded PostgreSQL) after this returns.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.sessions.close();
+        if tokio::time::timeout(SESSIONS_GRACE, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.sessions.len(),
+                "WebSocket sessions did not end in time; stopping without them"
+            );
+        }
+        self.presence.stop().await;
+        self.bus_stop.cancel();
+        let tasks = std::mem::take(&mut *self.bus_tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::debug!("realtime stopped");
     }
 
     /// Whether the LISTEN connection is up (for `/healthz`).

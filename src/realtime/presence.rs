@@ -37,27 +37,30 @@ struct State {
 /// How long the writer waits before retrying writes that failed.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long removing this process's viewers may take at shutdown.
+const REMOVE_GRACE: Duration = Duration::from_secs(2);
+
 /// This process's presence.
 pub struct Presence {
     db: Database,
     state: Arc<Mutex<State>>,
     wake: Arc<Notify>,
+    /// Stops the writer (which then removes this process's rows) and the upkeep.
+    stop: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Presence {
     /// Clear this process key's leftovers and start the writer and the upkeep.
-    pub async fn start(
-        db: Database,
-        settings: Arc<Settings>,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Presence {
+    pub async fn start(db: Database, settings: Arc<Settings>, metrics: Arc<Metrics>) -> Presence {
         let process_id = Uuid::new_v4();
         let process_key = format!("{}@{}", settings.bind, hostname());
         let presence = Presence {
             db: db.clone(),
             state: Arc::default(),
             wake: Arc::default(),
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
         };
         if let Err(e) = clear_leftovers(&db, &process_key, process_id).await {
             tracing::warn!(error = %e, "could not clear presence left by an earlier run");
@@ -69,9 +72,28 @@ impl Presence {
             metrics,
             state: presence.state.clone(),
         };
-        tokio::spawn(writer.run(presence.wake.clone(), shutdown.clone()));
-        tokio::spawn(upkeep(db, process_id, settings.presence_ttl(), shutdown));
+        let tasks = vec![
+            tokio::spawn(writer.run(presence.wake.clone(), presence.stop.clone())),
+            tokio::spawn(upkeep(
+                db,
+                process_id,
+                settings.presence_ttl(),
+                presence.stop.clone(),
+            )),
+        ];
+        *presence.tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         presence
+    }
+
+    /// Stop the upkeep and the writer; the writer removes this process's
+    /// rows first, so other processes drop its viewers at once (not after
+    /// the TTL). Called once the sessions have ended.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
     }
 
     /// Publish a viewer's state on a ticket.
@@ -141,8 +163,10 @@ impl Writer {
                 _ = tokio::time::sleep(RETRY), if retry => {}
                 _ = shutdown.cancelled() => {
                     // Leave no viewers behind for other processes.
-                    if let Err(e) = self.remove_process().await {
-                        tracing::warn!(error = %e, "could not remove this process's viewers");
+                    match tokio::time::timeout(REMOVE_GRACE, self.remove_process()).await {
+                        Ok(Ok(())) => tracing::debug!("removed this process's viewers"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not remove this process's viewers; they expire after the TTL"),
+                        Err(_) => tracing::warn!("removing this process's viewers timed out; they expire after the TTL"),
                     }
                     return;
                 }

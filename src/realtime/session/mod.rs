@@ -19,6 +19,10 @@ use super::protocol::{self, close, ClientFrame, PresenceState};
 use super::{ConnectionSlot, Realtime};
 use crate::domain::{Agent, DomainError, Rejection};
 
+/// How long a close frame may take to write: short, so that a stuck peer
+/// cannot hold up a shutdown (which must finish within 5 s).
+const CLOSE_WRITE: Duration = Duration::from_secs(2);
+
 /// Presence writes per (connection, ticket) are at most this frequent.
 const PRESENCE_MIN_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -130,7 +134,7 @@ impl Session {
             _ => None,
         };
         if let Some(reason) = reason {
-            let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(reason)).await;
+            let _ = tokio::time::timeout(CLOSE_WRITE, ws.close(reason)).await;
         }
     }
 
