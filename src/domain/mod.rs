@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod demo;
+pub mod drafts;
 pub mod error;
 pub mod fields;
 pub mod messages;

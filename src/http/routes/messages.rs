@@ -5,6 +5,7 @@ use actix_web::{post, web, HttpResponse};
 
 use super::raw_json;
 use super::tickets::check_message_size;
+use crate::domain::drafts;
 use crate::domain::messages::{self, NewMessage};
 use crate::domain::Agent;
 use crate::http::{ApiError, AppState};
@@ -25,6 +26,13 @@ pub async fn post(
         ));
     }
     let posted = messages::post(&state.db, *id, &agent, &body).await?;
+    if posted.created && body.kind != "customer" {
+        // Sent: the author's draft of that kind is done with. The message is
+        // stored already, so a failure here is logged, not reported.
+        if let Err(e) = drafts::delete(&state.db, *id, agent.id, Some(&body.kind)).await {
+            tracing::warn!(error = %e, ticket_id = *id, "could not delete the sent draft");
+        }
+    }
     let status = if posted.created {
         StatusCode::CREATED
     } else {

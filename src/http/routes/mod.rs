@@ -1,5 +1,7 @@
 //! Handlers, one module per resource.
 
+pub mod agents;
+pub mod drafts;
 pub mod fields;
 pub mod health;
 pub mod me;

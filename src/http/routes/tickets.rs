@@ -5,8 +5,9 @@ use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::raw_json;
+use crate::domain::drafts;
 use crate::domain::tickets::{self, NewTicket, TicketFilter};
-use crate::domain::Agent;
+use crate::domain::{Agent, DomainError, RawJson};
 use crate::http::{ApiError, AppState};
 
 /// `GET /api/tickets`: newest first, filtered, paged by `before`.
@@ -34,7 +35,8 @@ pub async fn create(
     Ok(raw_json(StatusCode::CREATED, ticket))
 }
 
-/// `GET /api/tickets/{id}`: the ticket, its messages and who is on it now.
+/// `GET /api/tickets/{id}`: the ticket, its newest messages, who is on it
+/// now and who has an unsent draft on it (so nobody starts a second answer).
 #[get("/api/tickets/{id}")]
 pub async fn get(
     state: web::Data<AppState>,
@@ -43,10 +45,58 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let mut body = tickets::get(&state.db, *id).await?;
     let viewers = state.realtime.viewers(*id).await;
+    let drafts = drafts::of_ticket(&state.db, *id).await?;
     if let Some(object) = body.as_object_mut() {
         object.insert("presence".into(), viewers);
+        object.insert("drafts".into(), drafts);
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// Query of `GET /api/tickets/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesQuery {
+    pub before: Option<i64>,
+    pub limit: Option<i32>,
+}
+
+/// The largest page of `GET /api/tickets/{id}/messages` (contract §5).
+const MESSAGES_PAGE_MAX: i32 = 200;
+
+/// `GET /api/tickets/{id}/messages?before=&limit=`: older messages, oldest
+/// first, with `messages_before` pointing at the next older page (or null).
+#[get("/api/tickets/{id}/messages")]
+pub async fn messages(
+    state: web::Data<AppState>,
+    _agent: Agent,
+    id: web::Path<i64>,
+    query: web::Query<MessagesQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MESSAGES_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("limit must be between 1 and {MESSAGES_PAGE_MAX}."),
+        ));
+    }
+    if query.before.is_some_and(|b| b < 1) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "before must be a message id (1 or more).",
+        ));
+    }
+    // ld_list_messages (sql/) pages by id under the same rules as the snapshot.
+    let client = state.db.client().await.map_err(DomainError::from)?;
+    let statement = client
+        .prepare_cached("SELECT ld_list_messages($1, $2, $3)::text")
+        .await
+        .map_err(DomainError::from)?;
+    let row = client
+        .query_one(&statement, &[&*id, &query.before, &limit])
+        .await
+        .map_err(DomainError::from)?;
+    Ok(raw_json(StatusCode::OK, RawJson(row.get(0))))
 }
 
 /// The body of `PATCH /api/tickets/{id}`.

@@ -1,0 +1,259 @@
+//! Drafts over plain HTTP (contract §5 `PUT/GET/DELETE /api/tickets/{id}/draft`,
+//! the `drafts` list of `GET /api/tickets/{id}`), the draft deleted by sending,
+//! the `draft` marker on presence viewers, `GET /api/agents`, and
+//! `GET /api/tickets/{id}/messages` paging.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{error_code, send, TestApp};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn put_draft(app: &TestApp, token: &str, id: i64, body: Value) -> (u16, Value) {
+    send(
+        app.req(Method::PUT, &format!("/api/tickets/{id}/draft"), token)
+            .json(&body),
+    )
+    .await
+}
+
+async fn delete_draft(app: &TestApp, token: &str, id: i64) -> (u16, Value) {
+    send(app.req(Method::DELETE, &format!("/api/tickets/{id}/draft"), token)).await
+}
+
+#[tokio::test]
+async fn a_draft_is_saved_read_replaced_and_deleted_by_its_author_only() {
+    let app = TestApp::spawn().await;
+    let (alice, ta) = app.agent("Alice", "agent").await;
+    let (_, tb) = app.agent("Bob", "agent").await;
+    let id = app.ticket(&ta, "Printer").await["id"].as_i64().unwrap();
+    let path = format!("/api/tickets/{id}/draft");
+
+    // Nothing yet: 404 in the error shape, and an empty list on the ticket.
+    let (status, body) = app.get(&path, &ta).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+    let (_, full) = app.get(&format!("/api/tickets/{id}"), &tb).await;
+    assert_eq!(full["drafts"], json!([]), "{full}");
+
+    let (status, saved) = put_draft(
+        &app,
+        &ta,
+        id,
+        json!({"kind": "reply", "body": "Dear customer,", "seen_message_id": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["kind"], "reply");
+    assert_eq!(saved["body"], "Dear customer,");
+    assert_eq!(saved["seen_message_id"], 0);
+    assert!(saved["updated_at"].as_str().is_some(), "{saved}");
+
+    // Replaced, not added: one draft per agent and ticket.
+    let (status, saved) = put_draft(
+        &app,
+        &ta,
+        id,
+        json!({"kind": "note", "body": "Check the invoice first", "seen_message_id": null}),
+    )
+    .await;
+    assert_eq!(status, 200, "{saved}");
+    let (status, mine) = app.get(&path, &ta).await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["kind"], "note");
+    assert_eq!(mine["body"], "Check the invoice first");
+    assert_eq!(mine["seen_message_id"], Value::Null);
+
+    // Bob sees that Alice has a draft, never its body; his own is still absent.
+    let (_, full) = app.get(&format!("/api/tickets/{id}"), &tb).await;
+    let drafts = full["drafts"].as_array().unwrap();
+    assert_eq!(drafts.len(), 1, "{full}");
+    assert_eq!(drafts[0]["agent"]["id"], alice.id);
+    assert_eq!(drafts[0]["agent"]["name"], "Alice");
+    assert_eq!(drafts[0]["kind"], "note");
+    assert!(drafts[0].get("body").is_none(), "{full}");
+    assert!(!full.to_string().contains("Check the invoice"), "{full}");
+    let (status, list) = app.get(&format!("/api/tickets/{id}/drafts"), &tb).await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["drafts"], full["drafts"]);
+    let (status, body) = app.get(&path, &tb).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+
+    // Bob deleting "his" draft leaves Alice's alone; deleting is idempotent.
+    let (status, _) = delete_draft(&app, &tb, id).await;
+    assert_eq!(status, 204);
+    assert_eq!(app.get(&path, &ta).await.0, 200);
+    let (status, _) = delete_draft(&app, &ta, id).await;
+    assert_eq!(status, 204);
+    let (status, _) = delete_draft(&app, &ta, id).await;
+    assert_eq!(status, 204);
+    assert_eq!(app.get(&path, &ta).await.0, 404);
+    let (_, full) = app.get(&format!("/api/tickets/{id}"), &tb).await;
+    assert_eq!(full["drafts"], json!([]), "{full}");
+}
+
+#[tokio::test]
+async fn bad_drafts_are_refused_in_the_error_shape_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let (_, ta) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&ta, "Printer").await["id"].as_i64().unwrap();
+    let good = json!({"kind": "reply", "body": "kept", "seen_message_id": 0});
+    assert_eq!(put_draft(&app, &ta, id, good).await.0, 200);
+
+    let cases = [
+        (
+            json!({"kind": "customer", "body": "x"}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"kind": "reply", "body": "  \n "}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"kind": "reply", "body": "x", "seen_message_id": -1}),
+            400,
+            "invalid_field",
+        ),
+        (json!({"kind": "reply"}), 400, "invalid_field"),
+        (
+            json!({"kind": "reply", "body": "x", "colour": "red"}),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"kind": "reply", "body": "x".repeat(256 * 1024 + 1)}),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (body, want_status, want_code) in cases {
+        let (status, answer) = put_draft(&app, &ta, id, body.clone()).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (want_status, want_code),
+            "{body:.80}: {answer}"
+        );
+    }
+    let (status, answer) = send(
+        app.req(Method::PUT, &format!("/api/tickets/{id}/draft"), &ta)
+            .header("content-type", "application/json")
+            .body("{not json"),
+    )
+    .await;
+    assert_eq!((status, error_code(&answer)), (400, "invalid_json"));
+
+    // The draft is unchanged by all of that.
+    let (_, mine) = app.get(&format!("/api/tickets/{id}/draft"), &ta).await;
+    assert_eq!(mine["body"], "kept", "{mine}");
+
+    // A ticket that does not exist; no token.
+    let (status, answer) =
+        put_draft(&app, &ta, 999_999, json!({"kind": "reply", "body": "x"})).await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (404, "not_found"),
+        "{answer}"
+    );
+    for method in [Method::GET, Method::DELETE] {
+        let (status, answer) =
+            send(app.req(method.clone(), "/api/tickets/999999/draft", &ta)).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (404, "not_found"),
+            "{method}: {answer}"
+        );
+    }
+    let (status, answer) = send(app.http.get(format!("{}/api/tickets/{id}/draft", app.base))).await;
+    assert_eq!((status, error_code(&answer)), (401, "unauthorized"));
+}
+
+#[tokio::test]
+async fn sending_deletes_the_authors_draft_of_that_kind_only() {
+    let app = TestApp::spawn().await;
+    let (_, ta) = app.agent("Alice", "agent").await;
+    let (_, tb) = app.agent("Bob", "agent").await;
+    let id = app.ticket(&ta, "Printer").await["id"].as_i64().unwrap();
+    let draft = format!("/api/tickets/{id}/draft");
+    let messages = format!("/api/tickets/{id}/messages");
+
+    put_draft(
+        &app,
+        &ta,
+        id,
+        json!({"kind": "reply", "body": "Dear customer"}),
+    )
+    .await;
+    put_draft(&app, &tb, id, json!({"kind": "reply", "body": "Hello"})).await;
+
+    // A note does not send a reply draft.
+    let (status, body) = app
+        .post(&messages, &ta, json!({"kind": "note", "body": "internal"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(app.get(&draft, &ta).await.0, 200);
+
+    // A refused reply (Bob's is a duplicate now) keeps the draft.
+    let (status, body) = app
+        .post(
+            &messages,
+            &ta,
+            json!({"kind": "reply", "body": "Dear customer", "seen_message_id": 0}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        app.get(&draft, &ta).await.0,
+        404,
+        "sent: Alice's draft is gone"
+    );
+    let (status, body) = app
+        .post(
+            &messages,
+            &tb,
+            json!({"kind": "reply", "body": "Hello", "seen_message_id": 0}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (409, "duplicate_reply"),
+        "{body}"
+    );
+    let (status, kept) = app.get(&draft, &tb).await;
+    assert_eq!(
+        (status, kept["body"].as_str()),
+        (200, Some("Hello")),
+        "{kept}"
+    );
+
+    let (_, full) = app.get(&format!("/api/tickets/{id}"), &ta).await;
+    let who: Vec<&str> = full["drafts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["agent"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(who, ["Bob"], "{full}");
+}
+
+#[tokio::test]
+async fn the_agent_directory_lists_agents_by_name_without_secrets() {
+    let app = TestApp::spawn().await;
+    let (_, tz) = app.agent("Zoe", "agent").await;
+    app.agent("adam", "admin").await;
+    app.agent("Gateway", "service").await;
+    let (status, body) = app.get("/api/agents", &tz).await;
+    assert_eq!(status, 200, "{body}");
+    let agents = body["agents"].as_array().unwrap();
+    let names: Vec<&str> = agents.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["adam", "Gateway", "Zoe"], "{body}");
+    for a in agents {
+        let mut keys: Vec<&str> = a.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["avatar_url", "id", "name", "role"], "{a}");
+    }
+    let (status, body) = send(app.http.get(format!("{}/api/agents", app.base))).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+}
