@@ -52,6 +52,11 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
                 .map_err(|e| StartError::Other(e.to_string()))??;
             let (dir, port) = pg.socket();
             tracing::info!(socket = %dir.display(), port, "embedded PostgreSQL is ready");
+            // Superuser only creates the roles; the owner migrates and serves.
+            let admin = Database::new(pg.admin_config(), 1)?;
+            let bootstrapped = crate::db::bootstrap::embedded(&admin).await;
+            admin.pool().close();
+            bootstrapped?;
             (pg.config(), Some(pg))
         }
     };
@@ -66,7 +71,7 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
             .unwrap_or_default();
         return Err(crate::db::DbError::Unavailable(error).into());
     }
-    let applied = migrations::run(&db).await?;
+    let applied = migrations::run(&db).await?.migrations;
     Ok(DatabaseHandle {
         db,
         embedded,

@@ -120,15 +120,35 @@ BEGIN
 END
 $$;
 
--- The internal bump setting cannot smuggle field changes past the rules.
+-- The round-1 bypass settings change nothing: a no-op UPDATE keeps its
+-- version, a field change goes through every rule.
 DO $$
 DECLARE
     t bigint;
 BEGIN
     INSERT INTO tickets (subject, assignee_id) VALUES ('Guarded', 1) RETURNING id INTO t;
     PERFORM set_config('livedesk.internal_bump', t::text, true);
-    PERFORM t_raises(format('UPDATE tickets SET assignee_id = 2 WHERE id = %s', t), 'P0001');
+    UPDATE tickets SET status = status WHERE id = t;
+    PERFORM t_eq(t_version(t), 1::bigint, 'internal_bump setting: a no-op stays a no-op');
+    PERFORM t_raises(format('UPDATE tickets SET assignee_id = 2 WHERE id = %s', t), 'LD002');
     PERFORM set_config('livedesk.internal_bump', '', true);
+    PERFORM set_config('livedesk.defer_tag_events', 'on', true);
+    INSERT INTO ticket_tags (ticket_id, tag) VALUES (t, 'quiet');
+    PERFORM set_config('livedesk.defer_tag_events', '', true);
+    PERFORM t_eq(t_version(t), 2::bigint, 'defer_tag_events setting: the tag still bumps');
+    PERFORM t_check_log(t);
+END
+$$;
+
+-- The owner's bump (child_changed) cannot smuggle field changes past the rules.
+DO $$
+DECLARE
+    t bigint;
+BEGIN
+    INSERT INTO tickets (subject) VALUES ('Guarded bump') RETURNING id INTO t;
+    PERFORM t_raises(format('UPDATE tickets SET child_changed = true, status = %L WHERE id = %s', 'open', t),
+                     'P0001');
+    PERFORM t_eq((SELECT count(*) FROM tickets WHERE child_changed), 0::bigint, 'stored rows hold false');
 END
 $$;
 

@@ -34,7 +34,7 @@ BEGIN
 
     -- The first message: a customer message relayed by the service.
     j := ld_get_ticket(t);
-    PERFORM t_eq((SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(j) k), ARRAY['messages', 'ticket'], 'get keys');
+    PERFORM t_eq((SELECT array_agg(k ORDER BY k) FROM jsonb_object_keys(j) k), ARRAY['messages', 'messages_before', 'ticket'], 'get keys');
     m := j -> 'messages' -> 0;
     PERFORM t_eq(m ->> 'kind', 'customer', 'first message kind');
     PERFORM t_eq(m -> 'author', jsonb_build_object('type', 'customer', 'id', c, 'name', 'Pat'), 'customer author');

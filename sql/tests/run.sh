@@ -7,7 +7,7 @@
 # Creates a cluster in a temporary folder (as the `postgres` system user when
 # run as root: PostgreSQL refuses root), migrates a template database exactly
 # like refinery does (each V*.sql in one transaction), loads helpers.sql,
-# clones the template per script, runs it with ON_ERROR_STOP, prints
+# applies sql/rules/, clones the template per script, runs it with ON_ERROR_STOP, prints
 # PASS/FAIL per script, then stops and removes the cluster.
 # Needs the PostgreSQL 15 server binaries (PG_BIN to override) and psql.
 set -euo pipefail
@@ -44,6 +44,8 @@ for f in "$SQL_DIR"/V*__*.sql; do
     [ -e "$f" ] || continue
     "${PSQL[@]}" -d ld_template -1 -f "$f" >/dev/null
 done
+# The rules, in one transaction, as livedesk applies them at start.
+"${PSQL[@]}" -d ld_template -1 $(for f in "$SQL_DIR"/rules/*.sql; do printf -- '-f %s ' "$f"; done) >/dev/null
 "${PSQL[@]}" -d ld_template -f "$HERE/helpers.sql" >/dev/null
 
 has_dblink="$("${PSQL[@]}" -d postgres -tA -c "SELECT count(*) FROM pg_available_extensions WHERE name = 'dblink'")"

@@ -40,6 +40,9 @@ impl BenchEnv {
             .settings
             .push(("max_connections".into(), "300".into()));
         let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options)).await??;
+        let admin = Database::new(pg.admin_config(), 1)?;
+        crate::db::bootstrap::embedded(&admin).await?;
+        admin.pool().close();
         let db = Database::new(pg.config(), 16)?;
         migrations::run(&db).await?;
         let mut tokens = Vec::new();
@@ -146,7 +149,7 @@ fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
         .env(
             "DATABASE_URL",
             format!(
-                "host={} port={pg_port} user=livedesk dbname=livedesk",
+                "host={} port={pg_port} user=livedesk_owner dbname=livedesk",
                 dir.display()
             ),
         )

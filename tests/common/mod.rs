@@ -82,6 +82,13 @@ fn start_cluster() -> Cluster {
         .build()
         .unwrap();
     runtime.block_on(async {
+        // As in production: the superuser only creates the roles, the
+        // owner (no superuser rights) migrates and serves.
+        let admin = Database::new(pg.admin_config(), 1).unwrap();
+        livedesk::db::bootstrap::embedded(&admin)
+            .await
+            .expect("bootstrap the template");
+        admin.pool().close();
         let db = Database::new(pg.config(), 2).unwrap();
         migrations::run(&db).await.expect("migrate the template");
     });
@@ -97,23 +104,35 @@ fn start_cluster() -> Cluster {
 use std::os::unix::process::CommandExt;
 
 impl Cluster {
-    /// Settings for a database of this cluster.
+    /// Settings for a database of this cluster, as the schema owner (what
+    /// the server serves as).
     pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
+        self.config_as(dbname, livedesk::db::bootstrap::OWNER)
+    }
+
+    /// Settings for a database of this cluster as the cluster's superuser.
+    pub fn admin_config(&self, dbname: &str) -> tokio_postgres::Config {
+        self.config_as(dbname, "livedesk")
+    }
+
+    /// Settings for a database of this cluster as any role.
+    pub fn config_as(&self, dbname: &str, user: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(&self.socket_dir)
             .port(self.port)
-            .user("livedesk")
+            .user(user)
             .dbname(dbname);
         config
     }
 
-    /// A `DATABASE_URL` for another process.
+    /// A `DATABASE_URL` for another process (as the schema owner).
     pub fn url(&self, dbname: &str) -> String {
         format!(
-            "host={} port={} user=livedesk dbname={dbname}",
+            "host={} port={} user={} dbname={dbname}",
             self.socket_dir.display(),
-            self.port
+            self.port,
+            livedesk::db::bootstrap::OWNER
         )
     }
 
@@ -135,12 +154,19 @@ pub async fn fresh_database() -> String {
         std::process::id(),
         NEXT_DB.fetch_add(1, Ordering::Relaxed)
     );
-    let (client, connection) = cluster.config("postgres").connect(NoTls).await.unwrap();
+    let (client, connection) = cluster
+        .admin_config("postgres")
+        .connect(NoTls)
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let mut tries = 0;
     loop {
         match client
-            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE livedesk"))
+            .batch_execute(&format!(
+                "CREATE DATABASE {name} TEMPLATE livedesk OWNER {owner}",
+                owner = livedesk::db::bootstrap::OWNER
+            ))
             .await
         {
             Ok(()) => break,
@@ -153,6 +179,12 @@ pub async fn fresh_database() -> String {
             Err(e) => panic!("cannot create {name}: {e}"),
         }
     }
+    // Database-level rights are not copied from a template: take TEMPORARY
+    // from PUBLIC again, as sql/rules/90_privileges.sql does on a real one.
+    client
+        .batch_execute(&format!("REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC"))
+        .await
+        .unwrap();
     name
 }
 

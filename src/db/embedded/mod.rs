@@ -182,13 +182,25 @@ impl EmbeddedPostgres {
         Ok(pg)
     }
 
-    /// Connection settings for the livedesk database over the unix socket.
+    /// Connection settings for the livedesk database over the unix socket, as
+    /// the schema owner (no superuser rights): what the server migrates and
+    /// serves with once `db::bootstrap::embedded` has run.
     pub fn config(&self) -> tokio_postgres::Config {
+        self.config_as(crate::db::bootstrap::OWNER)
+    }
+
+    /// The same as the cluster's superuser: only to create roles (bootstrap,
+    /// `livedesk writer add`).
+    pub fn admin_config(&self) -> tokio_postgres::Config {
+        self.config_as(SUPERUSER)
+    }
+
+    fn config_as(&self, user: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(&self.socket_dir)
             .port(self.port)
-            .user(SUPERUSER)
+            .user(user)
             .dbname(DATABASE)
             .application_name("livedesk");
         config

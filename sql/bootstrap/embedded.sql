@@ -1,0 +1,44 @@
+-- The embedded default's first step, run as the cluster's superuser at every
+-- start before the migrations (contract §4a: superuser only creates roles
+-- and migrates). It makes the roles livedesk needs and hands the database
+-- to livedesk_owner, a role without superuser rights that then migrates and
+-- serves. Idempotent. Data folders made before round 2 hold objects the
+-- superuser created: they are handed over too.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_owner') THEN
+        CREATE ROLE livedesk_owner LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_writer') THEN
+        CREATE ROLE livedesk_writer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_reader') THEN
+        CREATE ROLE livedesk_reader NOLOGIN;
+    END IF;
+    EXECUTE format('ALTER DATABASE %I OWNER TO livedesk_owner', current_database());
+
+    -- Tables, views and the sequences they own (ALTER TABLE carries those).
+    FOR r IN
+        SELECT c.oid::regclass AS name FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          AND c.relowner <> 'livedesk_owner'::regrole
+    LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO livedesk_owner', r.name);
+    END LOOP;
+    FOR r IN
+        SELECT c.oid::regclass AS name FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S'
+          AND c.relowner <> 'livedesk_owner'::regrole
+    LOOP
+        EXECUTE format('ALTER SEQUENCE %s OWNER TO livedesk_owner', r.name);
+    END LOOP;
+    FOR r IN
+        SELECT p.oid::regprocedure AS name FROM pg_proc p
+        WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> 'livedesk_owner'::regrole
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO livedesk_owner', r.name);
+    END LOOP;
+END
+$$;

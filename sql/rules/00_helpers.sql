@@ -1,0 +1,139 @@
+-- Helpers every rule uses: errors, the acting agent, small text and time
+-- functions, the one list of a ticket's fields.
+--
+-- Every file in sql/rules/ is applied in name order, in one transaction, at
+-- every start whose rules differ from the database's (src/db/migrations.rs):
+-- CREATE OR REPLACE only, so a file can be edited like code. Tables live in
+-- the migrations (sql/V*.sql), which never change once landed.
+--
+-- Who may call what is in 90_privileges.sql. In short: triggers and the
+-- functions a direct writer may call are SECURITY DEFINER with a pinned
+-- search_path (they run as the schema owner, whatever the caller's
+-- settings); internal helpers are executable by the owner only and run
+-- inside those entry points, under their pinned search_path.
+--
+-- The only session setting that changes what the rules do is
+-- livedesk.actor_agent_id (who acts; contract §4). Nothing a writer can SET
+-- skips a rule, a version or an event.
+--
+-- Error codes (RAISE ... USING ERRCODE, DETAIL is always a JSON object):
+--   LD001 duplicate reply   {"replies": [message...]}
+--   LD002 already assigned  {"assignee_id": id|null, "assignee": {"id","name","avatar_url"}|null
+--                            [, "fields": {...} (ld_patch_ticket)][, "expected": id|null (ld_assign)]}
+--   LD003 stale version     {"version": current[, "expected": stated]}
+--   LD004 field conflict    {"fields": {"<field>": {"expected": v, "current": v}}}
+--   LD005 custom field      {"field": "custom_fields.<key>", "expected_type": type|null,
+--                            "reason": "unknown_field"|"wrong_type"[, "options": [...]|null]}
+--   LD400 invalid input     {"field": "<name>", ...} (also: UPDATE/DELETE of the
+--                            append-only messages and ticket_events)
+--   LD404 not found         {"resource": "ticket", "id": n}
+-- CHECK violations by direct writers stay 23514 with the constraint's name;
+-- a duplicate tag or client_id without ON CONFLICT is 23505; a right a role
+-- does not hold is 42501.
+
+-- One place to raise a livedesk error with a JSON DETAIL the server parses.
+CREATE OR REPLACE FUNCTION ld_fail(p_code text, p_message text, p_detail jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = p_code, MESSAGE = p_message,
+                          DETAIL = coalesce(p_detail, '{}'::jsonb)::text;
+END
+$$;
+
+-- LD404 for a resource that does not exist.
+CREATE OR REPLACE FUNCTION ld_fail_not_found(p_resource text, p_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ld_fail('LD404', format('%s %s does not exist', p_resource, p_id),
+                    jsonb_build_object('resource', p_resource, 'id', p_id));
+END
+$$;
+
+-- A ticket as it is now, or LD404.
+CREATE OR REPLACE FUNCTION ld_read_ticket(p_id bigint) RETURNS tickets
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t tickets;
+BEGIN
+    SELECT * INTO t FROM tickets x WHERE x.id = p_id;
+    IF NOT FOUND THEN
+        PERFORM ld_fail_not_found('ticket', p_id);
+    END IF;
+    RETURN t;
+END
+$$;
+
+-- A ticket under its row lock (held to commit: every change to a ticket and
+-- what belongs to it is serialised by this lock), or LD404.
+CREATE OR REPLACE FUNCTION ld_lock_ticket(p_id bigint) RETURNS tickets
+LANGUAGE plpgsql AS $$
+DECLARE
+    t tickets;
+BEGIN
+    SELECT * INTO t FROM tickets x WHERE x.id = p_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM ld_fail_not_found('ticket', p_id);
+    END IF;
+    RETURN t;
+END
+$$;
+
+-- The acting agent of the current transaction: livedesk.actor_agent_id when
+-- set, else the service agent linked to the writer role this session logged
+-- in as (`livedesk writer add`), else NULL. session_user, not current_user:
+-- inside SECURITY DEFINER code current_user is the owner.
+CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_setting text := current_setting('livedesk.actor_agent_id', true);
+BEGIN
+    IF v_setting IS NOT NULL AND v_setting <> '' THEN
+        RETURN v_setting::bigint;
+    END IF;
+    RETURN (SELECT w.agent_id FROM writers w WHERE w.role_name = session_user::text);
+END
+$$;
+
+-- API functions record who acts, transaction-locally, for the triggers.
+CREATE OR REPLACE FUNCTION ld_set_actor(p_actor bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('livedesk.actor_agent_id', coalesce(p_actor::text, ''), true);
+END
+$$;
+
+-- Trim ASCII whitespace (btrim alone only trims spaces).
+CREATE OR REPLACE FUNCTION ld_trim(p text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT btrim(p, E' \t\n\r\f\x0B')
+$$;
+
+-- Timestamps in JSON: RFC 3339 in UTC, independent of the session TimeZone
+-- (events are stored once as jsonb and must not depend on the writer's session).
+CREATE OR REPLACE FUNCTION ld_ts(p timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT to_char(p AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+$$;
+
+-- 'YYYY-MM-DD' and a real calendar date, without an exception block
+-- (a subtransaction per value would be costly).
+CREATE OR REPLACE FUNCTION ld_is_date(p text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN p IS NULL OR p !~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}$' THEN false
+        WHEN substr(p, 1, 4)::int < 1 OR substr(p, 6, 2)::int NOT BETWEEN 1 AND 12 THEN false
+        ELSE substr(p, 9, 2)::int BETWEEN 1 AND extract(day FROM
+                 make_date(substr(p, 1, 4)::int, substr(p, 6, 2)::int, 1)
+                 + interval '1 month' - interval '1 day')::int
+    END
+$$;
+
+-- The fields a ticket change is made of: everything but the id, the version
+-- and the timestamps. The one list of them: a change to any of these is a
+-- ticket.updated event; an UPDATE that changes none of them changes nothing.
+CREATE OR REPLACE FUNCTION ld_ticket_fields_differ(a tickets, b tickets) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (a.subject, a.status, a.priority, a.channel, a.customer_id, a.assignee_id, a.custom_fields)
+           IS DISTINCT FROM
+           (b.subject, b.status, b.priority, b.channel, b.customer_id, b.assignee_id, b.custom_fields)
+$$;

@@ -1,0 +1,203 @@
+-- Rule: versions and events (contract §2, §4).
+--
+-- Every change to a ticket or to what belongs to it takes the ticket's row
+-- lock, bumps tickets.version by exactly one and appends one row to
+-- ticket_events with that version, in the writer's transaction, then
+-- NOTIFYs livedesk_events. An UPDATE that changes nothing keeps the version
+-- and writes no event. Only the owner's code below writes ticket_events; no
+-- writer can bump a version without an event or write an event without a
+-- bump (90_privileges.sql).
+--
+-- tickets triggers (BEFORE UPDATE ones fire in name order):
+--   tickets_10_version_check   30_version_check.sql (only when `version` is set)
+--   tickets_20_normalise_*     35_custom_fields.sql (subject trim, field types)
+--   tickets_25_assignee_rule   31_assignee.sql (only when a set assignee changes)
+--   tickets_30_change          here: bump, or keep the version of a no-op
+--   tickets_90_*_event         here: the event, seeing the final row
+
+-- Append one event and wake the listeners. The payload is tiny on purpose
+-- (NOTIFY payloads must stay under 8000 bytes; readers fetch the row).
+CREATE OR REPLACE FUNCTION ld_emit(p_ticket_id bigint, p_version bigint, p_kind text,
+                                   p_actor bigint, p_data jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
+    VALUES (p_ticket_id, p_version, p_kind, p_actor, p_data);
+    PERFORM pg_notify('livedesk_events',
+                      json_build_object('ticket_id', p_ticket_id, 'version', p_version)::text);
+END
+$$;
+
+-- Take the ticket's row lock and bump its version by one for a change to
+-- something that belongs to it (message, tags); the caller writes the event
+-- with the returned version. `child_changed` is the owner-only column that
+-- asks tickets_30_change for a bump (V4); writers hold no right to it.
+CREATE OR REPLACE FUNCTION ld_bump_ticket(p_ticket_id bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_version bigint;
+BEGIN
+    UPDATE tickets SET child_changed = true WHERE id = p_ticket_id RETURNING version INTO v_version;
+    IF v_version IS NULL THEN
+        PERFORM ld_fail_not_found('ticket', p_ticket_id);
+    END IF;
+    RETURN v_version;
+END
+$$;
+
+-- Every UPDATE of a ticket ends here: a bump asked for by owner code bumps
+-- (no field may change with it); an UPDATE that changes no field keeps its
+-- version (no event); any other change bumps the version by one.
+CREATE OR REPLACE FUNCTION ld_tickets_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    IF NEW.id IS DISTINCT FROM OLD.id THEN
+        PERFORM ld_fail('LD400', 'the id of a ticket cannot change', '{"field": "id"}');
+    END IF;
+    NEW.created_at := OLD.created_at;
+
+    IF NEW.child_changed THEN
+        IF ld_ticket_fields_differ(NEW, OLD) THEN
+            RAISE EXCEPTION 'a version bump for a message or tag cannot carry field changes';
+        END IF;
+        NEW.child_changed := false;
+    ELSIF NOT ld_ticket_fields_differ(NEW, OLD) THEN
+        NEW.version := OLD.version;
+        NEW.updated_at := OLD.updated_at;
+        RETURN NEW;
+    END IF;
+    NEW.version := OLD.version + 1;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER tickets_30_change
+    BEFORE UPDATE ON tickets
+    FOR EACH ROW EXECUTE FUNCTION ld_tickets_change();
+
+-- A new ticket starts at version 1, with no pending bump.
+CREATE OR REPLACE FUNCTION ld_tickets_insert() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    NEW.version := 1;
+    NEW.child_changed := false;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER tickets_15_insert
+    BEFORE INSERT ON tickets
+    FOR EACH ROW EXECUTE FUNCTION ld_tickets_insert();
+
+-- ticket.created, version 1.
+CREATE OR REPLACE FUNCTION ld_tickets_created_event() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    PERFORM ld_emit(NEW.id, NEW.version, 'ticket.created', ld_actor(),
+                    jsonb_build_object('ticket', ld_ticket_json(NEW)));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER tickets_90_created_event
+    AFTER INSERT ON tickets
+    FOR EACH ROW EXECUTE FUNCTION ld_tickets_created_event();
+
+-- ticket.updated with every changed field as {"from","to"}; custom fields
+-- one by one as "custom_fields.<key>" (null when absent). A bump for a
+-- message or tag changes no field: its own event is written by the child.
+CREATE OR REPLACE FUNCTION ld_tickets_updated_event() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_changes jsonb := '{}'::jsonb;
+BEGIN
+    IF NOT ld_ticket_fields_differ(NEW, OLD) THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.subject IS DISTINCT FROM OLD.subject THEN
+        v_changes := v_changes || jsonb_build_object('subject',
+            jsonb_build_object('from', OLD.subject, 'to', NEW.subject));
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        v_changes := v_changes || jsonb_build_object('status',
+            jsonb_build_object('from', OLD.status, 'to', NEW.status));
+    END IF;
+    IF NEW.priority IS DISTINCT FROM OLD.priority THEN
+        v_changes := v_changes || jsonb_build_object('priority',
+            jsonb_build_object('from', OLD.priority, 'to', NEW.priority));
+    END IF;
+    IF NEW.channel IS DISTINCT FROM OLD.channel THEN
+        v_changes := v_changes || jsonb_build_object('channel',
+            jsonb_build_object('from', OLD.channel, 'to', NEW.channel));
+    END IF;
+    IF NEW.customer_id IS DISTINCT FROM OLD.customer_id THEN
+        v_changes := v_changes || jsonb_build_object('customer_id',
+            jsonb_build_object('from', OLD.customer_id, 'to', NEW.customer_id));
+    END IF;
+    IF NEW.assignee_id IS DISTINCT FROM OLD.assignee_id THEN
+        v_changes := v_changes || jsonb_build_object('assignee_id',
+            jsonb_build_object('from', OLD.assignee_id, 'to', NEW.assignee_id));
+    END IF;
+    IF NEW.custom_fields IS DISTINCT FROM OLD.custom_fields THEN
+        v_changes := v_changes || coalesce((
+            SELECT jsonb_object_agg('custom_fields.' || k.key,
+                       jsonb_build_object('from', OLD.custom_fields -> k.key,
+                                          'to', NEW.custom_fields -> k.key))
+            FROM (SELECT jsonb_object_keys(OLD.custom_fields) AS key
+                  UNION
+                  SELECT jsonb_object_keys(NEW.custom_fields)) k
+            WHERE (OLD.custom_fields -> k.key) IS DISTINCT FROM (NEW.custom_fields -> k.key)),
+            '{}'::jsonb);
+    END IF;
+    PERFORM ld_emit(NEW.id, NEW.version, 'ticket.updated', ld_actor(),
+                    jsonb_build_object('changes', v_changes, 'ticket', ld_ticket_json(NEW)));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER tickets_90_updated_event
+    AFTER UPDATE ON tickets
+    FOR EACH ROW
+    WHEN (NEW.version <> OLD.version)
+    EXECUTE FUNCTION ld_tickets_updated_event();
+
+-- Message ids follow commit order within a ticket: the id is drawn only
+-- after taking the ticket's row lock (held to commit), so a message with a
+-- smaller id of the same ticket has always committed first. The
+-- duplicate-reply rule compares ids with seen_message_id, and relies on it:
+-- with ids drawn before the lock, a reply could get id 9, commit after
+-- message 10, and be missed by a colleague who had seen 10. (A lock taken for
+-- an `ON CONFLICT DO NOTHING` retry is released at commit: no side effect.)
+-- Any id given by the writer is replaced.
+CREATE OR REPLACE FUNCTION ld_messages_commit_ordered_id() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    PERFORM 1 FROM tickets t WHERE t.id = NEW.ticket_id FOR NO KEY UPDATE;
+    NEW.id := nextval('messages_id_seq');
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER messages_05_commit_ordered_id
+    BEFORE INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION ld_messages_commit_ordered_id();
+
+-- Messages and events are history: they are never edited or deleted (an
+-- edit would be a change without a version and an event). Writers hold no
+-- such right anyway; this also stops the owner's own code.
+CREATE OR REPLACE FUNCTION ld_refuse_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION '% is append-only: % is not allowed', TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'LD400', DETAIL = jsonb_build_object('field', TG_TABLE_NAME)::text;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER messages_10_append_only
+    BEFORE UPDATE OR DELETE ON messages
+    FOR EACH ROW EXECUTE FUNCTION ld_refuse_change();
+
+CREATE OR REPLACE TRIGGER ticket_events_10_append_only
+    BEFORE UPDATE OR DELETE ON ticket_events
+    FOR EACH ROW EXECUTE FUNCTION ld_refuse_change();

@@ -1,0 +1,56 @@
+-- Rule: duplicate reply (contract §3, LD001), and the message.created event.
+--
+-- An agent's reply states the last message its author saw
+-- (seen_message_id, 0 = none; the CHECK messages_reply_needs_seen_message_id
+-- makes it required). Under the ticket's lock, so concurrent replies are
+-- serialised, a reply is refused when the ticket already has a reply by
+-- another agent with a larger id: its author has not seen it. Message ids
+-- follow commit order within a ticket (20_versions_events.sql), so a reply
+-- that commits late cannot hide. Notes and customer messages are never
+-- blocked, and an agent's own earlier replies never block him.
+--
+-- AFTER (not BEFORE) INSERT so that `INSERT ... ON CONFLICT (author_agent_id,
+-- client_id) WHERE client_id IS NOT NULL DO NOTHING` has no side effects for
+-- a retried client_id.
+
+-- The colleagues' replies on a ticket after p_seen, that p_author did not write.
+CREATE OR REPLACE FUNCTION ld_unseen_replies(p_ticket_id bigint, p_seen bigint, p_author bigint,
+                                             p_except bigint) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT jsonb_agg(ld_message_json(m) ORDER BY m.id)
+            FROM messages m
+            WHERE m.ticket_id = p_ticket_id
+              AND m.id > p_seen
+              AND m.id <> p_except
+              AND m.kind = 'reply'
+              AND m.author_agent_id <> p_author);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ld_messages_created() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_version bigint;
+    v_replies jsonb;
+BEGIN
+    v_version := ld_bump_ticket(NEW.ticket_id);
+    IF NEW.kind = 'reply' AND NEW.author_agent_id IS NOT NULL THEN
+        v_replies := ld_unseen_replies(NEW.ticket_id, NEW.seen_message_id, NEW.author_agent_id, NEW.id);
+        IF v_replies IS NOT NULL THEN
+            PERFORM ld_fail('LD001',
+                format('ticket %s has a reply by a colleague that you have not seen (after message %s)',
+                       NEW.ticket_id, NEW.seen_message_id),
+                jsonb_build_object('replies', v_replies));
+        END IF;
+    END IF;
+    PERFORM ld_emit(NEW.ticket_id, v_version, 'message.created',
+                    coalesce(NEW.author_agent_id, ld_actor()),
+                    jsonb_build_object('message', ld_message_json(NEW)));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER messages_90_created
+    AFTER INSERT ON messages
+    FOR EACH ROW EXECUTE FUNCTION ld_messages_created();

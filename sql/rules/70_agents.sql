@@ -1,0 +1,130 @@
+-- Agents and their tokens (contract §5), and direct writers' roles (§4a).
+-- The server's only way to them; no group role may call these.
+-- Tokens are never stored: only their SHA-256 digest, looked up by equality.
+
+-- The public shape of an agent (contract §5: GET /api/me, hello frame).
+CREATE OR REPLACE FUNCTION ld_agent_json(a agents) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('id', a.id, 'name', a.name, 'email', a.email,
+                              'avatar_url', a.avatar_url, 'role', a.role)
+$$;
+
+-- The agent holding a token digest, or no row.
+CREATE OR REPLACE FUNCTION ld_agent_by_token(p_token_hash bytea) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT ld_agent_json(a) FROM agents a WHERE a.token_hash = p_token_hash
+$$;
+
+-- Create an agent with the digest of its first token.
+CREATE OR REPLACE FUNCTION ld_agent_add(p_name text, p_email text, p_role text, p_token_hash bytea)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    a agents;
+BEGIN
+    IF EXISTS (SELECT 1 FROM agents WHERE lower(email) = lower(btrim(p_email))) THEN
+        RAISE EXCEPTION 'an agent with the email % already exists', btrim(p_email)
+            USING ERRCODE = 'LD400', DETAIL = jsonb_build_object('field', 'email')::text;
+    END IF;
+    INSERT INTO agents (name, email, role, token_hash)
+    VALUES (btrim(p_name), btrim(p_email), p_role, p_token_hash)
+    RETURNING * INTO a;
+    RETURN ld_agent_json(a);
+END
+$$;
+
+-- Replace an agent's token digest (the old token stops working at once).
+CREATE OR REPLACE FUNCTION ld_agent_set_token(p_email text, p_token_hash bytea) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    a agents;
+BEGIN
+    UPDATE agents SET token_hash = p_token_hash
+    WHERE lower(email) = lower(btrim(p_email))
+    RETURNING * INTO a;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no agent has the email %', btrim(p_email)
+            USING ERRCODE = 'LD404', DETAIL = jsonb_build_object('resource', 'agent')::text;
+    END IF;
+    RETURN ld_agent_json(a);
+END
+$$;
+
+-- Every agent, in creation order.
+CREATE OR REPLACE FUNCTION ld_agent_list() RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(ld_agent_json(a) ORDER BY a.id), '[]'::jsonb) FROM agents a
+$$;
+
+------------------------------------------------------------------------------
+-- Direct writers (contract §4a, `livedesk writer add|list|remove`).
+-- SECURITY INVOKER on purpose: creating a LOGIN role needs the caller's own
+-- CREATEROLE (the embedded default's superuser, or the operator's role with
+-- DATABASE_URL); the owner that serves has no such right.
+------------------------------------------------------------------------------
+
+-- Create the LOGIN role p_name in livedesk_writer (or livedesk_reader) with
+-- a password given as a SCRAM verifier (the plain password never reaches
+-- the server, its logs or pg_stat_statements), linked to the `service`
+-- agent of the same name (made, or reused after a remove).
+CREATE OR REPLACE FUNCTION ld_writer_add(p_name text, p_password_verifier text, p_read_only boolean)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_agent agents;
+    v_group text := CASE WHEN p_read_only THEN 'livedesk_reader' ELSE 'livedesk_writer' END;
+BEGIN
+    IF p_name IS NULL OR p_name !~ '^[a-z][a-z0-9_]{0,62}$' OR p_name LIKE 'livedesk%' OR p_name LIKE 'pg\_%' THEN
+        PERFORM ld_fail('LD400', format('%s is not a writer name: use lower-case letters, digits and _, '
+                                        'starting with a letter, not livedesk* or pg_*',
+                                        coalesce(to_jsonb(p_name)::text, 'null')), '{"field": "name"}');
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = p_name) THEN
+        PERFORM ld_fail('LD400', format('a database role named %s already exists', p_name), '{"field": "name"}');
+    END IF;
+    EXECUTE format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD %L IN ROLE %I',
+                   p_name, p_password_verifier, v_group);
+    SELECT * INTO v_agent FROM agents a WHERE lower(a.email) = p_name || '@writers.livedesk.invalid';
+    IF NOT FOUND THEN
+        INSERT INTO agents (name, email, role)
+        VALUES (p_name, p_name || '@writers.livedesk.invalid', 'service')
+        RETURNING * INTO v_agent;
+    END IF;
+    INSERT INTO writers (role_name, agent_id, read_only) VALUES (p_name, v_agent.id, p_read_only);
+    RETURN jsonb_build_object('name', p_name, 'agent', ld_agent_json(v_agent), 'read_only', p_read_only);
+END
+$$;
+
+-- Every writer role of this database, with its agent.
+CREATE OR REPLACE FUNCTION ld_writer_list() RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'name', w.role_name, 'agent', ld_agent_json(a), 'read_only', w.read_only,
+               'created_at', ld_ts(w.created_at),
+               'role_exists', EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = w.role_name))
+               ORDER BY w.role_name), '[]'::jsonb)
+    FROM writers w JOIN agents a ON a.id = w.agent_id
+$$;
+
+-- Drop a writer role (its open sessions are ended first). Its agent stays:
+-- the events it wrote still name it.
+CREATE OR REPLACE FUNCTION ld_writer_remove(p_name text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM writers w WHERE w.role_name = p_name) THEN
+        PERFORM ld_fail('LD404', format('no writer is named %s', coalesce(to_jsonb(p_name)::text, 'null')),
+                        jsonb_build_object('resource', 'writer'));
+    END IF;
+    DELETE FROM writers WHERE role_name = p_name;
+    IF EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = p_name) THEN
+        EXECUTE format('ALTER ROLE %I NOLOGIN', p_name);
+        BEGIN
+            PERFORM pg_terminate_backend(s.pid) FROM pg_stat_activity s WHERE s.usename = p_name;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'the open sessions of % could not be ended (needs pg_signal_backend); '
+                          'they keep working until they disconnect', p_name;
+        END;
+        EXECUTE format('DROP ROLE %I', p_name);
+    END IF;
+    RETURN jsonb_build_object('name', p_name);
+END
+$$;
