@@ -86,6 +86,18 @@ export function formatTime(iso) {
   return d.toDateString() === now.toDateString() ? timeFmt.format(d) : dateFmt.format(d);
 }
 
+/** "just now", "2 min ago", "3 h ago", else a date: how long ago something was saved. */
+export function relativeTime(iso, now = Date.now()) {
+  const t = Date.parse(iso);
+  if (Number.isNaN(t)) return 'earlier';
+  const min = Math.floor((now - t) / 60000);
+  if (min < 1) return 'just now';
+  if (min < 60) return `${min} min ago`;
+  const hours = Math.floor(min / 60);
+  if (hours < 24) return `${hours} h ago`;
+  return formatTime(iso);
+}
+
 /** A `<time>` element with a machine-readable datetime. */
 export function timeEl(iso) {
   return h('time', { datetime: iso || '', title: iso ? new Date(iso).toLocaleString() : '' }, formatTime(iso));

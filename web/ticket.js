@@ -11,7 +11,7 @@
 //  - Tags are only ever changed by deltas (add / remove one tag).
 
 import { ApiError } from './livedesk-client.js';
-import { h, replaceChildren, avatar, timeEl, sameValue, displayValue, uid, randomId } from './dom.js';
+import { h, replaceChildren, avatar, timeEl, sameValue, displayValue, uid, randomId, relativeTime } from './dom.js';
 
 export const STATUSES = ['new', 'open', 'pending', 'resolved', 'closed'];
 export const PRIORITIES = ['low', 'normal', 'high', 'urgent'];
@@ -20,6 +20,9 @@ const TYPING_IDLE_MS = 5000;
 /** No input for this long: idle (contract §6). */
 const IDLE_AFTER_MS = 5 * 60 * 1000;
 const NEAR_BOTTOM_PX = 120;
+/** Draft saving: after this pause in typing, and at least this often while typing. */
+const DRAFT_DEBOUNCE_MS = 600;
+const DRAFT_MAX_WAIT_MS = 3000;
 /** What counts as the agent being at the keyboard. */
 const ACTIVITY_EVENTS = ['keydown', 'pointerdown', 'wheel', 'touchstart'];
 
@@ -213,6 +216,11 @@ export class TicketView {
     this.idleByTime = false;
     this.lastActivity = Date.now();
     this.messagesBefore = null;
+    this.savedDraft = null; // {kind, body, seen} as stored on the server, as far as we know
+    this.draftChain = Promise.resolve();
+    this.draftTimer = null;
+    this.draftDirtySince = 0;
+    this.otherDrafts = [];
     this.ticket = null;
     this.messages = new Map();
     this.viewers = [];
@@ -245,7 +253,7 @@ export class TicketView {
     clearInterval(this.idleTimer);
     document.removeEventListener('visibilitychange', this.onVisibility);
     for (const type of ACTIVITY_EVENTS) document.removeEventListener(type, this.onActivity, { capture: true });
-    this.onDestroy?.();
+    this.onDestroy();
     this.client.unsubscribe(this.id);
   }
 
@@ -277,6 +285,7 @@ export class TicketView {
     );
     this.updateOwnPresence();
     this.scrollConversation(true);
+    this.initDrafts(data.drafts);
   }
 
   // ---------------------------------------------------------------- building
@@ -877,7 +886,7 @@ export class TicketView {
     if (changed) {
       this.renderUnseenNotice();
       if (!this.unseen.size && this.held) this.hideHeld();
-      this.scheduleDraftSave?.();
+      this.scheduleDraftSave();
     }
   }
 
@@ -955,6 +964,8 @@ export class TicketView {
     this.duplicateBox = h('div', { class: 'duplicate', role: 'alert', hidden: true, dataset: { testid: 'duplicate-notice' } });
     this.unseenNotice = h('div', { class: 'unseen-notice', role: 'status', hidden: true, dataset: { testid: 'unseen-notice' } });
     this.draftStatus = h('p', { class: 'draft-status muted', role: 'status', 'aria-live': 'polite', dataset: { testid: 'draft-status' } });
+    this.draftsList = h('ul', { class: 'drafts-list', 'aria-label': 'Unsent drafts of colleagues' });
+    this.draftsBox = h('div', { class: 'drafts-box', role: 'status', hidden: true, dataset: { testid: 'colleague-drafts' } }, this.draftsList);
 
     this.bodyInput.addEventListener('input', () => this.onTyping());
     this.bodyInput.addEventListener('keydown', (e) => {
@@ -977,6 +988,7 @@ export class TicketView {
           if (e.key === 'Escape') this.closeNotices();
         },
       },
+      this.draftsBox,
       this.unseenNotice,
       this.duplicateBox,
       h('div', { class: 'composer-row' }, h('label', { for: kindId }, 'Type'), this.kindSelect),
@@ -993,7 +1005,7 @@ export class TicketView {
     this.composer.classList.toggle('composer-note', note);
     this.sendButton.textContent = note ? 'Add note' : 'Send reply';
     this.bodyInput.placeholder = note ? 'Write an internal note…  (Ctrl+Enter sends)' : 'Write a reply…  (Ctrl+Enter sends)';
-    this.scheduleDraftSave?.();
+    this.scheduleDraftSave();
   }
 
   /** Escape: close the composer's notices (a held send stays held until acknowledged). */
@@ -1005,7 +1017,7 @@ export class TicketView {
   onTyping() {
     this.noteActivity();
     clearTimeout(this.typingTimer);
-    this.scheduleDraftSave?.();
+    this.scheduleDraftSave();
     if (!this.bodyInput.value.trim()) {
       this.typing = false;
       this.updateOwnPresence();
@@ -1056,7 +1068,7 @@ export class TicketView {
     this.sendButton.disabled = true;
     this.composerError.hidden = true;
     try {
-      await this.beforeSend?.();
+      await this.beforeSend();
       const m = await this.client.postMessage(this.id, msg);
       this.addMessage(m);
       if (seenOverride) this.acknowledge([...this.unseen.keys()].filter((id) => id <= seenOverride));
@@ -1066,7 +1078,7 @@ export class TicketView {
       clearTimeout(this.typingTimer);
       this.typing = false;
       this.updateOwnPresence();
-      this.afterSend?.(kind);
+      this.afterSend();
       this.bodyInput.focus();
     } catch (e) {
       if (e instanceof ApiError && e.code === 'duplicate_reply') {
@@ -1144,7 +1156,7 @@ export class TicketView {
     this.acknowledge(shown.map((m) => m.id));
     this.typing = false;
     this.updateOwnPresence();
-    this.scheduleDraftSave?.();
+    this.scheduleDraftSave();
     this.bodyInput.focus();
   }
 
@@ -1155,12 +1167,151 @@ export class TicketView {
     return this.send(newest);
   }
 
+  // ---------------------------------------------------------------- drafts
+  //
+  // The composer is saved in the database as the agent types (debounced), so
+  // it survives a reload, a ticket switch and another device, and colleagues
+  // see "Alice has an unsent reply" even after Alice left (contract §5). The
+  // server deletes it when the message is sent; the console deletes it too.
+
+  /** Restore my draft (if the composer is still empty) and show colleagues' drafts. */
+  async initDrafts(drafts) {
+    this.otherDrafts = drafts || [];
+    this.renderDrafts();
+    this.draftsClock = setInterval(() => this.renderDrafts(), 30_000);
+    this.onPageHide = () => this.saveDraftNow({ keepalive: true });
+    window.addEventListener('pagehide', this.onPageHide);
+    if (!this.otherDrafts.some((d) => d.agent && d.agent.id === this.me.id)) return;
+    let draft;
+    try {
+      draft = await this.client.getDraft(this.id);
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 404)) this.setDraftStatus(`Your saved draft could not be loaded: ${e.message}`);
+      return;
+    }
+    if (this.destroyed || !draft || this.bodyInput.value) return;
+    this.kindSelect.value = draft.kind === 'note' ? 'note' : 'reply';
+    this.updateComposerKind();
+    this.bodyInput.value = draft.body || '';
+    this.savedDraft = { kind: draft.kind, body: draft.body };
+    // What arrived after the draft was last saved was never acknowledged with it.
+    const seen = Number(draft.seen_message_id ?? this.maxMessageId());
+    for (const m of this.messages.values()) {
+      if (m.id > seen && !this.isMine(m) && m.kind !== 'note') this.unseen.set(m.id, m);
+    }
+    if (this.unseen.size) this.renderMessages();
+    this.setDraftStatus(`Draft restored (saved ${relativeTime(draft.updated_at)})`);
+  }
+
+  setDraftStatus(text) {
+    if (this.draftStatus) this.draftStatus.textContent = text;
+  }
+
+  /** The draft changed: save it soon (after a pause in typing, at least every few seconds). */
+  scheduleDraftSave() {
+    if (!this.bodyInput || this.destroyed) return;
+    clearTimeout(this.draftTimer);
+    const now = Date.now();
+    if (!this.draftDirtySince) this.draftDirtySince = now;
+    const wait = Math.max(0, Math.min(DRAFT_DEBOUNCE_MS, this.draftDirtySince + DRAFT_MAX_WAIT_MS - now));
+    this.draftTimer = setTimeout(() => this.saveDraftNow(), wait);
+  }
+
+  /** Save (or delete) the draft now, after any save in flight; resolves when done. */
+  saveDraftNow({ keepalive = false } = {}) {
+    clearTimeout(this.draftTimer);
+    this.draftTimer = null;
+    this.draftDirtySince = 0;
+    if (!this.bodyInput) return this.draftChain;
+    const body = this.bodyInput.value;
+    const kind = this.kindSelect.value;
+    const want = body.trim() ? { kind, body, seen_message_id: this.seenId() } : null;
+    this.draftChain = this.draftChain.then(async () => {
+      const have = this.savedDraft;
+      const same = want ? have && have.kind === want.kind && have.body === want.body && have.seen === want.seen_message_id : !have;
+      if (same) return;
+      try {
+        if (want) await this.client.putDraft(this.id, want, { keepalive });
+        else await this.client.deleteDraft(this.id, { keepalive });
+        this.savedDraft = want ? { kind: want.kind, body: want.body, seen: want.seen_message_id } : null;
+        if (!this.destroyed) this.setDraftStatus(want ? 'Draft saved' : '');
+      } catch (e) {
+        if (!this.destroyed) this.setDraftStatus(`Draft not saved: ${e.message}`);
+      }
+    });
+    return this.draftChain;
+  }
+
+  /** Before a send: no save may land after it (it would bring the sent draft back). */
+  async beforeSend() {
+    clearTimeout(this.draftTimer);
+    this.draftTimer = null;
+    this.draftDirtySince = 0;
+    await this.draftChain;
+  }
+
+  /** Sent: the server dropped the draft of that kind; drop whatever is left too. */
+  afterSend() {
+    this.savedDraft = { kind: '-', body: '-' }; // unknown: make the next save a DELETE
+    this.setDraftStatus('');
+    this.saveDraftNow();
+  }
+
+  onDestroy() {
+    clearInterval(this.draftsClock);
+    clearTimeout(this.draftsRefresh);
+    if (this.onPageHide) window.removeEventListener('pagehide', this.onPageHide);
+    // A ticket switch: what was typed since the last save is saved now.
+    if (this.draftTimer) this.saveDraftNow({ keepalive: true });
+  }
+
+  /** Viewers changed: if someone's draft marker changed or a viewer left, reload who has a draft. */
+  onViewersChanged() {
+    const sig = this.viewers
+      .map((v) => `${v.agent && v.agent.id}:${v.draft || ''}`)
+      .sort()
+      .join(',');
+    if (sig === this.viewersSig) return;
+    const first = this.viewersSig === undefined;
+    this.viewersSig = sig;
+    if (first) return;
+    clearTimeout(this.draftsRefresh);
+    this.draftsRefresh = setTimeout(async () => {
+      try {
+        const list = await this.client.listDrafts(this.id);
+        if (this.destroyed) return;
+        this.otherDrafts = list;
+        this.renderDrafts();
+      } catch (e) {
+        console.warn('could not reload the drafts of the ticket', e);
+      }
+    }, 200);
+  }
+
+  /** "Alice Archer has an unsent reply (2 min ago)" for each colleague's draft. */
+  renderDrafts() {
+    if (!this.draftsBox) return;
+    const others = (this.otherDrafts || []).filter((d) => d.agent && d.agent.id !== this.me.id);
+    replaceChildren(
+      this.draftsList,
+      others.map((d) =>
+        h(
+          'li',
+          { class: 'draft-item', dataset: { testid: `draft-of-${d.agent.id}` } },
+          avatar(d.agent, { size: 'sm' }),
+          h('span', {}, `${d.agent.name} has an unsent ${d.kind === 'note' ? 'note' : 'reply'} (${relativeTime(d.updated_at)})`),
+        ),
+      ),
+    );
+    this.draftsBox.hidden = others.length === 0;
+  }
+
   // ---------------------------------------------------------------- presence
 
   setViewers(viewers) {
     this.viewers = viewers || [];
     this.renderPresence();
-    this.onViewersChanged?.();
+    this.onViewersChanged();
   }
 
   /** What a colleague is doing, in words: "typing a reply", "has a draft", … */

@@ -414,6 +414,55 @@ async function main() {
   B.page.off('request', onRequest);
   check((await storedMessages()).filter((m) => m.body === heldC).length === 1, "B's reply is stored once");
 
+  // ---------------------------------------------------------------- typing and drafts (story 8)
+  currentStep = 'typing-draft';
+  const draftA = `Draft from ${A.name}: a partial refund is possible if`;
+  const presenceOfA = B.page.getByRole('list', { name: 'Colleagues on this ticket' }).getByRole('img', { name: new RegExp(`^${A.name},`) });
+  const aPresence = async () => (await presenceOfA.getAttribute('aria-label').catch(() => null)) || '';
+  await composerOf(A).click();
+  await A.page.keyboard.type(draftA, { delay: 20 });
+  await waitIn(B.page, `B sees "${A.name}, typing a reply"`, ([name]) => !!document.querySelector(`[aria-label="${name}, typing a reply"]`), [A.name]);
+  check(((await text(B.page, 'typing-indicator')) || '').includes(`${A.name} is typing a reply`), 'B\'s thread says "… is typing a reply…"');
+  await waitIn(A.page, 'A\'s draft is saved as A types', () => [...document.querySelectorAll('[role="status"]')].some((e) => e.textContent === 'Draft saved'));
+  await shotBoth('typing-reply');
+  // A stops typing for 10 s: "has a draft", not "viewing".
+  await sleep(10_000);
+  check((await aPresence()) === `${A.name}, has a draft reply`, `after 10 s without typing B sees "${A.name}, has a draft reply" (${await aPresence()})`);
+  check(((await text(B.page, 'typing-indicator')) || '').includes(`${A.name} has a draft reply`), 'B\'s thread says "… has a draft reply"');
+  await shotBoth('has-a-draft');
+
+  // Reload: the draft comes back.
+  await A.page.reload();
+  await waitIn(A.page, 'after a reload A\'s draft is restored', ([body]) => document.querySelector('textarea')?.value === body, [draftA]);
+  // A ticket switch: leave for the other ticket (B then sees the draft in the list), come back.
+  await A.page.getByRole('link', { name: /Printer on fire/ }).click();
+  await waitIn(B.page, 'A is no longer among the viewers in B\'s view', ([id]) => !document.querySelector(`[data-testid="presence-${id}"]`), [A.id]);
+  await waitIn(B.page, `B sees "${A.name} has an unsent reply" after A left`, ([name]) => (document.querySelector('[data-testid="colleague-drafts"]:not([hidden])')?.textContent || '').includes(`${name} has an unsent reply (just now)`), [A.name]);
+  await shot(B, 'draft-after-leaving');
+  await A.page.getByRole('link', { name: /Refund for order 1042/ }).click();
+  await waitIn(A.page, 'after a ticket switch A\'s draft is restored', ([body]) => document.querySelector('textarea')?.value === body, [draftA]);
+  // Another device: a new browser context logged in as A.
+  const device = await browser.newContext({ viewport: { width: 1300, height: 900 }, baseURL: BASE });
+  const laptop = await device.newPage();
+  await laptop.goto(`/#token=${encodeURIComponent(A.token)}`);
+  await laptop.getByRole('link', { name: /Refund for order 1042/ }).click();
+  await laptop.waitForFunction((body) => document.querySelector('textarea')?.value === body, draftA, { timeout: WAIT }).then(
+    () => check(true, 'on another device A\'s draft is restored'),
+    () => check(false, 'on another device A\'s draft is restored'),
+  );
+  await laptop.screenshot({ path: path.join(SHOTS, `${String(++shotNo).padStart(2, '0')}-draft-other-device-A.png`), fullPage: true });
+  await device.close();
+  // Sent: the draft is gone, for A and for B.
+  await A.page.keyboard.press('Control+End');
+  await composerOf(A).press('End');
+  await A.page.keyboard.type(' you send the invoice.', { delay: 5 });
+  await sendOf(A).click();
+  await waitIn(A.page, 'A sent the draft', () => document.querySelector('textarea')?.value === '');
+  await waitIn(B.page, 'B no longer sees A\'s draft', () => !document.querySelector('[data-testid="colleague-drafts"]:not([hidden])'));
+  await sleep(300);
+  check((await api('GET', `/api/tickets/${TICKET}/draft`, A.token)).status === 404, 'A\'s draft is deleted on the server once sent');
+  check(((await aPresence()) || '').endsWith('viewing'), `B sees A viewing again (${await aPresence()})`);
+
   // ---------------------------------------------------------------- tags
   currentStep = 'tags';
   check(JSON.stringify(await tagsIn(A.page)) === '["billing","refund"]', `A starts with billing, refund: ${JSON.stringify(await tagsIn(A.page))}`);
@@ -491,7 +540,7 @@ async function main() {
     const state = await agent.page.getAttribute(t('conn-state'), 'data-state');
     check(state === 'live', `${agent.key} is still live (${state})`);
     const ids = await agent.page.$$eval('[data-testid="conversation"] [data-testid^="message-"]', (els) => els.map((e) => e.dataset.testid));
-    check(new Set(ids).size === ids.length && ids.length === 7, `${agent.key}: 7 messages, none doubled: ${ids.join(',')}`);
+    check(new Set(ids).size === ids.length && ids.length === 8, `${agent.key}: 8 messages, none doubled: ${ids.join(',')}`);
     check((await agent.page.$$(t('field-conflict-subject') + ':not([hidden])')).length === 0, `${agent.key}: no conflict notice on the subject`);
     const errors = await agent.page.$$eval('.field-error:not([hidden]), [data-testid="composer-error"]:not([hidden])', (els) => els.map((e) => e.textContent));
     check(errors.length === 0, `${agent.key}: no error shown in the view ${JSON.stringify(errors)}`);
