@@ -7,7 +7,10 @@
 
 mod common;
 
+use common::ws::WsClient;
 use common::{error_code, send, TestApp};
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -236,6 +239,123 @@ async fn sending_deletes_the_authors_draft_of_that_kind_only() {
         .map(|d| d["agent"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(who, ["Bob"], "{full}");
+}
+
+/// Presence viewers carry `draft` (contract §6), re-announced when a draft is saved or deleted.
+#[tokio::test]
+async fn viewers_carry_the_draft_marker_live() {
+    let app = TestApp::spawn().await;
+    let (alice, ta) = app.agent("Alice", "agent").await;
+    let (_, tb) = app.agent("Bob", "agent").await;
+    let id = app.ticket(&ta, "Printer").await["id"].as_i64().unwrap();
+
+    let mut alice_ws = WsClient::connect(&app.base, &ta).await;
+    alice_ws.subscribe(id, None).await;
+    let mut bob_ws = WsClient::connect(&app.base, &tb).await;
+    bob_ws.subscribe(id, None).await;
+    // A frame matching `want` within 5 s, skipping others.
+    async fn wait_for(ws: &mut WsClient, want: impl Fn(&Value) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Some(frame) = ws
+            .next_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            if want(&frame) {
+                return true;
+            }
+        }
+        false
+    }
+
+    let marker = |frame: &Value| -> Option<Value> {
+        frame["viewers"]
+            .as_array()?
+            .iter()
+            .find(|v| v["agent"]["id"] == alice.id)
+            .map(|v| v["draft"].clone())
+    };
+    put_draft(&app, &ta, id, json!({"kind": "note", "body": "thinking"})).await;
+    let seen = wait_for(&mut bob_ws, |f| {
+        f["type"] == "presence" && marker(f) == Some(json!("note"))
+    })
+    .await;
+    assert!(seen, "Bob never saw Alice's note draft marker");
+    delete_draft(&app, &ta, id).await;
+    let seen = wait_for(&mut bob_ws, |f| {
+        f["type"] == "presence" && marker(f) == Some(Value::Null)
+    })
+    .await;
+    assert!(seen, "Bob never saw the marker cleared");
+}
+
+/// `GET /api/tickets/{id}` carries the newest 50 messages; older pages come
+/// from `GET /api/tickets/{id}/messages?before=` until `messages_before` is null.
+#[tokio::test]
+async fn long_threads_are_paged_newest_first_oldest_first_within_a_page() {
+    let app = TestApp::spawn().await;
+    let (_, ta) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&ta, "Long thread").await["id"].as_i64().unwrap();
+    let mut ids = Vec::new();
+    for n in 0..120 {
+        let (status, m) = app
+            .post(
+                &format!("/api/tickets/{id}/messages"),
+                &ta,
+                json!({"kind": "note", "body": format!("note {n}")}),
+            )
+            .await;
+        assert_eq!(status, 201, "{m}");
+        ids.push(m["id"].as_i64().unwrap());
+    }
+    let (_, full) = app.get(&format!("/api/tickets/{id}"), &ta).await;
+    let first: Vec<i64> = full["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(first, ids[70..], "the newest 50, oldest first");
+    let mut before = full["messages_before"].as_i64().expect("an older page");
+    let mut seen = first;
+    loop {
+        let b = before;
+        let (status, page) = app
+            .get(
+                &format!("/api/tickets/{id}/messages?before={b}&limit=30"),
+                &ta,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let got: Vec<i64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_i64().unwrap())
+            .collect();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        assert!(got.iter().all(|&m| m < b), "{got:?} before {b}");
+        seen.splice(0..0, got);
+        match page["messages_before"].as_i64() {
+            Some(next) => before = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids, "every message once, in order");
+
+    for (query, code) in [
+        ("limit=0", "invalid_field"),
+        ("limit=201", "invalid_field"),
+        ("before=-3", "invalid_field"),
+        ("before=abc", "invalid_query"),
+        ("colour=red", "invalid_query"),
+    ] {
+        let (status, body) = app
+            .get(&format!("/api/tickets/{id}/messages?{query}"), &ta)
+            .await;
+        assert_eq!((status, error_code(&body)), (400, code), "{query}: {body}");
+    }
+    let (status, body) = app.get("/api/tickets/999999/messages", &ta).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
 }
 
 #[tokio::test]
