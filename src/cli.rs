@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use crate::config::{AgentCommand, Cli, Command, ServeArgs, Settings};
-use crate::domain::{agents, demo, DomainError};
+use crate::config::{AgentCommand, Cli, Command, ServeArgs, Settings, WriterCommand};
+use crate::db::Database;
+use crate::domain::{agents, demo, writers, DomainError};
 use crate::startup::{open_database, Application, DatabaseHandle, StartError};
 
 /// Why a command failed; each kind has its exit code.
@@ -43,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Agent(command) => agent(&handle, command).await,
         Command::Demo => print_demo(&settings, &handle).await,
+        Command::Writer(command) => writer(&handle, command).await,
     };
     close(handle).await;
     result
@@ -111,6 +113,66 @@ async fn agent(handle: &DatabaseHandle, command: AgentCommand) -> Result<(), Cli
         }
     }
     Ok(())
+}
+
+async fn writer(handle: &DatabaseHandle, command: WriterCommand) -> Result<(), CliError> {
+    match command {
+        WriterCommand::Add { name, read_only } => {
+            let admin = admin_database(handle)?;
+            let added = writers::add(&admin, &name, read_only).await;
+            admin.pool().close();
+            let (writer, password) = added?;
+            eprintln!(
+                "created the role {} in {} (its changes name the service agent {}, id {}); \
+                 the password is shown once:",
+                writer.name,
+                if writer.read_only {
+                    "livedesk_reader"
+                } else {
+                    "livedesk_writer"
+                },
+                writer.agent.name,
+                writer.agent.id
+            );
+            println!(
+                "{}",
+                writers::connection_url(handle.db.config(), &writer.name, &password)
+            );
+        }
+        WriterCommand::List => {
+            for writer in writers::list(&handle.db).await? {
+                println!(
+                    "{}\t{}\tagent {}{}",
+                    writer.name,
+                    if writer.read_only { "reader" } else { "writer" },
+                    writer.agent.id,
+                    if writer.role_exists {
+                        ""
+                    } else {
+                        "\t(role missing)"
+                    }
+                );
+            }
+        }
+        WriterCommand::Remove { name } => {
+            let admin = admin_database(handle)?;
+            let removed = writers::remove(&admin, &name).await;
+            admin.pool().close();
+            removed?;
+            eprintln!("removed the role {name}");
+        }
+    }
+    Ok(())
+}
+
+/// The connection that may create roles: the embedded default's superuser,
+/// or the `DATABASE_URL` role (which then needs CREATEROLE).
+fn admin_database(handle: &DatabaseHandle) -> Result<Database, CliError> {
+    let config = match &handle.embedded {
+        Some(pg) => pg.admin_config(),
+        None => handle.db.config().clone(),
+    };
+    Ok(Database::new(config, 1).map_err(StartError::from)?)
 }
 
 async fn print_demo(settings: &Settings, handle: &DatabaseHandle) -> Result<(), CliError> {

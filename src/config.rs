@@ -35,6 +35,30 @@ pub enum Command {
     Agent(AgentCommand),
     /// Add demo agents, customers, fields and tickets, and print a login link per agent.
     Demo,
+    /// Manage the database roles of services that write with plain SQL (contract §4a).
+    #[command(subcommand)]
+    Writer(WriterCommand),
+}
+
+/// `livedesk writer …`.
+#[derive(Debug, Subcommand)]
+pub enum WriterCommand {
+    /// Create a LOGIN role in livedesk_writer (or livedesk_reader), linked to a
+    /// `service` agent of the same name, and print its connection string once.
+    Add {
+        /// Role and agent name: lower-case letters, digits and _, starting with a letter.
+        name: String,
+        /// Read only: the role joins livedesk_reader instead.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// List the writer roles.
+    List,
+    /// Drop a writer role (its open sessions are ended; its agent stays in the history).
+    Remove {
+        /// The role's name.
+        name: String,
+    },
 }
 
 /// Options of `livedesk serve`.
@@ -193,6 +217,23 @@ pub struct Settings {
     #[arg(long, env = "LIVEDESK_WORKERS", global = true)]
     pub workers: Option<usize>,
 
+    /// The longest an HTTP request may take, in milliseconds; past it the
+    /// answer is 503 `unavailable` (PostgreSQL unreachable or stuck).
+    #[arg(long, env = "LIVEDESK_REQUEST_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub request_timeout_ms: u64,
+
+    /// The longest one exchange with PostgreSQL may take, in milliseconds:
+    /// opening a connection, checking a pooled one before use, the LISTEN
+    /// probe, `/healthz`, an event read. A database that stops answering
+    /// without closing (a stuck proxy, a storage stall) is noticed by this.
+    #[arg(long, env = "LIVEDESK_DB_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(50..), global = true)]
+    pub db_timeout_ms: u64,
+
+    /// How often the idle LISTEN connection is probed, in milliseconds; a
+    /// silent connection is noticed within this interval.
+    #[arg(long, env = "LIVEDESK_LISTENER_PROBE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
+    pub listener_probe_ms: u64,
+
     /// Run the embedded PostgreSQL without fsync (throw-away clusters only: tests).
     #[arg(
         long,
@@ -212,6 +253,21 @@ impl Settings {
     /// How long a silent connection and its presence live.
     pub fn presence_ttl(&self) -> Duration {
         Duration::from_millis(self.presence_ttl_ms)
+    }
+
+    /// The budget of one HTTP request.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The budget of one exchange with PostgreSQL.
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms)
+    }
+
+    /// The LISTEN probe interval.
+    pub fn listener_probe(&self) -> Duration {
+        Duration::from_millis(self.listener_probe_ms)
     }
 
     /// Settings as they are with no flag and no environment: a base for tests and tools.

@@ -1,13 +1,15 @@
 //! The examples of `docs/direct-sql.md` run as written: every ```sql block, in
-//! order, on a fresh migrated database, over a plain PostgreSQL connection
-//! (as another service would write). A block whose first line is
-//! `-- expect: <SQLSTATE>` must fail with exactly that SQLSTATE; every other
-//! block must succeed.
+//! order, on a fresh migrated database, over a plain PostgreSQL connection as
+//! a role made by `livedesk writer add` (as another service would write). A
+//! block whose first line is `-- expect: <SQLSTATE>` must fail with exactly
+//! that SQLSTATE; every other block must succeed. `-- as: owner` and
+//! `-- as: reader` blocks run as the schema owner and a read-only role.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::TestApp;
+use livedesk::db::Database;
 
 /// One ```sql block of the document.
 struct Block {
@@ -15,6 +17,8 @@ struct Block {
     line: usize,
     sql: String,
     expect: Option<String>,
+    /// `owner`, `reader`, or `writer` (the default).
+    role: String,
 }
 
 fn sql_blocks(markdown: &str) -> Vec<Block> {
@@ -27,17 +31,20 @@ fn sql_blocks(markdown: &str) -> Vec<Block> {
                     line: n + 1,
                     sql: String::new(),
                     expect: None,
+                    role: "writer".into(),
                 });
             }
             None => {}
             Some(_) if line.trim_end() == "```" => {
                 let mut block = current.take().unwrap();
-                block.expect = block
-                    .sql
-                    .lines()
-                    .next()
-                    .and_then(|first| first.trim().strip_prefix("-- expect:"))
-                    .map(|code| code.trim().to_string());
+                for header in block.sql.lines().take_while(|l| l.starts_with("-- ")) {
+                    if let Some(code) = header.trim().strip_prefix("-- expect:") {
+                        block.expect = Some(code.trim().to_string());
+                    }
+                    if let Some(role) = header.trim().strip_prefix("-- as:") {
+                        block.role = role.trim().to_string();
+                    }
+                }
                 blocks.push(block);
             }
             Some(block) => {
@@ -59,7 +66,7 @@ async fn every_sql_example_in_direct_sql_md_runs_as_documented() {
 
     // The document shows every SQLSTATE it tells writers about.
     for code in [
-        "LD001", "LD002", "LD003", "LD004", "LD005", "LD400", "LD404", "23514", "23505",
+        "LD001", "LD002", "LD003", "LD004", "LD005", "LD400", "LD404", "23514", "23505", "42501",
     ] {
         assert!(
             blocks.iter().any(|b| b.expect.as_deref() == Some(code)),
@@ -68,8 +75,16 @@ async fn every_sql_example_in_direct_sql_md_runs_as_documented() {
     }
 
     let app = TestApp::spawn().await;
-    let sql = app.sql().await;
+    let owner = app.sql().await;
+    let writer = role_connection(&app, "docwriter", false).await;
+    let reader = role_connection(&app, "docreader", true).await;
     for block in &blocks {
+        let sql = match block.role.as_str() {
+            "owner" => &owner,
+            "reader" => &reader,
+            "writer" => &writer,
+            other => panic!("docs/direct-sql.md:{}: unknown role {other}", block.line),
+        };
         let result = sql.batch_execute(&block.sql).await;
         match (&block.expect, result) {
             (None, Ok(())) => {}
@@ -100,7 +115,7 @@ async fn every_sql_example_in_direct_sql_md_runs_as_documented() {
     }
 
     // The history the examples wrote is gapless and matches the ticket's version.
-    let row = sql
+    let row = owner
         .query_one(
             "SELECT t.version, count(e.*), min(e.version), max(e.version)
              FROM tickets t JOIN ticket_events e ON e.ticket_id = t.id
@@ -112,6 +127,24 @@ async fn every_sql_example_in_direct_sql_md_runs_as_documented() {
     let (version, count, first, last): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((count, first, last), (version, 1, version));
+}
+
+/// A connection as a new role made by `livedesk writer add` (cluster-wide
+/// names: made unique per test process).
+async fn role_connection(app: &TestApp, name: &str, read_only: bool) -> tokio_postgres::Client {
+    let name = format!("{name}{}", std::process::id());
+    let admin = Database::new(common::cluster().admin_config(&app.dbname), 1).unwrap();
+    livedesk::domain::writers::add(&admin, &name, read_only)
+        .await
+        .unwrap();
+    admin.pool().close();
+    let (client, connection) = common::cluster()
+        .config_as(&app.dbname, &name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 fn describe(e: &tokio_postgres::Error) -> String {

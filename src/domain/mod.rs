@@ -12,6 +12,7 @@ pub mod fields;
 pub mod messages;
 pub mod tags;
 pub mod tickets;
+pub mod writers;
 
 pub use agents::Agent;
 pub use error::{DomainError, Rejection};

@@ -1,0 +1,512 @@
+//! Contract §4a, tried as an attacker with a writer's connection would: every
+//! way to switch the rules off or corrupt the event log is refused (or, for
+//! NOTIFY, harmless), and afterwards every ticket's log is still gapless and
+//! names its actors. The writer and reader roles are made by `livedesk writer
+//! add`, the same code the CLI runs.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::ws::WsClient;
+use common::{cluster, TestApp};
+use livedesk::db::Database;
+use livedesk::domain::writers;
+use serde_json::json;
+use tokio_postgres::{Client, NoTls};
+
+static NEXT_ROLE: AtomicU32 = AtomicU32::new(1);
+
+/// A role made by `livedesk writer add` for this test's database, and a
+/// connection as it.
+async fn writer_role(app: &TestApp, read_only: bool) -> (String, i64, Client) {
+    // Roles are cluster-wide: unique per test process and test.
+    let name = format!(
+        "w{}_{}",
+        std::process::id(),
+        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
+    let (writer, _password) = writers::add(&admin, &name, read_only).await.unwrap();
+    admin.pool().close();
+    assert_eq!(writer.agent.role, "service");
+    let client = connect_as(&app.dbname, &name).await;
+    (name, writer.agent.id, client)
+}
+
+async fn connect_as(dbname: &str, user: &str) -> Client {
+    let (client, connection) = cluster()
+        .config_as(dbname, user)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The SQLSTATE of a statement that must fail (panics when it succeeds).
+async fn refused(client: &Client, sql: &str) -> String {
+    match client.batch_execute(sql).await {
+        Ok(()) => panic!("the writer could run: {sql}"),
+        Err(e) => {
+            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+            // A refused statement inside BEGIN leaves the transaction aborted.
+            let _ = client.batch_execute("ROLLBACK").await;
+            code
+        }
+    }
+}
+
+/// Every ticket's log is 1..version, one event each, and every event names an actor
+/// (checked as the owner).
+async fn assert_logs_gapless(app: &TestApp) {
+    let sql = app.sql().await;
+    let broken = sql
+        .query(
+            "SELECT t.id, t.version, count(e.version), min(e.version), max(e.version) \
+             FROM tickets t LEFT JOIN ticket_events e ON e.ticket_id = t.id \
+             GROUP BY t.id, t.version \
+             HAVING count(e.version) <> t.version OR min(e.version) <> 1 OR max(e.version) <> t.version",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(broken.is_empty(), "tickets with a broken log: {broken:?}");
+    let anonymous: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM ticket_events WHERE actor_agent_id IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(anonymous, 0, "every event names its actor");
+}
+
+#[tokio::test]
+async fn a_writer_cannot_switch_the_rules_off_or_forge_the_log() {
+    let app = TestApp::spawn().await;
+    let (alice, token) = app.agent("Alice", "agent").await;
+    let ticket = app.ticket(&token, "Refund").await;
+    let t = ticket["id"].as_i64().unwrap();
+    let (role, writer_agent, w) = writer_role(&app, false).await;
+
+    // Each attack, and the SQLSTATE it must get (42501: insufficient privilege).
+    let attacks: Vec<(String, &str)> = vec![
+        (format!("ALTER TABLE tickets DISABLE TRIGGER ALL"), "42501"),
+        (format!("ALTER TABLE tickets DISABLE TRIGGER tickets_30_change"), "42501"),
+        (format!("ALTER TABLE ticket_tags DISABLE TRIGGER USER"), "42501"),
+        (format!("DROP TRIGGER tickets_30_change ON tickets"), "42501"),
+        (format!("ALTER TRIGGER tickets_30_change ON tickets RENAME TO x"), "42501"),
+        (format!("CREATE OR REPLACE TRIGGER tickets_30_change BEFORE UPDATE ON tickets FOR EACH ROW EXECUTE FUNCTION ld_tickets_insert()"), "42501"),
+        (format!("TRUNCATE ticket_events"), "42501"),
+        (format!("TRUNCATE tickets CASCADE"), "42501"),
+        (format!("TRUNCATE messages"), "42501"),
+        (format!("DELETE FROM tickets WHERE id = {t}"), "42501"),
+        (format!("DELETE FROM messages WHERE ticket_id = {t}"), "42501"),
+        (format!("INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data) VALUES ({t}, 4, 'ticket.updated', NULL, '{{}}')"), "42501"),
+        (format!("UPDATE ticket_events SET data = '{{}}' WHERE ticket_id = {t}"), "42501"),
+        (format!("DELETE FROM ticket_events WHERE ticket_id = {t}"), "42501"),
+        (format!("COPY ticket_events (ticket_id, version, kind, data) FROM STDIN"), "42501"),
+        (format!("SELECT token_hash FROM agents"), "42501"),
+        (format!("SELECT * FROM agents"), "42501"),
+        (format!("UPDATE agents SET role = 'admin'"), "42501"),
+        (format!("UPDATE agents SET token_hash = NULL"), "42501"),
+        (format!("INSERT INTO agents (name, email, role) VALUES ('Eve', 'eve@example.com', 'admin')"), "42501"),
+        (format!("DELETE FROM agents"), "42501"),
+        (format!("INSERT INTO field_definitions (key, label, type) VALUES ('x', 'X', 'text')"), "42501"),
+        (format!("UPDATE field_definitions SET type = 'number'"), "42501"),
+        (format!("DELETE FROM field_definitions"), "42501"),
+        (format!("UPDATE tickets SET child_changed = true WHERE id = {t}"), "42501"),
+        (format!("UPDATE tickets SET updated_at = now() WHERE id = {t}"), "42501"),
+        (format!("UPDATE tickets SET created_at = now() WHERE id = {t}"), "42501"),
+        (format!("UPDATE tickets SET id = id + 1000 WHERE id = {t}"), "42501"),
+        (format!("INSERT INTO tickets (id, subject) VALUES (999999, 'chosen id')"), "42501"),
+        (format!("INSERT INTO tickets (subject, version) VALUES ('v', 7)"), "42501"),
+        (format!("INSERT INTO tickets (subject, child_changed) VALUES ('v', true)"), "42501"),
+        (format!("INSERT INTO messages (id, ticket_id, kind, author_agent_id, body) VALUES (1, {t}, 'note', {writer_agent}, 'x')"), "42501"),
+        (format!("UPDATE messages SET body = 'edited' WHERE ticket_id = {t}"), "42501"),
+        (format!("UPDATE ticket_tags SET tag = 'x'"), "42501"),
+        (format!("SELECT setval('tickets_id_seq', 1)"), "42501"),
+        (format!("SELECT setval('messages_id_seq', 1)"), "42501"),
+        (format!("SELECT * FROM presence"), "42501"),
+        (format!("SELECT * FROM drafts"), "42501"),
+        (format!("SELECT * FROM writers"), "42501"),
+        (format!("INSERT INTO writers (role_name, agent_id) VALUES ('x', 1)"), "42501"),
+        (format!("INSERT INTO tag_batches (ticket_id, xact) VALUES ({t}, pg_current_xact_id())"), "42501"),
+        (format!("SELECT * FROM rules_applied"), "42501"),
+        (format!("UPDATE rules_applied SET sha256 = 'x'"), "42501"),
+        (format!("SELECT * FROM refinery_schema_history"), "42501"),
+        (format!("CREATE FUNCTION public.ld_actor(x int) RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'"), "42501"),
+        (format!("CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'"), "42501"),
+        (format!("ALTER FUNCTION ld_emit(bigint, bigint, text, bigint, jsonb) SECURITY INVOKER"), "42501"),
+        (format!("CREATE TABLE public.shadow (x int)"), "42501"),
+        (format!("CREATE TEMP TABLE agents (id bigint, name text)"), "42501"),
+        (format!("CREATE SCHEMA evil"), "42501"),
+        (format!("CREATE INDEX ON tickets (subject)"), "42501"),
+        (format!("COMMENT ON TABLE tickets IS 'x'"), "42501"),
+        (format!("ALTER TABLE tickets ADD COLUMN x int"), "42501"),
+        (format!("DROP TABLE ticket_events"), "42501"),
+        (format!("SET ROLE livedesk_owner"), "42501"),
+        (format!("SET SESSION AUTHORIZATION livedesk_owner"), "42501"),
+        (format!("ALTER ROLE {role} SUPERUSER"), "42501"),
+        (format!("GRANT livedesk_owner TO {role}"), "42501"),
+        // Internal helpers: no EXECUTE (the catalog test below covers all).
+        (format!("SELECT ld_bump_ticket({t})"), "42501"),
+        (format!("SELECT ld_emit({t}, 4, 'ticket.updated', NULL, '{{}}')"), "42501"),
+        (format!("SELECT ld_tags_changed({t}, ARRAY['x'], '{{}}', NULL)"), "42501"),
+        (format!("SELECT ld_presence_set(gen_random_uuid(), 'k', 1, {t}, 1, 'viewing')"), "42501"),
+        (format!("SELECT ld_put_field('x', 'X', 'text', NULL, 0)"), "42501"),
+        (format!("SELECT ld_agent_add('Eve', 'eve@example.com', 'admin', sha256('x'))"), "42501"),
+        (format!("SELECT ld_agent_by_token(sha256('x'))"), "42501"),
+        (format!("SELECT ld_writer_add('eve', 'x', false)"), "42501"),
+        (format!("SELECT pg_read_file('/etc/passwd')"), "42501"),
+    ];
+    for (sql, expected) in &attacks {
+        let code = refused(&w, sql).await;
+        assert_eq!(&code, expected, "{sql}");
+    }
+
+    // The round-1 bypass settings no longer change anything: a no-op stays
+    // a no-op, a tag still writes its event, a field change keeps its rules.
+    let before = version(&w, t).await;
+    w.batch_execute(&format!(
+        "BEGIN; SET LOCAL livedesk.internal_bump = '{t}'; \
+         UPDATE tickets SET subject = subject WHERE id = {t}; COMMIT"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(version(&w, t).await, before, "a no-op stays a no-op");
+    w.batch_execute(&format!(
+        "BEGIN; SET LOCAL livedesk.defer_tag_events = 'on'; \
+         INSERT INTO ticket_tags (ticket_id, tag) VALUES ({t}, 'quiet'); COMMIT"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(version(&w, t).await, before + 1, "the tag bumped the version");
+    let take = format!("UPDATE tickets SET assignee_id = {alice} WHERE id = {t}", alice = alice.id);
+    w.batch_execute(&take).await.unwrap();
+    let steal = format!(
+        "BEGIN; SET LOCAL livedesk.internal_bump = '{t}'; \
+         UPDATE tickets SET assignee_id = {writer_agent}, status = 'open' WHERE id = {t}"
+    );
+    let code = refused(&w, &steal).await;
+    assert_eq!(code, "LD002", "the assignee rule still holds");
+
+    // The writer's own changes name its service agent.
+    let sql = app.sql().await;
+    let actors: Vec<Option<i64>> = sql
+        .query(
+            "SELECT actor_agent_id FROM ticket_events WHERE ticket_id = $1 AND version > $2 ORDER BY version",
+            &[&t, &before],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actors, vec![Some(writer_agent), Some(writer_agent)]);
+
+    assert_logs_gapless(&app).await;
+}
+
+async fn version(client: &Client, t: i64) -> i64 {
+    client
+        .query_one("SELECT version FROM tickets WHERE id = $1", &[&t])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Functions a writer may call: exactly those docs/direct-sql.md names,
+/// enumerated from the catalog so that a new helper is covered automatically.
+#[tokio::test]
+async fn a_writer_may_execute_exactly_the_documented_functions() {
+    let app = TestApp::spawn().await;
+    let (_, _, w) = writer_role(&app, false).await;
+    let (_, _, r) = writer_role(&app, true).await;
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/direct-sql.md"
+    ))
+    .unwrap();
+    let documented: BTreeSet<String> = doc
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("ld_"))
+        .map(str::to_string)
+        .collect();
+    let rows = w
+        .query(
+            "SELECT p.proname::text, p.oid::regprocedure::text, \
+                    has_function_privilege(p.oid, 'EXECUTE'), p.prosecdef, \
+                    coalesce(array_to_string(p.proconfig, ','), '') \
+             FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace ORDER BY 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(rows.len() > 60, "only {} functions found", rows.len());
+    let mut callable = BTreeSet::new();
+    for row in &rows {
+        let (name, signature, may): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+        if may {
+            callable.insert(name.clone());
+            assert!(
+                documented.contains(&name),
+                "{signature} is executable by writers but not documented in docs/direct-sql.md"
+            );
+        }
+        let secdef: bool = row.get(3);
+        let config: String = row.get(4);
+        if secdef {
+            assert!(
+                config.contains("search_path=pg_catalog, public, pg_temp"),
+                "{signature} is SECURITY DEFINER without a pinned search_path: {config}"
+            );
+        }
+    }
+    for name in &documented {
+        if rows.iter().any(|row| &row.get::<_, String>(0) == name) {
+            assert!(
+                callable.contains(name),
+                "{name} is documented for writers but not executable by them"
+            );
+        }
+    }
+    // A reader may call nothing at all.
+    let reader_may: i64 = r
+        .query_one(
+            "SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace \
+             AND has_function_privilege(p.oid, 'EXECUTE')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reader_may, 0, "functions a reader may execute");
+    // Every trigger function runs as the owner with a pinned search_path.
+    let loose: Vec<String> = w
+        .query(
+            "SELECT DISTINCT p.oid::regprocedure::text FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid \
+             WHERE NOT g.tgisinternal AND (NOT p.prosecdef OR p.proconfig IS NULL)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(loose.is_empty(), "trigger functions that are not SECURITY DEFINER with a pinned search_path: {loose:?}");
+}
+
+#[tokio::test]
+async fn a_reader_can_read_and_nothing_else() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let t = app.ticket(&token, "Refund").await["id"].as_i64().unwrap();
+    let (_, _, r) = writer_role(&app, true).await;
+    for sql in [
+        "SELECT id, subject, version FROM tickets",
+        "SELECT * FROM messages",
+        "SELECT * FROM ticket_events",
+        "SELECT * FROM ticket_tags",
+        "SELECT * FROM customers",
+        "SELECT * FROM field_definitions",
+        "SELECT id, name, email, avatar_url, role FROM agents",
+        "LISTEN livedesk_events",
+    ] {
+        r.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    for sql in [
+        "INSERT INTO tickets (subject) VALUES ('x')".to_string(),
+        format!("UPDATE tickets SET status = 'open' WHERE id = {t}"),
+        format!("INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES ({t}, 'note', 1, 'x')"),
+        format!("INSERT INTO ticket_tags (ticket_id, tag) VALUES ({t}, 'x')"),
+        format!("DELETE FROM ticket_tags WHERE ticket_id = {t}"),
+        "INSERT INTO customers (email) VALUES ('c@example.com')".to_string(),
+        format!("SELECT ld_create_ticket(NULL, 'x', 'email', NULL, NULL, NULL)"),
+        format!("SELECT ld_change_tags({t}, NULL, ARRAY['x'], NULL)"),
+        format!("SELECT ld_get_ticket({t})"),
+        "SELECT token_hash FROM agents".to_string(),
+    ] {
+        assert_eq!(refused(&r, &sql).await, "42501", "{sql}");
+    }
+    assert_logs_gapless(&app).await;
+}
+
+/// NOTIFY needs no right in PostgreSQL, so a writer can send a forged
+/// notification: it must reach no client as an event, and must not make the
+/// server believe in versions that do not exist.
+#[tokio::test]
+async fn a_forged_notify_is_harmless() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let ticket = app.ticket(&token, "Refund").await;
+    let t = ticket["id"].as_i64().unwrap();
+    let v = ticket["version"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(t, Some(v)).await;
+    let (_, _, w) = writer_role(&app, false).await;
+    for payload in [
+        json!({"ticket_id": t, "version": v + 3}).to_string(),
+        json!({"ticket_id": t, "version": -1}).to_string(),
+        json!({"ticket_id": 987654321, "version": 1}).to_string(),
+        "not json".to_string(),
+        "x".repeat(7000),
+    ] {
+        w.execute("SELECT pg_notify('livedesk_events', $1)", &[&payload])
+            .await
+            .unwrap();
+        w.execute("SELECT pg_notify('livedesk_presence', $1)", &[&payload])
+            .await
+            .unwrap();
+    }
+    // Nothing but presence may arrive for the forged notifications.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Some(frame) =
+        ws.next_within(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    {
+        assert_eq!(frame["type"], "presence", "unexpected frame {frame}");
+    }
+    // The next real change arrives as the next version, with no reset.
+    w.batch_execute(&format!("UPDATE tickets SET priority = 'high' WHERE id = {t}"))
+        .await
+        .unwrap();
+    let events = ws.events(t, 1, Duration::from_secs(5)).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["version"], v + 1);
+    assert_logs_gapless(&app).await;
+}
+
+/// `livedesk writer add` end to end against DATABASE_URL: the printed URL
+/// logs in as the new role, whose writes are attributed to its agent.
+#[tokio::test]
+async fn writer_cli_prints_a_working_connection_string() {
+    let app = TestApp::spawn().await;
+    let admin_url = format!(
+        "host={} port={} user=livedesk dbname={}",
+        cluster().socket_dir.display(),
+        cluster().port,
+        app.dbname
+    );
+    let name = format!("cli{}", std::process::id());
+    let run = |args: Vec<String>| {
+        let url = admin_url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_livedesk"))
+                .args(&args)
+                .env("DATABASE_URL", url)
+                .env("RUST_LOG", "warn")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(vec!["writer".into(), "add".into(), name.clone()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(url.starts_with(&format!("postgresql://{name}:")), "{url}");
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "INSERT INTO tickets (subject, channel) VALUES ('From the gateway', 'email') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let t: i64 = row.get(0);
+    let actor: String = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT a.name FROM ticket_events e JOIN agents a ON a.id = e.actor_agent_id \
+             WHERE e.ticket_id = $1 AND e.version = 1",
+            &[&t],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(actor, name);
+
+    let list = run(vec!["writer".into(), "list".into()]).await;
+    assert!(String::from_utf8_lossy(&list.stdout).contains(&name));
+    let again = run(vec!["writer".into(), "add".into(), name.clone()]).await;
+    assert!(!again.status.success(), "adding the same writer twice must fail");
+    let removed = run(vec!["writer".into(), "remove".into(), name.clone()]).await;
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(
+        tokio_postgres::connect(&url, NoTls).await.is_err(),
+        "a removed writer cannot log in"
+    );
+}
+
+/// A data folder whose schema the superuser made (round 1 migrated and
+/// served as the superuser) keeps starting: the bootstrap hands every object
+/// to the owner, which then migrates and serves without superuser rights.
+#[tokio::test]
+async fn a_superuser_owned_schema_is_handed_to_the_owner() {
+    use livedesk::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+    use livedesk::db::{bootstrap, migrations};
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-handover-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut options = EmbeddedOptions::new(dir.path());
+    options.unsafe_fast = true;
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+        .await
+        .unwrap()
+        .unwrap();
+    // The old way: everything created by the superuser.
+    let admin = Database::new(pg.admin_config(), 1).unwrap();
+    migrations::run(&admin).await.unwrap();
+    admin
+        .client()
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO tickets (subject) VALUES ('from round 1')")
+        .await
+        .unwrap();
+    // The new start.
+    bootstrap::embedded(&admin).await.unwrap();
+    admin.pool().close();
+    let db = Database::new(pg.config(), 2).unwrap();
+    migrations::run(&db).await.unwrap();
+    let client = db.client().await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT rolsuper, (SELECT count(*) FROM pg_class c \
+                 WHERE c.relnamespace = 'public'::regnamespace AND c.relowner <> r.oid), \
+                    (SELECT count(*) FROM pg_proc p \
+                 WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> r.oid) \
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (superuser, foreign_relations, foreign_functions): (bool, i64, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    assert!(!superuser, "the server's role is not a superuser");
+    assert_eq!((foreign_relations, foreign_functions), (0, 0), "objects not owned by the owner");
+    // The owner works the old ticket through the rules.
+    client
+        .batch_execute(
+            "UPDATE tickets SET status = 'open' WHERE subject = 'from round 1'; \
+             SELECT ld_change_tags(id, NULL, ARRAY['kept'], NULL) FROM tickets",
+        )
+        .await
+        .unwrap();
+    let version: i64 = client
+        .query_one("SELECT version FROM tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 3);
+    drop(client);
+    db.pool().close();
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+}

@@ -1,0 +1,75 @@
+//! The schema's files keep their promises without a database: landed
+//! migrations never change (existing data folders must keep starting, and
+//! refinery refuses a changed one), and the rules the binary embeds are
+//! exactly the files of `sql/rules/`, in name order.
+#![allow(clippy::unwrap_used)]
+
+use sha2::{Digest, Sha256};
+
+/// Every landed migration and the SHA-256 of its text. A new migration is
+/// added here when it lands; an existing line never changes.
+const LANDED: &[(&str, &str)] = &[
+    (
+        "V1__agents.sql",
+        "a80d4cc0edb3f2dbc22014c6576e289f2998b8f8b334c8593fb7c55d8dec4a62",
+    ),
+    (
+        "V2__tickets.sql",
+        "5cde091cfe1ad9c3ecd5927cbd9bbc64dffaa3168807f9c0bbfb004d780223cd",
+    ),
+    (
+        "V3__presence.sql",
+        "d179060f199cce3ecae9138d1b1c725b16d653f54e6c2618c39cb47f84b934f6",
+    ),
+    (
+        "V4__privileges.sql",
+        "3e30b9ff3af3385fde5347d8e1cf5ba01daed3cfa5ce7e24c8ec1b6db17133f3",
+    ),
+    (
+        "V5__drafts.sql",
+        "b8e7bcd122a8cf44a1af4ba4b46dd32d51960be9c2b144f2617e8695e00cf4d5",
+    ),
+];
+
+fn sql_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")
+}
+
+#[test]
+fn landed_migrations_are_frozen() {
+    for (name, digest) in LANDED {
+        let text = std::fs::read(sql_dir().join(name))
+            .unwrap_or_else(|e| panic!("sql/{name} is gone ({e}): landed migrations stay"));
+        assert_eq!(
+            hex::encode(Sha256::digest(&text)),
+            *digest,
+            "sql/{name} changed after it landed: put the change in a new migration (or in sql/rules/)"
+        );
+    }
+}
+
+#[test]
+fn the_binary_embeds_every_rule_file_in_name_order() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(sql_dir().join("rules"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".sql"))
+        .collect();
+    on_disk.sort();
+    let embedded: Vec<String> = livedesk::db::migrations::RULES
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert_eq!(embedded, on_disk, "src/db/migrations.rs RULES and sql/rules/ differ");
+    for (name, text) in livedesk::db::migrations::RULES {
+        let file = std::fs::read_to_string(sql_dir().join("rules").join(name)).unwrap();
+        assert_eq!(*text, file, "{name}");
+        for line in text.lines() {
+            let line = line.trim_start();
+            assert!(
+                !(line.starts_with("CREATE FUNCTION") || line.starts_with("CREATE TRIGGER")),
+                "sql/rules/{name}: rules are re-applied, so they use CREATE OR REPLACE: {line}"
+            );
+        }
+    }
+}
