@@ -29,6 +29,8 @@
  *   take-over              explicit "Take over from <name>" in the already-taken notice
  *   release-button         unassign me
  *   already-taken          notice "Already taken by <name>"
+ *   assign-to              the "Assign to" picker (GET /api/agents)
+ *   assign-button          assign to the picked colleague (compare-and-set from the shown assignee)
  *   tag-chip-<tag>         a tag chip
  *   tag-remove-<tag>       remove that tag
  *   tag-input              new tag input (comma-separated allowed)
@@ -42,8 +44,12 @@
  *   composer-error         a send that failed (draft kept)
  *   duplicate-notice       "<name> just replied:" after a 409 duplicate_reply
  *   duplicate-reply-<id>   a colleague's reply shown in the duplicate notice
- *   discard-draft          drop my draft
+ *   discard-draft          "Discard": drop my draft
+ *   edit-reply             "Edit my reply": acknowledge the shown messages, keep writing
  *   send-anyway            resend, having seen the colleague's reply
+ *   unseen-notice          "N new messages … while you were writing" (button "Show it")
+ *   draft-status           "Draft saved" / "Draft restored …"
+ *   colleague-drafts       "<name> has an unsent reply (2 min ago)"; items draft-of-<agentId>
  *   presence-bar           the colleagues on the ticket
  *   presence-<agentId>     one colleague; data-state = viewing|typing|idle
  *   field-<key>            custom field editor (multiselect: a fieldset of
@@ -231,6 +237,11 @@ function route() {
     me: session.me,
     fields: session.fields,
     id,
+    // One agent directory per session (GET /api/agents), for the assignment picker.
+    loadAgents: () => (session.agents ||= session.client.listAgents().catch((e) => {
+      session.agents = null;
+      throw e;
+    })),
     onTicket: (t) => {
       if (session && session.ticketView === view) {
         document.title = `#${t.id} ${t.subject || ''} — livedesk`;

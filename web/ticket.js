@@ -202,7 +202,8 @@ export class TicketView {
   /**
    * @param {{client, me, fields: object[], id: number, onTicket?: (t:object)=>void}} opts
    */
-  constructor({ client, me, fields, id, onTicket, onHeld }) {
+  constructor({ client, me, fields, id, onTicket, onHeld, loadAgents }) {
+    this.loadAgents = loadAgents || (() => client.listAgents());
     this.client = client;
     this.me = me;
     this.fieldDefs = fields || [];
@@ -516,7 +517,51 @@ export class TicketView {
     this.assigneeBox = h('div', { class: 'assignee' });
     this.takenNotice = h('div', { class: 'notice notice-warn', role: 'alert', hidden: true, dataset: { testid: 'already-taken' } });
     this.takeError = h('p', { class: 'field-error', role: 'alert', hidden: true });
-    return h('div', { class: 'field' }, h('span', { class: 'field-label', id: 'assignee-label' }, 'Assignee'), this.assigneeBox, this.takenNotice, this.takeError);
+    // Handing over (story 9): a picker fed by GET /api/agents, the same compare-and-set as Take.
+    const pickId = uid('assign-to');
+    this.assignSelect = h('select', { id: pickId, dataset: { testid: 'assign-to' } }, h('option', { value: '' }, 'Choose a colleague…'));
+    this.assignForm = h(
+      'form',
+      {
+        class: 'assign-form',
+        onsubmit: (e) => {
+          e.preventDefault();
+          this.assignTo(Number(this.assignSelect.value) || null);
+        },
+      },
+      h('label', { for: pickId, class: 'field-label' }, 'Assign to'),
+      h('div', { class: 'assign-row' }, this.assignSelect, h('button', { type: 'submit', class: 'btn btn-small', dataset: { testid: 'assign-button' } }, 'Assign')),
+    );
+    this.loadAgents()
+      .then((agents) => {
+        if (this.destroyed) return;
+        const people = agents.filter((a) => a.role !== 'service');
+        this.assignSelect.append(...people.map((a) => h('option', { value: a.id }, a.id === this.me.id ? `${a.name} (me)` : a.name)));
+      })
+      .catch((e) => console.warn('could not load the agents', e));
+    return h(
+      'div',
+      { class: 'field' },
+      h('span', { class: 'field-label', id: 'assignee-label' }, 'Assignee'),
+      this.assigneeBox,
+      this.takenNotice,
+      this.takeError,
+      this.assignForm,
+    );
+  }
+
+  /** Give the ticket to a colleague: from = the assignee shown, to = the one picked. */
+  async assignTo(to) {
+    if (!to) return;
+    const current = this.ticket.assignee;
+    const from = current ? current.id : null;
+    if (from === to) return;
+    const ok = await this.patchAssignee(from, to);
+    if (ok) {
+      this.assignSelect.value = '';
+      const who = this.ticket.assignee ? this.ticket.assignee.name : 'nobody';
+      this.showNotice(`Assigned to ${who}.`);
+    }
   }
 
   renderAssignee() {
@@ -573,27 +618,31 @@ export class TicketView {
     return this.patchAssignee(this.me.id, null);
   }
 
+  /** Compare-and-set of the assignee; true when it was applied. */
   async patchAssignee(from, to) {
     this.takeError.hidden = true;
-    for (const b of this.assigneeBox.querySelectorAll('button')) b.disabled = true;
+    const buttons = [...this.assigneeBox.querySelectorAll('button'), ...this.assignForm.querySelectorAll('button')];
+    for (const b of buttons) b.disabled = true;
     try {
       const ticket = await this.client.patchTicket(this.id, { assignee_id: { from, to } });
       this.hideTaken();
       this.applyTicket(ticket);
+      return true;
     } catch (e) {
       if (e instanceof ApiError && e.code === 'already_assigned') {
         const real = e.details.assignee || null;
         // Show the real assignee now; the event with its version follows.
         this.ticket = { ...this.ticket, assignee: real };
         this.renderAssignee();
-        if (real) this.showTaken(real);
+        if (real && real.id !== this.me.id) this.showTaken(real);
         this.onTicket({ ...this.ticket });
       } else {
         this.takeError.textContent = `Not saved: ${e.message}`;
         this.takeError.hidden = false;
       }
+      return false;
     } finally {
-      for (const b of this.assigneeBox.querySelectorAll('button')) b.disabled = false;
+      for (const b of buttons) b.disabled = false;
     }
   }
 

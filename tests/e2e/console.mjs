@@ -40,6 +40,7 @@ const AGENTS = {
   B: { token: env('TOKEN_B'), name: env('NAME_B'), id: Number(env('AGENT_B')) },
 };
 const TOKEN_SERVICE = env('TOKEN_SERVICE');
+const CAROL = { name: env('NAME_C'), id: Number(env('AGENT_C')) };
 const SHOTS = env('SCREENSHOT_DIR');
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const WAIT = 10_000; // default wait for anything to show up
@@ -516,6 +517,38 @@ async function main() {
   check(await other.page.isVisible(t('take-over')), `${other.key} is offered "Take over from ${owner.name}"`);
   await shot(other, 'take-loser');
   await shot(owner, 'take-owner');
+
+  // ---------------------------------------------------------------- handing over (story 9)
+  // The owner gives the ticket to Carol from the picker while the other agent
+  // presses "Take over" (both PATCHes released together): exactly one wins.
+  currentStep = 'assign';
+  const picker = owner.page.getByLabel('Assign to');
+  await owner.page.waitForFunction((name) => [...document.querySelectorAll('option')].some((o) => o.textContent === name), CAROL.name, { timeout: WAIT });
+  check((await picker.locator('option').allTextContents()).includes(`${other.name}`), `the picker lists ${other.name} (GET /api/agents)`);
+  await picker.selectOption({ label: CAROL.name });
+  await think(1);
+  await together('handover race', 'PATCH', `/api/tickets/${TICKET}`, () =>
+    Promise.all([
+      owner.page.getByRole('button', { name: 'Assign', exact: true }).click(),
+      other.page.getByRole('button', { name: `Take over from ${owner.name}` }).click(),
+    ]),
+  );
+  const names = { [A.id]: A.name, [B.id]: B.name, [CAROL.id]: CAROL.name };
+  let finalAssignee = null;
+  for (const agent of [A, B]) {
+    await waitIn(agent.page, `${agent.key} shows Carol or ${other.key} as the assignee`, ([sel, ids]) => ids.includes(Number(document.querySelector(sel)?.dataset.assigneeId)), [t('assignee-name'), [CAROL.id, other.id]]);
+  }
+  const shownA = Number(await A.page.getAttribute(t('assignee-name'), 'data-assignee-id'));
+  const shownB = Number(await B.page.getAttribute(t('assignee-name'), 'data-assignee-id'));
+  check(shownA === shownB, `both views show the same assignee after the race (A: ${shownA}, B: ${shownB})`);
+  finalAssignee = shownA;
+  const handoverWon = finalAssignee === CAROL.id;
+  const raceLoser = handoverWon ? other : owner;
+  expected409[raceLoser.key].push(`/api/tickets/${TICKET}`); // its already_assigned
+  await waitIn(raceLoser.page, `${raceLoser.key} (who lost) sees "Already taken by ${names[finalAssignee]}"`, ([name]) => [...document.querySelectorAll('[role="alert"]')].some((e) => !e.hidden && e.textContent.includes(`Already taken by ${name}`)), [names[finalAssignee]]);
+  result.assignee = finalAssignee;
+  await shot(owner, 'assign-owner');
+  await shot(other, 'assign-other');
 
   // ---------------------------------------------------------------- direct SQL
   currentStep = 'sql-subject';
