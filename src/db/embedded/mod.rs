@@ -170,7 +170,7 @@ impl EmbeddedPostgres {
                 pg.wait_ready(Duration::from_secs(60))?;
             }
             None => {
-                pg.port = free_port()?;
+                pg.port = pg.stable_port()?;
                 pg.spawn()?;
                 pg.wait_ready(Duration::from_secs(60))?;
                 // Only a server we started and saw ready makes us its owner
@@ -256,6 +256,37 @@ impl EmbeddedPostgres {
         self.stop();
         self.spawn()?;
         self.wait_ready(Duration::from_secs(60))
+    }
+
+    /// The port this folder's cluster used last time, so that connection
+    /// strings (`livedesk writer add`, psql) stay valid across restarts. With
+    /// no TCP listener the port only names the socket file in our private
+    /// `run/` folder, so reusing it cannot collide; a cluster given a TCP
+    /// listener (`listen_addresses` in the settings) takes a free port.
+    fn stable_port(&self) -> Result<u16, EmbeddedError> {
+        let file = self.socket_dir.join("port");
+        let tcp = self
+            .options
+            .settings
+            .iter()
+            .any(|(name, value)| name == "listen_addresses" && !value.is_empty());
+        if !tcp {
+            if let Some(port) = fs::read_to_string(&file)
+                .ok()
+                .and_then(|text| text.trim().parse::<u16>().ok())
+                .filter(|port| *port > 0)
+            {
+                return Ok(port);
+            }
+        }
+        let port = free_port()?;
+        if !tcp {
+            // Best effort: without it the next start picks a new port.
+            if let Err(e) = fs::write(&file, port.to_string()) {
+                tracing::debug!(error = %e, "cannot remember the cluster's port");
+            }
+        }
+        Ok(port)
     }
 
     fn command(&self, program: &str) -> Command {
