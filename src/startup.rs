@@ -4,14 +4,14 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service, ServiceResponse};
 use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::db::{migrations, Database};
-use crate::http::{self, AppState, Metrics};
+use crate::http::{self, ApiError, AppState, Metrics};
 use crate::realtime::Realtime;
 
 /// Why the application could not start.
@@ -60,7 +60,7 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
             (pg.config(), Some(pg))
         }
     };
-    let db = Database::new(config, settings.pool_size as usize)?;
+    let db = Database::with_timeout(config, settings.pool_size as usize, settings.db_timeout())?;
     if !db.ping().await {
         // Say why, with the driver's own words.
         let error = db
@@ -117,9 +117,11 @@ impl Application {
             realtime: realtime.clone(),
         });
         let config_settings = settings.clone();
+        let deadline = settings.request_timeout();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap_fn(move |req, srv| within_deadline(deadline, srv.call(req)))
                 .wrap_fn(http::observe)
                 .configure(|cfg| http::configure(cfg, &config_settings))
         })
@@ -168,6 +170,25 @@ impl Application {
         };
         let (result, ()) = tokio::join!(serve, stop_realtime);
         result
+    }
+}
+
+/// Answer 503 `unavailable` when a request is not done within its budget
+/// (PostgreSQL unreachable or stuck): no request hangs. A write cut short
+/// this way may still have committed; clients retry with `client_id`.
+async fn within_deadline(
+    limit: std::time::Duration,
+    response: impl std::future::Future<Output = Result<ServiceResponse, actix_web::Error>>,
+) -> Result<ServiceResponse, actix_web::Error> {
+    match tokio::time::timeout(limit, response).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_ms = limit.as_millis() as u64, "request timed out");
+            Err(
+                ApiError::Unavailable("The database did not answer in time; retry later.".into())
+                    .into(),
+            )
+        }
     }
 }
 

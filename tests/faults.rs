@@ -260,3 +260,263 @@ async fn sigterm_removes_this_process_viewers_at_once() {
     );
     drop(alice_ws);
 }
+
+// ---------------------------------------------------------------------------
+// A network that misbehaves between livedesk and PostgreSQL.
+
+use common::proxy::Proxy;
+use common::ws::assert_versions;
+
+/// Short timeouts so faults are noticed in about a second.
+fn fault_settings() -> livedesk::config::Settings {
+    let mut settings = common::test_settings();
+    settings.db_timeout_ms = 1000;
+    settings.listener_probe_ms = 1000;
+    settings.request_timeout_ms = 2000;
+    settings
+}
+
+/// A fresh database, a proxy in front of the cluster, and an app that
+/// reaches PostgreSQL only through it.
+async fn app_behind_proxy() -> (TestApp, Proxy) {
+    let cluster = cluster();
+    let proxy = Proxy::start(
+        cluster
+            .socket_dir
+            .join(format!(".s.PGSQL.{}", cluster.port)),
+    )
+    .await;
+    let dbname = common::fresh_database().await;
+    let config = proxy.route(&cluster.config(&dbname));
+    let app = TestApp::spawn_via(dbname, fault_settings(), config).await;
+    (app, proxy)
+}
+
+async fn status_of(app: &TestApp, path: &str, token: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let status = match app
+        .req(reqwest::Method::GET, path, token)
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    };
+    (status, started.elapsed())
+}
+
+async fn metric_now(app: &TestApp, name: &str) -> u64 {
+    app.metric(name).await
+}
+
+/// Writes straight to PostgreSQL (not through the proxy): what other
+/// services do while livedesk's network is broken.
+async fn direct_updates(sql: &tokio_postgres::Client, id: i64, from: usize, count: usize) {
+    for n in from..from + count {
+        sql.execute(
+            "UPDATE tickets SET subject = $2 WHERE id = $1",
+            &[&id, &format!("s{n}")],
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// The whole network goes silent (nothing closes): the listener's probe
+/// notices within its interval, `/healthz` says 503, requests fail fast with
+/// 503, and after the restore every change committed meanwhile arrives once,
+/// in order.
+#[tokio::test]
+async fn a_blackholed_database_is_noticed_fast_and_nothing_is_lost() {
+    let _shared = CLUSTER.read().await;
+    let (app, proxy) = app_behind_proxy().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "blackhole").await["id"]
+        .as_i64()
+        .unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    let sql = app.sql().await;
+    direct_updates(&sql, id, 0, 5).await;
+    assert_versions(&ws.events(id, 5, Duration::from_secs(10)).await, 2, 6);
+
+    let started = Instant::now();
+    proxy.blackhole();
+    // Committed while livedesk hears nothing.
+    direct_updates(&sql, id, 5, 50).await;
+    // The listener's probe notices (the metric is read without the database).
+    let detected = loop {
+        if metric_now(&app, "livedesk_listener_up").await == 0 {
+            break started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        detected <= Duration::from_millis(1000 + 300),
+        "noticed within the probe interval (1 s): {detected:?}"
+    );
+    let (health, health_took) = status_of(&app, "/healthz", "").await;
+    assert_eq!(health, 503, "/healthz while the database is silent");
+    assert!(health_took < Duration::from_millis(1500), "{health_took:?}");
+    let (api, api_took) = status_of(&app, &format!("/api/tickets/{id}"), &token).await;
+    assert_eq!(api, 503, "a request while the database is silent");
+    assert!(
+        api_took < Duration::from_millis(2500),
+        "fails within the request timeout (2 s): {api_took:?}"
+    );
+    direct_updates(&sql, id, 55, 10).await;
+
+    let restored = Instant::now();
+    proxy.restore();
+    let events = ws.events(id, 60, Duration::from_secs(20)).await;
+    let recovered = restored.elapsed();
+    assert_versions(&events, 7, 66);
+    // Nothing more (no duplicate) arrives afterwards.
+    direct_updates(&sql, id, 65, 1).await;
+    let next = ws.events(id, 1, Duration::from_secs(10)).await;
+    assert_versions(&next, 67, 67);
+    let mut healthy_after = None;
+    for _ in 0..100 {
+        if status_of(&app, "/healthz", "").await.0 == 200 {
+            healthy_after = Some(restored.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let healthy_after = healthy_after.expect("/healthz is 200 again after the restore");
+    assert!(metric_now(&app, "livedesk_listener_reconnects_total").await >= 1);
+    println!(
+        "FAULT blackhole: 60 events committed during a {} ms blackhole; noticed after {} ms; \
+         /healthz 503 in {} ms; API 503 in {} ms; all 60 delivered {} ms after the restore \
+         (lost 0, duplicated 0, reordered 0); /healthz 200 after {} ms",
+        restored.duration_since(started).as_millis(),
+        detected.as_millis(),
+        health_took.as_millis(),
+        api_took.as_millis(),
+        recovered.as_millis(),
+        healthy_after.as_millis()
+    );
+}
+
+/// Every connection is reset (RST) in the middle of a stream of changes:
+/// the listener reconnects at once and catches up from its cursors.
+#[tokio::test]
+async fn connections_cut_with_a_reset_lose_nothing() {
+    let _shared = CLUSTER.read().await;
+    let (app, proxy) = app_behind_proxy().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "rst").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    let sql = app.sql().await;
+    let writer = tokio::spawn(async move {
+        direct_updates(&sql, id, 0, 200).await;
+        sql
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cut_at = Instant::now();
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.cut();
+    let _sql = writer.await.unwrap();
+    let events = ws.events(id, 200, Duration::from_secs(20)).await;
+    let recovered = cut_at.elapsed();
+    assert_versions(&events, 2, 201);
+    assert!(metric_now(&app, "livedesk_listener_reconnects_total").await >= 1);
+    println!(
+        "FAULT reset: 200 changes, two RSTs of every livedesk connection; all delivered {} ms after the first (lost 0, duplicated 0, reordered 0)",
+        recovered.as_millis()
+    );
+}
+
+/// 50 ms each way on every chunk: slower, still complete and in order.
+#[tokio::test]
+async fn latency_slows_delivery_but_loses_nothing() {
+    let _shared = CLUSTER.read().await;
+    let (app, proxy) = app_behind_proxy().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "latency").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    let sql = app.sql().await;
+    proxy.latency(Duration::from_millis(50));
+    let mut worst = Duration::ZERO;
+    for n in 0..10 {
+        let started = Instant::now();
+        direct_updates(&sql, id, n, 1).await;
+        let events = ws.events(id, 1, Duration::from_secs(10)).await;
+        assert_versions(&events, 2 + n as i64, 2 + n as i64);
+        worst = worst.max(started.elapsed());
+    }
+    let (status, took) = status_of(&app, &format!("/api/tickets/{id}"), &token).await;
+    assert_eq!(status, 200);
+    proxy.restore();
+    assert!(worst < Duration::from_secs(2), "{worst:?}");
+    println!(
+        "FAULT latency: +50 ms each way: 10 of 10 events in order, worst commit-to-client {} ms; GET ticket {} ms",
+        worst.as_millis(),
+        took.as_millis()
+    );
+}
+
+/// Every connection open now dies silently (its bytes vanish, nothing
+/// closes); new connections work. The pool drops the dead ones when it
+/// checks them, requests answer 503 in bounded time meanwhile, and the
+/// listener's probe replaces its own.
+#[tokio::test]
+async fn pool_connections_that_died_silently_are_replaced() {
+    let _shared = CLUSTER.read().await;
+    let (app, proxy) = app_behind_proxy().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "silent").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    // Open every pooled connection.
+    let path = format!("/api/tickets/{id}");
+    let warm: Vec<_> = (0..16).map(|_| status_of(&app, &path, &token)).collect();
+    for (status, _) in futures_util::future::join_all(warm).await {
+        assert_eq!(status, 200);
+    }
+    proxy.blackhole_existing();
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut failed = 0;
+    let mut healthy_run = 0;
+    while healthy_run < 20 {
+        let (status, took) = status_of(&app, &path, &token).await;
+        worst = worst.max(took);
+        assert!(
+            took < Duration::from_millis(2500),
+            "no request waits past the 2 s timeout: {took:?}"
+        );
+        match status {
+            200 => healthy_run += 1,
+            503 => {
+                failed += 1;
+                healthy_run = 0;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pool never recovered"
+        );
+    }
+    let recovered = started.elapsed();
+    // Events flow again: the listener replaced its connection too.
+    let sql = app.sql().await;
+    direct_updates(&sql, id, 0, 3).await;
+    assert_versions(&ws.events(id, 3, Duration::from_secs(10)).await, 2, 4);
+    println!(
+        "FAULT silent-death: 8 pooled connections + the listener died silently; {failed} request(s) answered 503 \
+         (slowest {} ms), 20 in a row OK {} ms after; events flowing again",
+        worst.as_millis(),
+        recovered.as_millis()
+    );
+}

@@ -9,11 +9,20 @@ use tokio_postgres::NoTls;
 
 use super::DbError;
 
+/// The default budget of one exchange with PostgreSQL (`LIVEDESK_DB_TIMEOUT_MS`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pooled connection is checked with an empty query before each use, at
+/// most this long: one that died silently (or is stuck behind a query whose
+/// caller gave up) is dropped and replaced instead of hanging its next user.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where the database is and a pool of connections to it.
 #[derive(Clone)]
 pub struct Database {
     config: tokio_postgres::Config,
     pool: Pool,
+    timeout: Duration,
 }
 
 impl Database {
@@ -23,11 +32,21 @@ impl Database {
     }
 
     /// Build a pool of `size` connections; nothing is connected until first use.
-    pub fn new(mut config: tokio_postgres::Config, size: usize) -> Result<Self, DbError> {
+    pub fn new(config: tokio_postgres::Config, size: usize) -> Result<Self, DbError> {
+        Self::with_timeout(config, size, DEFAULT_TIMEOUT)
+    }
+
+    /// Same, with the budget of one exchange with PostgreSQL: connecting,
+    /// checking out a connection, `ping`.
+    pub fn with_timeout(
+        mut config: tokio_postgres::Config,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Self, DbError> {
         if config.get_application_name().is_none() {
             config.application_name("livedesk");
         }
-        config.connect_timeout(Duration::from_secs(5));
+        config.connect_timeout(timeout);
         // A peer that vanished (network partition, failover) must surface as
         // an error within seconds, not after the kernel's 15-minute
         // retransmission limit: a hung read would stall event delivery.
@@ -41,17 +60,30 @@ impl Database {
             config.clone(),
             NoTls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // One empty round trip per checkout (tens of µs locally):
+                // TCP keepalives cannot see a peer that accepts bytes and
+                // never answers, this check can (within CHECK_TIMEOUT).
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
             .max_size(size)
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(CHECK_TIMEOUT.min(timeout)))
             .build()
             .map_err(|e| DbError::Config(e.to_string()))?;
-        Ok(Database { config, pool })
+        Ok(Database {
+            config,
+            pool,
+            timeout,
+        })
+    }
+
+    /// The budget of one exchange with PostgreSQL.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The pool for handlers.
@@ -69,11 +101,35 @@ impl Database {
         self.pool.get().await.map_err(DbError::from)
     }
 
-    /// Whether the database answers a trivial query now.
-    pub async fn ping(&self) -> bool {
-        match self.client().await {
-            Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-            Err(_) => false,
+    /// Run `work` within the timeout: a database that does not answer is
+    /// unavailable, not a reason to wait forever.
+    pub async fn within<T, E>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, DbError>
+    where
+        DbError: From<E>,
+    {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => Err(DbError::Unavailable(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
         }
+    }
+
+    /// Whether the database answers a trivial query now (within the timeout:
+    /// a database that stopped answering is as down as one that refuses).
+    pub async fn ping(&self) -> bool {
+        let ping = async {
+            match self.client().await {
+                Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        tokio::time::timeout(self.timeout, ping)
+            .await
+            .unwrap_or(false)
     }
 }

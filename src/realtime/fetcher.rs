@@ -40,7 +40,8 @@ pub async fn run(rt: Realtime) {
             if !pending.presence.is_empty() {
                 presence_due = Instant::now() + PRESENCE_EVERY;
             }
-            if let Err(e) = serve(&rt, &pending.events, &pending.inbox, &pending.presence).await {
+            let work = serve(&rt, &pending.events, &pending.inbox, &pending.presence);
+            if let Err(e) = rt.db.within(work).await {
                 tracing::warn!(error = %e, "reading events failed; retrying");
                 // Put the work back; the read is retried after a pause.
                 {

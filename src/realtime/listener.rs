@@ -10,8 +10,6 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use super::Realtime;
 
-/// How often the idle LISTEN connection is probed (detects a silent loss).
-const PROBE_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// `application_name` of the LISTEN connection, to find it in `pg_stat_activity`.
 pub const LISTENER_NAME: &str = "livedesk-listener";
@@ -37,7 +35,14 @@ pub async fn run(rt: Realtime) {
         }
         let mut config = rt.db.config().clone();
         config.application_name(LISTENER_NAME);
-        match config.connect(NoTls).await {
+        // The whole start-up exchange is bounded, not only the TCP connect:
+        // a peer that accepts and never answers must not hold us here.
+        let limit = rt.db.timeout();
+        let connected = match tokio::time::timeout(limit, config.connect(NoTls)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+        };
+        match connected {
             Ok((client, mut connection)) => {
                 let relay = rt.clone();
                 let mut driver = tokio::spawn(async move {
@@ -56,11 +61,12 @@ pub async fn run(rt: Realtime) {
                         }
                     }
                 });
-                match client
-                    .batch_execute("LISTEN livedesk_events; LISTEN livedesk_presence")
-                    .await
-                {
-                    Ok(()) => {
+                let listen = tokio::time::timeout(
+                    limit,
+                    client.batch_execute("LISTEN livedesk_events; LISTEN livedesk_presence"),
+                );
+                match listen.await {
+                    Ok(Ok(())) => {
                         rt.set_listener_up(true);
                         if connected_before {
                             rt.metrics.listener_reconnects.inc();
@@ -71,20 +77,26 @@ pub async fn run(rt: Realtime) {
                         // Anything committed while we were not listening is in the log.
                         rt.request_catch_up(rt.hub.all_tickets(), true);
                         rt.presence.republish();
+                        // Half the interval asleep, at most half waiting for
+                        // the answer: a silent connection is noticed within
+                        // one probe interval of its last sign of life.
+                        let half = rt.settings.listener_probe() / 2;
                         loop {
                             tokio::select! {
                                 _ = &mut driver => break,
                                 _ = rt.bus_stop.cancelled() => break,
-                                _ = tokio::time::sleep(PROBE_EVERY) => {
-                                    let probe = tokio::time::timeout(PROBE_EVERY, client.simple_query("SELECT 1"));
+                                _ = tokio::time::sleep(half) => {
+                                    let probe = tokio::time::timeout(half.min(limit), client.simple_query("SELECT 1"));
                                     if !matches!(probe.await, Ok(Ok(_))) {
+                                        tracing::warn!(probe_ms = half.min(limit).as_millis() as u64, "the LISTEN connection did not answer its probe; reconnecting");
                                         break;
                                     }
                                 }
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "LISTEN failed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "LISTEN failed"),
+                    Err(_) => tracing::warn!("LISTEN got no answer in time"),
                 }
                 rt.set_listener_up(false);
                 // Dropping the client ends the session cleanly (Terminate);

@@ -174,7 +174,7 @@ impl Writer {
             let dirty = std::mem::take(&mut lock(&self.state).dirty);
             retry = false;
             for key in dirty {
-                if let Err(e) = self.sync(key).await {
+                if let Err(e) = self.db.within(self.sync(key)).await {
                     tracing::warn!(error = %e, "presence write failed; retrying");
                     lock(&self.state).dirty.insert(key);
                     retry = true;
@@ -239,17 +239,18 @@ async fn upkeep(db: Database, process_id: Uuid, ttl: Duration, shutdown: Cancell
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let result: Result<(), DbError> = async {
-            let client = db.client().await?;
-            client
-                .execute("SELECT ld_presence_touch($1)", &[&process_id])
-                .await?;
-            client
-                .execute("SELECT ld_presence_expire($1)", &[&ttl_ms])
-                .await?;
-            Ok(())
-        }
-        .await;
+        let result: Result<(), DbError> = db
+            .within(async {
+                let client = db.client().await?;
+                client
+                    .execute("SELECT ld_presence_touch($1)", &[&process_id])
+                    .await?;
+                client
+                    .execute("SELECT ld_presence_expire($1)", &[&ttl_ms])
+                    .await?;
+                Ok::<(), DbError>(())
+            })
+            .await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "presence upkeep skipped");
         }

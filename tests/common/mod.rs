@@ -368,3 +368,38 @@ pub fn error_code(body: &Value) -> &str {
         .as_str()
         .unwrap_or_else(|| panic!("no code in {body}"))
 }
+
+pub mod proxy;
+
+impl TestApp {
+    /// An app whose database connections (pool and LISTEN) use `config`
+    /// (e.g. through a `proxy::Proxy`), with the settings' DB timeout.
+    pub async fn spawn_via(
+        dbname: String,
+        settings: Settings,
+        config: tokio_postgres::Config,
+    ) -> TestApp {
+        let db = Database::with_timeout(config, settings.pool_size as usize, settings.db_timeout())
+            .unwrap();
+        let app = Application::build(settings, db.clone()).await.unwrap();
+        let address = app.address;
+        let shutdown = app.shutdown.clone();
+        let server = app.server.handle();
+        let join = tokio::spawn(app.run_until_stopped());
+        let test = TestApp {
+            address,
+            base: format!("http://{address}"),
+            dbname,
+            db,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            shutdown,
+            server,
+            join: Some(join),
+        };
+        test.wait_healthy().await;
+        test
+    }
+}

@@ -3,6 +3,7 @@
 //! client gets every version after its cursor exactly once and in order.
 
 use super::{domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL};
+use crate::db::DbError;
 use crate::domain::DomainError;
 use crate::realtime::event_log;
 use crate::realtime::protocol::{self, close, PresenceState};
@@ -102,14 +103,15 @@ impl Session {
     ) -> Result<Result<i64, Stop>, DomainError> {
         // Read, then give the connection back before writing to the socket:
         // a slow client must not hold a pooled connection.
-        let (version, frame): (i64, String) = {
+        let read = async {
             let client = self.rt.db.client().await?;
             let statement = client
                 .prepare_cached("SELECT version, frame FROM ld_ws_snapshot($1)")
                 .await?;
             let row = client.query_one(&statement, &[&ticket_id]).await?;
-            (row.get(0), row.get(1))
+            Ok::<_, DbError>((row.get(0), row.get(1)))
         };
+        let (version, frame): (i64, String) = self.rt.db.within(read).await?;
         if let Some(stop) = self
             .send(ws, protocol::subscribed_frame(ticket_id, version))
             .await
@@ -129,13 +131,14 @@ impl Session {
         ticket_id: i64,
         since: i64,
     ) -> Result<Result<i64, Stop>, DomainError> {
-        let current: i64 = {
+        let read = async {
             let client = self.rt.db.client().await?;
             let statement = client
                 .prepare_cached("SELECT ld_ticket_version($1)")
                 .await?;
-            client.query_one(&statement, &[&ticket_id]).await?.get(0)
+            Ok::<i64, DbError>(client.query_one(&statement, &[&ticket_id]).await?.get(0))
         };
+        let current: i64 = self.rt.db.within(read).await?;
         if since > current {
             return Err(DomainError::invalid(
                 "since",
