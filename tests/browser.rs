@@ -198,6 +198,13 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
 
     let sql = app.sql().await;
+    let (admin_sql, admin_connection) = common::cluster()
+        .admin_config(&app.dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(admin_connection);
+    let mut hole_subject: Option<String> = None;
     let mut transcript = Transcript::default();
     let mut result: Option<Value> = None;
     let mut sql_subject: Option<String> = None;
@@ -219,6 +226,16 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
                                 .expect("the direct SQL update");
                             assert_eq!(n, 1);
                             sql_subject = Some(subject.to_string());
+                            stdin.write_all(b"SQL_DONE\n").await.unwrap();
+                            stdin.flush().await.unwrap();
+                        }
+                        if let Some(subject) = line.strip_prefix("SQL_HOLE ") {
+                            // A permanent gap: as the superuser, with the
+                            // triggers off, the ticket jumps two versions and
+                            // only the second has an event (what a restore or a
+                            // writer bypassing the rules could leave behind).
+                            make_hole(&admin_sql, id, subject).await;
+                            hole_subject = Some(subject.to_string());
                             stdin.write_all(b"SQL_DONE\n").await.unwrap();
                             stdin.flush().await.unwrap();
                         }
@@ -256,9 +273,10 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     let (status, full) = app.get(&format!("/api/tickets/{id}"), &token_a).await;
     assert_eq!(status, 200, "{full}");
     let t = &full["ticket"];
+    assert!(sql_subject.is_some(), "{output}");
     assert_eq!(
         Some(t["subject"].as_str().unwrap_or_default()),
-        sql_subject.as_deref(),
+        hole_subject.as_deref(),
         "{output}"
     );
     assert_eq!(result["subject"], t["subject"], "{output}");
@@ -320,6 +338,41 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     for name in listed {
         println!("  {name}");
     }
+}
+
+/// Move the ticket two versions on with the triggers off and write only the
+/// second version's event: version v+1 is missing from the log for good.
+async fn make_hole(admin: &tokio_postgres::Client, id: i64, subject: &str) {
+    admin.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.unwrap();
+    let row = admin
+        .query_one(
+            "UPDATE tickets t SET version = t.version + 2, subject = $2 \
+             FROM (SELECT subject AS old FROM tickets WHERE id = $1) o \
+             WHERE t.id = $1 RETURNING t.version, o.old",
+            &[&id, &subject],
+        )
+        .await
+        .unwrap();
+    let version: i64 = row.get(0);
+    let old: String = row.get(1);
+    admin
+        .execute(
+            "INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data) \
+             VALUES ($1, $2, 'ticket.updated', NULL, \
+                     jsonb_build_object('changes', jsonb_build_object('subject', \
+                         jsonb_build_object('from', $3::text, 'to', $4::text))))",
+            &[&id, &version, &old, &subject],
+        )
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_notify('livedesk_events', json_build_object('ticket_id', $1::bigint, 'version', $2::bigint)::text)",
+            &[&id, &version],
+        )
+        .await
+        .unwrap();
+    admin.batch_execute("COMMIT").await.unwrap();
 }
 
 fn screenshots(dir: &Path) -> Vec<String> {

@@ -170,7 +170,15 @@ async function start(token) {
 
   session = { client, me, fields, inbox: null, ticketView: null, offs: [] };
   buildShell();
-  session.offs.push(client.on('unauthorized', () => logout('Your session has ended. Please log in again.')));
+  session.offs.push(
+    client.on('unauthorized', (_reason, info) =>
+      logout(
+        info && info.code === 4001
+          ? 'Your access was revoked: your agent was disabled or your token replaced. Log in with a new token.'
+          : 'Your session has ended. Please log in again.',
+      ),
+    ),
+  );
   client.connect();
   session.inbox.load();
   route();

@@ -16,14 +16,21 @@
  * version this client applied, so nothing is missed; events whose version is
  * not newer than the applied one are dropped, so nothing doubles; and if a gap
  * is ever seen the ticket is re-subscribed with `since` (and caught up over
- * HTTP as a safety net). Close code 1013 ("too slow") reconnects at once;
- * close code 4001 ("unauthorized") stops and emits `unauthorized`.
+ * HTTP as a safety net), with exponential backoff and jitter between attempts;
+ * a gap that does not close after a few attempts (a version that will never
+ * come) is left behind with a fresh snapshot, so a permanent gap can never
+ * cause a storm of re-subscribes. A `reset` frame (the database went back in
+ * time) drops the ticket's state (`onReset`) and re-subscribes without
+ * `since` (a snapshot follows). Close code 1013 ("too slow") reconnects at
+ * once; close code 4001 (agent disabled or token replaced) never reconnects
+ * and emits `unauthorized` with `{code: 4001}`.
  *
  * Events emitted (subscribe with `client.on(name, fn)`, which returns an
  * unsubscribe function):
  *   - `state`        (state: 'connecting'|'live'|'reconnecting'|'offline')
  *   - `hello`        (helloFrame)      — each time a connection becomes live
- *   - `unauthorized` (reason)          — token refused (HTTP 401 or close 4001)
+ *   - `unauthorized` (reason, info)    — token refused: HTTP 401 (info.code 401) or
+ *                                        close 4001 (info.code 4001); no reconnect after 4001
  *   - `server-error` (errorFrame)      — a frame was refused ({code, message})
  *   - `frame`        (anyFrame)        — every server frame, for debugging
  *
@@ -87,6 +94,11 @@ const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 30000;
 const DEFAULT_HEARTBEAT_MS = 15000;
 const EVENTS_PAGE = 500;
+/** Re-subscribes after a gap: exponential backoff with jitter, capped. */
+const GAP_BACKOFF_MIN_MS = 250;
+const GAP_BACKOFF_MAX_MS = 30000;
+/** After this many re-subscribes with `since` that did not get past the same version: take a fresh snapshot. */
+const GAP_ATTEMPTS_BEFORE_SNAPSHOT = 3;
 
 export class LivedeskClient {
   /**
@@ -203,7 +215,7 @@ export class LivedeskClient {
     }
     if (!res.ok) {
       const err = new ApiError(res.status, data);
-      if (res.status === 401) this._emit('unauthorized', err.message);
+      if (res.status === 401) this._emit('unauthorized', err.message, { code: 401 });
       throw err;
     }
     return data;
@@ -427,9 +439,14 @@ export class LivedeskClient {
     for (const sub of this._subs.values()) sub.subscribed = false;
     if (!this._wanted) return;
     if (ev.code === 4001) {
+      // The agent was disabled or its token replaced: reconnecting with this
+      // token can only fail again. Stop, and let the application tell the user.
       this._wanted = false;
+      clearTimeout(this._retryTimer);
+      this._retryTimer = null;
+      for (const sub of this._subs.values()) this._clearGapTimer(sub);
       this._setState(ConnectionState.OFFLINE);
-      this._emit('unauthorized', ev.reason || 'unauthorized');
+      this._emit('unauthorized', ev.reason || 'Your access was revoked.', { code: 4001 });
       return;
     }
     // 1013 = "too slow, reconnect with since": come back at once.
@@ -504,7 +521,6 @@ export class LivedeskClient {
         const sub = this._subs.get(Number(f.ticket_id));
         if (!sub) return;
         sub.subscribed = true;
-        sub.resyncing = false;
         // Presence starts as 'viewing' on subscribe; restore what we said before.
         if (sub.presence && sub.presence !== 'viewing') {
           this._send({ type: 'presence', ticket_id: Number(f.ticket_id), state: sub.presence });
@@ -534,8 +550,21 @@ export class LivedeskClient {
           }
         }
         return;
-      case 'error':
+      case 'reset':
+        return this._onReset(f);
+      case 'error': {
+        // A refused subscribe leaves the ticket unsubscribed (protocol.md):
+        // `since` beyond the ticket's version means the database went back in
+        // time (treated like `reset`); `unavailable` is retried with backoff.
+        const sub = f.ticket_id !== undefined ? this._subs.get(Number(f.ticket_id)) : null;
+        if (sub && f.code === 'invalid_field' && sub.version !== null) {
+          this._onReset({ type: 'reset', ticket_id: Number(f.ticket_id), version: null });
+        } else if (sub && f.code === 'unavailable') {
+          sub.subscribed = false;
+          this._scheduleResync(Number(f.ticket_id), sub);
+        }
         return this._emit('server-error', f);
+      }
       case 'pong':
         return;
       default:
@@ -549,7 +578,10 @@ export class LivedeskClient {
     this._attempt = 0;
     this._setState(ConnectionState.LIVE);
     this._startHeartbeat();
-    for (const [id, sub] of this._subs) this._sendSubscribe(id, sub);
+    for (const [id, sub] of this._subs) {
+      this._clearGapTimer(sub); // this re-subscribe is the attempt (the count is kept)
+      this._sendSubscribe(id, sub);
+    }
     if (this._inboxHandlers.size) this._send({ type: 'subscribe_inbox' });
     this._emit('hello', f);
   }
@@ -560,32 +592,75 @@ export class LivedeskClient {
     this._send(frame);
   }
 
-  _onEvent(ev) {
+  _onEvent(ev, { fromHttp = false } = {}) {
     const id = Number(ev.ticket_id);
     const sub = this._subs.get(id);
     if (!sub) return;
     const v = Number(ev.version);
-    if (sub.version !== null && v <= sub.version) return; // already applied: drop
-    if (sub.version !== null && v > sub.version + 1) {
-      // A gap: never apply out of order. Ask again from what we have.
-      this._resync(id, sub);
+    if (sub.version === null) return; // waiting for a snapshot: it will include this
+    if (v <= sub.version) return; // already applied: drop
+    if (v > sub.version + 1) {
+      // A gap: never apply out of order. Ask again from what we have, later.
+      if (!fromHttp) this._scheduleResync(id, sub);
       return;
     }
     sub.version = v;
+    if (sub.gapAt !== null && v > sub.gapAt) {
+      // Past the gap: the next one starts with a short delay again.
+      sub.gapAt = null;
+      sub.gapAttempts = 0;
+      this._clearGapTimer(sub);
+    }
     this._call(sub, 'onEvent', ev);
+  }
+
+  _clearGapTimer(sub) {
+    clearTimeout(sub.gapTimer);
+    sub.gapTimer = null;
+  }
+
+  /**
+   * A gap was seen: re-subscribe after a backoff (exponential, jittered,
+   * capped), catching up over HTTP at the same time. Attempts are counted
+   * per stuck version; after GAP_ATTEMPTS_BEFORE_SNAPSHOT the version is
+   * given up and a snapshot taken instead. At most one attempt is pending.
+   */
+  _scheduleResync(id, sub) {
+    if (sub.gapTimer) return;
+    if (sub.gapAt !== sub.version) {
+      sub.gapAt = sub.version;
+      sub.gapAttempts = 0;
+    }
+    const attempt = sub.gapAttempts;
+    sub.gapAttempts += 1;
+    const exp = Math.min(GAP_BACKOFF_MAX_MS, GAP_BACKOFF_MIN_MS * 2 ** attempt);
+    const delay = exp / 2 + Math.random() * (exp / 2);
+    sub.gapTimer = setTimeout(() => {
+      sub.gapTimer = null;
+      if (this._subs.get(id) !== sub) return;
+      if (attempt >= GAP_ATTEMPTS_BEFORE_SNAPSHOT) {
+        // The missing version is not coming: start again from a snapshot.
+        console.warn(`livedesk-client: ticket ${id} stays incomplete after version ${sub.version}; taking a snapshot`);
+        sub.version = null;
+        sub.gapAt = null; // the next gap (if any) starts a new count, still backed off by gapAttempts
+        this._sendSubscribe(id, sub);
+        return;
+      }
+      this._resync(id, sub);
+    }, delay);
   }
 
   /** Re-subscribe with `since` over WS, and catch up over HTTP meanwhile. */
   _resync(id, sub) {
+    this._sendSubscribe(id, sub);
     if (sub.resyncing) return;
     sub.resyncing = true;
-    this._sendSubscribe(id, sub);
     const catchUp = async () => {
       for (;;) {
-        if (this._subs.get(id) !== sub) return;
+        if (this._subs.get(id) !== sub || sub.version === null) return;
         const since = sub.version;
         const events = await this.listEvents(id, { since, limit: EVENTS_PAGE });
-        for (const ev of events) this._onEvent(ev);
+        for (const ev of events) this._onEvent(ev, { fromHttp: true });
         if (events.length < EVENTS_PAGE || sub.version === since) return;
       }
     };
@@ -594,6 +669,19 @@ export class LivedeskClient {
       .finally(() => {
         sub.resyncing = false;
       });
+  }
+
+  /** `reset`: the database went back in time. Forget the ticket's state and take a snapshot. */
+  _onReset(f) {
+    const id = Number(f.ticket_id);
+    const sub = this._subs.get(id);
+    if (!sub) return;
+    this._clearGapTimer(sub);
+    sub.version = null;
+    sub.gapAt = null;
+    sub.gapAttempts = 0;
+    this._call(sub, 'onReset', f);
+    this._sendSubscribe(id, sub);
   }
 
   _call(sub, name, ...args) {
@@ -611,8 +699,10 @@ export class LivedeskClient {
    * exactly once and in version order, across reconnects. One subscription per
    * ticket: subscribing again replaces the handlers.
    * @param {number} ticketId
-   * @param {{onSnapshot?: Function, onEvent?: Function, onPresence?: Function, onSubscribed?: Function}} handlers
-   *   onSnapshot({ticket, messages}); onEvent(event); onPresence(viewers, frame); onSubscribed({ticket_id, version})
+   * @param {{onSnapshot?: Function, onEvent?: Function, onPresence?: Function, onSubscribed?: Function, onReset?: Function}} handlers
+   *   onSnapshot({ticket, messages, messages_before}); onEvent(event); onPresence(viewers, frame);
+   *   onSubscribed({ticket_id, version}); onReset({ticket_id, version}): drop what you hold for
+   *   the ticket (a snapshot follows)
    * @param {{since?: number}} [opts] the version you already have (e.g. from getTicket)
    * @returns {() => void} unsubscribes
    */
@@ -632,6 +722,9 @@ export class LivedeskClient {
       presence: 'viewing',
       subscribed: false,
       resyncing: false,
+      gapTimer: null,
+      gapAt: null,
+      gapAttempts: 0,
     };
     this._subs.set(id, sub);
     this._sendSubscribe(id, sub);
@@ -641,7 +734,10 @@ export class LivedeskClient {
   /** Stop following a ticket (also removes my presence there). */
   unsubscribe(ticketId) {
     const id = Number(ticketId);
-    if (!this._subs.delete(id)) return;
+    const sub = this._subs.get(id);
+    if (!sub) return;
+    this._clearGapTimer(sub);
+    this._subs.delete(id);
     this._send({ type: 'unsubscribe', ticket_id: id });
   }
 

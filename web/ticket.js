@@ -279,6 +279,7 @@ export class TicketView {
       this.id,
       {
         onSnapshot: (s) => this.onSnapshot(s),
+        onReset: () => this.onReset(),
         onEvent: (ev) => this.onEvent(ev),
         onPresence: (viewers) => this.setViewers(viewers),
       },
@@ -732,13 +733,22 @@ export class TicketView {
 
   // ---------------------------------------------------------------- live state
 
+  /** The database went back in time (a restore, a failover): forget the ticket; a snapshot follows. */
+  onReset() {
+    this.resetting = true;
+    this.messages.clear();
+    this.unseen.clear();
+    this.messagesBefore = null;
+    this.showNotice('This ticket was reloaded from the server (its data was restored); check what you were doing.');
+  }
+
   onSnapshot({ ticket, messages, messages_before: before }) {
-    for (const m of messages || []) this.addMessage(m, { render: false, live: true });
-    if (before !== undefined && (this.messagesBefore === null || before === null || before < this.messagesBefore)) {
-      // A fresh snapshot (e.g. after a reset): keep paging from the oldest we hold.
-      this.messagesBefore = this.messagesBefore ?? before;
-    }
+    const fresh = this.resetting;
+    this.resetting = false;
+    if (fresh) this.messagesBefore = before ?? null;
+    for (const m of messages || []) this.addMessage(m, { render: false, live: !fresh });
     this.renderMessages();
+    if (fresh) this.scrollConversation();
     this.applyTicket(ticket, null, { force: true });
   }
 

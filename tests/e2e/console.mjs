@@ -157,6 +157,11 @@ async function openAgent(key) {
     // Chromium logs every non-2xx answer of fetch() as "Failed to load resource";
     // the HTTP answers are checked one by one below instead.
     if (/^Failed to load resource: the server responded with a status of \d+/.test(m.text())) return;
+    // The gap step provokes this one on purpose (and checks it).
+    if (currentStep === 'gap' && m.type() === 'warning' && /stays incomplete after version \d+; taking a snapshot/.test(m.text())) {
+      gapWarnings[key] += 1;
+      return;
+    }
     problems.push(`${key} console ${m.type()}: ${m.text()} (${loc.url}:${loc.lineNumber})`);
   });
   page.on('pageerror', (e) => problems.push(`${key} page error: ${e.message}`));
@@ -167,6 +172,25 @@ async function openAgent(key) {
     if (r.status() >= 400) httpErrors[key].push({ status: r.status(), method: r.request().method(), path: new URL(r.url()).pathname });
   });
   page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => {
+      try {
+        const frame = JSON.parse(typeof f.payload === 'string' ? f.payload : f.payload.toString());
+        if (frame.type === 'subscribe') subscribes[key].push({ at: Date.now(), ...frame });
+      } catch {
+        /* not ours */
+      }
+    });
+    ws.on('framereceived', (f) => {
+      const text = typeof f.payload === 'string' ? f.payload : f.payload.toString();
+      if (text.includes('"reset"')) {
+        try {
+          const frame = JSON.parse(text);
+          if (frame.type === 'reset') resets[key].push(frame);
+        } catch {
+          /* not ours */
+        }
+      }
+    });
     ws.on('socketerror', (e) => {
       if (!closing) problems.push(`${key} websocket error: ${e}`);
     });
@@ -176,6 +200,12 @@ async function openAgent(key) {
   return agent;
 }
 let closing = false;
+/** Every `subscribe` frame each agent's page sent: {at, ticket_id, since}. */
+const subscribes = { A: [], B: [] };
+/** The client's warning when it leaves a permanent gap behind with a snapshot, per agent. */
+const gapWarnings = { A: 0, B: 0 };
+/** `reset` frames each agent's page received. */
+const resets = { A: [], B: [] };
 
 /** Emulate the Page Visibility API: headless Chromium keeps every page "visible" (a second tab, window.open or minimising the window change nothing). */
 async function setVisibility(agent, state) {
@@ -451,7 +481,9 @@ async function main() {
     () => check(true, 'on another device A\'s draft is restored'),
     () => check(false, 'on another device A\'s draft is restored'),
   );
-  await laptop.screenshot({ path: path.join(SHOTS, `${String(++shotNo).padStart(2, '0')}-draft-other-device-A.png`), fullPage: true });
+  const laptopShot = `${String(++shotNo).padStart(2, '0')}-draft-other-device-A.png`;
+  await laptop.screenshot({ path: path.join(SHOTS, laptopShot), fullPage: true });
+  shots.push(laptopShot);
   await device.close();
   // Sent: the draft is gone, for A and for B.
   await A.page.keyboard.press('Control+End');
@@ -564,8 +596,44 @@ async function main() {
     await waitIn(agent.page, `${agent.key}'s inbox row shows the SQL subject`, ([sel, s]) => (document.querySelector(sel)?.textContent || '').includes(s), [t(`inbox-row-${TICKET}`), subject]);
     await waitIn(agent.page, `${agent.key}'s window title follows`, (s) => document.title.includes(s), subject);
   }
-  result.subject = subject;
   await shotBoth('sql-subject');
+
+  // ---------------------------------------------------------------- a permanent gap
+  // The Rust side moves the ticket two versions on with the triggers off and
+  // writes only the second event: the server delivers it with a hole before
+  // it that no re-subscribe can fill. The client backs off and then takes a
+  // snapshot; it must not storm the server with re-subscribes. (A server
+  // that notices the hole may send `reset` instead: the client then drops
+  // the ticket's state and subscribes once without since.)
+  currentStep = 'gap';
+  const holeSubject = `Refund for order 1042 (after a hole ${Date.now() % 100000})`;
+  const subsBefore = { A: subscribes.A.length, B: subscribes.B.length };
+  const lines2 = readline.createInterface({ input: process.stdin });
+  const ack2 = new Promise((resolve) => lines2.once('line', resolve));
+  console.log(`SQL_HOLE ${holeSubject}`);
+  const answer2 = await Promise.race([ack2, sleep(15_000).then(() => null)]);
+  lines2.close();
+  check(answer2 !== null && answer2.trim() === 'SQL_DONE', `the Rust side made the hole (answer: ${JSON.stringify(answer2)})`);
+  for (const agent of [A, B]) {
+    await waitIn(agent.page, `${agent.key}'s subject shows the state after the hole (from a snapshot)`, ([sel, s]) => document.querySelector(sel)?.value === s, [t('ticket-subject'), holeSubject], 15_000);
+  }
+  await sleep(3000); // anything still looping would show here
+  for (const agent of [A, B]) {
+    const sent = subscribes[agent.key].slice(subsBefore[agent.key]).filter((f) => f.ticket_id === TICKET);
+    check(sent.length >= 1 && sent.length <= 6, `${agent.key} re-subscribed ${sent.length} times (backoff, then a snapshot), not a storm`);
+    check(sent.some((f) => f.since === undefined), `${agent.key} finally subscribed without since (a snapshot)`);
+    const gaps = sent.slice(1).map((f, i) => f.at - sent[i].at);
+    check(gaps.every((g, i) => i === 0 || g >= gaps[i - 1] * 0.5), `${agent.key}'s waits between re-subscribes grow: ${gaps.join(', ')} ms`);
+    const reset = resets[agent.key].filter((f) => f.ticket_id === TICKET).length;
+    check(
+      reset > 0 ? sent.length === reset && gapWarnings[agent.key] === 0 : gapWarnings[agent.key] === 1,
+      `${agent.key}: ${reset ? `${reset} reset frame(s), answered by as many fresh subscribes` : 'no reset frame; the client warned once that it took a snapshot'} (warnings: ${gapWarnings[agent.key]}, subscribes: ${sent.length})`,
+    );
+    const state = await agent.page.getAttribute(t('conn-state'), 'data-state');
+    check(state === 'live', `${agent.key} is still live`);
+  }
+  result.subject = holeSubject;
+  await shotBoth('after-gap');
 
   // ---------------------------------------------------------------- still healthy
   currentStep = 'final';
