@@ -16,6 +16,8 @@ pub enum CliError {
     Domain(#[from] DomainError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Mail(#[from] crate::mail::MailError),
 }
 
 impl CliError {
@@ -23,6 +25,8 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Start(_) => ExitCode::from(2),
+            // sysexits codes, for MTAs (docs/email.md).
+            CliError::Mail(e) => ExitCode::from(e.exit_code()),
             _ => ExitCode::from(1),
         }
     }
@@ -32,6 +36,11 @@ impl CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let settings = cli.settings;
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    // Mail commands open the database themselves: they write as a writer
+    // role, which neither migrates nor needs the owner's connection.
+    if let Command::Mail(command) = command {
+        return Ok(crate::mail::cli::run(&settings, command).await?);
+    }
     let handle = open_database(&settings).await?;
     let result = match command {
         Command::Serve(args) => serve(settings, &handle, args).await,
@@ -45,6 +54,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Agent(command) => agent(&handle, command).await,
         Command::Demo => print_demo(&settings, &handle).await,
         Command::Writer(command) => writer(&handle, command).await,
+        // Handled above, before the database is opened.
+        Command::Mail(_) => Ok(()),
     };
     close(handle).await;
     result
@@ -74,6 +85,13 @@ async fn serve(
         );
     }
     let server = app.server.handle();
+    if args.mail {
+        let sender = crate::mail::outbound::Sender::new(
+            crate::mail::MailDatabase::server(&handle.db),
+            args.mail_settings.clone(),
+        )?;
+        tokio::spawn(sender.run(app.shutdown.clone()));
+    }
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -38,6 +38,10 @@ pub enum Command {
     /// Manage the database roles of services that write with plain SQL (contract §4a).
     #[command(subcommand)]
     Writer(WriterCommand),
+    /// Email in and out: `mail receive` (one message on stdin) and `mail send`
+    /// (the sending worker); see docs/email.md.
+    #[command(subcommand)]
+    Mail(crate::mail::MailCommand),
 }
 
 /// `livedesk writer …`.
@@ -67,6 +71,12 @@ pub struct ServeArgs {
     /// Load the demo data set before serving (see `livedesk demo`).
     #[arg(long)]
     pub demo: bool,
+    /// Also run the mail sender (`livedesk mail send`) inside the server.
+    #[arg(long, env = "LIVEDESK_MAIL_SEND")]
+    pub mail: bool,
+    /// Settings of the mail sender (with --mail).
+    #[command(flatten)]
+    pub mail_settings: crate::mail::MailSettings,
 }
 
 /// `livedesk agent …`.

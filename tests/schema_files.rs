@@ -29,6 +29,10 @@ const LANDED: &[(&str, &str)] = &[
         "V5__drafts.sql",
         "b8e7bcd122a8cf44a1af4ba4b46dd32d51960be9c2b144f2617e8695e00cf4d5",
     ),
+    (
+        "V6__feed_and_mail.sql",
+        "36cf4c757444eecd66f051b6546d34a853e675f469d638099d17006cb29647bd",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {

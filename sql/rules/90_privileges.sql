@@ -80,3 +80,18 @@ GRANT EXECUTE ON FUNCTION
     ld_ticket_tags(bigint),
     ld_ts(timestamptz)
 TO livedesk_writer;
+
+-- The durable feed and the mail gateway (80_feed.sql; docs/direct-sql.md
+-- "The durable feed"): any writer may consume the feed; the mail functions
+-- are what `livedesk mail receive` / `mail send` call as a writer role.
+GRANT SELECT ON feed_consumers, mail_messages TO livedesk_writer, livedesk_reader;
+GRANT EXECUTE ON FUNCTION
+    ld_feed_start(text, text),
+    ld_feed_position(text),
+    ld_feed_read(text, int),
+    ld_feed_ack(text, bigint, bigint),
+    ld_mail_receive(text, text[], text, text, text, text),
+    ld_mail_prepare(bigint, text),
+    ld_mail_sent(bigint),
+    ld_mail_failed(bigint, text, boolean)
+TO livedesk_writer;

@@ -42,6 +42,7 @@ pub const RULES: &[(&str, &str)] = &[
     ("50_api.sql", include_str!("../../sql/rules/50_api.sql")),
     ("60_realtime.sql", include_str!("../../sql/rules/60_realtime.sql")),
     ("70_agents.sql", include_str!("../../sql/rules/70_agents.sql")),
+    ("80_feed.sql", include_str!("../../sql/rules/80_feed.sql")),
     (
         "90_privileges.sql",
         include_str!("../../sql/rules/90_privileges.sql"),

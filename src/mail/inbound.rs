@@ -1,0 +1,220 @@
+//! Email in: one RFC 5322 message → `ld_mail_receive` (a new email ticket,
+//! or a customer message on the ticket the message answers).
+//!
+//! `mail-parser` does the decoding (MIME parts, quoted-printable, base64,
+//! RFC 2047 headers, legacy charsets such as windows-1251 and KOI8-R, HTML
+//! to text); this module only picks what a ticket needs.
+
+use mail_parser::{HeaderValue, MessageParser, MimeHeaders};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use super::MailError;
+
+/// The largest message read from stdin; MTAs usually stop far below
+/// (Postfix's default message_size_limit is 10 MB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The largest body stored (the HTTP API's message limit): longer text is cut.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// What a received email becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    /// Without angle brackets; a digest of the raw message when it has none,
+    /// so that a duplicate delivery is still recognised.
+    pub message_id: String,
+    /// `References` then `In-Reply-To`: oldest first, the direct parent last.
+    pub references: Vec<String>,
+    pub from_email: String,
+    pub from_name: Option<String>,
+    pub subject: Option<String>,
+    /// The text (HTML turned to text), then the list of attachments.
+    pub body: String,
+    /// Attachments by name and decoded size (not stored).
+    pub attachments: Vec<(String, usize)>,
+}
+
+/// Parse a raw message.
+pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
+    let message = MessageParser::default()
+        .parse(raw)
+        .ok_or_else(|| MailError::Data("not an RFC 5322 message".into()))?;
+    if message.headers().is_empty() {
+        return Err(MailError::Data("the message has no headers".into()));
+    }
+    let from = message
+        .from()
+        .and_then(|address| address.iter().find(|a| a.address().is_some()))
+        .ok_or_else(|| MailError::Data("the message has no From: address".into()))?;
+    let from_email = from
+        .address()
+        .map(|a| a.trim().to_string())
+        .filter(|a| a.contains('@'))
+        .ok_or_else(|| MailError::Data("the From: address is not an email address".into()))?;
+    let from_name = from
+        .name()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty() && n.chars().count() <= 200);
+
+    let message_id = match message
+        .message_id()
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+    {
+        Some(id) => id.trim_matches(|c| c == '<' || c == '>').to_string(),
+        None => format!(
+            "sha256-{}@livedesk.invalid",
+            hex::encode(Sha256::digest(raw))
+        ),
+    };
+    let mut references = ids(message.references());
+    references.extend(ids(message.in_reply_to()));
+
+    let subject = message
+        .subject()
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|s| !s.is_empty());
+
+    let text = message
+        .body_text(0)
+        .map(|t| t.replace("\r\n", "\n"))
+        .unwrap_or_default();
+    let attachments: Vec<(String, usize)> = message
+        .attachments()
+        .map(|part| {
+            let name = part
+                .attachment_name()
+                .map(str::to_string)
+                .unwrap_or_else(|| "(unnamed)".to_string());
+            (name, part.contents().len())
+        })
+        .collect();
+
+    Ok(Inbound {
+        message_id,
+        references,
+        from_email,
+        from_name,
+        subject,
+        body: body(text.trim(), &attachments),
+        attachments,
+    })
+}
+
+/// Message-IDs of a header (one or a list), without angle brackets.
+fn ids(value: &HeaderValue<'_>) -> Vec<String> {
+    let list: Vec<&str> = match value {
+        HeaderValue::Text(id) => vec![id.as_ref()],
+        HeaderValue::TextList(ids) => ids.iter().map(|id| id.as_ref()).collect(),
+        _ => Vec::new(),
+    };
+    list.into_iter()
+        .map(|id| id.trim().trim_matches(|c| c == '<' || c == '>').to_string())
+        .filter(|id| !id.is_empty())
+        .collect()
+}
+
+/// The stored body: the text (cut at MAX_BODY_BYTES), then the attachments.
+fn body(text: &str, attachments: &[(String, usize)]) -> String {
+    let mut body = if text.len() > MAX_BODY_BYTES {
+        let mut end = MAX_BODY_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}\n\n[… the rest of this email was cut]", &text[..end])
+    } else {
+        text.to_string()
+    };
+    if !attachments.is_empty() {
+        if !body.is_empty() {
+            body.push_str("\n\n");
+        }
+        body.push_str("Attachments (not stored):");
+        for (name, size) in attachments {
+            body.push_str(&format!("\n- {name} ({})", human_size(*size)));
+        }
+    }
+    if body.is_empty() {
+        body.push_str("(empty email)");
+    }
+    body
+}
+
+/// 532 B, 12.3 KB, 4.0 MB.
+pub fn human_size(bytes: usize) -> String {
+    match bytes {
+        b if b < 1024 => format!("{b} B"),
+        b if b < 1024 * 1024 => format!("{:.1} KB", b as f64 / 1024.0),
+        b => format!("{:.1} MB", b as f64 / (1024.0 * 1024.0)),
+    }
+}
+
+/// What `ld_mail_receive` did.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Received {
+    /// False for a duplicate delivery (nothing was written).
+    pub created: bool,
+    pub ticket_id: i64,
+    pub message_id: Option<i64>,
+    /// True when the email opened a new ticket.
+    pub new_ticket: bool,
+}
+
+/// Write the email (as the connection's role: a writer).
+pub async fn store(client: &Client, mail: &Inbound) -> Result<Received, MailError> {
+    let row = client
+        .query_one(
+            "SELECT ld_mail_receive($1, $2, $3, $4, $5, $6)::text",
+            &[
+                &mail.message_id,
+                &mail.references,
+                &mail.from_email,
+                &mail.from_name,
+                &mail.subject,
+                &mail.body,
+            ],
+        )
+        .await?;
+    let text: String = row.get(0);
+    serde_json::from_str(&text).map_err(|e| {
+        MailError::Domain(crate::domain::DomainError::Unexpected(format!(
+            "ld_mail_receive answered {text}: {e}"
+        )))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_message_with_a_reply_chain() {
+        let raw = b"From: Dana <dana@example.com>\r\nTo: support@example.com\r\n\
+Subject: =?UTF-8?B?UmU6INCf0YDQuNCy0LXRgg==?=\r\nMessage-ID: <abc@mail.example.com>\r\n\
+In-Reply-To: <parent@x>\r\nReferences: <root@x> <parent@x>\r\n\r\nHello\r\n";
+        let mail = parse(raw).unwrap();
+        assert_eq!(mail.message_id, "abc@mail.example.com");
+        assert_eq!(mail.references, vec!["root@x", "parent@x", "parent@x"]);
+        assert_eq!(mail.from_email, "dana@example.com");
+        assert_eq!(mail.from_name.as_deref(), Some("Dana"));
+        assert_eq!(mail.subject.as_deref(), Some("Re: Привет"));
+        assert_eq!(mail.body, "Hello");
+    }
+
+    #[test]
+    fn no_from_address_is_a_data_error() {
+        let err = parse(b"Subject: x\r\n\r\nbody\r\n").unwrap_err();
+        assert_eq!(err.exit_code(), super::super::error::EX_DATAERR);
+    }
+
+    #[test]
+    fn a_message_without_message_id_gets_a_stable_one() {
+        let raw = b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\n";
+        assert_eq!(
+            parse(raw).unwrap().message_id,
+            parse(raw).unwrap().message_id
+        );
+    }
+}

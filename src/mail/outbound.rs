@@ -1,0 +1,338 @@
+//! Email out: the `mailer` consumer of the durable feed sends every agent
+//! reply on an email ticket to the ticket's customer over SMTP.
+//!
+//! Exactly once, as far as SMTP allows: the outgoing Message-ID is recorded
+//! (`ld_mail_prepare`) before the first attempt; when the server accepts the
+//! message the send is recorded (`ld_mail_sent`) and only then is the feed
+//! acknowledged. A worker restarted after a crash reads the unacknowledged
+//! events again, finds the send recorded and does not send again. The one
+//! window left — a crash between the server's "250 OK" and the record — can
+//! resend, with the same Message-ID, which mail clients treat as the same
+//! message. One sender is active per database at a time (an advisory lock),
+//! so `serve --mail` may run on every process.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::{AsyncTransport, Message, Tokio1Executor};
+use serde::Deserialize;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::feed::{self, Start};
+use super::{MailDatabase, MailError, MailSettings};
+
+/// The feed consumer the sender reads as.
+pub const CONSUMER: &str = "mailer";
+
+/// Session advisory lock key ("ldmail"): one active sender per database.
+const SENDER_LOCK: i64 = 0x6c64_6d61_696c;
+
+/// Events read at once.
+const BATCH: i32 = 100;
+
+/// Why the SMTP side cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    #[error("LIVEDESK_SMTP_URL is not set")]
+    NoUrl,
+    #[error("LIVEDESK_MAIL_FROM is not set")]
+    NoFrom,
+    #[error("LIVEDESK_MAIL_FROM is not an address: {0}")]
+    BadFrom(String),
+    #[error("LIVEDESK_SMTP_URL is not usable: {0}")]
+    BadUrl(String),
+}
+
+impl From<SmtpError> for MailError {
+    fn from(e: SmtpError) -> Self {
+        MailError::Config(e.to_string())
+    }
+}
+
+/// A reply as `ld_mail_prepare` describes it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Outgoing {
+    pub message_id: i64,
+    pub ticket_id: i64,
+    pub mail_message_id: String,
+    pub status: String,
+    pub attempts: i32,
+    pub to: Recipient,
+    pub from_name: Option<String>,
+    pub subject: String,
+    pub body: String,
+    pub in_reply_to: Option<String>,
+    pub references: Vec<String>,
+}
+
+/// The customer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Recipient {
+    pub email: String,
+    pub name: Option<String>,
+}
+
+/// The long-running worker.
+pub struct Sender {
+    db: MailDatabase,
+    settings: MailSettings,
+    from: Mailbox,
+    domain: String,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+}
+
+impl Sender {
+    /// Check the settings and build the SMTP transport (nothing is connected yet).
+    pub fn new(db: MailDatabase, settings: MailSettings) -> Result<Sender, MailError> {
+        let url = settings.smtp_url.as_deref().ok_or(SmtpError::NoUrl)?;
+        let from_text = settings.mail_from.as_deref().ok_or(SmtpError::NoFrom)?;
+        let from = Mailbox::from_str(from_text.trim())
+            .map_err(|e| SmtpError::BadFrom(format!("{from_text}: {e}")))?;
+        let domain = from.email.domain().to_string();
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url(url))
+            .map_err(|e| SmtpError::BadUrl(e.to_string()))?
+            .timeout(Some(Duration::from_secs(30)))
+            .build();
+        Ok(Sender {
+            db,
+            settings,
+            from,
+            domain,
+            transport,
+        })
+    }
+
+    /// Send until `stop` is cancelled; database and SMTP failures are
+    /// retried with backoff, never fatal.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = self.settings.retry();
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            match self.session(&stop).await {
+                Ok(()) => return,
+                Err(MailError::Stopped) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                                   "mail sender: database trouble, starting over");
+                }
+            }
+            if sleep_or_stop(&stop, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(self.settings.retry_max());
+        }
+    }
+
+    /// One connection's life: take the lock, then follow the feed.
+    async fn session(&self, stop: &CancellationToken) -> Result<(), MailError> {
+        let client = self.db.connect().await?;
+        loop {
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&SENDER_LOCK])
+                .await?;
+            if row.get::<_, bool>(0) {
+                break;
+            }
+            tracing::debug!("mail sender: another sender is active; standing by");
+            if sleep_or_stop(stop, self.settings.poll() * 5).await {
+                return Ok(());
+            }
+        }
+        feed::start(&client, CONSUMER, Start::Now).await?;
+        tracing::info!("mail sender: sending replies on email tickets");
+        loop {
+            let events = feed::read(&client, CONSUMER, BATCH).await?;
+            if events.is_empty() {
+                if sleep_or_stop(stop, self.settings.poll()).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            for event in &events {
+                if let Some(message_id) = reply_id(&event.event) {
+                    self.deliver(&client, message_id, stop).await?;
+                }
+                // Acknowledged one by one: what is acknowledged was handled.
+                feed::ack(&client, CONSUMER, event.ticket_id, event.version).await?;
+            }
+        }
+    }
+
+    /// Send one reply unless it was sent (or failed for good); retries
+    /// temporary SMTP failures with backoff until it goes through.
+    async fn deliver(
+        &self,
+        client: &Client,
+        message_id: i64,
+        stop: &CancellationToken,
+    ) -> Result<(), MailError> {
+        let mut backoff = self.settings.retry();
+        loop {
+            let Some(outgoing) = prepare(client, message_id, &self.domain).await? else {
+                return Ok(());
+            };
+            if outgoing.status != "pending" {
+                tracing::debug!(message_id, status = %outgoing.status, "reply already handled");
+                return Ok(());
+            }
+            let email = match self.build(&outgoing) {
+                Ok(email) => email,
+                Err(reason) => {
+                    tracing::error!(message_id, %reason, "reply cannot be sent");
+                    failed(client, message_id, &reason, true).await?;
+                    return Ok(());
+                }
+            };
+            match self.transport.send(email).await {
+                Ok(response) => {
+                    client
+                        .execute("SELECT ld_mail_sent($1)", &[&message_id])
+                        .await?;
+                    tracing::info!(message_id, ticket_id = outgoing.ticket_id,
+                                   mail_message_id = %outgoing.mail_message_id,
+                                   code = %response.code(), "reply sent");
+                    return Ok(());
+                }
+                Err(e) if e.is_permanent() => {
+                    tracing::error!(message_id, error = %e, "the SMTP server refused the reply for good");
+                    failed(client, message_id, &e.to_string(), true).await?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(message_id, error = %e, attempt = outgoing.attempts + 1,
+                                   retry_in_ms = backoff.as_millis() as u64, "reply not sent yet");
+                    failed(client, message_id, &e.to_string(), false).await?;
+                    if sleep_or_stop(stop, backoff).await {
+                        return Err(MailError::Stopped);
+                    }
+                    backoff = (backoff * 2).min(self.settings.retry_max());
+                }
+            }
+        }
+    }
+
+    /// The email: the agent's name on the support address, threaded.
+    fn build(&self, outgoing: &Outgoing) -> Result<Message, String> {
+        let to_address = outgoing.to.email.parse().map_err(|e| {
+            format!(
+                "the customer's address {} is not usable: {e}",
+                outgoing.to.email
+            )
+        })?;
+        let to = Mailbox::new(outgoing.to.name.clone(), to_address);
+        let from_name = match (&outgoing.from_name, &self.from.name) {
+            (Some(agent), Some(team)) => Some(format!("{agent} ({team})")),
+            (Some(agent), None) => Some(agent.clone()),
+            (None, team) => team.clone(),
+        };
+        let from = Mailbox::new(from_name, self.from.email.clone());
+        let mut builder = Message::builder()
+            .from(from)
+            .reply_to(self.from.clone())
+            .to(to)
+            .subject(outgoing.subject.clone())
+            .message_id(Some(format!("<{}>", outgoing.mail_message_id)));
+        if let Some(parent) = &outgoing.in_reply_to {
+            builder = builder.in_reply_to(format!("<{parent}>"));
+        }
+        if !outgoing.references.is_empty() {
+            let references: Vec<String> = outgoing
+                .references
+                .iter()
+                .map(|id| format!("<{id}>"))
+                .collect();
+            builder = builder.references(references.join(" "));
+        }
+        builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(outgoing.body.clone())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The message id of an event that may need sending: a created reply.
+fn reply_id(event: &serde_json::Value) -> Option<i64> {
+    if event.get("kind")?.as_str()? != "message.created" {
+        return None;
+    }
+    let message = event.get("data")?.get("message")?;
+    if message.get("kind")?.as_str()? != "reply" {
+        return None;
+    }
+    message.get("id")?.as_i64()
+}
+
+async fn prepare(
+    client: &Client,
+    message_id: i64,
+    domain: &str,
+) -> Result<Option<Outgoing>, MailError> {
+    let row = client
+        .query_one(
+            "SELECT ld_mail_prepare($1, $2)::text",
+            &[&message_id, &domain],
+        )
+        .await?;
+    let Some(text) = row.get::<_, Option<String>>(0) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        MailError::Domain(crate::domain::DomainError::Unexpected(format!(
+            "ld_mail_prepare answered {text}: {e}"
+        )))
+    })
+}
+
+async fn failed(
+    client: &Client,
+    message_id: i64,
+    error: &str,
+    permanent: bool,
+) -> Result<(), MailError> {
+    client
+        .execute(
+            "SELECT ld_mail_failed($1, $2, $3)",
+            &[&message_id, &error, &permanent],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Sleep, or return true at once when stopped.
+async fn sleep_or_stop(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Contract §7's URL forms in lettre's terms: `smtp+starttls://…` is
+/// lettre's `smtp://…?tls=required`; `smtp://` and `smtps://` are the same.
+pub fn lettre_url(url: &str) -> String {
+    match url.strip_prefix("smtp+starttls://") {
+        Some(rest) if rest.contains('?') => format!("smtp://{rest}&tls=required"),
+        Some(rest) => format!("smtp://{rest}?tls=required"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starttls_urls_become_lettre_urls() {
+        assert_eq!(
+            lettre_url("smtp+starttls://mx:587"),
+            "smtp://mx:587?tls=required"
+        );
+        assert_eq!(lettre_url("smtps://u:p@mx:465"), "smtps://u:p@mx:465");
+        assert_eq!(lettre_url("smtp://mx:25"), "smtp://mx:25");
+    }
+}
