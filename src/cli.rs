@@ -121,13 +121,29 @@ async fn agent(handle: &DatabaseHandle, command: AgentCommand) -> Result<(), Cli
                 );
             }
         }
-        AgentCommand::Token { email } => {
-            let (agent, token) = agents::rotate_token(&handle.db, &email).await?;
+        AgentCommand::Token { email, expires } => {
+            let (agent, token) = agents::rotate_token(&handle.db, &email, expires).await?;
             eprintln!(
-                "new token for {} <{}>; the old one no longer works",
-                agent.name, agent.email
+                "new token for {} <{}>{}; the old one no longer works",
+                agent.name,
+                agent.email,
+                match expires {
+                    Some(days) => format!(", valid for {days} day(s)"),
+                    None => String::new(),
+                }
             );
             println!("{}", token.0);
+        }
+        AgentCommand::Disable { email } => {
+            let agent = agents::set_disabled(&handle.db, &email, true).await?;
+            eprintln!(
+                "disabled {} <{}>: its tokens no longer work and its connections are closed",
+                agent.name, agent.email
+            );
+        }
+        AgentCommand::Enable { email } => {
+            let agent = agents::set_disabled(&handle.db, &email, false).await?;
+            eprintln!("enabled {} <{}>", agent.name, agent.email);
         }
     }
     Ok(())

@@ -100,6 +100,20 @@ pub enum AgentCommand {
     Token {
         /// The agent's email.
         email: String,
+        /// The token stops working after this many days (default: never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires: Option<u32>,
+    },
+    /// Disable an agent: its tokens answer 401 at once and its WebSockets
+    /// close with 4001, on every process. Its history stays.
+    Disable {
+        /// The agent's email.
+        email: String,
+    },
+    /// Enable a disabled agent again (its current token works again).
+    Enable {
+        /// The agent's email.
+        email: String,
     },
 }
 
@@ -243,6 +257,21 @@ pub struct Settings {
     /// silent connection is noticed within this interval.
     #[arg(long, env = "LIVEDESK_LISTENER_PROBE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..), global = true)]
     pub listener_probe_ms: u64,
+
+    /// HTTP requests (and WebSocket handshakes) per second per API token,
+    /// sustained; beyond it the answer is 429 `rate_limited` with Retry-After.
+    #[arg(long, env = "LIVEDESK_RATE_PER_TOKEN", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub rate_per_token: u32,
+
+    /// Requests a token may send at once above its sustained rate.
+    #[arg(long, env = "LIVEDESK_BURST_PER_TOKEN", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub burst_per_token: u32,
+
+    /// Unauthenticated requests (no token, or one not known to be valid) per
+    /// second per client address; a flood of bad tokens is stopped here,
+    /// before it costs a database query.
+    #[arg(long, env = "LIVEDESK_RATE_PER_ADDRESS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub rate_per_address: u32,
 
     /// Run the embedded PostgreSQL without fsync (throw-away clusters only: tests).
     #[arg(

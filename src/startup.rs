@@ -110,12 +110,18 @@ impl Application {
             shutdown.clone(),
         )
         .await;
-        let state = web::Data::new(AppState {
+        let state = web::Data::new(AppState::new(
             db,
-            settings: settings.clone(),
+            settings.clone(),
             metrics,
-            realtime: realtime.clone(),
-        });
+            realtime.clone(),
+        ));
+        // Ends with `shutdown`, before the pool closes (it owns its connection).
+        tokio::spawn(http::agent_watch::run(
+            state.db.clone(),
+            state.auth.clone(),
+            shutdown.clone(),
+        ));
         let config_settings = settings.clone();
         let deadline = settings.request_timeout();
         let mut server = HttpServer::new(move || {

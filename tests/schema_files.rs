@@ -33,6 +33,10 @@ const LANDED: &[(&str, &str)] = &[
         "V6__feed_and_mail.sql",
         "36cf4c757444eecd66f051b6546d34a853e675f469d638099d17006cb29647bd",
     ),
+    (
+        "V7__agent_lifecycle.sql",
+        "01150a20a27766c821fbb490880469bd74f8f52ac0f47078945a2f750fd9ea27",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {

@@ -639,7 +639,7 @@ async fn eight_concurrent_writers_leave_a_gapless_version_log() {
                         assert_eq!(s, 201, "{b}");
                     }
                     1 => {
-                        let (s, b) = app.post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": [format!("t{w}-{n}")]})).await;
+                        let (s, b) = app.post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": [format!("t{w}-{}", n % 5)], "remove": [format!("t{w}-{}", (n + 2) % 5)]})).await;
                         assert_eq!(s, 200, "{b}");
                     }
                     2 => {

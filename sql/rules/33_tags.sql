@@ -48,6 +48,24 @@ LANGUAGE sql STABLE AS $$
                    WHERE b.ticket_id = p_ticket_id AND b.xact = pg_current_xact_id())
 $$;
 
+-- At most 100 tags per ticket (contract §5a): checked after each statement
+-- that adds tags, for every ticket it touched.
+CREATE OR REPLACE FUNCTION ld_check_tag_count(p_tickets bigint[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ticket bigint;
+BEGIN
+    SELECT g.ticket_id INTO v_ticket FROM ticket_tags g
+    WHERE g.ticket_id = ANY (p_tickets)
+    GROUP BY g.ticket_id HAVING count(*) > 100
+    LIMIT 1;
+    IF FOUND THEN
+        PERFORM ld_fail('LD400', format('ticket %s would have more than 100 tags', v_ticket),
+                        jsonb_build_object('field', 'tags', 'limit', 100));
+    END IF;
+END
+$$;
+
 -- One tags.changed event per ticket per statement, from the rows really
 -- inserted/deleted/updated (transition tables), so ON CONFLICT DO NOTHING on
 -- a present tag or a DELETE of an absent one emits nothing. Tickets are
@@ -57,6 +75,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp 
 DECLARE
     r record;
 BEGIN
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        PERFORM ld_check_tag_count(ARRAY(SELECT DISTINCT n.ticket_id FROM new_rows n));
+    END IF;
     IF TG_OP = 'INSERT' THEN
         FOR r IN
             SELECT n.ticket_id, array_agg(n.tag ORDER BY n.tag COLLATE "C") AS added,

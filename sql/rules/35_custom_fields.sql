@@ -4,7 +4,8 @@
 -- tickets.custom_fields holds only keys defined in field_definitions, each
 -- with a value of its type. Only keys whose value changes are validated, so
 -- values written under an older definition do not block unrelated edits;
--- a key set to JSON null is removed. The subject is trimmed.
+-- a key set to JSON null is removed. A text value holds at most 4 KiB
+-- (contract §5a). The subject is trimmed.
 
 -- Validate the keys of p_new whose value differs from p_old (so values
 -- written under an older definition do not block unrelated edits) and drop
@@ -37,8 +38,8 @@ BEGIN
         END IF;
         CASE r.type
             WHEN 'text' THEN
-                v_ok := jsonb_typeof(r.value) = 'string';
-                v_expected := 'a string';
+                v_ok := jsonb_typeof(r.value) = 'string' AND octet_length(r.value #>> '{}') <= 4096;
+                v_expected := 'a string of at most 4 KiB';
             WHEN 'number' THEN
                 v_ok := jsonb_typeof(r.value) = 'number';
                 v_expected := 'a number';

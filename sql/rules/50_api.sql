@@ -37,7 +37,7 @@ $$;
 
 -- POST /api/tickets. The ticket (ticket.created, v1) and, with a body, its
 -- first message (message.created, v2): a customer message when a customer
--- is given (relayed by p_actor), else an internal note by p_actor. Without
+-- is given and a service relays it, else an internal note by p_actor. Without
 -- a subject the first non-empty line of the body (≤ 120 characters) is used.
 CREATE OR REPLACE FUNCTION ld_create_ticket(p_actor bigint, p_subject text, p_channel text,
                                  p_customer_email text, p_customer_name text, p_body text)
@@ -47,6 +47,7 @@ DECLARE
     v_subject text := nullif(ld_trim(p_subject), '');
     v_channel text := coalesce(p_channel, 'email');
     v_customer bigint;
+    v_customer_words boolean;
     t tickets;
 BEGIN
     PERFORM ld_set_actor(p_actor);
@@ -75,10 +76,15 @@ BEGIN
     VALUES (v_subject, v_channel, v_customer)
     RETURNING * INTO t;
 
+    -- The first message is the customer's own words only when a service
+    -- (email gateway, chat widget) or the owner's code relays it; an agent
+    -- who types what a customer said records a note (contract §5a).
     IF p_body IS NOT NULL THEN
+        v_customer_words := v_customer IS NOT NULL AND (p_actor IS NULL OR EXISTS (
+            SELECT 1 FROM agents a WHERE a.id = p_actor AND a.role = 'service'));
         INSERT INTO messages (ticket_id, kind, author_agent_id, author_customer_id, body)
-        VALUES (t.id, CASE WHEN v_customer IS NULL THEN 'note' ELSE 'customer' END,
-                p_actor, v_customer, p_body);
+        VALUES (t.id, CASE WHEN v_customer_words THEN 'customer' ELSE 'note' END,
+                p_actor, CASE WHEN v_customer_words THEN v_customer END, p_body);
         t := ld_read_ticket(t.id);
     END IF;
     RETURN ld_ticket_json(t);

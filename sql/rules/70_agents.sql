@@ -9,10 +9,22 @@ LANGUAGE sql STABLE AS $$
                               'avatar_url', a.avatar_url, 'role', a.role)
 $$;
 
--- The agent holding a token digest, or no row.
+-- The agent holding a token digest, or NULL: never a disabled agent's, never
+-- an expired token's (contract §5a).
 CREATE OR REPLACE FUNCTION ld_agent_by_token(p_token_hash bytea) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT ld_agent_json(a) FROM agents a WHERE a.token_hash = p_token_hash
+    SELECT ld_agent_json(a) FROM agents a
+    WHERE a.token_hash = p_token_hash
+      AND a.disabled_at IS NULL
+      AND (a.token_expires_at IS NULL OR a.token_expires_at > now())
+$$;
+
+-- Tell every livedesk process that an agent's tokens changed (disabled,
+-- enabled, replaced): their token caches forget it, their WebSockets of a
+-- disabled or re-tokened agent close with 4001.
+CREATE OR REPLACE FUNCTION ld_agent_announce(p_agent_id bigint) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_notify('livedesk_agents', p_agent_id::text)
 $$;
 
 -- Create an agent with the digest of its first token.
@@ -32,27 +44,63 @@ BEGIN
 END
 $$;
 
--- Replace an agent's token digest (the old token stops working at once).
-CREATE OR REPLACE FUNCTION ld_agent_set_token(p_email text, p_token_hash bytea) RETURNS jsonb
+-- Replace an agent's token digest (the old token stops working at once, on
+-- every process); p_expires_at NULL = never expires.
+DROP FUNCTION IF EXISTS ld_agent_set_token(text, bytea);
+CREATE OR REPLACE FUNCTION ld_agent_set_token(p_email text, p_token_hash bytea, p_expires_at timestamptz)
+RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     a agents;
 BEGIN
-    UPDATE agents SET token_hash = p_token_hash
+    UPDATE agents SET token_hash = p_token_hash, token_expires_at = p_expires_at
     WHERE lower(email) = lower(btrim(p_email))
     RETURNING * INTO a;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no agent has the email %', btrim(p_email)
-            USING ERRCODE = 'LD404', DETAIL = jsonb_build_object('resource', 'agent')::text;
+        PERFORM ld_fail('LD404', format('no agent has the email %s', btrim(p_email)),
+                        jsonb_build_object('resource', 'agent'));
     END IF;
+    PERFORM ld_agent_announce(a.id);
     RETURN ld_agent_json(a);
 END
+$$;
+
+-- Disable (p_disabled) or enable an agent by email. A disabled agent's
+-- tokens answer 401 and its sockets close with 4001; its history stays.
+CREATE OR REPLACE FUNCTION ld_agent_set_disabled(p_email text, p_disabled boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    a agents;
+BEGIN
+    UPDATE agents
+    SET disabled_at = CASE WHEN p_disabled THEN coalesce(disabled_at, now()) END
+    WHERE lower(email) = lower(btrim(p_email))
+    RETURNING * INTO a;
+    IF NOT FOUND THEN
+        PERFORM ld_fail('LD404', format('no agent has the email %s', btrim(p_email)),
+                        jsonb_build_object('resource', 'agent'));
+    END IF;
+    PERFORM ld_agent_announce(a.id);
+    RETURN ld_agent_json(a) || jsonb_build_object('disabled', a.disabled_at IS NOT NULL);
+END
+$$;
+
+-- Whether each of these agents may still act (enabled): for closing the
+-- sockets of agents that are not.
+CREATE OR REPLACE FUNCTION ld_agents_enabled(p_ids bigint[]) RETURNS TABLE (id bigint, enabled boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT x.id, coalesce(a.disabled_at IS NULL, false)
+    FROM unnest(p_ids) AS x(id) LEFT JOIN agents a ON a.id = x.id
 $$;
 
 -- Every agent, in creation order.
 CREATE OR REPLACE FUNCTION ld_agent_list() RETURNS jsonb
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(jsonb_agg(ld_agent_json(a) ORDER BY a.id), '[]'::jsonb) FROM agents a
+    SELECT coalesce(jsonb_agg(ld_agent_json(a)
+                              || jsonb_build_object('disabled', a.disabled_at IS NOT NULL,
+                                                    'token_expires_at', ld_ts(a.token_expires_at))
+                              ORDER BY a.id), '[]'::jsonb)
+    FROM agents a
 $$;
 
 ------------------------------------------------------------------------------

@@ -80,17 +80,33 @@ pub async fn add(
     Ok((parse_agent(row.get(0))?, token))
 }
 
-/// Issue a new token for the agent with `email`.
-pub async fn rotate_token(db: &Database, email: &str) -> Result<(Agent, NewToken), DomainError> {
+/// Issue a new token for the agent with `email`, valid for `expires_in_days`
+/// (or for ever); the old token stops working on every process.
+pub async fn rotate_token(
+    db: &Database,
+    email: &str,
+    expires_in_days: Option<u32>,
+) -> Result<(Agent, NewToken), DomainError> {
     let token = generate_token();
     let client = db.client().await?;
+    let days = expires_in_days.map(f64::from);
     let row = client
         .query_one(
-            "SELECT ld_agent_set_token($1, $2)",
-            &[&email, &token_hash(&token.0)],
+            "SELECT ld_agent_set_token($1, $2, now() + make_interval(days => $3::float8::int))",
+            &[&email, &token_hash(&token.0), &days],
         )
         .await?;
     Ok((parse_agent(row.get(0))?, token))
+}
+
+/// Disable (or enable again) the agent with `email`: a disabled agent's
+/// tokens answer 401 and its WebSockets close with 4001, on every process.
+pub async fn set_disabled(db: &Database, email: &str, disabled: bool) -> Result<Agent, DomainError> {
+    let client = db.client().await?;
+    let row = client
+        .query_one("SELECT ld_agent_set_disabled($1, $2)", &[&email, &disabled])
+        .await?;
+    parse_agent(row.get(0))
 }
 
 /// Every agent.

@@ -30,7 +30,7 @@ pub async fn load(db: &Database) -> Result<Vec<Login>, DomainError> {
     for (name, email, role) in AGENTS {
         let (agent, token) = if existing.iter().any(|a| a.email == email) {
             first_run = false;
-            agents::rotate_token(db, email).await?
+            agents::rotate_token(db, email, None).await?
         } else {
             agents::add(db, name, email, role).await?
         };

@@ -109,8 +109,31 @@ impl From<tokio_postgres::Error> for DomainError {
             .unwrap_or_default();
         DomainError::Rejected {
             kind,
-            message: db.message().to_string(),
+            message: client_message(db),
             detail,
         }
     }
+}
+
+/// The sentence a client sees. livedesk's own errors (LDxxx) are written for
+/// people; PostgreSQL's own (constraint and type errors) name tables and
+/// constraints, which are nobody's business outside: they get a plain
+/// sentence, and the original goes to the debug log.
+fn client_message(db: &tokio_postgres::error::DbError) -> String {
+    let code = db.code().code();
+    if code.starts_with("LD") {
+        return db.message().to_string();
+    }
+    tracing::debug!(code, message = db.message(), "database refused a value");
+    match code {
+        "23505" => "It already exists.",
+        "23503" => "It refers to something that does not exist.",
+        "23502" => "A required value is missing.",
+        "23514" => "A value is not allowed here.",
+        "22001" => "A value is too long.",
+        "22003" => "A number is out of range.",
+        "22007" | "22008" => "A date or time is not valid.",
+        _ => "A value has the wrong form.",
+    }
+    .to_string()
 }

@@ -25,6 +25,9 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests from this token or address: try again after `retry_after`.
+    #[error("too many requests")]
+    RateLimited { retry_after: std::time::Duration },
 }
 
 impl ApiError {
@@ -95,6 +98,17 @@ impl ApiError {
                 message.clone(),
                 Map::new(),
             ),
+            ApiError::RateLimited { retry_after } => {
+                let seconds = retry_after_seconds(*retry_after);
+                let mut detail = Map::new();
+                detail.insert("retry_after".into(), json!(seconds));
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("Too many requests: try again in {seconds} s."),
+                    detail,
+                )
+            }
         }
     }
 }
@@ -131,8 +145,21 @@ impl ResponseError for ApiError {
         if status.is_server_error() {
             tracing::error!(error = ?self, "request failed");
         }
-        HttpResponse::build(status).json(error_body(code, &message, detail))
+        let mut response = HttpResponse::build(status);
+        if let ApiError::RateLimited { retry_after } = self {
+            response.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                retry_after_seconds(*retry_after).to_string(),
+            ));
+        }
+        response.json(error_body(code, &message, detail))
     }
+}
+
+/// Whole seconds to wait, at least 1 (Retry-After has no fractions).
+pub fn retry_after_seconds(wait: std::time::Duration) -> u64 {
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    whole.max(1)
 }
 
 /// Extractor errors (bad JSON, oversize bodies, bad query strings) in the contract's shape.

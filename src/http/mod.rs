@@ -1,6 +1,7 @@
 //! The HTTP boundary: state shared by handlers, the route table, request
 //! logging and metrics, and the mapping of every error to the contract's shape.
 
+pub mod agent_watch;
 pub mod auth;
 pub mod errors;
 pub mod metrics;
@@ -25,6 +26,22 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     pub realtime: Realtime,
+    /// The token cache and rate limits (shared by HTTP and the WebSocket handshake).
+    pub auth: Arc<auth::Authenticator>,
+}
+
+impl AppState {
+    /// The state of one process; the authenticator is built from the settings.
+    pub fn new(db: Database, settings: Arc<Settings>, metrics: Arc<Metrics>, realtime: Realtime) -> Self {
+        let auth = Arc::new(auth::Authenticator::new(&settings));
+        AppState {
+            db,
+            settings,
+            metrics,
+            realtime,
+            auth,
+        }
+    }
 }
 
 /// Register the routes, the extractor error handlers and the body limit.
@@ -80,7 +97,8 @@ where
     S::Future: 'static,
 {
     let started = Instant::now();
-    let method = req.method().to_string();
+    // A bounded label: arbitrary methods must not grow the metrics' memory.
+    let method = metric_method(req.method()).to_string();
     let path = req.path().to_string();
     let route = req.match_pattern().unwrap_or_else(|| "other".into());
     let metrics = req
@@ -88,7 +106,10 @@ where
         .map(|s| s.metrics.clone());
     let future = service.call(req);
     async move {
-        let response = future.await;
+        let mut response = future.await;
+        if let Ok(response) = response.as_mut() {
+            protect(response.headers_mut());
+        }
         let elapsed = started.elapsed();
         let status = match &response {
             Ok(r) => r.status().as_u16(),
@@ -106,5 +127,33 @@ where
         }
         tracing::info!(%method, %path, status, micros = elapsed.as_micros() as u64, "request");
         response
+    }
+}
+
+/// The method as a metrics label: the standard ones, else `OTHER`.
+fn metric_method(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Headers every answer carries unless its handler chose otherwise: no
+/// content sniffing, and API answers (tickets, tokens' agents) are never
+/// stored by a browser or proxy cache.
+fn protect(headers: &mut actix_web::http::header::HeaderMap) {
+    use actix_web::http::header::{HeaderValue, CACHE_CONTROL, X_CONTENT_TYPE_OPTIONS};
+    if !headers.contains_key(X_CONTENT_TYPE_OPTIONS) {
+        headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    }
+    if !headers.contains_key(CACHE_CONTROL) {
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 }

@@ -9,7 +9,9 @@ use rust_embed::RustEmbed;
 #[exclude = "*.md"]
 struct Assets;
 
-const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; \
+// connect-src 'self' covers the page's own ws:/wss: origin (CSP Level 3), so
+// the console can open its WebSocket and nothing else.
+const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
                    style-src 'self'; script-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
 /// Register `/` and the console's files.

@@ -21,7 +21,8 @@ pub async fn upgrade(
         .ok()
         .and_then(|q| q.get("access_token").cloned());
     let token = bearer_token(&req).map(str::to_owned).or(query_token);
-    let agent = authenticate(&state, token.as_deref()).await?;
+    let peer = req.peer_addr().map(|a| a.ip());
+    let agent = authenticate(&state, token.as_deref(), peer).await?;
     let slot = state.realtime.open_connection().ok_or_else(|| {
         ApiError::Unavailable("Too many WebSocket connections; retry later.".into())
     })?;

@@ -1,0 +1,232 @@
+//! Contract §5a over real HTTP: token lifecycle (disable, replace, expire),
+//! rate limits answered 429 with Retry-After, a flood of bad tokens that
+//! does not starve good ones, size limits, roles of the first message,
+//! protective headers and bounded metric labels.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{error_code, send, test_settings, TestApp};
+use livedesk::domain::agents;
+use serde_json::json;
+
+/// Poll `/api/me` until it answers `status` (panics after `limit`).
+async fn until_status(app: &TestApp, token: &str, status: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (got, _) = app.get("/api/me", token).await;
+        if got == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/api/me stayed {got}, not {status}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_disabled_agent_gets_401_at_once_and_again_200_when_enabled() {
+    let app = TestApp::spawn().await;
+    let (alice, token) = app.agent("Alice", "agent").await;
+    // Served from the cache from now on.
+    for _ in 0..3 {
+        assert_eq!(app.get("/api/me", &token).await.0, 200);
+    }
+    let started = Instant::now();
+    agents::set_disabled(&app.db, &alice.email, true).await.unwrap();
+    until_status(&app, &token, 401, Duration::from_secs(1)).await;
+    eprintln!("disable → 401 after {:?}", started.elapsed());
+    let (status, body) = app.get("/api/tickets", &token).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"));
+    agents::set_disabled(&app.db, &alice.email, false).await.unwrap();
+    until_status(&app, &token, 200, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_replaced_or_expired_token_stops_working() {
+    let app = TestApp::spawn().await;
+    let (alice, old) = app.agent("Alice", "agent").await;
+    assert_eq!(app.get("/api/me", &old).await.0, 200);
+    let (_, new) = agents::rotate_token(&app.db, &alice.email, Some(1))
+        .await
+        .unwrap();
+    until_status(&app, &old, 401, Duration::from_secs(1)).await;
+    assert_eq!(app.get("/api/me", &new.0).await.0, 200);
+    // A day later (moved by hand here): expired.
+    app.sql()
+        .await
+        .batch_execute(&format!(
+            "UPDATE agents SET token_expires_at = now() - interval '1 second' WHERE id = {}; \
+             SELECT ld_agent_announce({})",
+            alice.id, alice.id
+        ))
+        .await
+        .unwrap();
+    until_status(&app, &new.0, 401, Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn a_token_past_its_rate_gets_429_with_retry_after() {
+    let mut settings = test_settings();
+    settings.rate_per_token = 5;
+    settings.burst_per_token = 10;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let response = app
+            .req(reqwest::Method::GET, "/api/me", &token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status == 429 {
+            let retry: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "Retry-After {retry}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(error_code(&body), "rate_limited");
+        }
+        statuses.push(status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok + limited, 30, "{statuses:?}");
+    assert!((10..=14).contains(&ok), "burst of 10 (+ refills): {statuses:?}");
+    // Another token is not affected.
+    let (_, other) = app.agent("Bob", "agent").await;
+    assert_eq!(app.get("/api/me", &other).await.0, 200);
+}
+
+/// 200 garbage-token requests in parallel while an agent works: the agent
+/// never gets a 429 or 503, the flood gets 401 then 429.
+#[tokio::test]
+async fn a_flood_of_bad_tokens_does_not_starve_a_good_one() {
+    let mut settings = test_settings();
+    settings.rate_per_address = 20;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "Refund").await["id"].as_i64().unwrap();
+    let flood: Vec<_> = (0..200)
+        .map(|n| {
+            let request = app.req(
+                reqwest::Method::GET,
+                "/api/tickets",
+                &format!("ldk_{:064x}", n as u128 * 7919),
+            );
+            tokio::spawn(async move { send(request).await })
+        })
+        .collect();
+    let mut agent_statuses = Vec::new();
+    for _ in 0..20 {
+        agent_statuses.push(app.get(&format!("/api/tickets/{id}"), &token).await.0);
+    }
+    let mut flood_statuses = Vec::new();
+    for handle in flood {
+        let (status, body) = handle.await.unwrap();
+        assert!(matches!(status, 401 | 429), "{status} {body}");
+        flood_statuses.push(status);
+    }
+    assert!(agent_statuses.iter().all(|s| *s == 200), "{agent_statuses:?}");
+    assert!(flood_statuses.contains(&429), "the flood was never limited");
+    assert!(
+        flood_statuses.iter().filter(|s| **s == 401).count() <= 40,
+        "more bad tokens reached the database than the address may send"
+    );
+}
+
+#[tokio::test]
+async fn sizes_are_bounded() {
+    let app = TestApp::spawn().await;
+    let (_, admin) = app.agent("Ada", "admin").await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "Refund").await["id"].as_i64().unwrap();
+    // 101 tags → 400, nothing added.
+    let tags: Vec<String> = (0..101).map(|n| format!("t{n}")).collect();
+    let (status, body) = app
+        .post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": tags}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (_, ticket) = app.get(&format!("/api/tickets/{id}"), &token).await;
+    assert_eq!(ticket["ticket"]["tags"], json!([]));
+    let tags: Vec<String> = (0..100).map(|n| format!("t{n}")).collect();
+    let (status, _) = app
+        .post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": tags}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": ["one-more"]}))
+        .await;
+    assert_eq!(status, 400);
+    // Custom text values ≤ 4 KiB.
+    let (status, _) = send(
+        app.req(reqwest::Method::PUT, "/api/fields/order_ref", &admin)
+            .json(&json!({"label": "Order", "type": "text"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &token,
+            json!({"changes": {"custom_fields.order_ref": {"from": null, "to": "x".repeat(4097)}}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = app
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &token,
+            json!({"changes": {"custom_fields.order_ref": {"from": null, "to": "x".repeat(4096)}}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+/// Only a service relays a customer's own words; an agent who types them
+/// records a note.
+#[tokio::test]
+async fn only_a_service_creates_a_ticket_in_the_customers_words() {
+    let app = TestApp::spawn().await;
+    let (_, agent) = app.agent("Alice", "agent").await;
+    let (_, service) = app.agent("Widget", "service").await;
+    let body = json!({"channel": "chat", "customer": {"email": "eve@example.com", "name": "Eve"},
+                      "body": "I cannot log in"});
+    for (token, kind) in [(&agent, "note"), (&service, "customer")] {
+        let (status, ticket) = app.post("/api/tickets", token, body.clone()).await;
+        assert_eq!(status, 201, "{ticket}");
+        let (_, full) = app
+            .get(&format!("/api/tickets/{}", ticket["id"]), token)
+            .await;
+        assert_eq!(full["messages"][0]["kind"], kind, "{full}");
+    }
+}
+
+#[tokio::test]
+async fn answers_carry_protective_headers_and_metrics_labels_stay_bounded() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let response = app
+        .req(reqwest::Method::GET, "/api/me", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let response = app.http.get(format!("{}/", app.base)).send().await.unwrap();
+    let csp = response.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("connect-src 'self';"), "{csp}");
+    assert!(!csp.contains("ws:"), "{csp}");
+    for n in 0..20 {
+        let method = reqwest::Method::from_bytes(format!("X{n}").as_bytes()).unwrap();
+        let (status, body) = send(app.req(method, "/api/me", &token)).await;
+        assert_eq!(status, 404, "{body}");
+    }
+    let text = app.metrics_text().await;
+    assert!(!text.contains("method=\"X1\""), "raw methods became labels");
+    assert!(text.contains("method=\"OTHER\""));
+}
