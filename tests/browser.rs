@@ -141,7 +141,23 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     )
     .await;
     // An older ticket, so the inbox is not a list of one.
-    app.ticket(&token_a, "Printer on fire").await;
+    let printer = app.ticket(&token_a, "Printer on fire").await["id"]
+        .as_i64()
+        .unwrap();
+    // A long thread (60 notes), for "Load earlier".
+    let long = app.ticket(&token_a, "Long thread").await["id"]
+        .as_i64()
+        .unwrap();
+    for n in 1..=60 {
+        let (status, body) = app
+            .post(
+                &format!("/api/tickets/{long}/messages"),
+                &token_a,
+                json!({"kind": "note", "body": format!("note {n}")}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
     let (status, ticket) = app
         .post(
             "/api/tickets",
@@ -186,6 +202,8 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         .env("NAME_C", &carol.name)
         .env("AGENT_C", carol.id.to_string())
         .env("SCREENSHOT_DIR", &shots)
+        .env("PRINTER_TICKET", printer.to_string())
+        .env("LONG_TICKET", long.to_string())
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -239,6 +257,21 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
                             stdin.write_all(b"SQL_DONE\n").await.unwrap();
                             stdin.flush().await.unwrap();
                         }
+                        if let Some(args) = line.strip_prefix("SQL_ASSIGN ") {
+                            // An assignment by another service, straight in SQL.
+                            let ids: Vec<i64> =
+                                args.split(' ').filter_map(|x| x.parse().ok()).collect();
+                            let n = sql
+                                .execute(
+                                    "UPDATE tickets SET assignee_id = $2 WHERE id = $1",
+                                    &[&ids[0], &ids[1]],
+                                )
+                                .await
+                                .expect("the direct SQL assignment");
+                            assert_eq!(n, 1);
+                            stdin.write_all(b"SQL_DONE\n").await.unwrap();
+                            stdin.flush().await.unwrap();
+                        }
                         if let Some(json) = line.strip_prefix("RESULT ") {
                             result = serde_json::from_str(json).ok();
                         }
@@ -289,13 +322,20 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         Some("B") => bob.id,
         other => panic!("no take winner ({other:?}); output:\n{output}"),
     };
-    let take_loser = if take_winner == alice.id { bob.id } else { alice.id };
+    let take_loser = if take_winner == alice.id {
+        bob.id
+    } else {
+        alice.id
+    };
     let assignee = result["assignee"].as_i64();
     assert!(
         assignee == Some(carol.id) || assignee == Some(take_loser),
         "{assignee:?}; output:\n{output}"
     );
     assert_eq!(t["assignee"]["id"], json!(assignee), "{output}");
+    assert_eq!(t["status"], "open", "{output}");
+    let (_, printer_full) = app.get(&format!("/api/tickets/{printer}"), &token_a).await;
+    assert_eq!(printer_full["ticket"]["assignee"]["id"], bob.id, "{output}");
     let messages = full["messages"].as_array().unwrap();
     let kinds: Vec<&str> = messages
         .iter()
@@ -343,7 +383,10 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
 /// Move the ticket two versions on with the triggers off and write only the
 /// second version's event: version v+1 is missing from the log for good.
 async fn make_hole(admin: &tokio_postgres::Client, id: i64, subject: &str) {
-    admin.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.unwrap();
+    admin
+        .batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+        .await
+        .unwrap();
     let row = admin
         .query_one(
             "UPDATE tickets t SET version = t.version + 2, subject = $2 \

@@ -9,6 +9,9 @@
  *   login-submit           the login button
  *   login-error            why the login failed
  *   logout                 the logout button
+ *   notifications-button   "Notifications" (badge: unread count); opens notifications-panel
+ *   notifications-panel    the list of notifications (links to the tickets)
+ *   inbox-unread           "N new" badge next to the inbox heading
  *   me-name                the logged-in agent's name
  *   conn-state             connection indicator; data-state = connecting|live|reconnecting|offline
  *   inbox-list             the list of inbox rows
@@ -64,6 +67,7 @@ import { LivedeskClient } from './livedesk-client.js';
 import { h, replaceChildren, avatar } from './dom.js';
 import { InboxView } from './inbox.js';
 import { TicketView } from './ticket.js';
+import { NotificationCenter } from './notifications.js';
 
 const TOKEN_KEY = 'livedesk.token';
 const root = document.getElementById('app');
@@ -168,7 +172,7 @@ async function start(token) {
     console.warn('could not load field definitions', e);
   }
 
-  session = { client, me, fields, inbox: null, ticketView: null, offs: [] };
+  session = { client, me, fields, inbox: null, ticketView: null, offs: [], baseTitle: 'livedesk' };
   buildShell();
   session.offs.push(
     client.on('unauthorized', (_reason, info) =>
@@ -181,7 +185,16 @@ async function start(token) {
   );
   client.connect();
   session.inbox.load();
+  session.notifications.prime();
   route();
+}
+
+/** The tab title: "(2) #12 Printer on fire — livedesk" with unread notifications. */
+function setTitle(base) {
+  if (!session) return;
+  if (base !== undefined) session.baseTitle = base;
+  const unread = session.notifications ? session.notifications.unread : 0;
+  document.title = (unread ? `(${unread}) ` : '') + session.baseTitle;
 }
 
 function buildShell() {
@@ -205,6 +218,19 @@ function buildShell() {
   );
 
   session.inbox = new InboxView({ client, me });
+  session.notifications = new NotificationCenter({
+    client,
+    me,
+    onChange: (unread, center) => {
+      setTitle();
+      session.inbox.setUnread(center.unreadTickets(), unread);
+    },
+  });
+  const onKey = (e) => {
+    if (e.key === 'Escape') session && session.notifications.close();
+  };
+  document.addEventListener('keydown', onKey);
+  session.offs.push(() => document.removeEventListener('keydown', onKey));
   session.ticketPane = h('section', { class: 'ticket-pane', id: 'ticket-pane', tabindex: '-1', 'aria-label': 'Ticket' });
 
   replaceChildren(
@@ -215,7 +241,7 @@ function buildShell() {
       { class: 'topbar' },
       h('h1', { class: 'brand' }, h('a', { href: '#/' }, 'livedesk')),
       conn,
-      h('div', { class: 'me' }, avatar(me, { size: 'sm' }), h('span', { dataset: { testid: 'me-name' } }, me.name)),
+      h('div', { class: 'me' }, session.notifications.el, avatar(me, { size: 'sm' }), h('span', { dataset: { testid: 'me-name' } }, me.name)),
       h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'logout' }, onclick: () => logout() }, 'Log out'),
     ),
     h('main', { class: 'layout' }, h('div', { class: 'inbox-pane' }, session.inbox.el), session.ticketPane),
@@ -235,8 +261,9 @@ function route() {
   if (current) current.destroy();
   session.ticketView = null;
   session.inbox.select(id);
+  if (id !== null) session.notifications.ticketOpened(id);
   if (id === null) {
-    document.title = 'livedesk';
+    setTitle('livedesk');
     replaceChildren(session.ticketPane, h('p', { class: 'placeholder muted' }, 'Select a ticket in the inbox.'));
     return;
   }
@@ -250,9 +277,10 @@ function route() {
       session.agents = null;
       throw e;
     })),
+    onHeld: (info) => session && session.notifications.held(info),
     onTicket: (t) => {
       if (session && session.ticketView === view) {
-        document.title = `#${t.id} ${t.subject || ''} — livedesk`;
+        setTitle(`#${t.id} ${t.subject || ''} — livedesk`);
         session.inbox.updateFromTicket(t);
       }
     },
@@ -266,6 +294,7 @@ function endSession() {
   if (!session) return;
   if (session.ticketView) session.ticketView.destroy();
   if (session.inbox) session.inbox.destroy();
+  if (session.notifications) session.notifications.destroy();
   for (const off of session.offs) off();
   session.client.disconnect();
   session = null;

@@ -15,6 +15,8 @@ export class InboxView {
     this.tickets = new Map(); // id -> ticket
     this.selectedId = null;
     this.loadSeq = 0;
+    this.unreadTickets = new Set();
+    this.unreadBadge = h('span', { class: 'count-badge', hidden: true, dataset: { testid: 'inbox-unread' } });
 
     const statusId = uid('f-status');
     const assigneeId = uid('f-assignee');
@@ -64,7 +66,7 @@ export class InboxView {
       h(
         'div',
         { class: 'inbox-head' },
-        h('h2', { id: 'inbox-title' }, 'Inbox'),
+        h('h2', { id: 'inbox-title' }, 'Inbox ', this.unreadBadge),
         h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'inbox-refresh' }, onclick: () => this.load() }, 'Refresh'),
       ),
       h(
@@ -131,6 +133,14 @@ export class InboxView {
     this.onInboxTicket(t);
   }
 
+  /** Notifications: the unread count beside the heading, a mark on those rows. */
+  setUnread(ticketIds, count) {
+    this.unreadTickets = ticketIds;
+    this.unreadBadge.textContent = count ? `${count} new` : '';
+    this.unreadBadge.hidden = !count;
+    this.render();
+  }
+
   select(id) {
     this.selectedId = id;
     for (const li of this.list.children) {
@@ -173,6 +183,7 @@ export class InboxView {
           'span',
           { class: 'row-top' },
           h('span', { class: 'row-id' }, `#${t.id}`),
+          this.unreadTickets.has(t.id) ? h('span', { class: 'row-new' }, 'new for you') : null,
           h('span', { class: 'row-subject' }, t.subject || '(no subject)'),
         ),
         h(

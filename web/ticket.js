@@ -337,15 +337,17 @@ export class TicketView {
         'div',
         { class: 'ticket-sub' },
         h('span', {}, `#${t.id}`),
-        h('span', {}, t.channel || ''),
-        h('span', { class: 'customer' }, customer),
+        (this.channelEl = h('span', { class: 'channel' }, t.channel || '')),
+        (this.customerEl = h('span', { class: 'customer' }, customer)),
         h('span', {}, 'opened ', timeEl(t.created_at)),
         h('div', { class: 'presence-wrap' }, h('span', { class: 'sr-only' }, 'On this ticket:'), this.presenceList),
       ),
     );
 
     // Conversation and composer.
-    this.conversation = h('ol', { class: 'conversation', role: 'log', 'aria-label': 'Conversation', tabindex: '0', dataset: { testid: 'conversation' } });
+    // The list keeps list semantics; the live region is its wrapper (a role on
+    // the <ol> itself would orphan its <li>s for assistive technology).
+    this.conversation = h('ol', { class: 'conversation', 'aria-label': 'Messages', tabindex: '0', dataset: { testid: 'conversation' } });
     this.conversation.addEventListener('scroll', () => this.onConversationScroll(), { passive: true });
     this.typingIndicator = h('p', { class: 'typing-indicator', 'aria-live': 'polite', dataset: { testid: 'typing-indicator' } });
     const composer = this.buildComposer();
@@ -359,6 +361,7 @@ export class TicketView {
       this.buildAssignee(),
       this.buildTags(),
       this.buildCustomFields(),
+      this.buildHistory(),
     );
 
     this.notice = h('p', { class: 'ticket-notice', role: 'status', 'aria-live': 'polite', dataset: { testid: 'ticket-notice' } });
@@ -367,7 +370,7 @@ export class TicketView {
       this.el,
       head,
       this.notice,
-      h('div', { class: 'ticket-body' }, h('div', { class: 'conversation-col' }, this.conversation, this.typingIndicator, composer), side),
+      h('div', { class: 'ticket-body' }, h('div', { class: 'conversation-col' }, h('div', { role: 'log', 'aria-label': 'Conversation', class: 'conversation-log' }, this.conversation), this.typingIndicator, composer), side),
     );
 
     this.renderMessages();
@@ -536,6 +539,7 @@ export class TicketView {
     this.loadAgents()
       .then((agents) => {
         if (this.destroyed) return;
+        this.agentById = new Map(agents.map((a) => [a.id, a]));
         const people = agents.filter((a) => a.role !== 'service');
         this.assignSelect.append(...people.map((a) => h('option', { value: a.id }, a.id === this.me.id ? `${a.name} (me)` : a.name)));
       })
@@ -644,6 +648,92 @@ export class TicketView {
       return false;
     } finally {
       for (const b of buttons) b.disabled = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- history
+
+  /** "Bob changed status new → open, 12:03": GET /api/tickets/{id}/events when opened, then live. */
+  buildHistory() {
+    this.historyList = h('ol', { class: 'history-list', 'aria-label': 'History', dataset: { testid: 'history' } });
+    this.historyVersion = null; // the last version listed; null until loaded
+    const details = h(
+      'details',
+      { class: 'history' },
+      h('summary', {}, 'History'),
+      this.historyList,
+    );
+    details.addEventListener('toggle', () => {
+      if (details.open && this.historyVersion === null && !this.historyLoading) this.loadHistory();
+    });
+    return details;
+  }
+
+  async loadHistory() {
+    this.historyLoading = true;
+    replaceChildren(this.historyList, h('li', { class: 'muted' }, 'Loading…'));
+    try {
+      const all = [];
+      let since = 0;
+      for (;;) {
+        const page = await this.client.listEvents(this.id, { since, limit: 500 });
+        all.push(...page);
+        if (page.length < 500) break;
+        since = page[page.length - 1].version;
+      }
+      if (this.destroyed) return;
+      this.historyList.replaceChildren();
+      this.historyVersion = 0;
+      for (const ev of all) this.appendHistory(ev);
+    } catch (e) {
+      replaceChildren(this.historyList, h('li', { class: 'field-error' }, `Could not load the history: ${e.message}`));
+    } finally {
+      this.historyLoading = false;
+    }
+  }
+
+  appendHistory(ev) {
+    if (this.historyVersion === null || this.historyVersion === undefined || ev.version <= this.historyVersion) return;
+    this.historyVersion = ev.version;
+    this.historyList.append(h('li', { class: 'history-item', dataset: { version: ev.version } }, h('span', {}, this.describeEvent(ev)), ', ', timeEl(ev.at)));
+  }
+
+  /** One event in words. */
+  describeEvent(ev) {
+    const who = ev.actor ? ev.actor.name : 'A direct database write';
+    const d = ev.data || {};
+    const show = (v) => displayValue(v);
+    switch (ev.kind) {
+      case 'ticket.created':
+        return `${who} created the ticket`;
+      case 'message.created': {
+        const m = d.message || {};
+        if (m.kind === 'customer') return `${(m.author && m.author.name) || 'The customer'} wrote`;
+        return `${(m.author && m.author.name) || who} ${m.kind === 'note' ? 'added a note' : 'replied'}`;
+      }
+      case 'tags.changed': {
+        const parts = [];
+        if ((d.added || []).length) parts.push(`added tag${d.added.length > 1 ? 's' : ''} ${d.added.join(', ')}`);
+        if ((d.removed || []).length) parts.push(`removed tag${d.removed.length > 1 ? 's' : ''} ${d.removed.join(', ')}`);
+        return `${who} ${parts.join(' and ') || 'changed the tags'}`;
+      }
+      case 'ticket.updated': {
+        const parts = Object.entries(d.changes || {}).map(([field, c]) => {
+          const from = c ? c.from : null;
+          const to = c ? c.to : null;
+          if (field === 'assignee_id') {
+            const name = (id) => (id === null || id === undefined ? 'nobody' : (this.agentById && this.agentById.get(Number(id))?.name) || `agent ${id}`);
+            return to === null || to === undefined ? `unassigned ${name(from)}` : `assigned ${name(to)}`;
+          }
+          const label = field.startsWith('custom_fields.')
+            ? (this.fieldDefs.find((f) => `custom_fields.${f.key}` === field)?.label || field.slice('custom_fields.'.length))
+            : field.replace('_id', '');
+          return `changed ${label} ${show(from)} → ${show(to)}`;
+        });
+        return `${who} ${parts.join(', ') || 'changed the ticket'}`;
+      }
+      default:
+        return `${who}: ${ev.kind}`;
     }
   }
 
@@ -771,9 +861,39 @@ export class TicketView {
       case 'ticket.updated':
       default:
         if (data.ticket) this.applyTicket(data.ticket, by);
-        else if (ev.kind === 'ticket.updated' && ev.version > this.ticket.version) this.refetch();
+        else if (ev.kind === 'ticket.updated' && ev.version > this.ticket.version) this.applyChanges(ev, by);
         else this.bumpVersion(ev.version);
     }
+    this.appendHistory(ev);
+  }
+
+  /**
+   * Contract v2: `ticket.updated` carries `changes` only. Apply them to the
+   * ticket we hold; a change we cannot build locally (a new customer, an
+   * assignee the directory does not know) reads the ticket again.
+   */
+  async applyChanges(ev, by) {
+    const changes = (ev.data && ev.data.changes) || {};
+    const next = { ...this.ticket, custom_fields: { ...(this.ticket.custom_fields || {}) }, version: ev.version, updated_at: ev.at || this.ticket.updated_at };
+    let local = true;
+    for (const [field, change] of Object.entries(changes)) {
+      const to = change ? change.to : null;
+      if (['subject', 'status', 'priority', 'channel'].includes(field)) next[field] = to;
+      else if (field.startsWith('custom_fields.')) {
+        const key = field.slice('custom_fields.'.length);
+        if (to === null || to === undefined) delete next.custom_fields[key];
+        else next.custom_fields[key] = to;
+      } else if (field === 'assignee_id') {
+        if (to === null || to === undefined) next.assignee = null;
+        else {
+          const agent = this.agentById ? this.agentById.get(Number(to)) : null;
+          if (agent) next.assignee = { id: agent.id, name: agent.name, avatar_url: agent.avatar_url ?? null };
+          else local = false;
+        }
+      } else local = false; // customer_id and anything new
+    }
+    if (local) this.applyTicket(next, by);
+    else this.refetch();
   }
 
   bumpVersion(v) {
@@ -804,6 +924,15 @@ export class TicketView {
       this.flash(this.assigneeBox);
     }
     if (JSON.stringify(prev.tags || []) !== JSON.stringify(t.tags || [])) this.renderTags();
+    if (this.channelEl && this.channelEl.textContent !== (t.channel || '')) {
+      this.channelEl.textContent = t.channel || '';
+      this.flash(this.channelEl);
+    }
+    const customer = t.customer ? `${t.customer.name || ''} <${t.customer.email || ''}>`.trim() : 'no customer';
+    if (this.customerEl && this.customerEl.textContent !== customer) {
+      this.customerEl.textContent = customer;
+      this.flash(this.customerEl);
+    }
     this.onTicket({ ...t });
   }
 

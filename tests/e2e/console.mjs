@@ -24,6 +24,7 @@ import { chromium } from 'playwright-core';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
+import { createRequire } from 'node:module';
 
 const env = (name, fallback) => {
   const v = process.env[name] ?? fallback;
@@ -42,6 +43,8 @@ const AGENTS = {
 const TOKEN_SERVICE = env('TOKEN_SERVICE');
 const CAROL = { name: env('NAME_C'), id: Number(env('AGENT_C')) };
 const SHOTS = env('SCREENSHOT_DIR');
+const PRINTER = Number(env('PRINTER_TICKET'));
+const LONG = Number(env('LONG_TICKET'));
 const CHROMIUM = env('CHROMIUM', '/usr/bin/chromium');
 const WAIT = 10_000; // default wait for anything to show up
 
@@ -247,6 +250,16 @@ async function storedMessages() {
   if (status !== 200) throw new Error(`GET ticket: ${status}`);
   return body.messages;
 }
+/** Ask the Rust side for a direct SQL write (`<COMMAND> <args>`), wait for SQL_DONE. */
+async function askRust(line) {
+  const rl = readline.createInterface({ input: process.stdin });
+  const ack = new Promise((resolve) => rl.once('line', resolve));
+  console.log(line);
+  const answer = await Promise.race([ack, sleep(15_000).then(() => null)]);
+  rl.close();
+  return check(answer !== null && answer.trim() === 'SQL_DONE', `the Rust side ran "${line}" (answer: ${JSON.stringify(answer)})`);
+}
+const notificationsOf = (agent) => agent.page.$$eval('[data-testid="notifications-panel"] li[data-kind]', (els) => els.map((e) => ({ kind: e.dataset.kind, ticket: Number(e.dataset.ticketId), text: e.textContent, unread: e.classList.contains('notif-unread') })));
 /** Person timing: the seconds between seeing something and clicking. */
 const think = (seconds) => sleep(seconds * 1000);
 
@@ -598,6 +611,59 @@ async function main() {
   }
   await shotBoth('sql-subject');
 
+  // ---------------------------------------------------------------- history, live
+  currentStep = 'history';
+  await B.page.getByText('History', { exact: true }).click();
+  const historyOf = (agent) => agent.page.getByRole('list', { name: 'History' });
+  await waitIn(B.page, 'B\'s history lists the SQL subject change', ([s]) => [...document.querySelectorAll('[aria-label="History"] li')].some((li) => li.textContent.includes('A direct database write changed subject') && li.textContent.includes(s)), [subject]);
+  check(((await historyOf(B).textContent()) || '').includes(`${A.name} added a note`), 'B\'s history names A\'s note');
+  check(((await historyOf(B).textContent()) || '').includes('added tag vip'), 'B\'s history shows the tag change');
+  const historyBefore = await historyOf(B).getByRole('listitem').count();
+  await A.page.getByRole('complementary', { name: 'Ticket properties' }).getByLabel('Status').selectOption('open');
+  await waitIn(B.page, 'B\'s history grows live: "… changed status new → open"', ([name]) => [...document.querySelectorAll('[aria-label="History"] li')].some((li) => li.textContent.includes(`${name} changed status new → open`)), [A.name]);
+  check((await historyOf(B).getByRole('listitem').count()) === historyBefore + 1, 'exactly one history line was added');
+  await waitIn(B.page, 'B\'s status select follows (open)', (sel) => document.querySelector(sel)?.value === 'open', t('ticket-status'));
+  await shot(B, 'history');
+
+  // ---------------------------------------------------------------- notifications
+  currentStep = 'notifications';
+  const notifButton = (agent) => agent.page.getByRole('button', { name: /^Notifications/ });
+  // B's held reply (the held-duplicate step) is there.
+  await notifButton(B).click();
+  let listB = await notificationsOf(B);
+  check(listB.some((n) => n.kind === 'held' && n.ticket === TICKET && n.text.includes(`was held: ${A.name} replied first`)), `B was told that the held reply was held: ${JSON.stringify(listB.map((n) => n.text))}`);
+  await B.page.keyboard.press('Escape');
+  check(await B.page.getByTestId('notifications-panel').isHidden(), 'Escape closes the list');
+  const unreadBefore = listB.filter((n) => n.unread).length;
+  // An assignment by direct SQL, then a customer message on that ticket.
+  await askRust(`SQL_ASSIGN ${PRINTER} ${B.id}`);
+  await waitIn(B.page, 'B\'s badge counts the assignment', ([n]) => (document.querySelector('[data-testid="notifications-button"]')?.getAttribute('aria-label') || '') === `Notifications, ${n} unread`, [unreadBefore + 1]);
+  await waitIn(B.page, 'the tab title counts it too', ([n]) => document.title.startsWith(`(${n}) `), [unreadBefore + 1]);
+  await waitIn(B.page, 'the inbox marks the ticket "new for you"', ([id]) => (document.querySelector(`[data-testid="inbox-row-${id}"]`)?.textContent || '').includes('new for you'), [PRINTER]);
+  check(((await text(B.page, 'inbox-unread')) || '') === `${unreadBefore + 1} new`, `the inbox heading says "${unreadBefore + 1} new"`);
+  const posted2 = await api('POST', `/api/tickets/${PRINTER}/messages`, TOKEN_SERVICE, { kind: 'customer', body: 'The printer is smoking now.', customer: { email: 'pat@example.com', name: 'Pat Printer' } });
+  check(posted2.status === 201, `a customer wrote on ticket ${PRINTER} (${posted2.status})`);
+  await waitIn(B.page, 'B\'s badge counts the customer message', ([n]) => (document.querySelector('[data-testid="notifications-button"]')?.getAttribute('aria-label') || '') === `Notifications, ${n} unread`, [unreadBefore + 2]);
+  await notifButton(B).click();
+  listB = await notificationsOf(B);
+  check(listB.some((n) => n.kind === 'assigned' && n.ticket === PRINTER && n.text.includes(`A direct database write assigned #${PRINTER} “Printer on fire” to you`)), `B: "… assigned #${PRINTER} to you": ${JSON.stringify(listB.map((n) => n.text))}`);
+  check(listB.some((n) => n.kind === 'customer' && n.ticket === PRINTER && n.text.includes('Pat Printer wrote on')), 'B: "Pat Printer wrote on …"');
+  await shot(B, 'notifications');
+  // Nobody is told about their own actions; A was told nothing of B's ticket.
+  await notifButton(A).click();
+  const listA = await notificationsOf(A);
+  check(!listA.some((n) => n.ticket === PRINTER), `A has no notification about B's ticket: ${JSON.stringify(listA.map((n) => n.text))}`);
+  for (const [agent, list] of [[A, listA], [B, listB]]) {
+    check(!list.some((n) => n.kind === 'assigned' && n.ticket === TICKET), `${agent.key}: no "assigned" notification for ticket ${TICKET}, where every assignment was the agent's own or Carol's`);
+  }
+  await A.page.keyboard.press('Escape');
+  // Opening the ticket from the list reads its notifications.
+  await B.page.getByRole('link', { name: new RegExp(`assigned #${PRINTER}`) }).click();
+  await waitIn(B.page, `B opened ticket ${PRINTER} from the list`, ([id]) => document.querySelector('[data-testid="ticket-view"]')?.dataset.ticketId === String(id), [PRINTER]);
+  await waitIn(B.page, 'its notifications are read: the badge went down by two', ([n]) => (document.querySelector('[data-testid="notifications-button"]')?.getAttribute('aria-label') || '') === (n ? `Notifications, ${n} unread` : 'Notifications'), [unreadBefore]);
+  await B.page.getByRole('link', { name: /Refund for order 1042/ }).click();
+  await waitIn(B.page, 'B is back on the shared ticket', ([id]) => document.querySelector('[data-testid="ticket-view"] [data-testid="ticket-subject"]') && document.querySelector('[data-testid="ticket-view"]').dataset.ticketId === String(id), [TICKET]);
+
   // ---------------------------------------------------------------- a permanent gap
   // The Rust side moves the ticket two versions on with the triggers off and
   // writes only the second event: the server delivers it with a hole before
@@ -634,6 +700,36 @@ async function main() {
   }
   result.subject = holeSubject;
   await shotBoth('after-gap');
+
+  // ---------------------------------------------------------------- long threads
+  currentStep = 'load-earlier';
+  await A.page.getByRole('link', { name: /Long thread/ }).click();
+  await waitIn(A.page, 'the long thread opens with its newest 50 messages', () => document.querySelectorAll('[role="log"] .message').length === 50);
+  check((await A.page.locator('[role="log"] .message-body').last().textContent()) === 'note 60', 'the newest message is last');
+  await A.page.getByRole('button', { name: 'Load earlier messages' }).click();
+  await waitIn(A.page, '"Load earlier messages" brings the 10 older ones', () => document.querySelectorAll('[role="log"] .message').length === 60);
+  check((await A.page.locator('[role="log"] .message-body').first().textContent()) === 'note 1', 'the oldest message is first');
+  check(!(await A.page.getByRole('button', { name: 'Load earlier messages' }).count()), 'no more "Load earlier" once everything is shown');
+  await shot(A, 'load-earlier');
+  await A.page.getByRole('link', { name: /Refund for order 1042/ }).click();
+  await waitIn(A.page, 'A is back on the shared ticket', ([id]) => document.querySelector('[data-testid="ticket-view"]')?.dataset.ticketId === String(id) && !!document.querySelector('[data-testid="ticket-subject"]'), [TICKET]);
+
+  // ---------------------------------------------------------------- accessibility
+  currentStep = 'axe';
+  const axeSource = fs.readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+  await B.page.getByRole('button', { name: /^Notifications/ }).click();
+  for (const agent of [A, B]) {
+    // Evaluated through DevTools, not a <script>: the page's CSP stays as it is.
+    await agent.page.evaluate(axeSource);
+    const violations = await agent.page.evaluate(async () => {
+      const r = await window.axe.run(document, { resultTypes: ['violations'] });
+      return r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 3) }));
+    });
+    const serious = violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+    check(serious.length === 0, `${agent.key}: axe-core finds no serious or critical violation ${JSON.stringify(serious)}`);
+    if (violations.length) console.log(`INFO [axe] ${agent.key} minor: ${JSON.stringify(violations)}`);
+  }
+  await B.page.keyboard.press('Escape');
 
   // ---------------------------------------------------------------- still healthy
   currentStep = 'final';
