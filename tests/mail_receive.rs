@@ -1,0 +1,358 @@
+//! `livedesk mail receive`, the real binary as an MTA's pipe runs it: one
+//! message on stdin, written as a writer role; real-world shapes of mail
+//! (tests/fixtures/mail/), duplicates, threading, and the exit codes an MTA
+//! acts on.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{cluster, TestApp};
+use livedesk::db::Database;
+use livedesk::domain::writers;
+use livedesk::mail::inbound;
+
+static NEXT_ROLE: AtomicU32 = AtomicU32::new(1);
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/mail/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+/// A writer role for the gateway (`livedesk writer add`), as a
+/// LIVEDESK_MAIL_DATABASE_URL, and its service agent's id.
+async fn gateway(app: &TestApp) -> (String, i64) {
+    let name = format!(
+        "mailgw{}_{}",
+        std::process::id(),
+        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
+    let (writer, _password) = writers::add(&admin, &name, false).await.unwrap();
+    admin.pool().close();
+    let url = cluster()
+        .url(&app.dbname)
+        .replace(livedesk::db::bootstrap::OWNER, &name);
+    (url, writer.agent.id)
+}
+
+/// Run `livedesk mail receive` with `raw` on stdin; (exit code, stderr).
+fn receive(url: &str, raw: &[u8]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_livedesk"))
+        .args(["mail", "receive"])
+        .env("LIVEDESK_MAIL_DATABASE_URL", url)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(raw).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn real_world_shapes_are_decoded() {
+    let outlook = inbound::parse(&fixture("outlook.eml")).unwrap();
+    assert_eq!(
+        outlook.subject.as_deref(),
+        Some("Invoice INV-2023-1147 charged twice")
+    );
+    assert_eq!(outlook.from_email, "petra.novak@contoso.example");
+    assert_eq!(outlook.from_name.as_deref(), Some("Novak, Petra"));
+    assert!(
+        outlook.body.contains("(2 x 149.00 EUR)"),
+        "{}",
+        outlook.body
+    ); // QP soft break
+    assert!(!outlook.body.contains("<html"), "the text part wins");
+    assert_eq!(
+        outlook.attachments,
+        vec![("Statement November.pdf".to_string(), 2064)]
+    );
+    assert!(outlook
+        .body
+        .ends_with("Attachments (not stored):\n- Statement November.pdf (2.0 KB)"));
+
+    let gmail = inbound::parse(&fixture("gmail_reply.eml")).unwrap();
+    assert_eq!(gmail.from_name.as_deref(), Some("Jörg Müller"));
+    assert_eq!(gmail.subject.as_deref(), Some("Re: Grüße aus München"));
+    assert!(gmail
+        .body
+        .starts_with("Danke schön, die Erstattung ist angekommen! ✅"));
+    assert_eq!(
+        gmail.references.last().map(String::as_str),
+        Some("livedesk.41.97.5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f@example.com")
+    );
+
+    let apple = inbound::parse(&fixture("apple_mail.eml")).unwrap();
+    assert_eq!(apple.from_name.as_deref(), Some("Anaïs Dubois"));
+    assert_eq!(
+        apple.subject.as_deref(),
+        Some("L’application plante au démarrage")
+    );
+    assert!(
+        apple
+            .body
+            .contains("l’application se ferme dès l’ouverture"),
+        "{}",
+        apple.body
+    );
+    assert_eq!(apple.attachments.len(), 1);
+    assert_eq!(apple.attachments[0].0, "Capture d’écran 2023-11-15.png");
+
+    let cp1251 = inbound::parse(&fixture("windows1251.eml")).unwrap();
+    assert_eq!(
+        cp1251.subject.as_deref(),
+        Some("Не приходит письмо с паролем")
+    );
+    assert_eq!(cp1251.from_name.as_deref(), Some("Сергей Иванов"));
+    assert!(cp1251.body.contains("Логин — ivanov."), "{}", cp1251.body);
+
+    let koi8 = inbound::parse(&fixture("koi8r.eml")).unwrap();
+    assert_eq!(koi8.subject.as_deref(), Some("Счёт на оплату"));
+    assert!(
+        koi8.body
+            .starts_with("Добрый день! Пришлите, пожалуйста, счёт"),
+        "{}",
+        koi8.body
+    );
+
+    let html = inbound::parse(&fixture("html_only_newsletter_reply.eml")).unwrap();
+    assert!(
+        !html.body.contains('<'),
+        "HTML turned to text: {}",
+        html.body
+    );
+    assert!(html.body.contains("export to CSV"), "{}", html.body);
+    assert!(
+        html.body.contains("is it only on the Pro plan?"),
+        "{}",
+        html.body
+    );
+}
+
+#[tokio::test]
+async fn each_fixture_becomes_an_email_ticket_written_by_the_gateway() {
+    let app = TestApp::spawn().await;
+    let (url, agent) = gateway(&app).await;
+    let sql = app.sql().await;
+    for (name, subject, email) in [
+        (
+            "outlook.eml",
+            "Invoice INV-2023-1147 charged twice",
+            "petra.novak@contoso.example",
+        ),
+        (
+            "apple_mail.eml",
+            "L’application plante au démarrage",
+            "anais.dubois@icloud.example",
+        ),
+        (
+            "windows1251.eml",
+            "Не приходит письмо с паролем",
+            "s.ivanov@mail.example.ru",
+        ),
+        ("koi8r.eml", "Счёт на оплату", "olga@example.su"),
+        (
+            "html_only_newsletter_reply.eml",
+            "Re: Your November product update",
+            "ben.carter@fastmail.example",
+        ),
+        (
+            "gmail_reply.eml",
+            "Re: Grüße aus München",
+            "joerg.mueller@gmail.example",
+        ),
+    ] {
+        let (code, stderr) = tokio::task::spawn_blocking({
+            let url = url.clone();
+            move || receive(&url, &fixture(name))
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{name}: {stderr}");
+        let row = sql
+            .query_one(
+                "SELECT t.subject, t.channel, c.email, m.kind, m.author_agent_id, m.body, \
+                        (SELECT e.actor_agent_id FROM ticket_events e WHERE e.ticket_id = t.id AND e.version = 1) \
+                 FROM tickets t JOIN customers c ON c.id = t.customer_id \
+                 JOIN messages m ON m.ticket_id = t.id \
+                 WHERE lower(c.email) = $1",
+                &[&email],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), subject, "{name}");
+        assert_eq!(row.get::<_, String>(1), "email");
+        assert_eq!(row.get::<_, String>(3), "customer", "{name}");
+        assert_eq!(
+            row.get::<_, Option<i64>>(4),
+            Some(agent),
+            "relayed by the gateway"
+        );
+        assert_eq!(
+            row.get::<_, Option<i64>>(6),
+            Some(agent),
+            "the event names the gateway"
+        );
+        assert!(!row.get::<_, String>(5).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_writes_nothing_and_an_answer_threads_back() {
+    let app = TestApp::spawn().await;
+    let (url, _) = gateway(&app).await;
+    let sql = app.sql().await;
+    let outlook = fixture("outlook.eml");
+    let (first, _) = receive(&url, &outlook);
+    let (again, stderr) = receive(&url, &outlook);
+    assert_eq!((first, again), (0, 0));
+    assert!(stderr.contains("already received"), "{stderr}");
+    let counts: (i64, i64) = {
+        let r = sql
+            .query_one(
+                "SELECT (SELECT count(*) FROM tickets), (SELECT count(*) FROM messages)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(counts, (1, 1));
+
+    // The customer answers herself (References names her first email): the
+    // answer lands on the same ticket, which opens again if it was resolved.
+    sql.batch_execute("UPDATE tickets SET status = 'resolved'")
+        .await
+        .unwrap();
+    let answer = String::from_utf8(fixture("gmail_reply.eml"))
+        .unwrap()
+        .replace(
+            "livedesk.41.97.5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f@example.com",
+            "AM6PR05MB6104A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6@AM6PR05MB6104.eurprd05.prod.outlook.com",
+        );
+    let (code, stderr) = receive(&url, answer.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let row = sql
+        .query_one(
+            "SELECT count(DISTINCT m.ticket_id), count(*), max(t.status) FROM messages m JOIN tickets t ON t.id = m.ticket_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1, "threaded onto the ticket");
+    assert_eq!(row.get::<_, i64>(1), 2);
+    assert_eq!(row.get::<_, String>(2), "open");
+}
+
+#[tokio::test]
+async fn exit_codes_tell_the_mta_what_to_do() {
+    let app = TestApp::spawn().await;
+    let (url, _) = gateway(&app).await;
+    // Not a message with a sender: a data error (65), bounced.
+    let (code, stderr) = receive(&url, b"this is not an email\n");
+    assert_eq!(code, 65, "{stderr}");
+    // The database is down (nothing listens there): try again later (75).
+    let (code, stderr) = receive(
+        "host=127.0.0.1 port=1 user=nobody dbname=livedesk connect_timeout=2",
+        &fixture("koi8r.eml"),
+    );
+    assert_eq!(code, 75, "{stderr}");
+    // With DATABASE_URL but no writer role named: a configuration error (78).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_livedesk"))
+        .args(["mail", "receive"])
+        .env("DATABASE_URL", cluster().url(&app.dbname))
+        .env_remove("LIVEDESK_MAIL_DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&fixture("koi8r.eml"))
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    // Nothing was written by any of them.
+    let tickets: i64 = app
+        .sql()
+        .await
+        .query_one("SELECT count(*) FROM tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tickets, 0);
+}
+
+/// The embedded default's way: the superuser connects and becomes the
+/// writer role (made on first use), so the rules and the actor are a writer's.
+#[tokio::test]
+async fn without_a_url_the_gateway_becomes_its_writer_role() {
+    let app = TestApp::spawn().await;
+    let role = format!("mailsu{}", std::process::id());
+    let db = livedesk::mail::MailDatabase::as_writer_via_superuser(
+        cluster().admin_config(&app.dbname),
+        &role,
+    )
+    .await
+    .unwrap();
+    // Twice: the second finds the role.
+    let db = {
+        drop(db);
+        livedesk::mail::MailDatabase::as_writer_via_superuser(
+            cluster().admin_config(&app.dbname),
+            &role,
+        )
+        .await
+        .unwrap()
+    };
+    let client = db.connect().await.unwrap();
+    let who: (String, String) = {
+        let r = client
+            .query_one("SELECT session_user::text, current_user::text", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(who, (role.clone(), role.clone()));
+    let refused = client
+        .batch_execute("DELETE FROM tickets")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code().unwrap().code(),
+        "42501",
+        "a writer's rights only"
+    );
+    let mail = inbound::parse(&fixture("koi8r.eml")).unwrap();
+    let received = inbound::store(&client, &mail).await.unwrap();
+    assert!(received.created && received.new_ticket);
+    let actor: Option<i64> = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT e.actor_agent_id FROM ticket_events e JOIN writers w ON w.agent_id = e.actor_agent_id \
+             WHERE e.ticket_id = $1 AND e.version = 1 AND w.role_name = $2",
+            &[&received.ticket_id, &role],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(actor.is_some());
+}
