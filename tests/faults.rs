@@ -520,3 +520,249 @@ async fn pool_connections_that_died_silently_are_replaced() {
         recovered.as_millis()
     );
 }
+
+// ---------------------------------------------------------------------------
+// A database that goes back in time, and a log with a gap.
+
+/// Stop the shared cluster, run `between` on its data folder, start it again.
+fn with_cluster_stopped(between: impl FnOnce(&std::path::Path)) {
+    let cluster = cluster();
+    let mut pg = cluster.pg.lock().unwrap();
+    pg.stop();
+    between(&cluster.dir.join("pg"));
+    pg.restart().expect("start PostgreSQL again");
+}
+
+fn run(program: &str, args: &[&std::ffi::OsStr]) {
+    let status = Command::new(program).args(args).status().unwrap();
+    assert!(status.success(), "{program} {args:?}");
+}
+
+/// A copy of the data folder, taken with the cluster stopped (consistent).
+fn snapshot_data() -> std::path::PathBuf {
+    let copy = cluster().dir.join("pg-snapshot");
+    with_cluster_stopped(|data| {
+        let _ = std::fs::remove_dir_all(&copy);
+        run("cp", &["-a".as_ref(), data.as_os_str(), copy.as_os_str()]);
+    });
+    copy
+}
+
+/// Put the copy back in place of the data folder. With `new_timeline` the
+/// restore ends with an archive recovery that opens a new timeline, as a
+/// point-in-time restore or a promoted replica does.
+fn restore_data(copy: &std::path::Path, new_timeline: bool) {
+    with_cluster_stopped(|data| {
+        std::fs::remove_dir_all(data).unwrap();
+        std::fs::rename(copy, data).unwrap();
+        if new_timeline {
+            std::fs::write(data.join("recovery.signal"), "").unwrap();
+            let auto = data.join("postgresql.auto.conf");
+            let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+            text.push_str("\nrestore_command = 'false'\n");
+            std::fs::write(&auto, text).unwrap();
+            run(
+                "chown",
+                &[
+                    "--reference".as_ref(),
+                    data.as_os_str(),
+                    data.join("recovery.signal").as_os_str(),
+                ],
+            );
+        }
+    });
+}
+
+/// A direct connection to a test database, retried while PostgreSQL starts.
+async fn connect_direct(dbname: &str) -> tokio_postgres::Client {
+    for _ in 0..200 {
+        if let Ok((client, connection)) = cluster()
+            .config(dbname)
+            .connect(tokio_postgres::NoTls)
+            .await
+        {
+            tokio::spawn(connection);
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot connect to {dbname}");
+}
+
+/// Wait until the restored cluster has finished its recovery (it accepts
+/// read-only connections before that).
+async fn wait_writable(dbname: &str) {
+    for _ in 0..200 {
+        let client = connect_direct(dbname).await;
+        if let Ok(row) = client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            if !row.get::<_, bool>(0) {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the restored cluster never left recovery");
+}
+
+/// Frames until a `reset` for `id` (time-limited); the frames before it.
+async fn until_reset(ws: &mut WsClient, id: i64, limit: Duration) -> (Value, Vec<Value>) {
+    let deadline = Instant::now() + limit;
+    let mut before = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = ws
+            .next_within(left)
+            .await
+            .unwrap_or_else(|| panic!("no reset within {limit:?}; got {before:?}"));
+        if frame["type"] == "reset" && frame["ticket_id"] == id {
+            return (frame, before);
+        }
+        before.push(frame);
+    }
+}
+
+/// The data folder is restored from a copy taken earlier, while livedesk
+/// runs: the watched ticket is now below the hub's cursor, so its
+/// subscribers get `reset`, and a fresh subscribe shows the restored state.
+#[tokio::test]
+async fn a_restored_older_copy_resets_subscribers() {
+    let _exclusive = CLUSTER.write().await;
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "rewind").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    direct_updates(&connect_direct(&app.dbname).await, id, 0, 5).await;
+    assert_versions(&ws.events(id, 5, Duration::from_secs(10)).await, 2, 6);
+
+    let copy = tokio::task::spawn_blocking(snapshot_data).await.unwrap();
+    // Later changes, delivered, then lost by the restore.
+    direct_updates(&connect_direct(&app.dbname).await, id, 5, 10).await;
+    assert_versions(&ws.events(id, 10, Duration::from_secs(20)).await, 7, 16);
+
+    let restored = Instant::now();
+    tokio::task::spawn_blocking(move || restore_data(&copy, false))
+        .await
+        .unwrap();
+    let (reset, before) = until_reset(&mut ws, id, Duration::from_secs(20)).await;
+    let took = restored.elapsed();
+    assert_eq!(reset["version"], 6, "{reset}");
+    assert!(
+        before.iter().all(|f| f["type"] != "event"),
+        "no event before the reset: {before:?}"
+    );
+    // A fresh subscribe shows the restored state, and live events follow.
+    assert_eq!(ws.subscribe(id, None).await["version"], 6);
+    let snapshot = ws.next_of("snapshot").await;
+    assert_eq!(snapshot["ticket"]["version"], 6);
+    assert_eq!(snapshot["ticket"]["subject"], "s4");
+    direct_updates(&connect_direct(&app.dbname).await, id, 100, 1).await;
+    let events = ws.events(id, 1, Duration::from_secs(10)).await;
+    assert_versions(&events, 7, 7);
+    assert_eq!(events[0]["data"]["changes"]["subject"]["to"], "s100");
+    println!(
+        "FAULT rewind-same-timeline: 10 delivered versions undone by a restore; reset (version 6) reached the subscriber {} ms after the restart began; resubscribe shows the restored ticket",
+        took.as_millis()
+    );
+}
+
+/// A restore that opens a new timeline, and writes to the restored
+/// database that take the ticket past the old cursor before livedesk
+/// reconnects (its network was down meanwhile): the versions alone look
+/// fine, the timeline does not. Every subscriber gets `reset`; no event of
+/// the new history is applied on top of the old one.
+#[tokio::test]
+async fn a_new_timeline_resets_subscribers_even_past_their_cursor() {
+    let _exclusive = CLUSTER.write().await;
+    let (app, proxy) = app_behind_proxy().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "timeline").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    direct_updates(&connect_direct(&app.dbname).await, id, 0, 5).await;
+    assert_versions(&ws.events(id, 5, Duration::from_secs(10)).await, 2, 6);
+    let copy = tokio::task::spawn_blocking(snapshot_data).await.unwrap();
+    direct_updates(&connect_direct(&app.dbname).await, id, 5, 10).await;
+    assert_versions(&ws.events(id, 10, Duration::from_secs(20)).await, 7, 16);
+
+    proxy.blackhole();
+    tokio::task::spawn_blocking(move || restore_data(&copy, true))
+        .await
+        .unwrap();
+    // The new history goes past the old cursor (16) while livedesk is cut off.
+    wait_writable(&app.dbname).await;
+    direct_updates(&connect_direct(&app.dbname).await, id, 200, 20).await;
+    let restored = Instant::now();
+    proxy.restore();
+    let (reset, before) = until_reset(&mut ws, id, Duration::from_secs(20)).await;
+    let took = restored.elapsed();
+    assert_eq!(reset["version"], 26, "{reset}");
+    assert!(
+        before.iter().all(|f| f["type"] != "event"),
+        "no event of the new history before the reset: {before:?}"
+    );
+    assert_eq!(ws.subscribe(id, None).await["version"], 26);
+    assert_eq!(ws.next_of("snapshot").await["ticket"]["subject"], "s219");
+    println!(
+        "FAULT rewind-new-timeline: restore onto a new timeline + 20 writes past the old cursor; reset (version 26) {} ms after the network came back; 0 events of the new history applied to the old",
+        took.as_millis()
+    );
+}
+
+/// The owner writes a version without its event (triggers bypassed): the
+/// log has v and v+2. The subscriber gets one `reset`, not a gap to chase;
+/// a resume across the gap gets `reset` too; a fresh subscribe works.
+#[tokio::test]
+async fn a_gap_in_the_log_gives_one_reset_not_a_loop() {
+    let _shared = CLUSTER.read().await;
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "gap").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    let sql = app.sql().await;
+    direct_updates(&sql, id, 0, 2).await;
+    assert_versions(&ws.events(id, 2, Duration::from_secs(10)).await, 2, 3);
+
+    // Version 4 without an event: only a superuser can skip the triggers.
+    let (admin, connection) = cluster()
+        .admin_config(&app.dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica; \
+             UPDATE tickets SET version = version + 1 WHERE id = {id}; COMMIT"
+        ))
+        .await
+        .unwrap();
+    direct_updates(&sql, id, 2, 1).await; // version 5, with its event
+
+    let (reset, before) = until_reset(&mut ws, id, Duration::from_secs(10)).await;
+    assert_eq!(reset["version"], 5, "{reset}");
+    assert!(before.iter().all(|f| f["type"] != "event"), "{before:?}");
+    // Nothing else about this ticket: no second reset, no event.
+    let mut quiet = Vec::new();
+    while let Some(frame) = ws.next_within(Duration::from_millis(1500)).await {
+        if frame["ticket_id"] == id {
+            quiet.push(frame);
+        }
+    }
+    assert!(quiet.is_empty(), "one reset only: {quiet:?}");
+    // Resuming across the gap gets a reset as well (never the gap).
+    assert_eq!(ws.subscribe(id, Some(3)).await["version"], 3);
+    let (again, before) = until_reset(&mut ws, id, Duration::from_secs(10)).await;
+    assert_eq!(again["version"], 5);
+    assert!(before.iter().all(|f| f["type"] != "event"), "{before:?}");
+    // A fresh subscribe: snapshot at 5, then live events.
+    assert_eq!(ws.subscribe(id, None).await["version"], 5);
+    ws.next_of("snapshot").await;
+    direct_updates(&sql, id, 3, 1).await;
+    assert_versions(&ws.events(id, 1, Duration::from_secs(10)).await, 6, 6);
+    println!("FAULT gap: a version written without its event: 1 reset per gap (and per resume across it), 0 events with a gap sent, live again after a fresh subscribe");
+}

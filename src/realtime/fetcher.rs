@@ -40,7 +40,12 @@ pub async fn run(rt: Realtime) {
             if !pending.presence.is_empty() {
                 presence_due = Instant::now() + PRESENCE_EVERY;
             }
-            let work = serve(&rt, &pending.events, &pending.inbox, &pending.presence);
+            let work = async {
+                if let Some(verify) = pending.verify {
+                    super::rewind::verify(&rt, verify).await?;
+                }
+                serve(&rt, &pending.events, &pending.inbox, &pending.presence).await
+            };
             if let Err(e) = rt.db.within(work).await {
                 tracing::warn!(error = %e, "reading events failed; retrying");
                 // Put the work back; the read is retried after a pause.
@@ -49,6 +54,7 @@ pub async fn run(rt: Realtime) {
                     back.events.extend(pending.events);
                     back.inbox.extend(pending.inbox);
                     back.presence.extend(pending.presence);
+                    back.verify = super::Verify::merge(back.verify, pending.verify);
                 }
                 tokio::select! {
                     _ = rt.bus_stop.cancelled() => return,
@@ -65,7 +71,15 @@ async fn serve(
     inbox: &HashSet<i64>,
     presence: &HashSet<i64>,
 ) -> Result<(), DbError> {
-    let cursors = rt.hub.cursors(events);
+    // While the LISTEN connection is down, the database may be restarting
+    // or restored from a copy: cursors are not read against it until the
+    // listener is back and has checked them (`rewind`). Its catch-up then
+    // reads every watched ticket, these included.
+    let cursors = if rt.listener_up() {
+        rt.hub.cursors(events)
+    } else {
+        Vec::new()
+    };
     if !cursors.is_empty() {
         let (ids, afters): (Vec<i64>, Vec<i64>) = cursors.into_iter().unzip();
         let (frames, more) = event_log::read(&rt.db, &ids, &afters).await?;
@@ -107,7 +121,7 @@ async fn serve(
     Ok(())
 }
 
-fn record(rt: &Realtime, stats: FanoutStats) {
+pub(super) fn record(rt: &Realtime, stats: FanoutStats) {
     rt.metrics.events_delivered.inc_by(stats.queued);
     rt.metrics.ws_closed_slow.inc_by(stats.overflowed);
 }

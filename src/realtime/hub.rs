@@ -29,6 +29,11 @@ pub enum Outbound {
     },
     /// Any other frame (presence, inbox), sent as is.
     Frame(ByteString),
+    /// The ticket's history is not what was delivered (the database went
+    /// back in time, or a version is missing from the log): the session
+    /// sends `reset` and forgets the subscription; the client subscribes
+    /// again without `since`.
+    Reset { ticket_id: i64, version: i64 },
 }
 
 /// Tells a session that the hub gave up on it (its queue overflowed).
@@ -223,6 +228,15 @@ impl Hub {
             .collect()
     }
 
+    /// Every watched ticket with its cursor (`None` while not seeded yet).
+    pub fn all_cursors(&self) -> Vec<(i64, Option<i64>)> {
+        self.lock()
+            .tickets
+            .iter()
+            .map(|(id, entry)| (*id, entry.delivered))
+            .collect()
+    }
+
     /// Cursors of every watched ticket (catch-up after the listener reconnects).
     pub fn all_tickets(&self) -> HashSet<i64> {
         self.lock().tickets.keys().copied().collect()
@@ -246,16 +260,22 @@ impl Hub {
                 Some(d) if version == d + 1 => {}
                 // Rows come in version order after the cursor, and versions
                 // commit in order, so a missing version can never appear
-                // later (only a writer bypassing the triggers makes one, or a
-                // restore that went back in time). Move on rather than stall
-                // the ticket for good; sessions fill or skip it from the log.
+                // later (only the owner bypassing the triggers makes one, or
+                // a restore that went back in time). Neither stall the ticket
+                // nor send a gap the client would chase: tell each
+                // subscriber once to start again from a snapshot. The hub
+                // forgets the ticket, so this gap is reported once.
                 Some(d) if version > d + 1 => {
                     tracing::warn!(
                         ticket_id,
                         after = d,
                         version,
-                        "versions missing from the event log"
+                        "versions missing from the event log; resetting the ticket's subscribers"
                     );
+                    if let Some(entry) = state.tickets.remove(&ticket_id) {
+                        reset_entry(&mut stats, entry, ticket_id, version);
+                    }
+                    continue;
                 }
                 _ => continue,
             }
@@ -268,6 +288,17 @@ impl Hub {
                 };
                 count(&mut stats, conn.offer(item));
             }
+        }
+        stats
+    }
+
+    /// The database went back in time for this ticket (it is at `version`,
+    /// below what was delivered, or it is a different history): every
+    /// subscriber gets `reset`, and the hub forgets the ticket and its cursor.
+    pub fn reset(&self, ticket_id: i64, version: i64) -> FanoutStats {
+        let mut stats = FanoutStats::default();
+        if let Some(entry) = self.lock().tickets.remove(&ticket_id) {
+            reset_entry(&mut stats, entry, ticket_id, version);
         }
         stats
     }
@@ -292,6 +323,12 @@ impl Hub {
             count(&mut stats, conn.offer(Outbound::Frame(frame.clone())));
         }
         stats
+    }
+}
+
+fn reset_entry(stats: &mut FanoutStats, entry: TicketEntry, ticket_id: i64, version: i64) {
+    for conn in entry.subscribers.values() {
+        count(stats, conn.offer(Outbound::Reset { ticket_id, version }));
     }
 }
 
@@ -338,9 +375,40 @@ mod tests {
             version,
             frame: ByteString::from(format!("e{version}")),
         };
-        hub.fan_out_events(vec![ev(3), ev(4), ev(5), ev(5), ev(7)]);
-        // 6 is missing from the log: 7 still goes out rather than stalling the ticket.
-        assert_eq!(versions(&mut rx), vec![4, 5, 7]);
+        hub.fan_out_events(vec![ev(3), ev(4), ev(5), ev(5), ev(7), ev(8)]);
+        // 6 is missing from the log: one reset instead of 7, and the hub
+        // forgets the ticket (8 is not sent either).
+        let mut got = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            got.push(match item {
+                Outbound::Event { version, .. } => format!("e{version}"),
+                Outbound::Reset { version, .. } => format!("reset{version}"),
+                Outbound::Frame(_) => "frame".into(),
+            });
+        }
+        assert_eq!(got, ["e4", "e5", "reset7"]);
+        assert!(hub.all_tickets().is_empty());
+    }
+
+    #[test]
+    fn a_reset_reaches_every_subscriber_once() {
+        let hub = Hub::default();
+        let (a, mut rx_a) = conn(1, 4);
+        let (b, mut rx_b) = conn(2, 4);
+        hub.subscribe(3, &a);
+        hub.subscribe(3, &b);
+        hub.seed(3, 10);
+        assert_eq!(hub.reset(3, 4).queued, 2);
+        assert_eq!(hub.reset(3, 4).queued, 0);
+        for rx in [&mut rx_a, &mut rx_b] {
+            assert!(matches!(
+                rx.try_recv(),
+                Ok(Outbound::Reset {
+                    ticket_id: 3,
+                    version: 4
+                })
+            ));
+        }
     }
 
     #[test]

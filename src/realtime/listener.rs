@@ -67,6 +67,21 @@ pub async fn run(rt: Realtime) {
                 );
                 match listen.await {
                     Ok(Ok(())) => {
+                        // Before the catch-up: did the database go back in time?
+                        let seen = match tokio::time::timeout(
+                            limit,
+                            super::rewind::identity(&client),
+                        )
+                        .await
+                        {
+                            Ok(Ok(identity)) => Some(identity),
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "cannot read the database's identity; checking versions only");
+                                None
+                            }
+                            Err(_) => None,
+                        };
+                        super::rewind::observe(&rt, seen, connected_before);
                         rt.set_listener_up(true);
                         if connected_before {
                             rt.metrics.listener_reconnects.inc();

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod listener;
 pub mod presence;
 pub mod protocol;
+pub mod rewind;
 pub mod session;
 
 use std::collections::HashSet;
@@ -37,11 +38,37 @@ pub struct Pending {
     pub events: HashSet<i64>,
     pub inbox: HashSet<i64>,
     pub presence: HashSet<i64>,
+    /// Check the hub's cursors against the database before reading on.
+    pub verify: Option<Verify>,
+}
+
+/// What the fetcher checks after the LISTEN connection came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// The same database: reset only tickets now below their cursor.
+    Cursors,
+    /// A different history (system identifier or timeline changed): reset
+    /// every watched ticket.
+    All,
+}
+
+impl Verify {
+    /// Two requests in one: the wider one wins.
+    pub fn merge(a: Option<Verify>, b: Option<Verify>) -> Option<Verify> {
+        if a == Some(Verify::All) || b == Some(Verify::All) {
+            Some(Verify::All)
+        } else {
+            a.or(b)
+        }
+    }
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.inbox.is_empty() && self.presence.is_empty()
+        self.events.is_empty()
+            && self.inbox.is_empty()
+            && self.presence.is_empty()
+            && self.verify.is_none()
     }
 }
 
@@ -60,6 +87,8 @@ pub struct Inner {
     /// Stops the listener and the fetcher, after the sessions and presence.
     bus_stop: CancellationToken,
     bus_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The history the LISTEN connection last saw (`rewind::identity`).
+    identity: Mutex<Option<String>>,
     listener_up: AtomicBool,
     pending: Mutex<Pending>,
     wake: Notify,
@@ -104,6 +133,7 @@ impl Realtime {
                 sessions: TaskTracker::new(),
                 bus_stop: CancellationToken::new(),
                 bus_tasks: Mutex::new(Vec::new()),
+                identity: Mutex::new(None),
                 listener_up: AtomicBool::new(false),
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
@@ -188,6 +218,13 @@ impl Realtime {
         }
         drop(pending);
         self.wake.notify_one();
+    }
+
+    /// Ask the fetcher to check every cursor against the database (before
+    /// the catch-up read that follows a reconnect).
+    pub fn request_verify(&self, verify: Verify) {
+        let mut pending = self.lock_pending();
+        pending.verify = Verify::merge(pending.verify, Some(verify));
     }
 
     /// Ask the fetcher to read these tickets' events (and presence) now.

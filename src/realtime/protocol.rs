@@ -103,6 +103,15 @@ pub fn subscribed_frame(ticket_id: i64, version: i64) -> ByteString {
         .into()
 }
 
+/// `{"type":"reset",...}` (contract v2 §6): the database went back in time,
+/// or the ticket's log has a gap; drop the ticket's state and subscribe
+/// again without `since`. `version` is the database's version now.
+pub fn reset_frame(ticket_id: i64, version: i64) -> ByteString {
+    json!({"type": "reset", "ticket_id": ticket_id, "version": version})
+        .to_string()
+        .into()
+}
+
 /// `{"type":"hello",...}`.
 pub fn hello_frame(agent: &crate::domain::Agent, heartbeat_ms: u64) -> ByteString {
     json!({"type": "hello", "agent": agent, "heartbeat_ms": heartbeat_ms})

@@ -214,7 +214,12 @@ impl Session {
                 self.subscribe(ws, ticket_id, since).await
             }
             ClientFrame::Unsubscribe { ticket_id } => {
-                if self.subs.remove(&ticket_id).is_none() {
+                // After a `reset` only the viewer is left: unsubscribing removes it.
+                let viewer = self.presence.remove(&ticket_id).is_some();
+                if viewer {
+                    self.rt.presence.remove(self.slot.id, Some(ticket_id));
+                }
+                if self.subs.remove(&ticket_id).is_none() && !viewer {
                     return self
                         .send(
                             ws,
@@ -227,9 +232,6 @@ impl Session {
                         .await;
                 }
                 self.rt.hub.unsubscribe(ticket_id, self.slot.id);
-                if self.presence.remove(&ticket_id).is_some() {
-                    self.rt.presence.remove(self.slot.id, Some(ticket_id));
-                }
                 None
             }
             ClientFrame::SubscribeInbox {} => {
@@ -268,6 +270,15 @@ impl Session {
     async fn deliver(&mut self, ws: &mut actix_ws::Session, item: Outbound) -> Option<Stop> {
         match item {
             Outbound::Frame(frame) => self.send(ws, frame).await,
+            Outbound::Reset { ticket_id, version } => {
+                // Only a ticket still subscribed: an unsubscribe may have
+                // crossed the reset in the queue.
+                if self.subs.contains_key(&ticket_id) {
+                    self.reset(ws, ticket_id, version).await
+                } else {
+                    None
+                }
+            }
             Outbound::Event {
                 ticket_id,
                 version,
@@ -287,11 +298,12 @@ impl Session {
                     if let Some(stop) = self.replay(ws, ticket_id, Some(version - 1)).await {
                         return Some(stop);
                     }
-                    // The replay reads whole batches: it may already have sent this one.
+                    // The replay reads whole batches: it may already have sent
+                    // this one, or found the gap real and reset the ticket.
                     if self
                         .subs
                         .get(&ticket_id)
-                        .is_some_and(|sent| version <= *sent)
+                        .is_none_or(|sent| version <= *sent)
                     {
                         return None;
                     }
@@ -303,6 +315,23 @@ impl Session {
                 stop
             }
         }
+    }
+
+    /// Send `reset` for a ticket and forget the subscription here and in
+    /// the hub: the client subscribes again without `since`. The viewer
+    /// stays (a reset is not the agent leaving, and the client is back at
+    /// once); an unsubscribe, a refused subscribe or the close removes it.
+    async fn reset(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+        version: i64,
+    ) -> Option<Stop> {
+        self.subs.remove(&ticket_id);
+        self.rt.hub.unsubscribe(ticket_id, self.slot.id);
+        tracing::info!(ticket_id, version, "reset sent");
+        self.send(ws, protocol::reset_frame(ticket_id, version))
+            .await
     }
 
     /// Every write to the socket goes through here. A client that stops

@@ -65,7 +65,9 @@ impl Session {
             Some(since) => self.send_backlog(ws, ticket_id, since).await,
         };
         let version = match result {
-            Ok(Ok(version)) => version,
+            Ok(Ok(Some(version))) => version,
+            // The log has a gap after `since`: `reset` was sent instead.
+            Ok(Ok(None)) => return None,
             Ok(Err(stop)) => return Some(stop),
             Err(e) => {
                 // Refused: the ticket is not watched by this connection any more
@@ -85,6 +87,9 @@ impl Session {
             if let Some(stop) = self.replay(ws, ticket_id, Some(target)).await {
                 return Some(stop);
             }
+            if !self.subs.contains_key(&ticket_id) {
+                return None;
+            }
         }
         self.presence.entry(ticket_id).or_insert(PresenceSlot {
             wanted: PresenceState::Viewing,
@@ -100,7 +105,7 @@ impl Session {
         &mut self,
         ws: &mut actix_ws::Session,
         ticket_id: i64,
-    ) -> Result<Result<i64, Stop>, DomainError> {
+    ) -> Result<Result<Option<i64>, Stop>, DomainError> {
         // Read, then give the connection back before writing to the socket:
         // a slow client must not hold a pooled connection.
         let read = async {
@@ -120,17 +125,18 @@ impl Session {
         }
         Ok(match self.send(ws, frame.into()).await {
             Some(stop) => Err(stop),
-            None => Ok(version),
+            None => Ok(Some(version)),
         })
     }
 
-    /// `subscribed` then every event after `since`; the version the client now has.
+    /// `subscribed` then every event after `since`; the version the client
+    /// now has (`None`: the log has a gap, `reset` was sent instead).
     async fn send_backlog(
         &mut self,
         ws: &mut actix_ws::Session,
         ticket_id: i64,
         since: i64,
-    ) -> Result<Result<i64, Stop>, DomainError> {
+    ) -> Result<Result<Option<i64>, Stop>, DomainError> {
         let read = async {
             let client = self.rt.db.client().await?;
             let statement = client
@@ -153,14 +159,18 @@ impl Session {
         }
         self.subs.insert(ticket_id, since);
         let stop = self.replay(ws, ticket_id, None).await;
-        let version = self.subs.remove(&ticket_id).unwrap_or(since);
+        let version = self.subs.remove(&ticket_id);
         Ok(match stop {
             Some(stop) => Err(stop),
             None => Ok(version),
         })
     }
 
-    /// Send events from the log after the client's cursor, up to `until` (or the end).
+    /// Send events from the log after the client's cursor, up to `until` (or
+    /// the end). A version missing from the log (the owner bypassed the
+    /// triggers, or the database went back in time) cannot be filled: the
+    /// client gets `reset` once, and the subscription ends here, rather than
+    /// a gap it would chase with `since` forever.
     pub(super) async fn replay(
         &mut self,
         ws: &mut actix_ws::Session,
@@ -184,6 +194,16 @@ impl Session {
             };
             let done = !more;
             for event in frames {
+                let expected = self.subs.get(&ticket_id).map_or(after, |v| *v) + 1;
+                if event.version != expected {
+                    tracing::warn!(
+                        ticket_id,
+                        expected,
+                        found = event.version,
+                        "a version is missing from the event log; resetting the subscriber"
+                    );
+                    return self.reset(ws, ticket_id, event.version).await;
+                }
                 if let Some(stop) = self.send(ws, event.frame).await {
                     return Some(stop);
                 }

@@ -1,0 +1,102 @@
+//! Noticing that the database went back in time: a point-in-time restore, a
+//! failover to an asynchronous replica, a crash that lost commits
+//! (`synchronous_commit = off`). Cursors and clients are then ahead of the
+//! database, and versions will be reused for different changes: silently
+//! skipping them would lose those changes. The subscribers of every affected
+//! ticket get `reset` (contract v2 §6) and take a fresh snapshot.
+//!
+//! Two signs, checked each time the LISTEN connection comes back:
+//! - the history's identity changed: the cluster's system identifier (a
+//!   different cluster) or its timeline (a restore that ended recovery, a
+//!   promoted replica): every watched ticket is reset;
+//! - a watched ticket's version is below the hub's cursor, or the ticket is
+//!   gone: that ticket is reset.
+//!
+//! A restore of the same cluster on the same timeline whose new writes
+//! already went past a cursor before livedesk reconnected shows neither
+//! sign; docs/reliability.md lists it as a known limit.
+
+use std::collections::HashMap;
+
+use super::fetcher::record;
+use super::{Realtime, Verify};
+use crate::db::DbError;
+
+/// The cluster's system identifier and the current timeline, as one string.
+/// Both functions are callable by any role (PostgreSQL 15).
+pub async fn identity(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text || '/' \
+                    || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) \
+             FROM pg_control_system()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Compare every watched ticket with the database and reset those that went
+/// back (or all of them after a change of history).
+pub async fn verify(rt: &Realtime, verify: Verify) -> Result<(), DbError> {
+    let cursors = rt.hub.all_cursors();
+    if cursors.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = cursors.iter().map(|(id, _)| *id).collect();
+    let now: HashMap<i64, i64> = {
+        let client = rt.db.client().await?;
+        let statement = client
+            .prepare_cached("SELECT id, version FROM tickets WHERE id = ANY($1)")
+            .await?;
+        client
+            .query(&statement, &[&ids])
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect()
+    };
+    let mut reset = 0;
+    for (ticket_id, cursor) in cursors {
+        let version = now.get(&ticket_id).copied();
+        let behind = match (version, cursor) {
+            (None, _) => true,
+            (Some(v), Some(c)) => v < c,
+            (Some(_), None) => false,
+        };
+        if verify == Verify::All || behind {
+            tracing::warn!(
+                ticket_id,
+                delivered = cursor,
+                database = version,
+                "the database went back in time; resetting the ticket's subscribers"
+            );
+            record(rt, rt.hub.reset(ticket_id, version.unwrap_or(0)));
+            reset += 1;
+        }
+    }
+    if reset > 0 {
+        tracing::info!(tickets = reset, "subscribers told to start again");
+    }
+    Ok(())
+}
+
+/// Remember the history the LISTEN connection sees now; ask for a check of
+/// the cursors after a reconnect, of everything when the history changed.
+pub fn observe(rt: &Realtime, seen: Option<String>, reconnect: bool) {
+    let mut known = rt.identity.lock().unwrap_or_else(|e| e.into_inner());
+    let changed = matches!((&*known, &seen), (Some(old), Some(new)) if old != new);
+    if changed {
+        tracing::warn!(
+            before = known.as_deref(),
+            now = seen.as_deref(),
+            "the database is another history (system identifier or timeline changed)"
+        );
+        rt.request_verify(Verify::All);
+    } else if reconnect {
+        rt.request_verify(Verify::Cursors);
+    }
+    if seen.is_some() {
+        *known = seen;
+    }
+}
