@@ -343,7 +343,10 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         .collect();
     assert_eq!(
         kinds,
-        ["customer", "note", "reply", "reply", "reply", "customer", "reply", "reply"],
+        [
+            "customer", "note", "reply", "reply", "reply", "customer", "reply", "customer",
+            "reply", "reply"
+        ],
         "{output}"
     );
     let replier = match result["reply_winner"].as_str() {
@@ -359,9 +362,11 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     assert_eq!(messages[4]["author"]["id"], bob.id, "{output}");
     assert_eq!(messages[6]["author"]["id"], bob.id, "{output}");
     // A's draft, restored after a reload, a ticket switch and on another device, then sent.
-    assert_eq!(messages[7]["author"]["id"], alice.id, "{output}");
+    // The customer's second message, acknowledged by scrolling, and B's reply.
+    assert_eq!(messages[8]["author"]["id"], bob.id, "{output}");
+    assert_eq!(messages[9]["author"]["id"], alice.id, "{output}");
     assert!(
-        messages[7]["body"]
+        messages[9]["body"]
             .as_str()
             .unwrap_or_default()
             .ends_with("if you send the invoice."),

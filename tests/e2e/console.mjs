@@ -458,6 +458,42 @@ async function main() {
   B.page.off('request', onRequest);
   check((await storedMessages()).filter((m) => m.body === heldC).length === 1, "B's reply is stored once");
 
+  // ---------------------------------------------------------------- acknowledged by scrolling
+  // A message that arrives while B writes is below the fold (never scrolled
+  // in by itself); it counts as seen once B scrolls it into view.
+  currentStep = 'scroll-ack';
+  const replyS = `Reply from ${B.name}: noted, we will update the address.`;
+  const customerS = 'Customer: please send the refund to my new card.';
+  await composerOf(B).click();
+  await B.page.keyboard.type(replyS, { delay: 5 });
+  const postedS = await api('POST', `/api/tickets/${TICKET}/messages`, TOKEN_SERVICE, { kind: 'customer', body: customerS });
+  check(postedS.status === 201, `the customer wrote again (${postedS.status})`);
+  const unseenLi = B.page.locator('[role="log"] li').filter({ hasText: customerS });
+  await unseenLi.waitFor({ timeout: WAIT });
+  await think(1.5);
+  check(((await unseenLi.textContent()) || '').includes('New while you were writing'), 'after 1.5 s without scrolling it is still "New while you were writing"');
+  const inView = () => unseenLi.evaluate((li) => {
+    const box = li.closest('ol').getBoundingClientRect();
+    const r = li.getBoundingClientRect();
+    return r.top >= box.top - 1 && r.bottom <= box.bottom + 1;
+  });
+  check(!(await inView()), 'it was not scrolled into view by itself');
+  await shot(B, 'scroll-ack-before');
+  const log = B.page.getByRole('log', { name: 'Conversation' });
+  await log.hover();
+  for (let i = 0; i < 10 && !(await inView()); i++) {
+    await B.page.mouse.wheel(0, 200);
+    await sleep(100);
+  }
+  await waitIn(B.page, 'scrolled into view with the window focused, it is acknowledged', ([body]) => {
+    const li = [...document.querySelectorAll('[role="log"] li')].find((e) => e.textContent.includes(body));
+    return !!li && !li.textContent.includes('New while you were writing');
+  }, [customerS]);
+  check(!(await B.page.getByRole('status').filter({ hasText: 'while you were writing' }).count()), 'the notice is gone');
+  await composerOf(B).press('Control+Enter');
+  await waitIn(B.page, 'the reply is sent, not held', (sel) => document.querySelector(sel).value === '', t('composer-body'));
+  check((await storedMessages()).filter((m) => m.body === replyS).length === 1, "B's reply is stored once");
+
   // ---------------------------------------------------------------- typing and drafts (story 8)
   currentStep = 'typing-draft';
   const draftA = `Draft from ${A.name}: a partial refund is possible if`;
@@ -737,7 +773,7 @@ async function main() {
     const state = await agent.page.getAttribute(t('conn-state'), 'data-state');
     check(state === 'live', `${agent.key} is still live (${state})`);
     const ids = await agent.page.$$eval('[data-testid="conversation"] [data-testid^="message-"]', (els) => els.map((e) => e.dataset.testid));
-    check(new Set(ids).size === ids.length && ids.length === 8, `${agent.key}: 8 messages, none doubled: ${ids.join(',')}`);
+    check(new Set(ids).size === ids.length && ids.length === 10, `${agent.key}: 10 messages, none doubled: ${ids.join(',')}`);
     check((await agent.page.$$(t('field-conflict-subject') + ':not([hidden])')).length === 0, `${agent.key}: no conflict notice on the subject`);
     const errors = await agent.page.$$eval('.field-error:not([hidden]), [data-testid="composer-error"]:not([hidden])', (els) => els.map((e) => e.textContent));
     check(errors.length === 0, `${agent.key}: no error shown in the view ${JSON.stringify(errors)}`);
