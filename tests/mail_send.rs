@@ -1,0 +1,523 @@
+//! Email out against a real SMTP server (mailin-embedded, started in the
+//! test): replies on email tickets are sent once, threaded, with the agent's
+//! name; notes and other channels never; a temporary failure (450, greylisting) is
+//! retried until it goes through; a restarted worker does not send twice.
+//! And the full loop: mail in → live on a WebSocket → reply over HTTP →
+//! SMTP → the customer's answer threads back.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::ws::WsClient;
+use common::{cluster, TestApp};
+use livedesk::db::Database;
+use livedesk::domain::writers;
+use livedesk::mail::{inbound, outbound, MailDatabase, MailSettings};
+use mailin_embedded::{Handler, Response, Server};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+static NEXT_ROLE: AtomicU32 = AtomicU32::new(1);
+
+/// What the SMTP server accepted.
+#[derive(Debug, Clone)]
+struct Delivered {
+    to: Vec<String>,
+    raw: Vec<u8>,
+}
+
+/// A real SMTP server on a free port; the first `fail_first` recipients are
+/// greylisted (450).
+#[derive(Clone)]
+struct Smtp {
+    delivered: Arc<Mutex<Vec<Delivered>>>,
+    fail_first: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+    current: Vec<u8>,
+    to: Vec<String>,
+}
+
+impl Handler for Smtp {
+    fn data_start(&mut self, _domain: &str, _from: &str, _is8bit: bool, to: &[String]) -> Response {
+        self.current.clear();
+        self.to = to.to_vec();
+        mailin_embedded::response::OK
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.current.extend_from_slice(buf);
+        Ok(())
+    }
+
+    /// Greylisting, the everyday temporary failure: "450, try again later".
+    fn rcpt(&mut self, _to: &str) -> Response {
+        if self
+            .fail_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Response::custom(450, "4.2.0 Greylisted, please try again later".into());
+        }
+        mailin_embedded::response::OK
+    }
+
+    fn data_end(&mut self) -> Response {
+        self.delivered.lock().unwrap().push(Delivered {
+            to: self.to.clone(),
+            raw: std::mem::take(&mut self.current),
+        });
+        mailin_embedded::response::OK
+    }
+}
+
+impl Smtp {
+    /// Start it; returns the handle and its `smtp://` URL.
+    fn start(fail_first: usize) -> (Smtp, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let smtp = Smtp {
+            delivered: Arc::default(),
+            fail_first: Arc::new(AtomicUsize::new(fail_first)),
+            refused: Arc::default(),
+            current: Vec::new(),
+            to: Vec::new(),
+        };
+        let mut server = Server::new(smtp.clone());
+        server
+            .with_name("mx.test.local")
+            .with_num_threads(8)
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        (smtp, format!("smtp://127.0.0.1:{port}"))
+    }
+
+    fn delivered(&self) -> Vec<Delivered> {
+        self.delivered.lock().unwrap().clone()
+    }
+
+    /// Wait until `n` messages arrived (panics after 20 s).
+    async fn wait_for(&self, n: usize) -> Vec<Delivered> {
+        for _ in 0..400 {
+            let got = self.delivered();
+            if got.len() >= n {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the SMTP server received {} of {n} messages",
+            self.delivered().len()
+        );
+    }
+}
+
+/// A writer role's connection string (`livedesk writer add`) and its agent.
+async fn writer_url(app: &TestApp, prefix: &str) -> (String, i64) {
+    let name = format!(
+        "{prefix}{}_{}",
+        std::process::id(),
+        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
+    let (writer, _password) = writers::add(&admin, &name, false).await.unwrap();
+    admin.pool().close();
+    let url = cluster()
+        .url(&app.dbname)
+        .replace(livedesk::db::bootstrap::OWNER, &name);
+    (url, writer.agent.id)
+}
+
+fn settings(smtp_url: &str) -> MailSettings {
+    MailSettings {
+        smtp_url: Some(smtp_url.to_string()),
+        mail_from: Some("Example Support <support@example.com>".into()),
+        mail_database_url: None,
+        mail_retry_ms: 50,
+        mail_retry_max_ms: 400,
+        mail_poll_ms: 50,
+    }
+}
+
+/// Start the sender as the writer role; returns once its feed position exists.
+async fn start_sender(app: &TestApp, url: &str, smtp_url: &str) -> CancellationToken {
+    let sender =
+        outbound::Sender::new(MailDatabase::from_url(url).unwrap(), settings(smtp_url)).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(sender.run(stop.clone()));
+    let sql = app.sql().await;
+    for _ in 0..200 {
+        let started: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM feed_consumers WHERE name = 'mailer'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if started == 1 {
+            return stop;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the sender never started");
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/mail/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn parsed(raw: &[u8]) -> mail_parser::Message<'static> {
+    mail_parser::MessageParser::default()
+        .parse(raw)
+        .unwrap()
+        .into_owned()
+}
+
+/// The last message id of a ticket (what the agent "saw").
+async fn last_message(app: &TestApp, ticket: i64) -> i64 {
+    app.sql()
+        .await
+        .query_one(
+            "SELECT max(id) FROM messages WHERE ticket_id = $1",
+            &[&ticket],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Wait until the mailer's position reached the newest event.
+async fn wait_caught_up(app: &TestApp) {
+    let sql = app.sql().await;
+    for _ in 0..400 {
+        let behind: bool = sql
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM ticket_events e, feed_consumers c WHERE c.name = 'mailer' \
+                 AND (e.xid, e.ticket_id, e.version) > (c.xid, c.ticket_id, c.version))",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !behind {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the mailer never caught up");
+}
+
+#[tokio::test]
+async fn replies_are_sent_once_threaded_notes_never_and_a_restart_sends_nothing_twice() {
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(0);
+    let (url, _) = writer_url(&app, "mailer").await;
+    let stop = start_sender(&app, &url, &smtp_url).await;
+
+    // A customer's email opens a ticket (written by the gateway role).
+    let gateway = MailDatabase::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let email = inbound::parse(&fixture("outlook.eml")).unwrap();
+    let ticket = inbound::store(&gateway, &email).await.unwrap().ticket_id;
+    let (_, alice) = app.agent("Alice", "agent").await;
+    let seen = last_message(&app, ticket).await;
+    let (status, note) = app
+        .post(
+            &format!("/api/tickets/{ticket}/messages"),
+            &alice,
+            json!({"kind": "note", "body": "Checking with the bank first."}),
+        )
+        .await;
+    assert_eq!(status, 201, "{note}");
+    let (status, reply) = app
+        .post(
+            &format!("/api/tickets/{ticket}/messages"),
+            &alice,
+            json!({"kind": "reply", "body": "Dear Petra,\n\nthe second charge is refunded.\n\nAlice", "seen_message_id": seen}),
+        )
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    // A reply on a chat ticket is not an email.
+    let chat = app.ticket(&alice, "Chat about something").await;
+    let (status, _) = app
+        .post(
+            &format!("/api/tickets/{}/messages", chat["id"]),
+            &alice,
+            json!({"kind": "reply", "body": "Hi!", "seen_message_id": 0}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let got = smtp.wait_for(1).await;
+    wait_caught_up(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.delivered().len(), 1, "only the email reply was sent");
+    assert_eq!(got[0].to, vec!["petra.novak@contoso.example".to_string()]);
+    let sent = parsed(&got[0].raw);
+    let from = sent.from().unwrap().first().unwrap();
+    assert_eq!(from.address(), Some("support@example.com"));
+    assert_eq!(from.name(), Some("Alice (Example Support)"));
+    assert_eq!(
+        sent.subject(),
+        Some("Re: Invoice INV-2023-1147 charged twice")
+    );
+    assert_eq!(
+        sent.in_reply_to().as_text(),
+        Some(email.message_id.as_str())
+    );
+    assert!(sent
+        .body_text(0)
+        .unwrap()
+        .contains("the second charge is refunded."));
+    let recorded: (String, String, i32) = {
+        let r = app
+            .sql()
+            .await
+            .query_one(
+                "SELECT message_id, status, attempts FROM mail_messages WHERE direction = 'out'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        sent.message_id(),
+        Some(recorded.0.as_str()),
+        "the Message-ID is recorded"
+    );
+    assert_eq!((recorded.1.as_str(), recorded.2), ("sent", 1));
+
+    // A worker that died after recording the send but before acknowledging:
+    // its successor reads the event again and sends nothing.
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.sql()
+        .await
+        .batch_execute("UPDATE feed_consumers SET xid = '0', ticket_id = -1, version = -1 WHERE name = 'mailer'")
+        .await
+        .unwrap();
+    let stop = start_sender(&app, &url, &smtp_url).await;
+    wait_caught_up(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.delivered().len(), 1, "a restarted worker sent again");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_temporary_smtp_failure_is_retried_until_it_goes_through() {
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(2);
+    let (url, _) = writer_url(&app, "mailer").await;
+    let stop = start_sender(&app, &url, &smtp_url).await;
+    let gateway = MailDatabase::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ticket = inbound::store(&gateway, &inbound::parse(&fixture("koi8r.eml")).unwrap())
+        .await
+        .unwrap()
+        .ticket_id;
+    let (_, bob) = app.agent("Bob", "agent").await;
+    let seen = last_message(&app, ticket).await;
+    let (status, _) = app
+        .post(
+            &format!("/api/tickets/{ticket}/messages"),
+            &bob,
+            json!({"kind": "reply", "body": "Счёт во вложении.", "seen_message_id": seen}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let got = smtp.wait_for(1).await;
+    wait_caught_up(&app).await;
+    assert_eq!(
+        smtp.refused.load(Ordering::SeqCst),
+        2,
+        "two attempts were greylisted"
+    );
+    assert_eq!(got.len(), 1);
+    let sent = parsed(&got[0].raw);
+    assert_eq!(sent.body_text(0).unwrap().trim(), "Счёт во вложении.");
+    let row = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT status, attempts, last_error FROM mail_messages WHERE direction = 'out'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "sent");
+    assert_eq!(row.get::<_, i32>(1), 3);
+    assert_eq!(row.get::<_, Option<String>>(2), None);
+    stop.cancel();
+}
+
+/// Run the real binary's `mail receive`.
+fn receive(url: &str, raw: &[u8]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_livedesk"))
+        .args(["mail", "receive"])
+        .env("LIVEDESK_MAIL_DATABASE_URL", url)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(raw).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn full_loop_mail_in_live_reply_out_answer_threads_back() {
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(0);
+    let (url, _) = writer_url(&app, "gw").await;
+    let (_, alice) = app.agent("Alice", "agent").await;
+
+    // The sender as its own process: `livedesk mail send`.
+    let mut sender = Command::new(env!("CARGO_BIN_EXE_livedesk"))
+        .args(["mail", "send"])
+        .env("LIVEDESK_MAIL_DATABASE_URL", &url)
+        .env("LIVEDESK_SMTP_URL", &smtp_url)
+        .env(
+            "LIVEDESK_MAIL_FROM",
+            "Example Support <support@example.com>",
+        )
+        .env("LIVEDESK_MAIL_POLL_MS", "50")
+        .env("LIVEDESK_MAIL_RETRY_MS", "50")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sql = app.sql().await;
+    for attempt in 0.. {
+        let started: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM feed_consumers WHERE name = 'mailer'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if started == 1 {
+            break;
+        }
+        assert!(attempt < 400, "livedesk mail send never started");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Mail in → the ticket appears live in the inbox of a connected agent.
+    let mut ws = WsClient::connect(&app.base, &alice).await;
+    ws.send(json!({"type": "subscribe_inbox"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = fixture("apple_mail.eml");
+    tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || receive(&url, &first)
+    })
+    .await
+    .unwrap();
+    let inbox = ws.next_of("inbox").await;
+    assert_eq!(
+        inbox["ticket"]["subject"],
+        "L’application plante au démarrage"
+    );
+    assert_eq!(inbox["ticket"]["channel"], "email");
+    let ticket = inbox["ticket"]["id"].as_i64().unwrap();
+    ws.subscribe(ticket, None).await;
+    let snapshot = ws.next_of("snapshot").await;
+    let seen = snapshot["messages"][0]["id"].as_i64().unwrap();
+
+    // The agent replies over HTTP → the SMTP server receives it once.
+    let (status, reply) = app
+        .post(
+            &format!("/api/tickets/{ticket}/messages"),
+            &alice,
+            json!({"kind": "reply", "body": "Bonjour Anaïs, la version 2.4.1 corrige ce plantage.", "seen_message_id": seen}),
+        )
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    let got = smtp.wait_for(1).await;
+    let sent = parsed(&got[0].raw);
+    assert_eq!(got[0].to, vec!["anais.dubois@icloud.example".to_string()]);
+    assert_eq!(
+        sent.in_reply_to().as_text(),
+        Some("8F1E2D3C-4B5A-6978-8A9B-0C1D2E3F4A5B@icloud.example")
+    );
+    let sent_id = sent.message_id().unwrap().to_string();
+
+    // The customer's answer, threaded only by In-Reply-To/References.
+    let answer = format!(
+        "From: =?utf-8?Q?Ana=C3=AFs_Dubois?= <anais.dubois@icloud.example>\r\n\
+         To: Example Support <support@example.com>\r\n\
+         Subject: Re: L'application plante\r\n\
+         Message-Id: <A1B2C3D4-answer@icloud.example>\r\n\
+         In-Reply-To: <{sent_id}>\r\n\
+         References: <8F1E2D3C-4B5A-6978-8A9B-0C1D2E3F4A5B@icloud.example> <{sent_id}>\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n\
+         Merci, ça marche maintenant !\r\n"
+    );
+    tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || receive(&url, answer.as_bytes())
+    })
+    .await
+    .unwrap();
+    loop {
+        let frame = ws.next_of("event").await;
+        if frame["kind"] == "message.created" && frame["data"]["message"]["kind"] == "customer" {
+            assert_eq!(frame["ticket_id"], ticket);
+            assert_eq!(
+                frame["data"]["message"]["body"],
+                "Merci, ça marche maintenant !"
+            );
+            break;
+        }
+    }
+    let tickets: i64 = sql
+        .query_one("SELECT count(*) FROM tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tickets, 1, "the answer threaded back onto the ticket");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.delivered().len(), 1, "the reply was sent once");
+
+    // SIGTERM: the worker stops cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sender.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || sender.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
