@@ -127,7 +127,7 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     let (bob, token_b) = agents::add(&app.db, "Bob Baker", "bob@e2e.test", "agent")
         .await
         .unwrap();
-    let (carol, _) = agents::add(&app.db, "Carol Chen", "carol@e2e.test", "agent")
+    let (carol, token_c) = agents::add(&app.db, "Carol Chen", "carol@e2e.test", "agent")
         .await
         .unwrap();
     let (token_a, token_b) = (token_a.0, token_b.0);
@@ -201,6 +201,7 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         .env("AGENT_B", bob.id.to_string())
         .env("NAME_C", &carol.name)
         .env("AGENT_C", carol.id.to_string())
+        .env("TOKEN_C", &token_c.0)
         .env("SCREENSHOT_DIR", &shots)
         .env("PRINTER_TICKET", printer.to_string())
         .env("LONG_TICKET", long.to_string())

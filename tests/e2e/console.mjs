@@ -41,7 +41,7 @@ const AGENTS = {
   B: { token: env('TOKEN_B'), name: env('NAME_B'), id: Number(env('AGENT_B')) },
 };
 const TOKEN_SERVICE = env('TOKEN_SERVICE');
-const CAROL = { name: env('NAME_C'), id: Number(env('AGENT_C')) };
+const CAROL = { name: env('NAME_C'), id: Number(env('AGENT_C')), token: env('TOKEN_C') };
 const SHOTS = env('SCREENSHOT_DIR');
 const PRINTER = Number(env('PRINTER_TICKET'));
 const LONG = Number(env('LONG_TICKET'));
@@ -544,6 +544,26 @@ async function main() {
   await sleep(300);
   check((await api('GET', `/api/tickets/${TICKET}/draft`, A.token)).status === 404, 'A\'s draft is deleted on the server once sent');
   check(((await aPresence()) || '').endsWith('viewing'), `B sees A viewing again (${await aPresence()})`);
+
+  // ---------------------------------------------------------------- idle after 5 minutes without input
+  // Carol opens the ticket in a browser whose clock Playwright controls, and
+  // touches nothing; the clock jumps 5 minutes: B sees Carol idle; a key
+  // press brings her back to viewing.
+  currentStep = 'idle-timer';
+  const carolCtx = await browser.newContext({ viewport: { width: 1300, height: 900 }, baseURL: BASE });
+  await carolCtx.clock.install();
+  const carol = await carolCtx.newPage();
+  await carol.goto(`/#token=${encodeURIComponent(CAROL.token)}`);
+  await carol.getByRole('link', { name: /Refund for order 1042/ }).click();
+  await waitPresence(B, CAROL, 'viewing', 'B sees Carol viewing');
+  await carol.clock.fastForward('05:05');
+  await waitPresence(B, CAROL, 'idle', 'after 5 minutes without input B sees Carol idle');
+  check((await B.page.getAttribute(presenceState(CAROL), 'title')) === `${CAROL.name}: idle (tab in background)`, 'titled "idle"');
+  await shot(B, 'idle-after-5-minutes');
+  await carol.keyboard.press('Shift');
+  await waitPresence(B, CAROL, 'viewing', 'a key press: B sees Carol viewing again');
+  await carolCtx.close();
+  await waitIn(B.page, 'Carol left: B no longer lists her', ([sel]) => !document.querySelector(sel), [presenceState(CAROL)]);
 
   // ---------------------------------------------------------------- tags
   currentStep = 'tags';
