@@ -521,3 +521,147 @@ async fn full_loop_mail_in_live_reply_out_answer_threads_back() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The embedded default end to end with the real binaries: `serve --mail`
+/// sends from inside the server, and `mail receive` (no URL) writes as the
+/// writer role `mail_gateway` it makes on first use, through the running
+/// server's PostgreSQL.
+#[tokio::test]
+async fn embedded_default_serve_with_mail_and_receive_as_mail_gateway() {
+    use std::io::{BufRead, BufReader};
+    let (smtp, smtp_url) = Smtp::start(0);
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-mail-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let data = dir.path().join("data");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let smtp_url_for_commands = smtp_url.clone();
+    let livedesk = move |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_livedesk"));
+        command
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("LIVEDESK_MAIL_DATABASE_URL")
+            .env("LIVEDESK_DATA_DIR", &data)
+            .env("LIVEDESK_BIND", format!("127.0.0.1:{port}"))
+            .env("LIVEDESK_EMBEDDED_UNSAFE_FAST", "true")
+            .env("LIVEDESK_SMTP_URL", &smtp_url_for_commands)
+            .env("LIVEDESK_MAIL_FROM", "support@example.com")
+            .env("LIVEDESK_MAIL_POLL_MS", "50")
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let mut server = livedesk(&["serve", "--mail"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let token = tokio::task::spawn_blocking(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some((_, token)) = line.split_once("#token=") {
+                return token.trim().to_string();
+            }
+        }
+        panic!("no login link printed");
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    for attempt in 0.. {
+        let healthy = http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if healthy {
+            break;
+        }
+        assert!(attempt < 600, "the server never became healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut receive = livedesk(&["mail", "receive"]);
+    let receive = tokio::task::spawn_blocking(move || {
+        let mut child = receive
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&fixture("windows1251.eml"))
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        receive.status.success(),
+        "{}",
+        String::from_utf8_lossy(&receive.stderr)
+    );
+
+    let get = |path: String| {
+        let http = http.clone();
+        let token = token.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let tickets = get("/api/tickets".into()).await;
+    let ticket = &tickets["tickets"][0];
+    assert_eq!(ticket["subject"], "Не приходит письмо с паролем");
+    let id = ticket["id"].as_i64().unwrap();
+    let events = get(format!("/api/tickets/{id}/events")).await;
+    assert_eq!(events["events"][0]["actor"]["name"], "mail_gateway");
+    let detail = get(format!("/api/tickets/{id}")).await;
+    let seen = detail["messages"][0]["id"].as_i64().unwrap();
+
+    let status = http
+        .post(format!("{base}/api/tickets/{id}/messages"))
+        .bearer_auth(&token)
+        .json(&json!({"kind": "reply", "body": "Сергей, письмо отправлено ещё раз.", "seen_message_id": seen}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 201);
+    let got = smtp.wait_for(1).await;
+    assert_eq!(got[0].to, vec!["s.ivanov@mail.example.ru".to_string()]);
+    let sent = parsed(&got[0].raw);
+    assert_eq!(sent.subject(), Some("Re: Не приходит письмо с паролем"));
+    assert_eq!(
+        sent.from().unwrap().first().unwrap().name(),
+        Some("Admin"),
+        "the agent's name"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
