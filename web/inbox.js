@@ -2,7 +2,7 @@
 // live from `inbox` frames (a full ticket summary after every create/change).
 
 import { h, replaceChildren, avatar, timeEl, uid } from './dom.js';
-import { STATUSES } from './ticket.js';
+import { STATUSES, TicketView } from './ticket.js';
 
 export class InboxView {
   /**
@@ -197,7 +197,11 @@ export class InboxView {
         ),
         (t.tags || []).length ? h('span', { class: 'row-tags' }, t.tags.map((tag) => h('span', { class: 'chip chip-small' }, tag))) : null,
         viewers.length
-          ? h('span', { class: 'row-viewers' }, viewers.map((v) => avatar(v.agent, { size: 'sm', label: `${v.agent.name} (${v.state})` })))
+          ? h(
+              'span',
+              { class: 'row-viewers' },
+              viewers.map((v) => avatar(v.agent, { size: 'sm', label: `${v.agent.name} (${TicketView.describe(v)})` })),
+            )
           : null,
       ),
     );

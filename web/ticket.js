@@ -232,10 +232,7 @@ export class TicketView {
 
     this.el = h('section', { class: 'ticket', dataset: { testid: 'ticket-view', ticketId: id }, 'aria-label': `Ticket ${id}` }, h('p', { class: 'loading' }, 'Loading ticket…'));
 
-    this.onVisibility = () => {
-      this.updateOwnPresence();
-      if (document.visibilityState === 'visible') this.onConversationScroll();
-    };
+    this.onVisibility = () => this.updateOwnPresence();
     this.onActivity = () => this.noteActivity();
     document.addEventListener('visibilitychange', this.onVisibility);
     for (const type of ACTIVITY_EVENTS) document.addEventListener(type, this.onActivity, { passive: true, capture: true });
@@ -1367,7 +1364,7 @@ export class TicketView {
     this.otherDrafts = drafts || [];
     this.renderDrafts();
     this.draftsClock = setInterval(() => this.renderDrafts(), 30_000);
-    this.onPageHide = () => this.saveDraftNow({ keepalive: true });
+    this.onPageHide = () => this.flushDraftOnUnload();
     window.addEventListener('pagehide', this.onPageHide);
     if (!this.otherDrafts.some((d) => d.agent && d.agent.id === this.me.id)) return;
     let draft;
@@ -1430,6 +1427,21 @@ export class TicketView {
     return this.draftChain;
   }
 
+  /**
+   * The page is going away (reload, closed tab): send what is not saved yet
+   * now, with `keepalive`, outside the chain (a promise continuation may
+   * never run once the page is gone).
+   */
+  flushDraftOnUnload() {
+    if (!this.draftTimer || !this.bodyInput) return;
+    clearTimeout(this.draftTimer);
+    this.draftTimer = null;
+    const body = this.bodyInput.value;
+    const want = body.trim() ? { kind: this.kindSelect.value, body, seen_message_id: this.seenId() } : null;
+    const request = want ? this.client.putDraft(this.id, want, { keepalive: true }) : this.client.deleteDraft(this.id, { keepalive: true });
+    request.catch(() => {});
+  }
+
   /** Before a send: no save may land after it (it would bring the sent draft back). */
   async beforeSend() {
     clearTimeout(this.draftTimer);
@@ -1450,7 +1462,7 @@ export class TicketView {
     clearTimeout(this.draftsRefresh);
     if (this.onPageHide) window.removeEventListener('pagehide', this.onPageHide);
     // A ticket switch: what was typed since the last save is saved now.
-    if (this.draftTimer) this.saveDraftNow({ keepalive: true });
+    if (this.draftTimer) this.flushDraftOnUnload();
   }
 
   /** Viewers changed: if someone's draft marker changed or a viewer left, reload who has a draft. */

@@ -318,6 +318,7 @@ async function main() {
   const note = 'Internal: customer is on the pro plan, refund approved';
   await A.page.fill(t('composer-body'), note);
   await A.page.selectOption(t('composer-kind'), 'note');
+  await waitIn(B.page, `B sees "${A.name}, writing a note"`, ([name]) => !!document.querySelector(`[aria-label="${name}, writing a note"]`), [A.name]);
   await A.page.click(t('composer-send'));
   await waitIn(
     B.page,
