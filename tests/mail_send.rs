@@ -57,7 +57,11 @@ impl Handler for Smtp {
     }
 
     /// Greylisting, the everyday temporary failure: "450, try again later".
-    fn rcpt(&mut self, _to: &str) -> Response {
+    /// And a mailbox that does not exist: "550 no such user", for good.
+    fn rcpt(&mut self, to: &str) -> Response {
+        if to.starts_with("nobody@") {
+            return Response::custom(550, "5.1.1 No such user here".into());
+        }
         if self
             .fail_first
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -664,4 +668,69 @@ async fn embedded_default_serve_with_mail_and_receive_as_mail_gateway() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothing() {
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(0);
+    let (url, gateway_agent) = writer_url(&app, "mailer").await;
+    let stop = start_sender(&app, &url, &smtp_url).await;
+    let gateway = MailDatabase::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tickets = Vec::new();
+    for from in ["nobody@example.org", "someone@example.org"] {
+        let raw = format!(
+            "From: {from}\r\nSubject: Hello from {from}\r\nMessage-ID: <{from}.1@example.org>\r\n\r\nHi\r\n"
+        );
+        let mail = inbound::parse(raw.as_bytes()).unwrap();
+        tickets.push(inbound::store(&gateway, &mail).await.unwrap().ticket_id);
+    }
+    let (_, carol) = app.agent("Carol", "agent").await;
+    for ticket in &tickets {
+        let seen = last_message(&app, *ticket).await;
+        let (status, _) = app
+            .post(
+                &format!("/api/tickets/{ticket}/messages"),
+                &carol,
+                json!({"kind": "reply", "body": "Hello!", "seen_message_id": seen}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    // The second reply goes through; the first is not retried.
+    let got = smtp.wait_for(1).await;
+    assert_eq!(got[0].to, vec!["someone@example.org".to_string()]);
+    wait_caught_up(&app).await;
+    let sql = app.sql().await;
+    let row = sql
+        .query_one(
+            "SELECT status, attempts, last_error FROM mail_messages WHERE direction = 'out' AND ticket_id = $1",
+            &[&tickets[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert_eq!(row.get::<_, i32>(1), 1);
+    assert!(row.get::<_, String>(2).contains("No such user"));
+    let note = sql
+        .query_one(
+            "SELECT author_agent_id, body FROM messages WHERE ticket_id = $1 AND kind = 'note'",
+            &[&tickets[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(note.get::<_, Option<i64>>(0), Some(gateway_agent));
+    let body: String = note.get(1);
+    assert!(
+        body.contains("could not be emailed to nobody@example.org"),
+        "{body}"
+    );
+    assert!(body.contains("No such user"), "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.delivered().len(), 1);
+    stop.cancel();
 }

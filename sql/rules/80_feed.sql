@@ -243,14 +243,33 @@ BEGIN
 END
 $$;
 
--- A failed attempt: counted, with the server's answer; a permanent failure
--- (5xx: no such mailbox, refused) is not retried.
+-- A failed attempt: counted, with the server's answer. A permanent failure
+-- (5xx: no such mailbox, refused) is not retried, and the agents are told
+-- on the ticket: a note by the gateway's agent (or, when the server itself
+-- sends, by the reply's author) says which address refused and why.
 CREATE OR REPLACE FUNCTION ld_mail_failed(p_message_id bigint, p_error text, p_permanent boolean)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_out mail_messages;
+    m messages;
+    v_author bigint;
+    v_email text;
 BEGIN
     UPDATE mail_messages x SET attempts = x.attempts + 1, last_error = left(p_error, 2000),
                                status = CASE WHEN p_permanent THEN 'failed' ELSE x.status END
-    WHERE x.livedesk_message_id = p_message_id AND x.direction = 'out' AND x.status <> 'sent';
+    WHERE x.livedesk_message_id = p_message_id AND x.direction = 'out' AND x.status = 'pending'
+    RETURNING * INTO v_out;
+    IF NOT FOUND OR NOT coalesce(p_permanent, false) THEN
+        RETURN;
+    END IF;
+    SELECT * INTO m FROM messages x WHERE x.id = p_message_id;
+    v_author := coalesce(ld_actor(), m.author_agent_id);
+    SELECT c.email INTO v_email FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = m.ticket_id;
+    PERFORM ld_set_actor(v_author);
+    INSERT INTO messages (ticket_id, kind, author_agent_id, body)
+    VALUES (m.ticket_id, 'note', v_author,
+            format('This reply (message %s) could not be emailed to %s; the mail server answered: %s',
+                   m.id, coalesce(v_email, 'the customer'), left(coalesce(p_error, 'no reason given'), 1000)));
 END
 $$;

@@ -98,7 +98,7 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         from_email,
         from_name,
         subject,
-        body: body(text.trim(), &attachments),
+        body: body(strip_quoted(text.trim()).trim(), &attachments),
         attachments,
     })
 }
@@ -114,6 +114,61 @@ fn ids(value: &HeaderValue<'_>) -> Vec<String> {
         .map(|id| id.trim().trim_matches(|c| c == '<' || c == '>').to_string())
         .filter(|id| !id.is_empty())
         .collect()
+}
+
+/// The customer's new words: mail clients append the whole earlier thread
+/// ("On … wrote:" and a `>` quote, or Outlook's "-----Original Message-----"
+/// block), which the ticket already shows. Only a quote at the end is cut
+/// (answers written between quoted lines stay), and never everything.
+pub fn strip_quoted(text: &str) -> &str {
+    let lines: Vec<&str> = text.lines().collect();
+    let offsets: Vec<usize> = lines
+        .iter()
+        .map(|line| line.as_ptr() as usize - text.as_ptr() as usize)
+        .collect();
+    let cut_at = |index: usize| -> Option<&str> {
+        let kept = text[..offsets[index]].trim_end();
+        (!kept.is_empty()).then_some(kept)
+    };
+    // Outlook: everything after its separator is the earlier thread.
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.trim();
+        let outlook_rule = line.len() >= 20
+            && line.chars().all(|c| c == '_')
+            && lines
+                .get(i + 1)
+                .is_some_and(|next| next.trim_start().starts_with("From:"));
+        if line == "-----Original Message-----" || outlook_rule {
+            if let Some(kept) = cut_at(i) {
+                return kept;
+            }
+        }
+    }
+    // A trailing `>` quote, and the attribution line right above it.
+    let mut i = lines.len();
+    let mut quoted = false;
+    while i > 0 {
+        let line = lines[i - 1].trim();
+        if line.starts_with('>') {
+            quoted = true;
+        } else if !line.is_empty() {
+            break;
+        }
+        i -= 1;
+    }
+    if !quoted || i == 0 {
+        return text;
+    }
+    let above = lines[i - 1].trim();
+    let mut start = i;
+    if above.ends_with(':') && above.chars().count() <= 300 {
+        start = i - 1;
+        // Gmail wraps a long attribution after the sender's "<".
+        if start > 0 && lines[start - 1].trim_end().ends_with('<') {
+            start -= 1;
+        }
+    }
+    cut_at(start).unwrap_or(text)
 }
 
 /// The stored body: the text (cut at MAX_BODY_BYTES), then the attachments.
@@ -201,6 +256,29 @@ In-Reply-To: <parent@x>\r\nReferences: <root@x> <parent@x>\r\n\r\nHello\r\n";
         assert_eq!(mail.from_name.as_deref(), Some("Dana"));
         assert_eq!(mail.subject.as_deref(), Some("Re: Привет"));
         assert_eq!(mail.body, "Hello");
+    }
+
+    #[test]
+    fn quoted_history_at_the_end_is_cut() {
+        assert_eq!(
+            strip_quoted("Thanks!\n\nOn Tue, Nov 14, 2023 at 10:20 AM Support <\nsupport@example.com> wrote:\n\n> Old\n> text\n"),
+            "Thanks!"
+        );
+        assert_eq!(
+            strip_quoted("Yes.\n\n-----Original Message-----\nFrom: Support\nSent: Monday\n\nOld"),
+            "Yes."
+        );
+        assert_eq!(
+            strip_quoted(
+                "Fine\n________________________________\nFrom: Support <s@example.com>\nOld"
+            ),
+            "Fine"
+        );
+        // Answers between quotes stay; a message that is only a quote stays.
+        let inline = "> Which plan?\nPro.\n> Since when?\nMay.";
+        assert_eq!(strip_quoted(inline), inline);
+        assert_eq!(strip_quoted("> only a quote"), "> only a quote");
+        assert_eq!(strip_quoted("Hello\n> quoted\nbye"), "Hello\n> quoted\nbye");
     }
 
     #[test]
