@@ -734,3 +734,57 @@ async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothi
     assert_eq!(smtp.delivered().len(), 1);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn one_sender_is_active_and_a_standby_takes_over_when_it_stops() {
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(0);
+    let (url, _) = writer_url(&app, "mailer").await;
+    let first = start_sender(&app, &url, &smtp_url).await;
+    let second = start_sender(&app, &url, &smtp_url).await;
+    let gateway = MailDatabase::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mail = inbound::parse(&fixture("html_only_newsletter_reply.eml")).unwrap();
+    let ticket = inbound::store(&gateway, &mail).await.unwrap().ticket_id;
+    let (_, dana) = app.agent("Dana", "agent").await;
+    let reply = |body: &'static str| {
+        let app = &app;
+        let dana = dana.clone();
+        async move {
+            let seen = last_message(app, ticket).await;
+            let (status, _) = app
+                .post(
+                    &format!("/api/tickets/{ticket}/messages"),
+                    &dana,
+                    json!({"kind": "reply", "body": body, "seen_message_id": seen}),
+                )
+                .await;
+            assert_eq!(status, 201);
+        }
+    };
+    reply("CSV export is on every plan.").await;
+    smtp.wait_for(1).await;
+    wait_caught_up(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        smtp.delivered().len(),
+        1,
+        "two senders sent one reply twice"
+    );
+
+    // The active one stops; the standby takes over and sends the next reply.
+    first.cancel();
+    reply("Reload the page to see the button.").await;
+    let got = smtp.wait_for(2).await;
+    wait_caught_up(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.delivered().len(), 2);
+    assert!(parsed(&got[1].raw)
+        .body_text(0)
+        .unwrap()
+        .contains("Reload the page"));
+    second.cancel();
+}
