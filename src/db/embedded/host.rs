@@ -48,11 +48,17 @@ pub(super) fn relocated(configured: &Path) -> PathBuf {
     PathBuf::from("/var/lib/livedesk/clusters").join(&hex::encode(digest)[..16])
 }
 
+/// The folder as an absolute path, made (0700) when missing.
 pub(super) fn absolute(path: &Path) -> Result<PathBuf, EmbeddedError> {
-    fs::create_dir_all(path).map_err(|source| EmbeddedError::Folder {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| EmbeddedError::Folder {
+            path: path.to_path_buf(),
+            source,
+        })?;
     path.canonicalize().map_err(|source| EmbeddedError::Folder {
         path: path.to_path_buf(),
         source,
@@ -122,17 +128,91 @@ pub(super) fn command_error(program: &str, message: String) -> EmbeddedError {
     }
 }
 
-/// The cluster's own folders, `pg` and `run`, handed to the `postgres` user
-/// when livedesk runs as root.
+/// The cluster's own folders, `pg` and `run` (0700, real folders, never
+/// symlinks), handed to the `postgres` user when livedesk runs as root.
 pub(super) fn prepare_subfolders(root: &Path, user: Option<&User>) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::DirBuilderExt;
     for dir in [root.join("pg"), root.join("run")] {
-        fs::create_dir_all(&dir).map_err(|source| EmbeddedError::Folder {
-            path: dir.clone(),
-            source,
-        })?;
+        if fs::symlink_metadata(&dir).is_err() {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| EmbeddedError::Folder {
+                    path: dir.clone(),
+                    source,
+                })?;
+        }
+        check_private(&dir, user)?;
         if let Some(user) = user {
             give_to(user, &dir)?;
         }
     }
     Ok(())
+}
+
+/// Refuse a folder that another user could plant files (or symlinks) in:
+/// it must be a real folder, owned by us or by the `postgres` user we run
+/// the cluster as, and writable by nobody else. Everything livedesk opens
+/// inside it as root is then ours.
+pub(super) fn check_private(dir: &Path, run_as: Option<&User>) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsafe_folder = |reason: String| EmbeddedError::UnsafeFolder {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let meta = fs::symlink_metadata(dir).map_err(|source| EmbeddedError::Folder {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(unsafe_folder("it is not a folder (a symlink or a file)".into()));
+    }
+    let me = nix::unistd::Uid::effective().as_raw();
+    if meta.uid() != me && run_as.is_none_or(|user| user.uid.as_raw() != meta.uid()) {
+        return Err(unsafe_folder(format!(
+            "it belongs to another user (uid {})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_folder(format!(
+            "others may write in it (mode {:o}); chmod go-w it, or choose a private folder",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Open (create 0600) a file in a cluster folder for appending or writing,
+/// never through a symlink; an existing file is made 0600 too (a log holds
+/// colleagues' replies in LD001 details). With `owner`, the open file (not
+/// the path) is handed to that user.
+pub(super) fn open_private(
+    path: &Path,
+    append: bool,
+    owner: Option<&User>,
+) -> Result<fs::File, EmbeddedError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let folder_error = |source: std::io::Error| EmbeddedError::Folder {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
+    if append {
+        options.append(true);
+    } else {
+        options.write(true).truncate(true);
+    }
+    let file = options.open(path).map_err(folder_error)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(folder_error)?;
+    if let Some(user) = owner {
+        std::os::unix::fs::fchown(&file, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .map_err(folder_error)?;
+    }
+    Ok(file)
 }

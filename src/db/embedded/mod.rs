@@ -15,14 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{chown, Pid, Uid, User};
+use nix::unistd::{Pid, Uid, User};
 
 mod host;
 
 pub use host::find_bin_dir;
 use host::{
-    absolute, check_reachable, command_error, free_port, give_to, prepare_subfolders,
-    process_alive, relocated,
+    absolute, check_private, check_reachable, command_error, free_port, give_to, open_private,
+    prepare_subfolders, process_alive, relocated,
 };
 
 /// The database every livedesk cluster serves.
@@ -43,9 +43,15 @@ pub enum EmbeddedError {
         "PostgreSQL refuses to run as root, so livedesk runs it as the `postgres` system user, \
          and that user cannot use the data folder {path}: {reason}. Every parent folder needs \
          the search (x) permission for it (e.g. /root is 700). Choose a reachable folder with \
-         LIVEDESK_DATA_DIR=/var/lib/livedesk (or under /tmp), or set DATABASE_URL."
+         LIVEDESK_DATA_DIR=/var/lib/livedesk, or set DATABASE_URL."
     )]
     Unreachable { path: PathBuf, reason: String },
+    #[error(
+        "the data folder {path} is not safe to keep a database in: {reason}. livedesk keeps \
+         its cluster, its socket and its log (which holds colleagues' replies) only in a folder \
+         that no other user can write to; choose one with LIVEDESK_DATA_DIR (e.g. /var/lib/livedesk)"
+    )]
+    UnsafeFolder { path: PathBuf, reason: String },
     #[error("livedesk runs as root but there is no `postgres` system user to run PostgreSQL as; create one (adduser --system postgres) or set DATABASE_URL")]
     NoPostgresUser,
     #[error("cannot prepare the data folder {path}: {source}")]
@@ -122,6 +128,7 @@ impl EmbeddedPostgres {
         };
         let existed = options.data_dir.exists();
         let mut root = absolute(&options.data_dir)?;
+        check_private(&root, run_as.as_ref())?;
         if let Some(user) = &run_as {
             // Only a folder livedesk made is handed to postgres; an existing
             // one (a home, /tmp) keeps its owner and mode: the cluster lives
@@ -135,7 +142,8 @@ impl EmbeddedPostgres {
                 // the cluster in a reachable place, the same one every time
                 // for this data folder, and say where.
                 let fallback = relocated(&root);
-                fs::create_dir_all(&fallback).map_err(|_| unreachable)?;
+                absolute(&fallback).map_err(|_| unreachable)?;
+                check_private(&fallback, Some(user))?;
                 give_to(user, &fallback)?;
                 prepare_subfolders(&fallback, Some(user))?;
                 check_reachable(user, &fallback.join("pg"))?;
@@ -282,7 +290,15 @@ impl EmbeddedPostgres {
         let port = free_port()?;
         if !tcp {
             // Best effort: without it the next start picks a new port.
-            if let Err(e) = fs::write(&file, port.to_string()) {
+            let written = open_private(&file, false, None).and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(port.to_string().as_bytes())
+                    .map_err(|source| EmbeddedError::Folder {
+                        path: file.clone(),
+                        source,
+                    })
+            });
+            if let Err(e) = written {
                 tracing::debug!(error = %e, "cannot remember the cluster's port");
             }
         }
@@ -398,7 +414,10 @@ impl EmbeddedPostgres {
 
     /// Record this process as the one that stops the server.
     fn claim(&self) {
-        let _ = fs::write(self.owner_file(), std::process::id().to_string());
+        use std::io::Write;
+        if let Ok(mut file) = open_private(&self.owner_file(), false, None) {
+            let _ = file.write_all(std::process::id().to_string().as_bytes());
+        }
     }
 
     fn owner_file(&self) -> PathBuf {
@@ -410,17 +429,7 @@ impl EmbeddedPostgres {
 
     fn spawn(&mut self) -> Result<(), EmbeddedError> {
         let log_path = self.log_path();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|source| EmbeddedError::Folder {
-                path: log_path.clone(),
-                source,
-            })?;
-        if let Some(user) = &self.run_as {
-            let _ = chown(&log_path, Some(user.uid), Some(user.gid));
-        }
+        let log = open_private(&log_path, true, self.run_as.as_ref())?;
         let log_err = log.try_clone().map_err(|source| EmbeddedError::Folder {
             path: log_path.clone(),
             source,
