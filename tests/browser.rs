@@ -258,6 +258,22 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
                             stdin.write_all(b"SQL_DONE\n").await.unwrap();
                             stdin.flush().await.unwrap();
                         }
+                        if line == "SQL_CHANNEL_CUSTOMER" {
+                            // Another service moves the ticket to chat with a new customer.
+                            let n = sql
+                                .execute(
+                                    "WITH c AS (INSERT INTO customers (name, email) \
+                                     VALUES ('Frank Finch', 'frank@example.com') RETURNING id) \
+                                     UPDATE tickets SET channel = 'chat', \
+                                     customer_id = (SELECT id FROM c) WHERE id = $1",
+                                    &[&id],
+                                )
+                                .await
+                                .expect("the direct SQL channel and customer change");
+                            assert_eq!(n, 1);
+                            stdin.write_all(b"SQL_DONE\n").await.unwrap();
+                            stdin.flush().await.unwrap();
+                        }
                         if let Some(args) = line.strip_prefix("SQL_ASSIGN ") {
                             // An assignment by another service, straight in SQL.
                             let ids: Vec<i64> =
@@ -335,6 +351,8 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     );
     assert_eq!(t["assignee"]["id"], json!(assignee), "{output}");
     assert_eq!(t["status"], "open", "{output}");
+    assert_eq!(t["channel"], "chat", "{output}");
+    assert_eq!(t["customer"]["name"], "Frank Finch", "{output}");
     let (_, printer_full) = app.get(&format!("/api/tickets/{printer}"), &token_a).await;
     assert_eq!(printer_full["ticket"]["assignee"]["id"], bob.id, "{output}");
     let messages = full["messages"].as_array().unwrap();

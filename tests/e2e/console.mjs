@@ -668,6 +668,16 @@ async function main() {
   }
   await shotBoth('sql-subject');
 
+  // ---------------------------------------------------------------- channel and customer, live
+  currentStep = 'channel-customer';
+  await askRust('SQL_CHANNEL_CUSTOMER');
+  for (const agent of [A, B]) {
+    await waitIn(agent.page, `${agent.key}'s header shows the new channel and customer`, ([sel]) => {
+      const head = document.querySelector(sel)?.textContent || '';
+      return head.includes('chat') && head.includes('Frank Finch <frank@example.com>');
+    }, ['.ticket-sub']);
+  }
+
   // ---------------------------------------------------------------- history, live
   currentStep = 'history';
   await B.page.getByText('History', { exact: true }).click();
