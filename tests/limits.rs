@@ -230,3 +230,34 @@ async fn answers_carry_protective_headers_and_metrics_labels_stay_bounded() {
     assert!(!text.contains("method=\"X1\""), "raw methods became labels");
     assert!(text.contains("method=\"OTHER\""));
 }
+
+/// The collisions livedesk stops, and the requests it limits, are counted.
+#[tokio::test]
+async fn conflicts_and_rate_limits_are_counted_in_metrics() {
+    let mut settings = test_settings();
+    settings.rate_per_token = 1;
+    settings.burst_per_token = 5;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "Refund").await["id"].as_i64().unwrap();
+    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"field_conflict\"}").await, 0);
+    let stale = json!({"changes": {"status": {"from": "pending", "to": "open"}}});
+    let (status, _) = app.patch(&format!("/api/tickets/{id}"), &token, stale).await;
+    assert_eq!(status, 409);
+    let stale_version = app
+        .req(reqwest::Method::PATCH, &format!("/api/tickets/{id}"), &token)
+        .header("if-match", "\"99\"")
+        .json(&json!({"changes": {"status": {"from": "new", "to": "open"}}}));
+    assert_eq!(send(stale_version).await.0, 409);
+    let mut limited = 0;
+    for _ in 0..10 {
+        if app.get("/api/me", &token).await.0 == 429 {
+            limited += 1;
+        }
+    }
+    assert!(limited > 0);
+    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"field_conflict\"}").await, 1);
+    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"stale_version\"}").await, 1);
+    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"duplicate_reply\"}").await, 0);
+    assert_eq!(app.metric("livedesk_rate_limited_total").await, limited);
+}

@@ -19,7 +19,25 @@ pub struct Metrics {
     pub events_delivered: IntCounter,
     pub event_fetches: IntCounter,
     pub presence_writes: IntCounter,
+    /// The collisions livedesk exists to stop, by rule (contract §3):
+    /// `duplicate_reply`, `already_assigned`, `stale_version`, `field_conflict`.
+    pub conflicts: IntCounterVec,
+    /// Requests answered 429 (`rate_limited`).
+    pub rate_limited: IntCounter,
+    /// `reset` frames sent (the database went back in time, or a version
+    /// that can never come).
+    pub resets: IntCounter,
+    /// Viewers this process publishes now (one per connection and ticket).
+    pub viewers: IntGauge,
 }
+
+/// The conflict rules, as `livedesk_conflicts_total` labels.
+pub const CONFLICT_RULES: [&str; 4] = [
+    "duplicate_reply",
+    "already_assigned",
+    "stale_version",
+    "field_conflict",
+];
 
 impl Metrics {
     /// A fresh registry with every metric (infallible names; a failure is a bug).
@@ -63,8 +81,31 @@ impl Metrics {
             ),
             event_fetches: counter("event_fetches_total", "Batched reads of ticket_events"),
             presence_writes: counter("presence_writes_total", "Writes to the presence table"),
+            conflicts: IntCounterVec::new(
+                Opts::new(
+                    "conflicts_total",
+                    "Writes refused by a conflict rule (contract §3), by rule",
+                ),
+                &["rule"],
+            )
+            .expect("valid metric"),
+            rate_limited: counter(
+                "rate_limited_total",
+                "Requests answered 429 rate_limited",
+            ),
+            resets: counter(
+                "resets_total",
+                "reset frames sent to subscribers (database went back, or a lost version)",
+            ),
+            viewers: gauge(
+                "viewers",
+                "Viewers (connection × ticket) this process publishes now",
+            ),
             registry,
         };
+        for rule in CONFLICT_RULES {
+            metrics.conflicts.with_label_values(&[rule]);
+        }
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
             Box::new(metrics.http_duration.clone()),
@@ -77,6 +118,10 @@ impl Metrics {
             Box::new(metrics.events_delivered.clone()),
             Box::new(metrics.event_fetches.clone()),
             Box::new(metrics.presence_writes.clone()),
+            Box::new(metrics.conflicts.clone()),
+            Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.resets.clone()),
+            Box::new(metrics.viewers.clone()),
         ];
         for collector in collectors {
             let _ = metrics.registry.register(collector);

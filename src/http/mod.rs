@@ -109,6 +109,12 @@ where
         let mut response = future.await;
         if let Ok(response) = response.as_mut() {
             protect(response.headers_mut());
+            if let (Some(metrics), Some(error)) = (
+                metrics.as_ref(),
+                response.response().error().and_then(|e| e.as_error::<ApiError>()),
+            ) {
+                count_refusal(metrics, error);
+            }
         }
         let elapsed = started.elapsed();
         let status = match &response {
@@ -156,4 +162,25 @@ fn protect(headers: &mut actix_web::http::header::HeaderMap) {
     if !headers.contains_key(CACHE_CONTROL) {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
+}
+
+/// Conflicts and rate limits in `/metrics`: the collisions livedesk stops are
+/// its reason to exist, so operators should see them.
+fn count_refusal(metrics: &Metrics, error: &ApiError) {
+    use crate::domain::{DomainError, Rejection};
+    let rule = match error {
+        ApiError::RateLimited { .. } => {
+            metrics.rate_limited.inc();
+            return;
+        }
+        ApiError::Domain(DomainError::Rejected { kind, .. }) => match kind {
+            Rejection::DuplicateReply => "duplicate_reply",
+            Rejection::AlreadyAssigned => "already_assigned",
+            Rejection::StaleVersion => "stale_version",
+            Rejection::FieldConflict => "field_conflict",
+            _ => return,
+        },
+        _ => return,
+    };
+    metrics.conflicts.with_label_values(&[rule]).inc();
 }
