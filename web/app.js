@@ -211,7 +211,10 @@ function buildShell() {
       renderConn(state);
       // Inbox frames sent while we were away are lost: reload the list.
       if (state === 'live') {
-        if (wasLive) session.inbox.load();
+        if (wasLive) {
+          session.inbox.load();
+          session.notifications.catchUp();
+        }
         wasLive = true;
       }
     }),

@@ -89,6 +89,19 @@ export class NotificationCenter {
     }
   }
 
+  /**
+   * After a reconnect: inbox frames sent meanwhile are lost, so look at my
+   * tickets again and read what happened on those that moved on.
+   */
+  async catchUp() {
+    try {
+      const mine = await this.client.listTickets({ assignee: 'me', limit: 100 });
+      for (const t of mine) this.onInboxTicket(t);
+    } catch (e) {
+      console.warn('notifications: could not catch up', e);
+    }
+  }
+
   seenVersion(id, v) {
     if (!(v <= (this.versions.get(id) ?? -1))) this.versions.set(id, v);
   }

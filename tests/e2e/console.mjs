@@ -8,12 +8,20 @@
 //   NAME_A, NAME_B   their names;  AGENT_A, AGENT_B  their ids
 //   TICKET           the ticket both work on (tags "billing" and "refund",
 //                    one customer message, custom field "plan" = "pro")
+//   TOKEN_SERVICE    a service agent's token (posts customer messages)
+//   NAME_C, AGENT_C, TOKEN_C  Carol: assigned to, and idle after 5 minutes
+//   PRINTER_TICKET   another ticket (assigned to B by direct SQL: a notification)
+//   LONG_TICKET      a ticket with 60 notes ("Load earlier")
 //   SCREENSHOT_DIR   where the screenshots go (created if missing)
 //   CHROMIUM         the browser binary (default /usr/bin/chromium)
 //
-// The direct SQL step: the script prints the line
-//   SQL_UPDATE_SUBJECT <new subject>
-// and waits for one line on stdin (the Rust side has run the UPDATE by then).
+// Direct SQL steps: the script prints one of these lines and waits for
+// `SQL_DONE` on stdin (the Rust side has run the statement by then):
+//   SQL_UPDATE_SUBJECT <new subject>   UPDATE tickets SET subject
+//   SQL_CHANNEL_CUSTOMER               a new customer, channel chat
+//   SQL_ASSIGN <ticket> <agent>        UPDATE tickets SET assignee_id
+//   SQL_HOLE <new subject>             as the superuser, triggers off: version
+//                                      v+1 missing from the log for good
 //
 // Every check prints `PASS …` or `FAIL …`; the last line is
 //   RESULT {json}
