@@ -261,3 +261,27 @@ async fn conflicts_and_rate_limits_are_counted_in_metrics() {
     assert_eq!(app.metric("livedesk_conflicts_total{rule=\"duplicate_reply\"}").await, 0);
     assert_eq!(app.metric("livedesk_rate_limited_total").await, limited);
 }
+
+/// docs/metrics.md names every metric the process exports.
+#[tokio::test]
+async fn every_exported_metric_is_documented() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    app.get("/api/me", &token).await;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let text = app.metrics_text().await;
+    let names: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|n| {
+            n.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+        })
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(doc.contains(&format!("`{name}`")), "{name} is not in docs/metrics.md");
+    }
+}
