@@ -67,18 +67,24 @@ $$;
 
 -- The next events after the consumer's position, across all tickets, in
 -- feed order (limit 1-1000, default 100). Reading does not move the
--- position: acknowledge with ld_feed_ack what was handled. One statement,
--- so the xmin bound and the rows come from the same snapshot.
+-- position: acknowledge with ld_feed_ack what was handled. The position is
+-- read first so that it reaches the query as values: the index on
+-- (xid, ticket_id, version) then starts right at it, however long the
+-- history. The xmin bound and the rows come from one statement (one snapshot).
 CREATE OR REPLACE FUNCTION ld_feed_read(p_consumer text, p_limit int)
 RETURNS TABLE (ticket_id bigint, version bigint, kind text, event jsonb)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
-    WITH c AS (SELECT * FROM ld_feed_consumer(p_consumer))
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    c feed_consumers := ld_feed_consumer(p_consumer);
+BEGIN
+    RETURN QUERY
     SELECT e.ticket_id, e.version, e.kind, ld_event_json(e)
-    FROM c, ticket_events e
+    FROM ticket_events e
     WHERE (e.xid, e.ticket_id, e.version) > (c.xid, c.ticket_id, c.version)
       AND e.xid < pg_snapshot_xmin(pg_current_snapshot())
     ORDER BY e.xid, e.ticket_id, e.version
-    LIMIT least(greatest(coalesce(p_limit, 100), 1), 1000)
+    LIMIT least(greatest(coalesce(p_limit, 100), 1), 1000);
+END
 $$;
 
 -- Acknowledge everything up to and including the event (ticket, version):
