@@ -33,7 +33,10 @@ export class NotificationCenter {
     this.openTicketId = null;
 
     const panelId = 'notifications-panel';
-    this.badge = h('span', { class: 'count-badge', hidden: true, 'aria-hidden': 'true' });
+    // The accessible name is the visible text plus " unread" (WCAG 2.5.3:
+    // the name contains what is seen): "Notifications 2 unread".
+    this.badge = h('span', { class: 'count-badge', hidden: true });
+    this.badgeText = h('span', { class: 'sr-only', hidden: true }, ' unread');
     this.button = h(
       'button',
       {
@@ -41,12 +44,12 @@ export class NotificationCenter {
         class: 'btn btn-small notif-button',
         'aria-expanded': 'false',
         'aria-controls': panelId,
-        'aria-label': 'Notifications',
         dataset: { testid: 'notifications-button' },
         onclick: () => this.toggle(),
       },
-      'Notifications',
+      'Notifications ',
       this.badge,
+      this.badgeText,
     );
     this.list = h('ul', { class: 'notif-list', 'aria-label': 'Notifications' });
     this.panel = h(
@@ -222,9 +225,10 @@ export class NotificationCenter {
 
   render() {
     const unread = this.unread;
-    this.badge.textContent = String(unread);
+    this.badge.textContent = unread ? String(unread) : '';
     this.badge.hidden = unread === 0;
-    this.button.setAttribute('aria-label', unread ? `Notifications, ${unread} unread` : 'Notifications');
+    this.badgeText.hidden = unread === 0;
+    this.button.dataset.unread = String(unread);
     replaceChildren(
       this.list,
       this.items.length
