@@ -809,6 +809,13 @@ async function main() {
   await B.page.getByRole('button', { name: /^Notifications/ }).click();
   for (const agent of [A, B]) await axeCheck(agent, 'the ticket view');
   await B.page.keyboard.press('Escape');
+  // The login form, as a new visitor sees it.
+  const visitorCtx = await browser.newContext({ viewport: { width: 1300, height: 900 }, baseURL: BASE });
+  const visitor = { key: 'visitor', page: await visitorCtx.newPage() };
+  await visitor.page.goto('/');
+  await visitor.page.getByLabel('Access token').waitFor({ timeout: WAIT });
+  await axeCheck(visitor, 'the login form');
+  await visitorCtx.close();
 
   // ---------------------------------------------------------------- still healthy
   currentStep = 'final';
