@@ -92,7 +92,32 @@ function takeTokenFromFragment() {
   return token;
 }
 
+/**
+ * `#login=…` in the URL: a one-time login link (printed at first start and
+ * by the demo). Spend it for a token, keep that for the session, and remove
+ * the code from the URL. A spent or expired link shows the login form.
+ */
+async function takeLoginFromFragment() {
+  const m = /^#(?:.*&)?login=([^&]+)/.exec(location.hash);
+  if (!m) return;
+  history.replaceState(null, '', location.pathname + location.search);
+  try {
+    const response = await fetch('/api/login', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ code: decodeURIComponent(m[1]) }),
+    });
+    if (response.ok) {
+      const body = await response.json();
+      sessionStorage.setItem(TOKEN_KEY, body.token);
+    }
+  } catch {
+    // Offline: the login form below says what to do.
+  }
+}
+
 async function boot() {
+  await takeLoginFromFragment();
   takeTokenFromFragment();
   window.addEventListener('hashchange', onHashChange);
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -174,6 +199,7 @@ async function start(token) {
 
   session = { client, me, fields, inbox: null, ticketView: null, offs: [], baseTitle: 'livedesk' };
   buildShell();
+  session.offs.push(client.on('fields', (defs) => setFields(defs)));
   session.offs.push(
     client.on('unauthorized', (_reason, info) =>
       logout(
@@ -187,6 +213,25 @@ async function start(token) {
   session.inbox.load();
   session.notifications.prime();
   route();
+}
+
+/** Field definitions changed: the open ticket rebuilds its Fields section. */
+function setFields(defs) {
+  if (!session) return;
+  session.fields = [...defs].sort((a, b) => (a.position ?? 0) - (b.position ?? 0));
+  if (session.ticketView) session.ticketView.setFieldDefs(session.fields);
+}
+
+/** After a reconnect a `fields` frame may have been missed: read them again. */
+async function reloadFields() {
+  if (!session) return;
+  const { client } = session;
+  try {
+    const defs = await client.listFields();
+    if (session && session.client === client) setFields(defs);
+  } catch (e) {
+    console.warn('could not reload the field definitions', e);
+  }
 }
 
 /** The tab title: "(2) #12 Printer on fire — livedesk" with unread notifications. */
@@ -214,6 +259,7 @@ function buildShell() {
         if (wasLive) {
           session.inbox.load();
           session.notifications.catchUp();
+          reloadFields();
         }
         wasLive = true;
       }

@@ -32,6 +32,7 @@
  *   - `unauthorized` (reason, info)    — token refused: HTTP 401 (info.code 401) or
  *                                        close 4001 (info.code 4001); no reconnect after 4001
  *   - `server-error` (errorFrame)      — a frame was refused ({code, message})
+ *   - `fields`       (fieldDefinitions) — custom field definitions changed (a `fields` frame)
  *   - `frame`        (anyFrame)        — every server frame, for debugging
  *
  * @example
@@ -552,6 +553,10 @@ export class LivedeskClient {
         return;
       case 'reset':
         return this._onReset(f);
+      case 'fields':
+        // Proposed extension: the field definitions after a change (PUT /api/fields).
+        if (Array.isArray(f.fields)) this._emit('fields', f.fields);
+        return;
       case 'error': {
         // A refused subscribe leaves the ticket unsubscribed (protocol.md):
         // `since` beyond the ticket's version means the database went back in
@@ -774,6 +779,62 @@ export class LivedeskClient {
     sub.presence = state;
     if (sub.subscribed) this._send({ type: 'presence', ticket_id: id, state });
   }
+}
+
+/**
+ * Apply one event to a ticket you hold (from a `snapshot` frame or
+ * `getTicket`), the way contract v2 §6 asks: `ticket.updated` carries only
+ * `data.changes` (field → `{from, to}`), no copy of the ticket. Returns
+ * `{ticket, complete}`: a new ticket object (the one passed in is not
+ * changed) at the event's version, and `complete: false` when a change could
+ * not be built locally (an agent missing from `agents`, a new customer):
+ * read the ticket again (`getTicket`) then. Events at or below the ticket's
+ * version change nothing.
+ * @param {object} ticket the ticket as shown
+ * @param {object} event an `event` frame, applied in version order
+ * @param {{agents?: Map<number, {id:number, name:string, avatar_url?:string|null}>}} [opts]
+ *   the agent directory (`GET /api/agents`), by id, for `assignee_id`
+ * @returns {{ticket: object, complete: boolean}}
+ */
+export function applyTicketEvent(ticket, event, { agents } = {}) {
+  const version = Number(event.version);
+  if (!ticket || !(version > Number(ticket.version))) return { ticket, complete: true };
+  const data = event.data || {};
+  const next = { ...ticket, version, updated_at: event.at || ticket.updated_at };
+  let complete = true;
+  switch (event.kind) {
+    case 'ticket.updated':
+      next.custom_fields = { ...(ticket.custom_fields || {}) };
+      for (const [field, change] of Object.entries(data.changes || {})) {
+        const to = change ? change.to : null;
+        if (field === 'subject' || field === 'status' || field === 'priority' || field === 'channel') {
+          next[field] = to;
+        } else if (field.startsWith('custom_fields.')) {
+          const key = field.slice('custom_fields.'.length);
+          if (to === null || to === undefined) delete next.custom_fields[key];
+          else next.custom_fields[key] = to;
+        } else if (field === 'assignee_id') {
+          const agent = to === null || to === undefined ? null : agents && agents.get(Number(to));
+          if (to === null || to === undefined) next.assignee = null;
+          else if (agent) next.assignee = { id: agent.id, name: agent.name, avatar_url: agent.avatar_url ?? null };
+          else {
+            next.assignee = { id: Number(to), name: null, avatar_url: null };
+            complete = false;
+          }
+        } else {
+          complete = false; // customer_id (its name is not in the event), or a field added later
+        }
+      }
+      break;
+    case 'tags.changed':
+      if (Array.isArray(data.tags)) next.tags = data.tags;
+      break;
+    case 'ticket.created':
+      return { ticket: data.ticket || next, complete: Boolean(data.ticket) };
+    default:
+      break; // message.created: the ticket only moves to the new version
+  }
+  return { ticket: next, complete };
 }
 
 export default LivedeskClient;

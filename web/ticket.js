@@ -357,7 +357,7 @@ export class TicketView {
       this.buildSelectEditor('priority', 'Priority', PRIORITIES, t.priority, 'ticket-priority'),
       this.buildAssignee(),
       this.buildTags(),
-      this.buildCustomFields(),
+      (this.customFieldsSlot = h('div', { class: 'custom-fields-slot' }, this.buildCustomFields())),
       this.buildHistory(),
     );
 
@@ -398,6 +398,35 @@ export class TicketView {
     });
     this.addEditor(editor, value);
     return editor.el;
+  }
+
+  /**
+   * New field definitions (the server's `fields` push, or a reload after a
+   * reconnect): rebuild the Fields section, keeping what the agent is typing
+   * in a field that still exists.
+   */
+  setFieldDefs(defs) {
+    const list = Array.isArray(defs) ? defs : [];
+    if (!this.customFieldsSlot) {
+      this.fieldDefs = list;
+      return;
+    }
+    if (JSON.stringify(list) === JSON.stringify(this.fieldDefs)) return;
+    const kept = new Map();
+    for (const [name, editor] of [...this.editors]) {
+      if (!name.startsWith('custom_fields.')) continue;
+      if (editor.dirty()) kept.set(name, { value: editor.read(), base: editor.base });
+      this.editors.delete(name);
+    }
+    this.fieldDefs = list;
+    replaceChildren(this.customFieldsSlot, this.buildCustomFields());
+    for (const [name, k] of kept) {
+      const editor = this.editors.get(name);
+      if (!editor) continue;
+      editor.write(k.value);
+      editor.base = k.base;
+    }
+    this.flash(this.customFieldsSlot);
   }
 
   buildCustomFields() {
