@@ -788,3 +788,97 @@ async fn one_sender_is_active_and_a_standby_takes_over_when_it_stops() {
         .contains("Reload the page"));
     second.cancel();
 }
+
+/// The sender's database goes away: its connections are reset, then the
+/// database stops answering for a while. The sender notices within its
+/// budget, reconnects with backoff, and every reply is still sent once.
+#[tokio::test]
+async fn the_sender_survives_a_lost_and_a_silent_database() {
+    use common::proxy::Proxy;
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(0);
+    let (url, _) = writer_url(&app, "mailer").await;
+    let role = url
+        .split_whitespace()
+        .find_map(|part| part.strip_prefix("user="))
+        .unwrap()
+        .to_string();
+    let proxy = Proxy::start(
+        cluster()
+            .socket_dir
+            .join(format!(".s.PGSQL.{}", cluster().port)),
+    )
+    .await;
+    let via_proxy = format!(
+        "host=127.0.0.1 port={} user={role} dbname={}",
+        proxy.port, app.dbname
+    );
+    let db = MailDatabase::from_url(&via_proxy)
+        .unwrap()
+        .with_timeout(Duration::from_millis(500));
+    let sender = outbound::Sender::new(db, settings(&smtp_url)).unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(sender.run(stop.clone()));
+    let sql = app.sql().await;
+    for attempt in 0.. {
+        let started: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM feed_consumers WHERE name = 'mailer'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if started == 1 {
+            break;
+        }
+        assert!(attempt < 400, "the sender never started");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let gateway = MailDatabase::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mail = inbound::parse(&fixture("outlook.eml")).unwrap();
+    let ticket = inbound::store(&gateway, &mail).await.unwrap().ticket_id;
+    let (_, erin) = app.agent("Erin", "agent").await;
+    let reply = |body: &'static str| {
+        let app = &app;
+        let erin = erin.clone();
+        async move {
+            let seen = last_message(app, ticket).await;
+            let (status, _) = app
+                .post(
+                    &format!("/api/tickets/{ticket}/messages"),
+                    &erin,
+                    json!({"kind": "reply", "body": body, "seen_message_id": seen}),
+                )
+                .await;
+            assert_eq!(status, 201);
+        }
+    };
+
+    proxy.cut();
+    reply("First, after a reset connection.").await;
+    smtp.wait_for(1).await;
+
+    proxy.blackhole();
+    reply("Second, after the database went silent.").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        smtp.delivered().len(),
+        1,
+        "nothing can be sent while the database is silent"
+    );
+    proxy.restore();
+    let got = smtp.wait_for(2).await;
+    wait_caught_up(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.delivered().len(), 2, "each reply once");
+    assert!(parsed(&got[1].raw)
+        .body_text(0)
+        .unwrap()
+        .contains("went silent"));
+    stop.cancel();
+}

@@ -78,7 +78,8 @@ async fn database(
     mail: &MailSettings,
 ) -> Result<(MailDatabase, Option<DatabaseHandle>), MailError> {
     if let Some(url) = &mail.mail_database_url {
-        return Ok((MailDatabase::from_url(url)?, None));
+        let db = MailDatabase::from_url(url)?.with_timeout(settings.db_timeout());
+        return Ok((db, None));
     }
     if settings.database_url.is_some() {
         return Err(MailError::Config(
@@ -95,7 +96,7 @@ async fn database(
         None => return Err(MailError::Config("no embedded database".into())),
     };
     match MailDatabase::as_writer_via_superuser(admin, EMBEDDED_WRITER).await {
-        Ok(db) => Ok((db, Some(handle))),
+        Ok(db) => Ok((db.with_timeout(settings.db_timeout()), Some(handle))),
         Err(e) => {
             close(Some(handle)).await;
             Err(e)

@@ -31,6 +31,9 @@ pub struct MailDatabase {
     config: Config,
     /// `SET SESSION AUTHORIZATION` to this role after connecting.
     session_role: Option<String>,
+    /// The longest one exchange may take (LIVEDESK_DB_TIMEOUT_MS): a
+    /// database that stops answering is given up on and reconnected.
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for MailDatabase {
@@ -49,6 +52,7 @@ impl MailDatabase {
         Ok(MailDatabase {
             config,
             session_role: None,
+            timeout: crate::db::pool::DEFAULT_TIMEOUT,
         })
     }
 
@@ -57,7 +61,19 @@ impl MailDatabase {
         MailDatabase {
             config: db.config().clone(),
             session_role: None,
+            timeout: db.timeout(),
         }
+    }
+
+    /// The same, with another budget for one exchange.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The budget of one exchange with PostgreSQL.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// A superuser connection that switches to `role`; the role is made
@@ -66,12 +82,14 @@ impl MailDatabase {
         let db = MailDatabase {
             config: admin.clone(),
             session_role: None,
+            timeout: crate::db::pool::DEFAULT_TIMEOUT,
         };
         let client = db.connect().await?;
         ensure_writer(&client, role).await?;
         Ok(MailDatabase {
             config: admin,
             session_role: Some(role.to_string()),
+            timeout: db.timeout,
         })
     }
 
@@ -80,6 +98,14 @@ impl MailDatabase {
         let mut config = self.config.clone();
         config.application_name("livedesk-mail");
         config.connect_timeout(CONNECT_TIMEOUT);
+        // A peer that vanished must surface as an error within seconds (as
+        // for the server's pool), not after the kernel's retransmissions.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
         let open = async {
             let (client, connection) = config.connect(NoTls).await?;
             tokio::spawn(async move {

@@ -132,9 +132,30 @@ impl Sender {
     /// One connection's life: take the lock, then follow the feed.
     async fn session(&self, stop: &CancellationToken) -> Result<(), MailError> {
         let client = self.db.connect().await?;
+        // Should this worker vanish without closing its connection (a
+        // network partition), PostgreSQL ends the session, and so frees the
+        // sender lock for a standby, within a minute rather than after the
+        // kernel's two hours. (No effect over a unix socket.)
+        if let Err(e) = self
+            .within(async {
+                Ok(client
+                    .batch_execute(
+                        "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                         SET tcp_keepalives_count = 3; SET tcp_user_timeout = 30000",
+                    )
+                    .await?)
+            })
+            .await
+        {
+            tracing::debug!(error = %e, "mail sender: server-side keepalives not set");
+        }
         loop {
-            let row = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&SENDER_LOCK])
+            let row = self
+                .within(async {
+                    Ok(client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&SENDER_LOCK])
+                        .await?)
+                })
                 .await?;
             if row.get::<_, bool>(0) {
                 break;
@@ -144,10 +165,11 @@ impl Sender {
                 return Ok(());
             }
         }
-        feed::start(&client, CONSUMER, Start::Now).await?;
+        self.within(feed::start(&client, CONSUMER, Start::Now))
+            .await?;
         tracing::info!("mail sender: sending replies on email tickets");
         loop {
-            let events = feed::read(&client, CONSUMER, BATCH).await?;
+            let events = self.within(feed::read(&client, CONSUMER, BATCH)).await?;
             if events.is_empty() {
                 if sleep_or_stop(stop, self.settings.poll()).await {
                     return Ok(());
@@ -159,7 +181,8 @@ impl Sender {
                     self.deliver(&client, message_id, stop).await?;
                 }
                 // Acknowledged one by one: what is acknowledged was handled.
-                feed::ack(&client, CONSUMER, event.ticket_id, event.version).await?;
+                self.within(feed::ack(&client, CONSUMER, event.ticket_id, event.version))
+                    .await?;
             }
         }
     }
@@ -174,7 +197,10 @@ impl Sender {
     ) -> Result<(), MailError> {
         let mut backoff = self.settings.retry();
         loop {
-            let Some(outgoing) = prepare(client, message_id, &self.domain).await? else {
+            let Some(outgoing) = self
+                .within(prepare(client, message_id, &self.domain))
+                .await?
+            else {
                 return Ok(());
             };
             if outgoing.status != "pending" {
@@ -185,15 +211,19 @@ impl Sender {
                 Ok(email) => email,
                 Err(reason) => {
                     tracing::error!(message_id, %reason, "reply cannot be sent");
-                    failed(client, message_id, &reason, true).await?;
+                    self.within(failed(client, message_id, &reason, true))
+                        .await?;
                     return Ok(());
                 }
             };
             match self.transport.send(email).await {
                 Ok(response) => {
-                    client
-                        .execute("SELECT ld_mail_sent($1)", &[&message_id])
-                        .await?;
+                    self.within(async {
+                        Ok(client
+                            .execute("SELECT ld_mail_sent($1)", &[&message_id])
+                            .await?)
+                    })
+                    .await?;
                     tracing::info!(message_id, ticket_id = outgoing.ticket_id,
                                    mail_message_id = %outgoing.mail_message_id,
                                    code = %response.code(), "reply sent");
@@ -201,19 +231,37 @@ impl Sender {
                 }
                 Err(e) if e.is_permanent() => {
                     tracing::error!(message_id, error = %e, "the SMTP server refused the reply for good");
-                    failed(client, message_id, &e.to_string(), true).await?;
+                    self.within(failed(client, message_id, &e.to_string(), true))
+                        .await?;
                     return Ok(());
                 }
                 Err(e) => {
                     tracing::warn!(message_id, error = %e, attempt = outgoing.attempts + 1,
                                    retry_in_ms = backoff.as_millis() as u64, "reply not sent yet");
-                    failed(client, message_id, &e.to_string(), false).await?;
+                    self.within(failed(client, message_id, &e.to_string(), false))
+                        .await?;
                     if sleep_or_stop(stop, backoff).await {
                         return Err(MailError::Stopped);
                     }
                     backoff = (backoff * 2).min(self.settings.retry_max());
                 }
             }
+        }
+    }
+
+    /// One exchange with PostgreSQL, within the database budget: a database
+    /// that stops answering ends the session (it reconnects), it never
+    /// stalls the sender for good.
+    async fn within<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, MailError>>,
+    ) -> Result<T, MailError> {
+        match tokio::time::timeout(self.db.timeout(), work).await {
+            Ok(result) => result,
+            Err(_) => Err(MailError::Unavailable(format!(
+                "no answer within {} ms",
+                self.db.timeout().as_millis()
+            ))),
         }
     }
 
