@@ -71,17 +71,20 @@ async fn serve(
     tracing::info!(address = %app.address, "livedesk is serving");
     println!("livedesk is serving on {base}");
     if args.demo {
-        print_demo_links(&base, demo::load(&handle.db).await?);
+        let agents = demo::load(&handle.db).await?;
+        print_demo_links(&handle.db, &base, agents).await?;
     } else if agents::list(&handle.db).await?.is_empty() {
-        let (agent, token) =
+        // The token itself is never shown: the link logs in once, within a day.
+        let (agent, _) =
             agents::add(&handle.db, "Admin", "admin@livedesk.local", "admin").await?;
+        let code = agents::login_link(&handle.db, agent.id, LOGIN_LINK_LIFETIME).await?;
         println!(
             "First start: created the admin agent {} <{}>.",
             agent.name, agent.email
         );
         println!(
-            "Log in (this link is shown once): {base}/#token={}",
-            token.0
+            "Log in with this link (it works once, within 24 hours): {base}/#login={}",
+            code.0
         );
     }
     let server = app.server.handle();
@@ -211,15 +214,26 @@ fn admin_database(handle: &DatabaseHandle) -> Result<Database, CliError> {
 
 async fn print_demo(settings: &Settings, handle: &DatabaseHandle) -> Result<(), CliError> {
     let logins = demo::load(&handle.db).await?;
-    print_demo_links(&format!("http://{}", settings.bind), logins);
+    print_demo_links(&handle.db, &format!("http://{}", settings.bind), logins).await?;
     Ok(())
 }
 
-fn print_demo_links(base: &str, logins: Vec<demo::Login>) {
-    println!("Demo data loaded. Open one link per browser window to play each agent:");
-    for login in logins {
-        println!("  {:<8} {base}/#token={}", login.name, login.token);
+/// How long a printed login link works (once).
+const LOGIN_LINK_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// One one-time login link per demo agent (no token is printed or replaced
+/// until a link is used).
+async fn print_demo_links(
+    db: &crate::db::Database,
+    base: &str,
+    demo_agents: Vec<crate::domain::Agent>,
+) -> Result<(), CliError> {
+    println!("Demo data loaded. Open one link per browser window to play each agent (each works once, within 24 hours):");
+    for agent in demo_agents {
+        let code = agents::login_link(db, agent.id, LOGIN_LINK_LIFETIME).await?;
+        println!("  {:<8} {base}/#login={}", agent.name, code.0);
     }
+    Ok(())
 }
 
 async fn close(handle: DatabaseHandle) {

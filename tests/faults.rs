@@ -147,16 +147,17 @@ async fn sigterm_stops_everything_in_order_within_5s_without_warnings() {
         .spawn()
         .unwrap();
     let (stdout, log) = capture(&mut server);
-    // The first start prints a one-time login link with the admin's token.
-    let token = tokio::task::spawn_blocking(move || loop {
+    // The first start prints a one-time login link for the admin.
+    let code = tokio::task::spawn_blocking(move || loop {
         let line = stdout.recv_timeout(Duration::from_secs(60)).unwrap();
-        if let Some((_, token)) = line.split_once("#token=") {
-            return token.trim().to_string();
+        if let Some((_, code)) = line.split_once("#login=") {
+            return code.trim().to_string();
         }
     })
     .await
     .unwrap();
     wait_healthy(&base, Duration::from_secs(30)).await;
+    let token = common::redeem_login(&base, &code).await;
     let http = reqwest::Client::new();
     let ticket: Value = http
         .post(format!("{base}/api/tickets"))

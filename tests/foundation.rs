@@ -7,7 +7,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{error_code, TestApp};
+use common::{error_code, send, TestApp};
+use livedesk::domain::agents;
 use reqwest::Method;
 
 #[tokio::test]
@@ -345,36 +346,58 @@ fn bad_configuration_exits_2_with_a_clear_message() {
 #[tokio::test]
 async fn the_demo_set_loads_once_and_gives_each_agent_a_working_login() {
     let app = TestApp::spawn().await;
-    let logins = livedesk::domain::demo::load(&app.db).await.unwrap();
-    assert_eq!(logins.len(), 3);
-    for login in &logins {
-        let (status, me) = app.get("/api/me", &login.token).await;
+    let demo_agents = livedesk::domain::demo::load(&app.db).await.unwrap();
+    assert_eq!(demo_agents.len(), 3);
+    let mut tokens = Vec::new();
+    for agent in &demo_agents {
+        let code = agents::login_link(&app.db, agent.id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let (status, body) = send(
+            app.http
+                .post(format!("{}/api/login", app.base))
+                .json(&serde_json::json!({"code": code.0})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let token = body["token"].as_str().unwrap().to_string();
+        let (status, me) = app.get("/api/me", &token).await;
         assert_eq!(status, 200, "{me}");
-        assert_eq!(me["name"], login.name.as_str());
+        assert_eq!(me["name"], agent.name.as_str());
+        // A link works once.
+        let (status, body) = send(
+            app.http
+                .post(format!("{}/api/login", app.base))
+                .json(&serde_json::json!({"code": code.0})),
+        )
+        .await;
+        assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+        tokens.push(token);
     }
-    let (_, list) = app.get("/api/tickets", &logins[0].token).await;
+    let (_, list) = app.get("/api/tickets", &tokens[0]).await;
     let tickets = list["tickets"].as_array().unwrap();
     assert_eq!(tickets.len(), 3);
     assert!(tickets
         .iter()
         .any(|t| t["channel"] == "chat" && t["subject"] == "Hello"));
-    let (_, fields) = app.get("/api/fields", &logins[0].token).await;
+    let (_, fields) = app.get("/api/fields", &tokens[0]).await;
     assert_eq!(fields["fields"].as_array().unwrap().len(), 4);
-    // A second run adds nothing and issues new tokens (the old ones stop working).
-    let again = livedesk::domain::demo::load(&app.db).await.unwrap();
-    let (_, list) = app.get("/api/tickets", &again[0].token).await;
+    // A second run adds nothing and replaces nobody's token.
+    livedesk::domain::demo::load(&app.db).await.unwrap();
+    let (_, list) = app.get("/api/tickets", &tokens[0]).await;
     assert_eq!(list["tickets"].as_array().unwrap().len(), 3);
-    // The old token stops working on every process as soon as the NOTIFY
-    // of the new one arrives (milliseconds).
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let (status, _) = app.get("/api/me", &logins[0].token).await;
-        if status == 401 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "the old token still works");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // An expired link logs nobody in.
+    let code = agents::login_link(&app.db, demo_agents[0].id, Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, _) = send(
+        app.http
+            .post(format!("{}/api/login", app.base))
+            .json(&serde_json::json!({"code": code.0})),
+    )
+    .await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]

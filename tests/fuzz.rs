@@ -325,7 +325,7 @@ async fn generated_websocket_frames_never_break_a_connection() {
     let mut neighbour = WsClient::connect(&app.base, &agent).await;
     neighbour.subscribe(ticket, None).await;
 
-    let mut ws = WsClient::connect(&app.base, &agent).await;
+    let ws = WsClient::connect(&app.base, &agent).await;
     let mut runner = runner(seed);
     let strategy = frame();
     let total = cases(10_000);

@@ -568,10 +568,10 @@ async fn embedded_default_serve_with_mail_and_receive_as_mail_gateway() {
         .spawn()
         .unwrap();
     let stdout = server.stdout.take().unwrap();
-    let token = tokio::task::spawn_blocking(move || {
+    let code = tokio::task::spawn_blocking(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((_, token)) = line.split_once("#token=") {
-                return token.trim().to_string();
+            if let Some((_, code)) = line.split_once("#login=") {
+                return code.trim().to_string();
             }
         }
         panic!("no login link printed");
@@ -591,6 +591,7 @@ async fn embedded_default_serve_with_mail_and_receive_as_mail_gateway() {
         assert!(attempt < 600, "the server never became healthy");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let token = common::redeem_login(&base, &code).await;
 
     let mut receive = livedesk(&["mail", "receive"]);
     let receive = tokio::task::spawn_blocking(move || {

@@ -37,6 +37,10 @@ const LANDED: &[(&str, &str)] = &[
         "V7__agent_lifecycle.sql",
         "01150a20a27766c821fbb490880469bd74f8f52ac0f47078945a2f750fd9ea27",
     ),
+    (
+        "V8__login_links.sql",
+        "ac0c38d09e63f3739cbfb174705200c2fda400dc27cd4276bb5846e466f9c2c9",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {

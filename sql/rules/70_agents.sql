@@ -176,3 +176,46 @@ BEGIN
     RETURN jsonb_build_object('name', p_name);
 END
 $$;
+
+------------------------------------------------------------------------------
+-- One-time login links (V8): the link printed at first start and by the
+-- demo logs in once, then is spent.
+------------------------------------------------------------------------------
+
+-- A link for an agent, valid for p_valid_for; spent and expired links of
+-- more than a day ago are cleared on the way.
+CREATE OR REPLACE FUNCTION ld_login_link_add(p_agent_id bigint, p_code_hash bytea, p_valid_for interval)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM login_links WHERE coalesce(used_at, expires_at) < now() - interval '1 day';
+    INSERT INTO login_links (code_hash, agent_id, expires_at)
+    VALUES (p_code_hash, p_agent_id, now() + p_valid_for);
+END
+$$;
+
+-- Spend a link: its agent gets the token p_token_hash (the old one stops
+-- working on every process). LD404 when the link is unknown, spent,
+-- expired, or its agent disabled.
+CREATE OR REPLACE FUNCTION ld_login_link_redeem(p_code_hash bytea, p_token_hash bytea) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_agent bigint;
+    a agents;
+BEGIN
+    UPDATE login_links SET used_at = now()
+    WHERE code_hash = p_code_hash AND used_at IS NULL AND expires_at > now()
+    RETURNING agent_id INTO v_agent;
+    IF v_agent IS NOT NULL THEN
+        UPDATE agents SET token_hash = p_token_hash, token_expires_at = NULL
+        WHERE id = v_agent AND disabled_at IS NULL
+        RETURNING * INTO a;
+    END IF;
+    IF a.id IS NULL THEN
+        PERFORM ld_fail('LD404', 'this login link was already used, has expired or does not exist',
+                        jsonb_build_object('resource', 'login_link'));
+    END IF;
+    PERFORM ld_agent_announce(a.id);
+    RETURN ld_agent_json(a);
+END
+$$;

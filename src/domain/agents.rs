@@ -109,6 +109,40 @@ pub async fn set_disabled(db: &Database, email: &str, disabled: bool) -> Result<
     parse_agent(row.get(0))
 }
 
+/// A one-time login link's code (`ldl_<hex>`), valid for `valid_for`:
+/// shown once, its digest kept; redeeming it issues the agent a new token.
+pub async fn login_link(
+    db: &Database,
+    agent_id: i64,
+    valid_for: std::time::Duration,
+) -> Result<NewToken, DomainError> {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let code = format!("ldl_{}", hex::encode(bytes));
+    let seconds = valid_for.as_secs_f64();
+    let client = db.client().await?;
+    client
+        .execute(
+            "SELECT ld_login_link_add($1, $2, make_interval(secs => $3))",
+            &[&agent_id, &token_hash(&code), &seconds],
+        )
+        .await?;
+    Ok(NewToken(code))
+}
+
+/// Spend a login link: the agent and its new token (the old one stops working).
+pub async fn redeem_login_link(db: &Database, code: &str) -> Result<(Agent, NewToken), DomainError> {
+    let token = generate_token();
+    let client = db.client().await?;
+    let row = client
+        .query_one(
+            "SELECT ld_login_link_redeem($1, $2)",
+            &[&token_hash(code), &token_hash(&token.0)],
+        )
+        .await?;
+    Ok((parse_agent(row.get(0))?, token))
+}
+
 /// Every agent.
 pub async fn list(db: &Database) -> Result<Vec<Agent>, DomainError> {
     let client = db.client().await?;

@@ -9,11 +9,6 @@ use super::tickets::{self, CustomerRef, NewTicket};
 use super::{agents, DomainError};
 use crate::db::Database;
 
-/// A demo agent's name and fresh login token.
-pub struct Login {
-    pub name: String,
-    pub token: String,
-}
 
 /// Two agents to play a collision, and an admin who manages custom fields.
 const AGENTS: [(&str, &str, &str); 3] = [
@@ -22,22 +17,25 @@ const AGENTS: [(&str, &str, &str); 3] = [
     ("Carol", "carol@demo.livedesk.local", "admin"),
 ];
 
-/// Add the demo set (once: a second run only issues new tokens).
-pub async fn load(db: &Database) -> Result<Vec<Login>, DomainError> {
+/// Add the demo set (once: a second run changes nothing) and return its
+/// agents. Nobody's token is printed or replaced here: log in with a
+/// one-time link (`agents::login_link`).
+pub async fn load(db: &Database) -> Result<Vec<super::Agent>, DomainError> {
     let existing = agents::list(db).await?;
-    let mut logins = Vec::new();
+    let mut demo_agents = Vec::new();
     let mut first_run = true;
     for (name, email, role) in AGENTS {
-        let (agent, token) = if existing.iter().any(|a| a.email == email) {
-            first_run = false;
-            agents::rotate_token(db, email, None).await?
-        } else {
-            agents::add(db, name, email, role).await?
+        let agent = match existing.iter().find(|a| a.email == email) {
+            Some(agent) => {
+                first_run = false;
+                agent.clone()
+            }
+            None => agents::add(db, name, email, role).await?.0,
         };
-        logins.push((agent, token));
+        demo_agents.push(agent);
     }
     if first_run {
-        let alice = &logins[0].0;
+        let alice = &demo_agents[0];
         for (key, label, kind, options) in [
             ("order_id", "Order", "text", None),
             (
@@ -111,11 +109,5 @@ pub async fn load(db: &Database) -> Result<Vec<Login>, DomainError> {
             messages::post(db, id, alice, &note).await?;
         }
     }
-    Ok(logins
-        .into_iter()
-        .map(|(agent, token)| Login {
-            name: agent.name,
-            token: token.0,
-        })
-        .collect())
+    Ok(demo_agents)
 }

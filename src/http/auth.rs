@@ -135,6 +135,12 @@ impl Authenticator {
         }
     }
 
+    /// Charge an unauthenticated request (e.g. spending a login link) to its
+    /// address's budget: 429 past it.
+    pub fn limit_unauthenticated(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
+        self.check_address(peer)
+    }
+
     /// Forget every cached answer about an agent (disabled, enabled, token
     /// replaced), and every "bad token" answer: one of them may be this
     /// agent's token, good again.

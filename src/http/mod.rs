@@ -58,6 +58,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .service(routes::health::healthz)
     .service(routes::health::metrics)
     .service(routes::me::me)
+    .service(routes::login::redeem)
     .service(routes::tickets::list)
     .service(routes::tickets::create)
     .service(routes::tickets::get)

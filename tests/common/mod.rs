@@ -408,3 +408,16 @@ impl TestApp {
         test
     }
 }
+
+/// Spend a one-time login link's code (printed as `…/#login=<code>` at first
+/// start) for a token, as the console does.
+pub async fn redeem_login(base: &str, code: &str) -> String {
+    let (status, body) = send(
+        reqwest::Client::new()
+            .post(format!("{base}/api/login"))
+            .json(&serde_json::json!({"code": code})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().unwrap().to_string()
+}

@@ -4,6 +4,7 @@ pub mod agents;
 pub mod drafts;
 pub mod fields;
 pub mod health;
+pub mod login;
 pub mod me;
 pub mod messages;
 pub mod tags;
