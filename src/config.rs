@@ -309,8 +309,17 @@ impl Settings {
         Duration::from_millis(self.listener_probe_ms)
     }
 
-    /// Settings as they are with no flag and no environment: a base for tests and tools.
+    /// Settings as they are with no flag and no environment: a base for tests
+    /// and tools. The environment is really ignored (a `DATABASE_URL` or
+    /// `LIVEDESK_*` of the shell running the tests must not leak into them).
     pub fn defaults() -> Settings {
-        Cli::parse_from(["livedesk"]).settings
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Cli::command().mut_args(|arg| arg.env(None::<&str>));
+        command
+            .try_get_matches_from(["livedesk"])
+            .ok()
+            .and_then(|matches| Cli::from_arg_matches(&matches).ok())
+            .map(|cli| cli.settings)
+            .unwrap_or_else(|| Cli::parse_from(["livedesk"]).settings)
     }
 }

@@ -85,3 +85,18 @@ fn the_binary_embeds_every_rule_file_in_name_order() {
         }
     }
 }
+
+/// Test settings never read the environment: a `DATABASE_URL` or
+/// `LIVEDESK_*` in the shell running the tests must not reach them.
+#[test]
+fn default_settings_ignore_the_environment() {
+    // Each test binary is its own process; this one sets variables that the
+    // defaults must not see.
+    std::env::set_var("DATABASE_URL", "postgres://nobody@nowhere/none");
+    std::env::set_var("LIVEDESK_POOL_SIZE", "999");
+    std::env::set_var("LIVEDESK_BIND", "0.0.0.0:1");
+    let settings = livedesk::config::Settings::defaults();
+    assert_eq!(settings.database_url, None);
+    assert_eq!(settings.pool_size, 16);
+    assert_eq!(settings.bind.to_string(), "127.0.0.1:8080");
+}
