@@ -12,8 +12,9 @@
 --   tickets_10_version_check   30_version_check.sql (only when `version` is set)
 --   tickets_20_normalise_*     35_custom_fields.sql (subject trim, field types)
 --   tickets_25_assignee_rule   31_assignee.sql (only when a set assignee changes)
---   tickets_30_change          here: bump, or keep the version of a no-op
---   tickets_90_*_event         here: the event, seeing the final row
+--   tickets_30_change          here, the last one: bump and write ticket.updated
+--                              (seeing the final row), or keep the version of a no-op
+--   tickets_90_created_event   here (AFTER INSERT): ticket.created with the ticket
 
 -- Append one event and wake the listeners. The payload is tiny on purpose
 -- (NOTIFY payloads must stay under 8000 bytes; readers fetch the row).
@@ -45,11 +46,24 @@ BEGIN
 END
 $$;
 
--- Every UPDATE of a ticket ends here: a bump asked for by owner code bumps
--- (no field may change with it); an UPDATE that changes no field keeps its
--- version (no event); any other change bumps the version by one.
+-- Every UPDATE of a ticket ends here, in one trigger (one SECURITY DEFINER
+-- call per change, not two): a bump asked for by owner code bumps (no field
+-- may change with it; the child writes its own event); an UPDATE that
+-- changes no field keeps its version (no event); any other change bumps the
+-- version by one and writes ticket.updated with every changed field as
+-- {"from","to"}, custom fields one by one as "custom_fields.<key>" (null
+-- when absent). Contract v2 §6: the event carries the changes only, no copy
+-- of the ticket (clients apply the changes to their snapshot): that copy
+-- was most of the WAL a change wrote (docs/benchmarks.md).
+--
+-- The event is written here, in the last BEFORE UPDATE trigger (name
+-- order), so NEW is the final row: the triggers before it normalise and
+-- check, none after it may change NEW. If the UPDATE then fails (a CHECK
+-- constraint), the statement fails and the event row with it.
 CREATE OR REPLACE FUNCTION ld_tickets_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_changes jsonb := '{}'::jsonb;
 BEGIN
     IF NEW.id IS DISTINCT FROM OLD.id THEN
         PERFORM ld_fail('LD400', 'the id of a ticket cannot change', '{"field": "id"}');
@@ -61,13 +75,66 @@ BEGIN
             RAISE EXCEPTION 'a version bump for a message or tag cannot carry field changes';
         END IF;
         NEW.child_changed := false;
-    ELSIF NOT ld_ticket_fields_differ(NEW, OLD) THEN
+        NEW.version := OLD.version + 1;
+        NEW.updated_at := now();
+        RETURN NEW;
+    END IF;
+
+    IF NEW.subject IS DISTINCT FROM OLD.subject THEN
+        v_changes := v_changes || jsonb_build_object('subject',
+            jsonb_build_object('from', OLD.subject, 'to', NEW.subject));
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status THEN
+        v_changes := v_changes || jsonb_build_object('status',
+            jsonb_build_object('from', OLD.status, 'to', NEW.status));
+    END IF;
+    IF NEW.priority IS DISTINCT FROM OLD.priority THEN
+        v_changes := v_changes || jsonb_build_object('priority',
+            jsonb_build_object('from', OLD.priority, 'to', NEW.priority));
+    END IF;
+    IF NEW.channel IS DISTINCT FROM OLD.channel THEN
+        v_changes := v_changes || jsonb_build_object('channel',
+            jsonb_build_object('from', OLD.channel, 'to', NEW.channel));
+    END IF;
+    IF NEW.customer_id IS DISTINCT FROM OLD.customer_id THEN
+        v_changes := v_changes || jsonb_build_object('customer_id',
+            jsonb_build_object('from', OLD.customer_id, 'to', NEW.customer_id));
+    END IF;
+    IF NEW.assignee_id IS DISTINCT FROM OLD.assignee_id THEN
+        v_changes := v_changes || jsonb_build_object('assignee_id',
+            jsonb_build_object('from', OLD.assignee_id, 'to', NEW.assignee_id));
+    END IF;
+    IF NEW.custom_fields IS DISTINCT FROM OLD.custom_fields
+       AND (jsonb_typeof(NEW.custom_fields) IS DISTINCT FROM 'object'
+            OR jsonb_typeof(OLD.custom_fields) IS DISTINCT FROM 'object') THEN
+        -- Not an object: the CHECK constraint refuses the row after this
+        -- trigger (23514), and the event with it.
+        v_changes := v_changes || jsonb_build_object('custom_fields',
+            jsonb_build_object('from', OLD.custom_fields, 'to', NEW.custom_fields));
+    ELSIF NEW.custom_fields IS DISTINCT FROM OLD.custom_fields THEN
+        v_changes := v_changes || coalesce((
+            SELECT jsonb_object_agg('custom_fields.' || k.key,
+                       jsonb_build_object('from', OLD.custom_fields -> k.key,
+                                          'to', NEW.custom_fields -> k.key))
+            FROM (SELECT jsonb_object_keys(OLD.custom_fields) AS key
+                  UNION
+                  SELECT jsonb_object_keys(NEW.custom_fields)) k
+            WHERE (OLD.custom_fields -> k.key) IS DISTINCT FROM (NEW.custom_fields -> k.key)),
+            '{}'::jsonb);
+    END IF;
+    -- The same fields as ld_ticket_fields_differ (00_helpers.sql): none changed.
+    IF v_changes = '{}'::jsonb THEN
         NEW.version := OLD.version;
         NEW.updated_at := OLD.updated_at;
         RETURN NEW;
     END IF;
     NEW.version := OLD.version + 1;
     NEW.updated_at := now();
+    -- ld_emit, inlined: one plpgsql call less on the busiest path.
+    INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
+    VALUES (NEW.id, NEW.version, 'ticket.updated', ld_actor(), jsonb_build_object('changes', v_changes));
+    PERFORM pg_notify('livedesk_events',
+                      json_build_object('ticket_id', NEW.id, 'version', NEW.version)::text);
     RETURN NEW;
 END
 $$;
@@ -104,63 +171,10 @@ CREATE OR REPLACE TRIGGER tickets_90_created_event
     AFTER INSERT ON tickets
     FOR EACH ROW EXECUTE FUNCTION ld_tickets_created_event();
 
--- ticket.updated with every changed field as {"from","to"}; custom fields
--- one by one as "custom_fields.<key>" (null when absent). A bump for a
--- message or tag changes no field: its own event is written by the child.
-CREATE OR REPLACE FUNCTION ld_tickets_updated_event() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
-DECLARE
-    v_changes jsonb := '{}'::jsonb;
-BEGIN
-    IF NOT ld_ticket_fields_differ(NEW, OLD) THEN
-        RETURN NULL;
-    END IF;
-    IF NEW.subject IS DISTINCT FROM OLD.subject THEN
-        v_changes := v_changes || jsonb_build_object('subject',
-            jsonb_build_object('from', OLD.subject, 'to', NEW.subject));
-    END IF;
-    IF NEW.status IS DISTINCT FROM OLD.status THEN
-        v_changes := v_changes || jsonb_build_object('status',
-            jsonb_build_object('from', OLD.status, 'to', NEW.status));
-    END IF;
-    IF NEW.priority IS DISTINCT FROM OLD.priority THEN
-        v_changes := v_changes || jsonb_build_object('priority',
-            jsonb_build_object('from', OLD.priority, 'to', NEW.priority));
-    END IF;
-    IF NEW.channel IS DISTINCT FROM OLD.channel THEN
-        v_changes := v_changes || jsonb_build_object('channel',
-            jsonb_build_object('from', OLD.channel, 'to', NEW.channel));
-    END IF;
-    IF NEW.customer_id IS DISTINCT FROM OLD.customer_id THEN
-        v_changes := v_changes || jsonb_build_object('customer_id',
-            jsonb_build_object('from', OLD.customer_id, 'to', NEW.customer_id));
-    END IF;
-    IF NEW.assignee_id IS DISTINCT FROM OLD.assignee_id THEN
-        v_changes := v_changes || jsonb_build_object('assignee_id',
-            jsonb_build_object('from', OLD.assignee_id, 'to', NEW.assignee_id));
-    END IF;
-    IF NEW.custom_fields IS DISTINCT FROM OLD.custom_fields THEN
-        v_changes := v_changes || coalesce((
-            SELECT jsonb_object_agg('custom_fields.' || k.key,
-                       jsonb_build_object('from', OLD.custom_fields -> k.key,
-                                          'to', NEW.custom_fields -> k.key))
-            FROM (SELECT jsonb_object_keys(OLD.custom_fields) AS key
-                  UNION
-                  SELECT jsonb_object_keys(NEW.custom_fields)) k
-            WHERE (OLD.custom_fields -> k.key) IS DISTINCT FROM (NEW.custom_fields -> k.key)),
-            '{}'::jsonb);
-    END IF;
-    PERFORM ld_emit(NEW.id, NEW.version, 'ticket.updated', ld_actor(),
-                    jsonb_build_object('changes', v_changes, 'ticket', ld_ticket_json(NEW)));
-    RETURN NULL;
-END
-$$;
-
-CREATE OR REPLACE TRIGGER tickets_90_updated_event
-    AFTER UPDATE ON tickets
-    FOR EACH ROW
-    WHEN (NEW.version <> OLD.version)
-    EXECUTE FUNCTION ld_tickets_updated_event();
+-- ticket.updated used to be written by an AFTER UPDATE trigger of its own
+-- (with a copy of the ticket); tickets_30_change writes it now.
+DROP TRIGGER IF EXISTS tickets_90_updated_event ON tickets;
+DROP FUNCTION IF EXISTS ld_tickets_updated_event();
 
 -- Message ids follow commit order within a ticket: the id is drawn only
 -- after taking the ticket's row lock (held to commit), so a message with a
