@@ -93,6 +93,17 @@ impl Sender {
         let from = Mailbox::from_str(from_text.trim())
             .map_err(|e| SmtpError::BadFrom(format!("{from_text}: {e}")))?;
         let domain = from.email.domain().to_string();
+        // It becomes the right-hand side of every Message-ID.
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            return Err(SmtpError::BadFrom(format!(
+                "{from_text}: the domain must be an ASCII host name (use its punycode form)"
+            ))
+            .into());
+        }
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url(url))
             .map_err(|e| SmtpError::BadUrl(e.to_string()))?
             .timeout(Some(Duration::from_secs(30)))
@@ -176,11 +187,20 @@ impl Sender {
                 }
                 continue;
             }
+            // A delivered reply is acknowledged at once (with everything
+            // before it); other events only at the end of the batch.
+            let mut unacked = None;
             for event in &events {
                 if let Some(message_id) = reply_id(&event.event) {
                     self.deliver(&client, message_id, stop).await?;
+                    self.within(feed::ack(&client, CONSUMER, event.ticket_id, event.version))
+                        .await?;
+                    unacked = None;
+                } else {
+                    unacked = Some(event);
                 }
-                // Acknowledged one by one: what is acknowledged was handled.
+            }
+            if let Some(event) = unacked {
                 self.within(feed::ack(&client, CONSUMER, event.ticket_id, event.version))
                     .await?;
             }
