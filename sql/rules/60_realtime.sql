@@ -5,6 +5,10 @@
 -- Catch-up / live delivery: for each (ticket, after) pair the events with
 -- version > after, in (ticket_id, version) order, at most p_limit rows
 -- (NULL = no limit). A ticket listed twice uses its smallest cursor.
+-- Per ticket an ordered index range with its own LIMIT (LATERAL): a replay
+-- of a long log reads each batch from the index and stops, instead of
+-- collecting every later event of the ticket and sorting them for every
+-- batch (which made a full replay quadratic: docs/benchmarks.md).
 CREATE OR REPLACE FUNCTION ld_event_frames(p_ticket_ids bigint[], p_after bigint[], p_limit int)
 RETURNS TABLE (ticket_id bigint, version bigint, frame text)
 LANGUAGE sql STABLE AS $$
@@ -14,7 +18,11 @@ LANGUAGE sql STABLE AS $$
           FROM unnest(p_ticket_ids, p_after) AS c(tid, after)
           WHERE c.tid IS NOT NULL
           GROUP BY c.tid) c
-    JOIN ticket_events e ON e.ticket_id = c.tid AND e.version > c.after
+    CROSS JOIN LATERAL (
+        SELECT x.* FROM ticket_events x
+        WHERE x.ticket_id = c.tid AND x.version > c.after
+        ORDER BY x.version
+        LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END) e
     ORDER BY e.ticket_id, e.version
     LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END
 $$;

@@ -101,6 +101,18 @@ impl BenchEnv {
         Ok(client)
     }
 
+    /// A direct connection as the cluster's superuser (fixtures that must
+    /// skip the triggers: `session_replication_role = replica`).
+    pub async fn admin_sql(&self) -> Result<tokio_postgres::Client> {
+        let (client, connection) = self
+            .pg
+            .admin_config()
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
     /// Resident memory of the server process, in KiB.
     pub fn server_rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.server_pid))
@@ -121,6 +133,18 @@ impl BenchEnv {
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+
+    /// The cluster's WAL insert position, in bytes.
+    pub async fn wal_lsn(&self) -> Result<i64> {
+        let sql = self.sql().await?;
+        let row = sql
+            .query_one(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint",
+                &[],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
 }
 
 impl Drop for BenchEnv {
@@ -134,6 +158,31 @@ impl Drop for BenchEnv {
     }
 }
 
+/// Start one more livedesk process on the same database (several processes
+/// behind a load balancer); it is stopped with [`stop_server`].
+pub async fn spawn_extra_server(env: &BenchEnv) -> Result<(Child, String)> {
+    let (child, base) = spawn_server(&env.pg)?;
+    for _ in 0..400 {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+            if r.status() == 200 {
+                return Ok((child, base));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_server(child);
+    bail!("an extra livedesk server did not become healthy")
+}
+
+/// SIGTERM a server process and wait for it.
+pub fn stop_server(mut child: Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+}
+
 fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -144,7 +193,11 @@ fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
         bail!("{} not found: build it with `cargo build --release` (cargo run --release --bin livedesk-bench does)", livedesk.display());
     }
     let (dir, pg_port) = pg.socket();
-    let log = std::fs::File::create(dir.parent().unwrap_or(dir).join("livedesk-server.log"))?;
+    let log = std::fs::File::create(
+        dir.parent()
+            .unwrap_or(dir)
+            .join(format!("livedesk-server-{port}.log")),
+    )?;
     let child = Command::new(livedesk)
         .env(
             "DATABASE_URL",
@@ -156,6 +209,11 @@ fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
         .env("LIVEDESK_BIND", format!("127.0.0.1:{port}"))
         .env("LIVEDESK_MAX_CONNECTIONS", "15000")
         .env("LIVEDESK_POOL_SIZE", "16")
+        // The bench is one client address with a few tokens: the abuse
+        // limits (contract §5a) would measure themselves, not livedesk.
+        .env("LIVEDESK_RATE_PER_TOKEN", "1000000")
+        .env("LIVEDESK_BURST_PER_TOKEN", "1000000")
+        .env("LIVEDESK_RATE_PER_ADDRESS", "1000000")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -2,10 +2,13 @@
 //! livedesk server, drives them over loopback, checks every delivery, and
 //! prints each figure beside a baseline measured in the same run.
 
+pub mod curves;
 pub mod env;
+pub mod floor;
 pub mod pgbench;
 pub mod report;
 pub mod scenarios;
+pub mod svg;
 pub mod wsload;
 
 use anyhow::Result;
@@ -32,10 +35,18 @@ pub struct BenchArgs {
     /// Only run scenarios whose name contains this.
     #[arg(long)]
     pub only: Option<String>,
+    /// A smaller, faster run (about a minute): every count divided by 10,
+    /// shorter phases; figures are for smoke tests, not for the docs.
+    #[arg(long)]
+    pub quick: bool,
 }
 
 /// Run every scenario; `Ok(false)` if any correctness check failed.
-pub async fn run(args: BenchArgs) -> Result<bool> {
+pub async fn run(mut args: BenchArgs) -> Result<bool> {
+    if args.quick {
+        args.scale_down = args.scale_down.max(10);
+        args.seconds = args.seconds.min(4);
+    }
     eprintln!("livedesk-bench: starting PostgreSQL (fsync on) and a livedesk server…");
     let env = env::BenchEnv::start(8).await?;
     let mut report = Report::new(&env).await;
@@ -51,15 +62,29 @@ pub async fn run(args: BenchArgs) -> Result<bool> {
         ("resume", scenarios::Phase::Resume),
         ("race", scenarios::Phase::ReplyRace),
         ("idle", scenarios::Phase::Idle10k),
+        ("curve-subscribers", scenarios::Phase::CurveSubscribers),
+        ("curve-snapshot", scenarios::Phase::CurveSnapshot),
+        ("curve-resume", scenarios::Phase::CurveResume),
+        ("curve-processes", scenarios::Phase::CurveProcesses),
     ];
+    let started = std::time::Instant::now();
     for (name, phase) in phases {
         if wants(name) {
-            eprintln!("livedesk-bench: {name}…");
+            eprintln!(
+                "livedesk-bench: {name}… ({:.0} s in, load average {})",
+                started.elapsed().as_secs_f64(),
+                report::load_average()
+            );
+            report.note_load(name);
             if let Err(e) = scenarios::run(phase, &env, &args, &mut report).await {
                 report.failure(name, &format!("{e:#}"));
             }
         }
     }
+    eprintln!(
+        "livedesk-bench: done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     report.print();
     report.write(&args)?;
     Ok(report.all_correct())

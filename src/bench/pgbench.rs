@@ -9,6 +9,18 @@ use super::env::BenchEnv;
 
 /// Transactions per second of a custom script run by `clients` clients.
 pub fn tps(env: &BenchEnv, name: &str, script: &str, clients: u32, seconds: u32) -> Result<f64> {
+    Ok(run(env, name, script, clients, seconds)?.tps)
+}
+
+/// One pgbench run: its rate and how many transactions it made.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub tps: f64,
+    pub transactions: u64,
+}
+
+/// Run a custom script with `clients` clients for `seconds`.
+pub fn run(env: &BenchEnv, name: &str, script: &str, clients: u32, seconds: u32) -> Result<Run> {
     let path = std::env::temp_dir().join(format!("livedesk-bench-{name}.sql"));
     std::fs::write(&path, script)?;
     let output = Command::new(env.bin_dir.join("pgbench"))
@@ -36,12 +48,19 @@ pub fn tps(env: &BenchEnv, name: &str, script: &str, clients: u32, seconds: u32)
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    stdout
+    let tps = stdout
         .lines()
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow!("no tps in pgbench output: {stdout}"))
+        .ok_or_else(|| anyhow!("no tps in pgbench output: {stdout}"))?;
+    let transactions = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|l| l.split(['/', ' ']).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Run { tps, transactions })
 }
 
 /// The plain-table baseline: an UPDATE plus `pg_notify` in one transaction.

@@ -20,10 +20,35 @@ pub struct Row {
     pub incorrect: bool,
 }
 
+/// One line of a cost curve: (x, y) points.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A cost curve: one measurement at growing sizes (plotted by `svg.rs`).
+pub struct Curve {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub log_x: bool,
+    pub series: Vec<Series>,
+}
+
 /// All rows plus the machine description.
 pub struct Report {
     rows: Vec<Row>,
+    curves: Vec<Curve>,
     machine: String,
+    load: Vec<String>,
+}
+
+/// The 1-minute load average now (other work on the machine skews figures).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 impl Report {
@@ -52,8 +77,20 @@ impl Report {
         };
         Report {
             rows: Vec::new(),
+            curves: Vec::new(),
+            load: Vec::new(),
             machine: format!("{cores} cores, {memory} RAM, {pg} (fsync on, synchronous_commit on), loopback, load generator and server on the same machine"),
         }
+    }
+
+    /// Add a cost curve.
+    pub fn curve(&mut self, curve: Curve) {
+        self.curves.push(curve);
+    }
+
+    /// Record the machine's load average before a phase.
+    pub fn note_load(&mut self, phase: &str) {
+        self.load.push(format!("{phase} {}", load_average()));
     }
 
     /// Add a row.
@@ -111,32 +148,100 @@ impl Report {
         out
     }
 
+    fn curves_markdown(&self, svg_name: &str) -> String {
+        let mut out = String::new();
+        if self.curves.is_empty() {
+            return out;
+        }
+        let _ = writeln!(out, "![cost curves]({svg_name})\n");
+        for c in &self.curves {
+            let _ = writeln!(out, "**{}** ({}; {})\n", c.title, c.x_label, c.y_label);
+            let _ = write!(out, "| x |");
+            for series in &c.series {
+                let _ = write!(out, " {} |", series.name);
+            }
+            let _ = writeln!(out);
+            let _ = writeln!(out, "|{}", " --- |".repeat(c.series.len() + 1));
+            let xs: Vec<f64> = c
+                .series
+                .first()
+                .map(|s| s.points.iter().map(|p| p.0).collect())
+                .unwrap_or_default();
+            for (i, x) in xs.iter().enumerate() {
+                let _ = write!(out, "| {x} |");
+                for series in &c.series {
+                    match series.points.get(i) {
+                        Some((_, y)) => {
+                            let _ = write!(out, " {y:.2} |");
+                        }
+                        None => {
+                            let _ = write!(out, " – |");
+                        }
+                    }
+                }
+                let _ = writeln!(out);
+            }
+            let _ = writeln!(out);
+        }
+        out
+    }
+
     /// Print the table.
     pub fn print(&self) {
         println!("\nMachine: {}\n", self.machine);
         println!("{}", self.markdown());
     }
 
-    /// Replace the generated section of the Markdown file (the prose around it is kept).
+    /// Replace the generated sections of the Markdown file (the prose
+    /// around them is kept) and write the curves' SVG next to it.
     pub fn write(&self, args: &BenchArgs) -> Result<()> {
         const START: &str = "<!-- bench:start -->";
         const END: &str = "<!-- bench:end -->";
+        const CURVES_START: &str = "<!-- curves:start -->";
+        const CURVES_END: &str = "<!-- curves:end -->";
+        let mut flags = String::new();
+        if args.quick {
+            flags.push_str(" --quick");
+        }
+        if args.seconds != 10 && !args.quick {
+            let _ = write!(flags, " --seconds {}", args.seconds);
+        }
+        if let Some(only) = &args.only {
+            let _ = write!(flags, " --only {only}");
+        }
+        let command = format!(
+            "cargo run --release --bin livedesk-bench{}",
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" --{flags}")
+            }
+        );
         let generated = format!(
-            "{START}\nCommand: `cargo run --release --bin livedesk-bench{}`\n\nMachine: {}\n\n{}{END}",
-            if args.seconds != 10 { format!(" -- --seconds {}", args.seconds) } else { String::new() },
+            "{START}\nCommand: `{command}`\n\nMachine: {}\n\nLoad average (1 min) before each phase: {}\n\n{}{END}",
             self.machine,
+            self.load.join(", "),
             self.markdown()
         );
+        let svg_name = args
+            .output
+            .file_stem()
+            .map(|s| format!("{}-curves.svg", s.to_string_lossy()))
+            .unwrap_or_else(|| "benchmarks-curves.svg".into());
         let existing = std::fs::read_to_string(&args.output).unwrap_or_default();
-        let text = match (existing.find(START), existing.find(END)) {
-            (Some(s), Some(e)) if e > s => format!(
-                "{}{}{}",
-                &existing[..s],
-                generated,
-                &existing[e + END.len()..]
-            ),
-            _ => format!("# livedesk benchmarks\n\n{generated}\n"),
-        };
+        let mut text = replace_between(&existing, START, END, &generated)
+            .unwrap_or_else(|| format!("# livedesk benchmarks\n\n{generated}\n"));
+        if !self.curves.is_empty() {
+            let curves = format!(
+                "{CURVES_START}\nCommand: `{command}`\n\n{}{CURVES_END}",
+                self.curves_markdown(&svg_name)
+            );
+            text = replace_between(&text, CURVES_START, CURVES_END, &curves)
+                .unwrap_or_else(|| format!("{text}\n## Cost as the work grows\n\n{curves}\n"));
+            let svg_path = args.output.with_file_name(&svg_name);
+            std::fs::write(&svg_path, super::svg::render(&self.curves, &command))?;
+            eprintln!("livedesk-bench: wrote {}", svg_path.display());
+        }
         if let Some(parent) = args.output.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -144,4 +249,12 @@ impl Report {
         eprintln!("livedesk-bench: wrote {}", args.output.display());
         Ok(())
     }
+}
+
+/// `text` with what lies between `start` and `end` (markers included)
+/// replaced by `with`; `None` when the markers are missing.
+fn replace_between(text: &str, start: &str, end: &str, with: &str) -> Option<String> {
+    let s = text.find(start)?;
+    let e = text[s..].find(end)? + s;
+    Some(format!("{}{}{}", &text[..s], with, &text[e + end.len()..]))
 }

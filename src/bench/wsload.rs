@@ -104,7 +104,7 @@ async fn client(
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
     let mut log = ClientLog {
         ticket,
         ..Default::default()
@@ -225,7 +225,7 @@ pub fn analyse(logs: &[ClientLog], commits: &Commits) -> (Histogram<u64>, u64, u
 /// the cores with the server). Event frames end with
 /// `"version": V, "ticket_id": T}` (jsonb orders keys by length); anything
 /// else falls back to a full parse.
-fn event_ids(text: &str) -> Option<(i64, i64)> {
+pub fn event_ids(text: &str) -> Option<(i64, i64)> {
     if !text.starts_with(r#"{"type": "event""#) {
         return None;
     }
