@@ -120,6 +120,7 @@ impl Application {
         tokio::spawn(http::agent_watch::run(
             state.db.clone(),
             state.auth.clone(),
+            realtime.clone(),
             shutdown.clone(),
         ));
         let config_settings = settings.clone();

@@ -285,3 +285,55 @@ async fn every_exported_metric_is_documented() {
         assert!(doc.contains(&format!("`{name}`")), "{name} is not in docs/metrics.md");
     }
 }
+
+/// A disabled agent's WebSockets close with 4001 on every process within
+/// 5 s; a replaced token's too; an agent holds at most 20 connections.
+#[tokio::test]
+async fn websockets_of_a_disabled_agent_close_with_4001_on_every_process() {
+    use common::ws::{Ended, WsClient};
+    let first = TestApp::spawn().await;
+    // A second process on the same database.
+    let second = TestApp::spawn_on(first.dbname.clone(), test_settings()).await;
+    let (alice, token) = first.agent("Alice", "agent").await;
+    let (bob, bob_token) = first.agent("Bob", "agent").await;
+    let mut on_first = WsClient::connect(&first.base, &token).await;
+    let mut on_second = WsClient::connect(&second.base, &token).await;
+    let mut bob_ws = WsClient::connect(&second.base, &bob_token).await;
+    let started = Instant::now();
+    agents::set_disabled(&first.db, &alice.email, true).await.unwrap();
+    for ws in [&mut on_first, &mut on_second] {
+        assert_eq!(ws.closed(Duration::from_secs(5)).await, Ended::Closed(Some(4001)));
+    }
+    eprintln!("disable → both sockets closed 4001 after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Bob is untouched.
+    bob_ws.send(json!({"type": "ping"})).await;
+    assert_eq!(bob_ws.next_of("pong").await["type"], "pong");
+    // A replaced token: its socket closes too, the new token connects.
+    let mut old = WsClient::connect(&second.base, &bob_token).await;
+    let (_, new) = agents::rotate_token(&first.db, &bob.email, None).await.unwrap();
+    assert_eq!(old.closed(Duration::from_secs(5)).await, Ended::Closed(Some(4001)));
+    let _fresh = WsClient::connect(&second.base, &new.0).await;
+
+    // 20 connections per agent; the 21st is refused with 429.
+    let (_, carol) = first.agent("Carol", "agent").await;
+    let mut open = Vec::new();
+    for _ in 0..20 {
+        open.push(WsClient::connect(&first.base, &carol).await);
+    }
+    let refused = WsClient::connect_with(&first.base, Some(&carol), None, false).await;
+    assert_eq!(refused.err(), Some(429));
+    drop(open.pop());
+    // The slot frees when a connection ends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match WsClient::connect_with(&first.base, Some(&carol), None, false).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status, 429);
+                assert!(Instant::now() < deadline, "the freed slot was not given back");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -12,12 +12,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::Authenticator;
 use crate::db::Database;
+use crate::realtime::Realtime;
 
 /// `application_name` of this connection, to find it in `pg_stat_activity`.
 pub const WATCH_NAME: &str = "livedesk-agent-watch";
 
 /// Keep the watch up until `shutdown`; reconnect after a loss (1 s apart).
-pub async fn run(db: Database, auth: Arc<Authenticator>, shutdown: CancellationToken) {
+pub async fn run(
+    db: Database,
+    auth: Arc<Authenticator>,
+    realtime: Realtime,
+    shutdown: CancellationToken,
+) {
     loop {
         let mut config = db.config().clone();
         config.application_name(WATCH_NAME);
@@ -57,8 +63,16 @@ pub async fn run(db: Database, auth: Arc<Authenticator>, shutdown: CancellationT
                             return;
                         }
                         id = rx.recv() => match id {
-                            Some(id) if id >= 0 => auth.forget_agent(id),
-                            Some(_) => auth.forget_all(),
+                            Some(id) if id >= 0 => {
+                                auth.forget_agent(id);
+                                // Its open WebSockets: closed with 4001 if
+                                // their token no longer works.
+                                realtime.revalidate(Some(id)).await;
+                            }
+                            Some(_) => {
+                                auth.forget_all();
+                                realtime.revalidate(None).await;
+                            }
                             None => break,
                         },
                     }

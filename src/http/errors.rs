@@ -25,6 +25,9 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The agent holds as many WebSocket connections as it may (the value).
+    #[error("too many connections")]
+    TooManyConnections(usize),
     /// Too many requests from this token or address: try again after `retry_after`.
     #[error("too many requests")]
     RateLimited { retry_after: std::time::Duration },
@@ -98,6 +101,18 @@ impl ApiError {
                 message.clone(),
                 Map::new(),
             ),
+            ApiError::TooManyConnections(max) => {
+                let mut detail = Map::new();
+                detail.insert("limit".into(), json!(max));
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections",
+                    format!(
+                        "This agent already has {max} WebSocket connections open: close one (another tab or device) first."
+                    ),
+                    detail,
+                )
+            }
             ApiError::RateLimited { retry_after } => {
                 let seconds = retry_after_seconds(*retry_after);
                 let mut detail = Map::new();

@@ -13,6 +13,7 @@ pub mod hub;
 pub mod listener;
 pub mod presence;
 pub mod protocol;
+pub mod revocation;
 pub mod rewind;
 pub mod session;
 
@@ -94,6 +95,9 @@ pub struct Inner {
     wake: Notify,
     next_connection: AtomicU64,
     connections: AtomicUsize,
+    /// Open connections by agent: the per-agent cap, and 4001 closes when a
+    /// token stops working (`revocation`).
+    pub revocation: revocation::Registry,
 }
 
 /// How long sessions get to send their close frames at shutdown.
@@ -139,11 +143,13 @@ impl Realtime {
                 wake: Notify::new(),
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
+                revocation: revocation::Registry::default(),
             }),
         };
         let tasks = vec![
             tokio::spawn(listener::run(realtime.clone())),
             tokio::spawn(fetcher::run(realtime.clone())),
+            tokio::spawn(revocation::sweep(realtime.clone())),
         ];
         *realtime.bus_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         realtime
@@ -248,29 +254,53 @@ impl Realtime {
         std::mem::take(&mut *self.lock_pending())
     }
 
-    /// Reserve a connection slot; `None` when the process is at its cap.
-    pub fn open_connection(&self) -> Option<ConnectionSlot> {
+    /// Reserve a connection slot for `agent`, authenticated by the token
+    /// with this digest; refused when the process or the agent is at its cap.
+    pub fn open_connection(&self, agent: i64, token: [u8; 32]) -> Result<ConnectionSlot, SlotRefused> {
         let count = self.connections.fetch_add(1, Ordering::AcqRel);
         if count >= self.settings.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(SlotRefused::Process);
         }
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let Some(revoked) =
+            self.revocation
+                .open(agent, id, token, self.settings.max_connections_per_agent)
+        else {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(SlotRefused::Agent);
+        };
         self.metrics.ws_connections.inc();
-        Some(ConnectionSlot {
-            id: self.next_connection.fetch_add(1, Ordering::Relaxed),
+        Ok(ConnectionSlot {
+            id,
+            agent,
+            revoked,
             realtime: self.clone(),
         })
     }
 }
 
+/// Why no connection slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefused {
+    /// The process holds `max_connections`.
+    Process,
+    /// The agent holds `max_connections_per_agent` on this process.
+    Agent,
+}
+
 /// A reserved connection; frees its slot when dropped.
 pub struct ConnectionSlot {
     pub id: hub::ConnId,
+    agent: i64,
+    /// Cancelled when the connection's token stops working: close with 4001.
+    pub revoked: tokio_util::sync::CancellationToken,
     realtime: Realtime,
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        self.realtime.revocation.close(self.agent, self.id);
         self.realtime.connections.fetch_sub(1, Ordering::AcqRel);
         self.realtime.metrics.ws_connections.dec();
     }

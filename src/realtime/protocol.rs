@@ -16,6 +16,9 @@ pub mod close {
     pub const TRY_AGAIN: u16 = 1013;
     /// Nothing was heard from the client within the heartbeat TTL.
     pub const HEARTBEAT_TIMEOUT: u16 = 4002;
+    /// The agent was disabled or its token replaced or expired: do not
+    /// reconnect with it (contract §6).
+    pub const REVOKED: u16 = 4001;
     /// The server is shutting down; reconnect (to another process) with `since`.
     pub const GOING_AWAY: u16 = 1001;
 }

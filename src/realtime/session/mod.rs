@@ -101,12 +101,14 @@ impl Session {
         let mut stop = self.send(&mut ws, hello).await;
         let overflow = self.handle.overflow.clone();
         let shutdown = self.rt.shutdown.clone();
+        let revoked = self.slot.revoked.clone();
         while stop.is_none() {
             let flush_at = self.next_presence_flush();
             stop = tokio::select! {
                 biased;
                 _ = overflow.wait() => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
                 _ = shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
+                _ = revoked.cancelled() => Some(Stop::Close(close::REVOKED, "the agent was disabled or its token replaced: log in again")),
                 message = stream.next() => self.on_message(&mut ws, message).await,
                 Some(item) = self.rx.recv() => self.deliver(&mut ws, item).await,
                 _ = tick.tick() => self.write(ws.ping(b"")).await,
