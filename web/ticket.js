@@ -10,7 +10,7 @@
 //    notice next to the field where the agent picks.
 //  - Tags are only ever changed by deltas (add / remove one tag).
 
-import { ApiError } from './livedesk-client.js';
+import { ApiError, applyTicketEvent } from './livedesk-client.js';
 import { h, replaceChildren, avatar, timeEl, sameValue, displayValue, uid, randomId, relativeTime } from './dom.js';
 
 export const STATUSES = ['new', 'open', 'pending', 'resolved', 'closed'];
@@ -895,30 +895,13 @@ export class TicketView {
 
   /**
    * Contract v2: `ticket.updated` carries `changes` only. Apply them to the
-   * ticket we hold; a change we cannot build locally (a new customer, an
-   * assignee the directory does not know) reads the ticket again.
+   * ticket we hold (applyTicketEvent); a change that cannot be built locally
+   * (a new customer, an assignee the directory does not know) reads the
+   * ticket again.
    */
-  async applyChanges(ev, by) {
-    const changes = (ev.data && ev.data.changes) || {};
-    const next = { ...this.ticket, custom_fields: { ...(this.ticket.custom_fields || {}) }, version: ev.version, updated_at: ev.at || this.ticket.updated_at };
-    let local = true;
-    for (const [field, change] of Object.entries(changes)) {
-      const to = change ? change.to : null;
-      if (['subject', 'status', 'priority', 'channel'].includes(field)) next[field] = to;
-      else if (field.startsWith('custom_fields.')) {
-        const key = field.slice('custom_fields.'.length);
-        if (to === null || to === undefined) delete next.custom_fields[key];
-        else next.custom_fields[key] = to;
-      } else if (field === 'assignee_id') {
-        if (to === null || to === undefined) next.assignee = null;
-        else {
-          const agent = this.agentById ? this.agentById.get(Number(to)) : null;
-          if (agent) next.assignee = { id: agent.id, name: agent.name, avatar_url: agent.avatar_url ?? null };
-          else local = false;
-        }
-      } else local = false; // customer_id and anything new
-    }
-    if (local) this.applyTicket(next, by);
+  applyChanges(ev, by) {
+    const { ticket, complete } = applyTicketEvent(this.ticket, ev, { agents: this.agentById });
+    if (complete) this.applyTicket(ticket, by);
     else this.refetch();
   }
 
