@@ -668,14 +668,12 @@ async fn a_restored_older_copy_resets_subscribers() {
     );
 }
 
-/// A restore that opens a new timeline, and writes to the restored
-/// database that take the ticket past the old cursor before livedesk
-/// reconnects (its network was down meanwhile): the versions alone look
-/// fine, the timeline does not. Every subscriber gets `reset`; no event of
-/// the new history is applied on top of the old one.
-#[tokio::test]
-async fn a_new_timeline_resets_subscribers_even_past_their_cursor() {
-    let _exclusive = CLUSTER.write().await;
+/// A restore, then writes to the restored database that take the ticket
+/// past the old cursor before livedesk reconnects (its network was down
+/// meanwhile): the versions alone look fine. Every subscriber must still get
+/// `reset`, and no event of the new history may be applied on top of the
+/// old one. Returns how long the reset took after the network came back.
+async fn rewind_past_the_cursor(new_timeline: bool) -> Duration {
     let (app, proxy) = app_behind_proxy().await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "timeline").await["id"].as_i64().unwrap();
@@ -689,7 +687,7 @@ async fn a_new_timeline_resets_subscribers_even_past_their_cursor() {
     assert_versions(&ws.events(id, 10, Duration::from_secs(20)).await, 7, 16);
 
     proxy.blackhole();
-    tokio::task::spawn_blocking(move || restore_data(&copy, true))
+    tokio::task::spawn_blocking(move || restore_data(&copy, new_timeline))
         .await
         .unwrap();
     // The new history goes past the old cursor (16) while livedesk is cut off.
@@ -706,8 +704,29 @@ async fn a_new_timeline_resets_subscribers_even_past_their_cursor() {
     );
     assert_eq!(ws.subscribe(id, None).await["version"], 26);
     assert_eq!(ws.next_of("snapshot").await["ticket"]["subject"], "s219");
+    took
+}
+
+/// The restore opens a new timeline (a backup restored with recovery, a
+/// promoted replica): the timeline gives it away.
+#[tokio::test]
+async fn a_new_timeline_resets_subscribers_even_past_their_cursor() {
+    let _exclusive = CLUSTER.write().await;
+    let took = rewind_past_the_cursor(true).await;
     println!(
         "FAULT rewind-new-timeline: restore onto a new timeline + 20 writes past the old cursor; reset (version 26) {} ms after the network came back; 0 events of the new history applied to the old",
+        took.as_millis()
+    );
+}
+
+/// The same, with the copy put back by hand on the same timeline: the event
+/// at the cursor is not the one that was delivered (another commit time).
+#[tokio::test]
+async fn a_copy_put_back_resets_subscribers_even_past_their_cursor() {
+    let _exclusive = CLUSTER.write().await;
+    let took = rewind_past_the_cursor(false).await;
+    println!(
+        "FAULT rewind-past-cursor: copy put back on the same timeline + 20 writes past the old cursor; reset (version 26) {} ms after the network came back; 0 events of the new history applied to the old",
         took.as_millis()
     );
 }

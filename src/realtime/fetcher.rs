@@ -20,6 +20,8 @@ pub const PRESENCE_EVERY: Duration = Duration::from_millis(250);
 pub async fn run(rt: Realtime) {
     let mut presence_due = Instant::now();
     let mut presence_timer: Option<Instant> = None;
+    // Pooled connections opened when the cursors were last checked.
+    let mut checked = 0;
     loop {
         tokio::select! {
             _ = rt.wake.notified() => {}
@@ -44,7 +46,14 @@ pub async fn run(rt: Realtime) {
                 if let Some(verify) = pending.verify {
                     super::rewind::verify(&rt, verify).await?;
                 }
-                serve(&rt, &pending.events, &pending.inbox, &pending.presence).await
+                serve(
+                    &rt,
+                    &mut checked,
+                    &pending.events,
+                    &pending.inbox,
+                    &pending.presence,
+                )
+                .await
             };
             if let Err(e) = rt.db.within(work).await {
                 tracing::warn!(error = %e, "reading events failed; retrying");
@@ -67,28 +76,60 @@ pub async fn run(rt: Realtime) {
 
 async fn serve(
     rt: &Realtime,
+    checked: &mut u64,
     events: &HashSet<i64>,
     inbox: &HashSet<i64>,
     presence: &HashSet<i64>,
 ) -> Result<(), DbError> {
     // While the LISTEN connection is down, the database may be restarting
-    // or restored from a copy: cursors are not read against it until the
-    // listener is back and has checked them (`rewind`). Its catch-up then
-    // reads every watched ticket, these included.
-    let cursors = if rt.listener_up() {
-        rt.hub.cursors(events)
-    } else {
-        Vec::new()
-    };
-    if !cursors.is_empty() {
+    // or restored from a copy: no event is read until the listener is back
+    // and has checked the cursors. Its catch-up reads every watched ticket.
+    if rt.listener_up() && !events.is_empty() {
+        read_events(rt, checked, events).await?;
+    }
+    serve_summaries(rt, inbox, presence).await
+}
+
+/// Read and fan out the events after each ticket's cursor. A read through a
+/// connection opened since the cursors were last checked may come from a
+/// database that restarted or was restored (before the LISTEN connection
+/// noticed): the cursors are checked first (`rewind`), and a read during
+/// which a connection was opened is checked and done again.
+async fn read_events(
+    rt: &Realtime,
+    checked: &mut u64,
+    events: &HashSet<i64>,
+) -> Result<(), DbError> {
+    loop {
+        let opened = rt.db.connections_opened();
+        if opened != *checked {
+            super::rewind::verify(rt, super::Verify::Cursors).await?;
+            *checked = opened;
+            continue;
+        }
+        let cursors = rt.hub.cursors(events);
+        if cursors.is_empty() {
+            return Ok(());
+        }
         let (ids, afters): (Vec<i64>, Vec<i64>) = cursors.into_iter().unzip();
         let (frames, more) = event_log::read(&rt.db, &ids, &afters).await?;
+        if rt.db.connections_opened() != opened {
+            continue;
+        }
         rt.metrics.event_fetches.inc();
         record(rt, rt.hub.fan_out_events(frames));
         if more {
             rt.request_catch_up(ids, false);
         }
+        return Ok(());
     }
+}
+
+async fn serve_summaries(
+    rt: &Realtime,
+    inbox: &HashSet<i64>,
+    presence: &HashSet<i64>,
+) -> Result<(), DbError> {
     let summaries = (!inbox.is_empty() || !presence.is_empty()) && rt.hub.has_inbox();
     if !summaries && presence.is_empty() {
         return Ok(());

@@ -99,6 +99,10 @@ enum Delivery {
 struct TicketEntry {
     /// The last version fanned out; `None` until a subscriber's first read seeds it.
     delivered: Option<i64>,
+    /// The frame of that version when the hub sent it (shared bytes): after
+    /// a reconnect it tells whether the database still has the same event
+    /// there (`rewind`).
+    last_frame: Option<ByteString>,
     /// A notification arrived before the entry was seeded.
     pending: bool,
     subscribers: HashMap<ConnId, ConnHandle>,
@@ -228,12 +232,13 @@ impl Hub {
             .collect()
     }
 
-    /// Every watched ticket with its cursor (`None` while not seeded yet).
-    pub fn all_cursors(&self) -> Vec<(i64, Option<i64>)> {
+    /// Every watched ticket with its cursor (`None` while not seeded yet)
+    /// and the frame of that version if the hub sent it.
+    pub fn all_cursors(&self) -> Vec<(i64, Option<i64>, Option<ByteString>)> {
         self.lock()
             .tickets
             .iter()
-            .map(|(id, entry)| (*id, entry.delivered))
+            .map(|(id, entry)| (*id, entry.delivered, entry.last_frame.clone()))
             .collect()
     }
 
@@ -280,6 +285,7 @@ impl Hub {
                 _ => continue,
             }
             entry.delivered = Some(version);
+            entry.last_frame = Some(frame.clone());
             for conn in entry.subscribers.values() {
                 let item = Outbound::Event {
                     ticket_id,

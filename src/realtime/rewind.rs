@@ -9,12 +9,10 @@
 //! - the history's identity changed: the cluster's system identifier (a
 //!   different cluster) or its timeline (a restore that ended recovery, a
 //!   promoted replica): every watched ticket is reset;
-//! - a watched ticket's version is below the hub's cursor, or the ticket is
-//!   gone: that ticket is reset.
-//!
-//! A restore of the same cluster on the same timeline whose new writes
-//! already went past a cursor before livedesk reconnected shows neither
-//! sign; docs/reliability.md lists it as a known limit.
+//! - a watched ticket's version is below the hub's cursor, the ticket is
+//!   gone, or the event at the cursor is not the one the hub sent (another
+//!   commit time): that ticket is reset. The last check catches a copy put
+//!   back on the same timeline whose new writes already went past a cursor.
 
 use std::collections::HashMap;
 
@@ -43,28 +41,58 @@ pub async fn verify(rt: &Realtime, verify: Verify) -> Result<(), DbError> {
     if cursors.is_empty() {
         return Ok(());
     }
-    let ids: Vec<i64> = cursors.iter().map(|(id, _)| *id).collect();
-    let now: HashMap<i64, i64> = {
-        let client = rt.db.client().await?;
-        let statement = client
-            .prepare_cached("SELECT id, version FROM tickets WHERE id = ANY($1)")
-            .await?;
-        client
-            .query(&statement, &[&ids])
-            .await?
-            .iter()
-            .map(|row| (row.get(0), row.get(1)))
-            .collect()
-    };
+    let ids: Vec<i64> = cursors.iter().map(|(id, _, _)| *id).collect();
+    // The commit time the hub saw for the event at each cursor.
+    let sent: Vec<(i64, i64, String)> = cursors
+        .iter()
+        .filter_map(|(id, cursor, frame)| Some((*id, (*cursor)?, event_time(frame.as_ref()?)?)))
+        .collect();
+    let client = rt.db.client().await?;
+    let statement = client
+        .prepare_cached("SELECT id, version FROM tickets WHERE id = ANY($1)")
+        .await?;
+    let now: HashMap<i64, i64> = client
+        .query(&statement, &[&ids])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let (sent_ids, sent_versions): (Vec<i64>, Vec<i64>) =
+        sent.iter().map(|(id, version, _)| (*id, *version)).unzip();
+    let statement = client
+        .prepare_cached(
+            "SELECT c.id, ld_ts(e.created_at) \
+             FROM unnest($1::bigint[], $2::bigint[]) AS c(id, version) \
+             LEFT JOIN ticket_events e ON e.ticket_id = c.id AND e.version = c.version",
+        )
+        .await?;
+    let stored: HashMap<i64, Option<String>> = client
+        .query(&statement, &[&sent_ids, &sent_versions])
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    drop(client);
+    let rewritten: std::collections::HashSet<i64> = sent
+        .iter()
+        .filter(|(id, _, at)| stored.get(id).is_some_and(|now| now.as_deref() != Some(at)))
+        .map(|(id, _, _)| *id)
+        .collect();
+    tracing::debug!(
+        ?verify,
+        tickets = now.len(),
+        checked = sent.len(),
+        "cursors checked against the database"
+    );
     let mut reset = 0;
-    for (ticket_id, cursor) in cursors {
+    for (ticket_id, cursor, _) in cursors {
         let version = now.get(&ticket_id).copied();
         let behind = match (version, cursor) {
             (None, _) => true,
             (Some(v), Some(c)) => v < c,
             (Some(_), None) => false,
         };
-        if verify == Verify::All || behind {
+        if verify == Verify::All || behind || rewritten.contains(&ticket_id) {
             tracing::warn!(
                 ticket_id,
                 delivered = cursor,
@@ -99,4 +127,13 @@ pub fn observe(rt: &Realtime, seen: Option<String>, reconnect: bool) {
     if seen.is_some() {
         *known = seen;
     }
+}
+
+/// The `at` (commit time, as SQL wrote it) of an event frame.
+fn event_time(frame: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct At {
+        at: String,
+    }
+    serde_json::from_str::<At>(frame).ok().map(|a| a.at)
 }
