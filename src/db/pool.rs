@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::DbError;
@@ -14,10 +14,17 @@ use super::DbError;
 /// The default budget of one exchange with PostgreSQL (`LIVEDESK_DB_TIMEOUT_MS`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A pooled connection is checked with an empty query before each use, at
-/// most this long: one that died silently (or is stuck behind a query whose
+/// A pooled connection is checked with an empty query before use, at most
+/// this long: one that died silently (or is stuck behind a query whose
 /// caller gave up) is dropped and replaced instead of hanging its next user.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection handed out less than this long ago is not checked again:
+/// it just answered (a caller gives up only after the timeout, which is
+/// longer), and a check per checkout doubled the round trips of every HTTP
+/// request under load (docs/benchmarks.md). Connections idle for longer —
+/// the ones that can have died unnoticed — are still checked.
+const CHECK_WHEN_IDLE_FOR: Duration = Duration::from_millis(1000);
 
 /// Where the database is and a pool of connections to it.
 #[derive(Clone)]
@@ -63,18 +70,38 @@ impl Database {
             config.clone(),
             NoTls,
             ManagerConfig {
-                // One empty round trip per checkout (tens of µs locally):
-                // TCP keepalives cannot see a peer that accepts bytes and
-                // never answers, this check can (within CHECK_TIMEOUT).
-                recycling_method: RecyclingMethod::Verified,
+                // Closed connections are dropped here; the empty-query check
+                // is the pre_recycle hook below, for idle connections only.
+                recycling_method: RecyclingMethod::Fast,
             },
         );
+        let check_within = CHECK_TIMEOUT.min(timeout);
+        let check_when_idle_for = CHECK_WHEN_IDLE_FOR.min(timeout / 2);
         let opened = Arc::new(AtomicU64::new(0));
         let count = opened.clone();
         let pool = Pool::builder(manager)
             .post_create(Hook::sync_fn(move |_, _| {
                 count.fetch_add(1, Ordering::AcqRel);
                 Ok(())
+            }))
+            // One empty round trip (tens of µs locally) for a connection
+            // that was idle: TCP keepalives cannot see a peer that accepts
+            // bytes and never answers, this check can (within the timeout).
+            .pre_recycle(Hook::async_fn(move |client, metrics| {
+                Box::pin(async move {
+                    if metrics.last_used() < check_when_idle_for {
+                        return Ok(());
+                    }
+                    match tokio::time::timeout(check_within, client.simple_query("")).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(HookError::message(format!(
+                            "pooled connection failed its check: {e}"
+                        ))),
+                        Err(_) => Err(HookError::message(
+                            "pooled connection did not answer its check",
+                        )),
+                    }
+                })
             }))
             .max_size(size)
             .runtime(Runtime::Tokio1)
