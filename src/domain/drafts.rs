@@ -9,9 +9,10 @@ use super::{json_call, Agent, DomainError, RawJson};
 use crate::db::Database;
 
 /// The body of `PUT /api/tickets/{id}/draft`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DraftInput {
+    /// `reply` or `note`.
     pub kind: String,
     pub body: String,
     #[serde(default)]

@@ -6,12 +6,14 @@ use super::{json_call, DomainError, RawJson};
 use crate::db::Database;
 
 /// The body of `PUT /api/fields/{key}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FieldDefinition {
     pub label: String,
     #[serde(rename = "type")]
+    /// `text`, `number`, `date`, `select`, `multiselect` or `checkbox`.
     pub kind: String,
+    /// The choices of a `select` or `multiselect` field: distinct strings.
     pub options: Option<serde_json::Value>,
     pub position: Option<i32>,
 }

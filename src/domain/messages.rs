@@ -7,12 +7,15 @@ use super::{Agent, DomainError, RawJson};
 use crate::db::Database;
 
 /// The body of `POST /api/tickets/{id}/messages`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
+    /// `reply`, `note`, or (service tokens) `customer`.
     pub kind: String,
     pub body: String,
+    /// Replies: the newest message the author saw (0: none).
     pub seen_message_id: Option<i64>,
+    /// An idempotency key: a retry answers 200 with the first message.
     pub client_id: Option<String>,
     pub customer: Option<CustomerRef>,
 }

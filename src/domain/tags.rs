@@ -7,7 +7,7 @@ use super::{json_call, Agent, DomainError, RawJson};
 use crate::db::Database;
 
 /// The body of `POST /api/tickets/{id}/tags`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagDelta {
     #[serde(default)]

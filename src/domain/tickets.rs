@@ -6,7 +6,7 @@ use super::{json_call, Agent, DomainError, RawJson};
 use crate::db::Database;
 
 /// A customer named by a writer; matched on email.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerRef {
     pub email: String,
@@ -14,23 +14,30 @@ pub struct CustomerRef {
 }
 
 /// The body of `POST /api/tickets`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTicket {
+    /// A chat may omit it: the first line of `body` (≤ 120 characters).
     pub subject: Option<String>,
+    /// `email`, `chat`, `phone`, `web` or `api`.
     pub channel: Option<String>,
     pub customer: Option<CustomerRef>,
+    /// The first message (a customer's when a customer is named).
     pub body: Option<String>,
 }
 
 /// Filters of `GET /api/tickets` (values validated by SQL).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct TicketFilter {
+    /// `new`, `open`, `pending`, `resolved` or `closed`.
     pub status: Option<String>,
+    /// `me`, `none` or an agent id.
     pub assignee: Option<String>,
     pub tag: Option<String>,
     pub limit: Option<i32>,
+    /// A ticket id: the page after it (`next_before` of the previous page).
     pub before: Option<i64>,
 }
 

@@ -5,6 +5,7 @@ pub mod agent_watch;
 pub mod auth;
 pub mod errors;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod web_console;
 
@@ -74,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .service(routes::tags::change)
     .service(routes::fields::list)
     .service(routes::fields::put)
+    .service(openapi::document)
     .route("/ws", web::get().to(crate::realtime::handshake::upgrade))
     .configure(web_console::configure)
     .default_service(web::to(not_found));

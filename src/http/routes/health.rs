@@ -6,6 +6,14 @@ use serde_json::json;
 use crate::http::AppState;
 
 /// 200 when the database answers and the LISTEN connection is up, else 503.
+#[utoipa::path(
+    operation_id = "healthz",
+    tag = "service",
+    responses(
+        (status = 200, description = "The database and the LISTEN connection are up", body = crate::http::openapi::Health),
+        (status = 503, description = "The database or the LISTEN connection is down", body = crate::http::openapi::Health),
+    ),
+)]
 #[get("/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let database = state.db.ping().await;
@@ -19,6 +27,13 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Prometheus text format.
+#[utoipa::path(
+    operation_id = "metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Prometheus text format (docs/metrics.md)", body = String, content_type = "text/plain"),
+    ),
+)]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let status = state.db.pool().status();

@@ -11,6 +11,19 @@ use crate::domain::{Agent, DomainError, RawJson};
 use crate::http::{ApiError, AppState};
 
 /// `GET /api/tickets`: newest first, filtered, paged by `before`.
+#[utoipa::path(
+    operation_id = "list_tickets",
+    tag = "tickets",
+    params(TicketFilter),
+    responses(
+        (status = 200, description = "Tickets, newest first", body = crate::http::openapi::TicketList),
+        (status = 400, description = "An invalid query parameter", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this token (or bad ones from this address)", body = crate::http::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable; try again shortly", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 #[get("/api/tickets")]
 pub async fn list(
     state: web::Data<AppState>,
@@ -22,6 +35,20 @@ pub async fn list(
 }
 
 /// `POST /api/tickets`.
+#[utoipa::path(
+    operation_id = "create_ticket",
+    tag = "tickets",
+    request_body = NewTicket,
+    responses(
+        (status = 201, description = "The new ticket", body = crate::http::openapi::Ticket),
+        (status = 400, description = "Bad JSON, an unknown or invalid field", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "The body (or a message body, a custom text value) is too large", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this token (or bad ones from this address)", body = crate::http::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable; try again shortly", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 #[post("/api/tickets")]
 pub async fn create(
     state: web::Data<AppState>,
@@ -37,6 +64,19 @@ pub async fn create(
 
 /// `GET /api/tickets/{id}`: the ticket, its newest messages, who is on it
 /// now and who has an unsent draft on it (so nobody starts a second answer).
+#[utoipa::path(
+    operation_id = "get_ticket",
+    tag = "tickets",
+    params(("id" = i64, Path, description = "The ticket id")),
+    responses(
+        (status = 200, description = "The ticket, its newest 50 messages, its viewers and draft markers", body = crate::http::openapi::TicketDetail),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this token (or bad ones from this address)", body = crate::http::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable; try again shortly", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 #[get("/api/tickets/{id}")]
 pub async fn get(
     state: web::Data<AppState>,
@@ -54,8 +94,9 @@ pub async fn get(
 }
 
 /// Query of `GET /api/tickets/{id}/messages`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     pub before: Option<i64>,
     pub limit: Option<i32>,
@@ -66,6 +107,20 @@ const MESSAGES_PAGE_MAX: i32 = 200;
 
 /// `GET /api/tickets/{id}/messages?before=&limit=`: older messages, oldest
 /// first, with `messages_before` pointing at the next older page (or null).
+#[utoipa::path(
+    operation_id = "list_messages",
+    tag = "tickets",
+    params(("id" = i64, Path, description = "The ticket id"), MessagesQuery),
+    responses(
+        (status = 200, description = "An older page of messages, oldest first", body = crate::http::openapi::MessagePage),
+        (status = 400, description = "An invalid query parameter", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this token (or bad ones from this address)", body = crate::http::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable; try again shortly", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 #[get("/api/tickets/{id}/messages")]
 pub async fn messages(
     state: web::Data<AppState>,
@@ -100,13 +155,33 @@ pub async fn messages(
 }
 
 /// The body of `PATCH /api/tickets/{id}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
+    /// Field → `{"from", "to"}`: `subject`, `status`, `priority`,
+    /// `assignee_id`, `custom_fields.<key>`.
+    #[schema(value_type = std::collections::BTreeMap<String, crate::http::openapi::Change>)]
     pub changes: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `PATCH /api/tickets/{id}`: per-field compare-and-set, all or nothing.
+#[utoipa::path(
+    operation_id = "patch_ticket",
+    tag = "tickets",
+    params(("id" = i64, Path, description = "The ticket id"), ("If-Match" = Option<String>, Header, description = "\"<version>\": demand that the whole ticket is unchanged")),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The ticket after the changes (all or nothing)", body = crate::http::openapi::Ticket),
+        (status = 400, description = "Bad JSON, an unknown field, an invalid value or If-Match header", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "already_assigned, stale_version (If-Match) or field_conflict: nothing was applied", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "The body (or a message body, a custom text value) is too large", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this token (or bad ones from this address)", body = crate::http::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable; try again shortly", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 #[patch("/api/tickets/{id}")]
 pub async fn patch(
     state: web::Data<AppState>,
@@ -122,8 +197,9 @@ pub async fn patch(
 }
 
 /// Query of `GET /api/tickets/{id}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     #[serde(default)]
     pub since: i64,
@@ -131,6 +207,20 @@ pub struct EventsQuery {
 }
 
 /// `GET /api/tickets/{id}/events?since=&limit=`.
+#[utoipa::path(
+    operation_id = "list_events",
+    tag = "tickets",
+    params(("id" = i64, Path, description = "The ticket id"), EventsQuery),
+    responses(
+        (status = 200, description = "The events after since, in version order", body = crate::http::openapi::EventList),
+        (status = 400, description = "An invalid query parameter", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "No such ticket", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this token (or bad ones from this address)", body = crate::http::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable; try again shortly", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 #[get("/api/tickets/{id}/events")]
 pub async fn events(
     state: web::Data<AppState>,
