@@ -337,3 +337,35 @@ async fn websockets_of_a_disabled_agent_close_with_4001_on_every_process() {
         }
     }
 }
+
+/// A subscribe/unsubscribe loop (a snapshot each) is answered `rate_limited`
+/// past its budget; the connection stays.
+#[tokio::test]
+async fn a_subscribe_loop_is_rate_limited() {
+    use common::ws::WsClient;
+    // The frame budget is tested elsewhere: here only the subscribe budget.
+    let mut settings = test_settings();
+    settings.max_frames_per_second = 100_000;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "Refund").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    for _ in 0..100 {
+        ws.send(json!({"type": "subscribe", "ticket_id": id})).await;
+        ws.send(json!({"type": "unsubscribe", "ticket_id": id})).await;
+    }
+    ws.send(json!({"type": "ping"})).await;
+    let (mut snapshots, mut limited) = (0, 0);
+    loop {
+        let frame = ws.next().await;
+        match frame["type"].as_str() {
+            Some("snapshot") => snapshots += 1,
+            Some("error") if frame["code"] == "rate_limited" => limited += 1,
+            Some("pong") => break,
+            _ => {}
+        }
+    }
+    assert!(limited >= 40, "{snapshots} snapshots, {limited} refused");
+    assert!(snapshots <= 60, "{snapshots} snapshots, {limited} refused");
+    assert!(app.metric("livedesk_rate_limited_total").await >= limited);
+}

@@ -57,7 +57,15 @@ pub(super) struct Session {
     inbox: bool,
     last_heard: Instant,
     window: (Instant, u32),
+    /// Subscribes cost a snapshot each: a subscribe/unsubscribe loop is
+    /// answered `rate_limited` past this budget (contract §5a).
+    subscribes: governor::DefaultDirectRateLimiter,
 }
+
+/// Subscribes per second per connection, and the burst above it (a console
+/// opening a view subscribes a handful of tickets at once).
+const SUBSCRIBES_PER_SECOND: u32 = 5;
+const SUBSCRIBE_BURST: u32 = 50;
 
 struct PresenceSlot {
     wanted: PresenceState,
@@ -84,6 +92,14 @@ impl Session {
             inbox: false,
             last_heard: Instant::now(),
             window: (Instant::now(), 0),
+            subscribes: governor::RateLimiter::direct(
+                governor::Quota::per_second(
+                    std::num::NonZeroU32::new(SUBSCRIBES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
+                )
+                .allow_burst(
+                    std::num::NonZeroU32::new(SUBSCRIBE_BURST).unwrap_or(std::num::NonZeroU32::MIN),
+                ),
+            ),
         }
     }
 
@@ -213,6 +229,19 @@ impl Session {
         match frame {
             ClientFrame::Ping {} => self.send(ws, r#"{"type":"pong"}"#.into()).await,
             ClientFrame::Subscribe { ticket_id, since } => {
+                if self.subscribes.check().is_err() {
+                    self.rt.metrics.rate_limited.inc();
+                    return self
+                        .send(
+                            ws,
+                            protocol::error_frame(
+                                "rate_limited",
+                                "Too many subscribes: slow down and try again in a second.",
+                                Some(ticket_id),
+                            ),
+                        )
+                        .await;
+                }
                 self.subscribe(ws, ticket_id, since).await
             }
             ClientFrame::Unsubscribe { ticket_id } => {
