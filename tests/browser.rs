@@ -258,6 +258,14 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
                             stdin.write_all(b"SQL_DONE\n").await.unwrap();
                             stdin.flush().await.unwrap();
                         }
+                        if line == "DISABLE_CAROL" {
+                            // `livedesk agent disable carol@e2e.test`, as the CLI does it.
+                            agents::set_disabled(&app.db, "carol@e2e.test", true)
+                                .await
+                                .expect("disable Carol");
+                            stdin.write_all(b"SQL_DONE\n").await.unwrap();
+                            stdin.flush().await.unwrap();
+                        }
                         if line == "SQL_CHANNEL_CUSTOMER" {
                             // Another service moves the ticket to chat with a new customer.
                             let n = sql

@@ -359,7 +359,7 @@ async fn long_threads_are_paged_newest_first_oldest_first_within_a_page() {
 }
 
 #[tokio::test]
-async fn the_agent_directory_lists_agents_by_name_without_secrets() {
+async fn the_agent_directory_lists_enabled_agents_by_name_without_secrets() {
     let app = TestApp::spawn().await;
     let (_, tz) = app.agent("Zoe", "agent").await;
     app.agent("adam", "admin").await;
@@ -374,6 +374,29 @@ async fn the_agent_directory_lists_agents_by_name_without_secrets() {
         keys.sort();
         assert_eq!(keys, ["avatar_url", "id", "name", "role"], "{a}");
     }
+    // A disabled agent (contract §5a) is not offered for assigning.
+    let adam = &agents[0];
+    let email: String = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT email FROM agents WHERE id = $1",
+            &[&adam["id"].as_i64().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    livedesk::domain::agents::set_disabled(&app.db, &email, true)
+        .await
+        .unwrap();
+    let (_, body) = app.get("/api/agents", &tz).await;
+    let names: Vec<&str> = body["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Gateway", "Zoe"], "{body}");
     let (status, body) = send(app.http.get(format!("{}/api/agents", app.base))).await;
     assert_eq!((status, error_code(&body)), (401, "unauthorized"));
 }

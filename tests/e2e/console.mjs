@@ -817,6 +817,33 @@ async function main() {
   await axeCheck(visitor, 'the login form');
   await visitorCtx.close();
 
+  // ---------------------------------------------------------------- access revoked (close code 4001)
+  // Carol is logged in; an admin disables her: her socket is closed with
+  // 4001, the console says why and shows the login form, and it does not
+  // reconnect with the dead token.
+  currentStep = 'revoked';
+  const revokedCtx = await browser.newContext({ viewport: { width: 1300, height: 900 }, baseURL: BASE });
+  const revoked = await revokedCtx.newPage();
+  let sockets = 0;
+  revoked.on('websocket', () => {
+    sockets += 1;
+  });
+  await revoked.goto(`/#token=${encodeURIComponent(CAROL.token)}`);
+  await revoked.waitForFunction((sel) => document.querySelector(sel)?.dataset.state === 'live', t('conn-state'), { timeout: WAIT });
+  await askRust('DISABLE_CAROL');
+  await revoked.getByRole('alert').filter({ hasText: 'Your access was revoked' }).waitFor({ timeout: 10_000 }).then(
+    () => check(true, 'Carol is told "Your access was revoked…"'),
+    () => check(false, 'Carol is told "Your access was revoked…"'),
+  );
+  check(await revoked.getByLabel('Access token').isVisible(), 'the login form is shown');
+  const socketsThen = sockets;
+  await sleep(3000);
+  check(sockets === socketsThen && sockets === 1, `no reconnect with the revoked token (${sockets} WebSocket${sockets === 1 ? '' : 's'} opened)`);
+  const revokedShot = `${String(++shotNo).padStart(2, '0')}-revoked-C.png`;
+  await revoked.screenshot({ path: path.join(SHOTS, revokedShot), fullPage: true });
+  shots.push(revokedShot);
+  await revokedCtx.close();
+
   // ---------------------------------------------------------------- still healthy
   currentStep = 'final';
   for (const agent of [A, B]) {
