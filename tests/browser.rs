@@ -1,9 +1,14 @@
 //! The web console end to end, in a real browser (Debian's Chromium driven by
 //! Playwright, `tests/e2e/console.mjs`) against a real server and database:
-//! two agents on one ticket — presence (viewing, typing, idle), a live note,
-//! the duplicate-reply race, concurrent tag edits, the Take race, and a direct
-//! SQL update of the subject. Screenshots go to
-//! `<target>/e2e-screenshots/`. See docs/browser-tests.md.
+//! two agents on one ticket — presence (viewing, typing a reply / writing a
+//! note, has a draft, idle), a live note, the duplicate-reply race, a reply
+//! held because a colleague's reply or a customer message arrived while
+//! writing, drafts kept in the database (reload, ticket switch, another
+//! device), concurrent tag edits, the Take and handover races, direct SQL
+//! writes (subject, channel and customer, an assignment that notifies, a
+//! permanent hole in the event log), history, Load earlier, close code 4001
+//! and axe-core scans. Screenshots go to `<target>/e2e-screenshots/`. See
+//! docs/browser-tests.md.
 //!
 //! Ignored by default (it needs Chromium and `npm ci` in tests/e2e); CI runs
 //! it with `--include-ignored`. When run, a missing browser or module fails
