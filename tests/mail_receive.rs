@@ -142,6 +142,36 @@ fn real_world_shapes_are_decoded() {
     );
 }
 
+/// Postfix's pipe and fetchmail hand over bare LF line ends, and an mbox
+/// "From " line may come first: the same message either way.
+#[test]
+fn line_ends_and_an_mbox_from_line_do_not_matter() {
+    for name in [
+        "outlook.eml",
+        "apple_mail.eml",
+        "windows1251.eml",
+        "gmail_reply.eml",
+    ] {
+        let crlf = fixture(name);
+        let lf: Vec<u8> = {
+            let mut out = b"From MAILER-DAEMON Tue Nov 14 09:12:44 2023\n".to_vec();
+            let mut bytes = crlf.iter().peekable();
+            while let Some(&b) = bytes.next() {
+                if b == b'\r' && bytes.peek() == Some(&&b'\n') {
+                    continue;
+                }
+                out.push(b);
+            }
+            out
+        };
+        assert_eq!(
+            inbound::parse(&lf).unwrap(),
+            inbound::parse(&crlf).unwrap(),
+            "{name}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn each_fixture_becomes_an_email_ticket_written_by_the_gateway() {
     let app = TestApp::spawn().await;

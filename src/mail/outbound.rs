@@ -125,10 +125,16 @@ impl Sender {
             if stop.is_cancelled() {
                 return;
             }
+            let started = tokio::time::Instant::now();
             match self.session(&stop).await {
                 Ok(()) => return,
                 Err(MailError::Stopped) => return,
                 Err(e) => {
+                    // A session that worked for a while was not part of an
+                    // outage: start the backoff over.
+                    if started.elapsed() > self.settings.retry_max() {
+                        backoff = self.settings.retry();
+                    }
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                                    "mail sender: database trouble, starting over");
                 }
