@@ -75,8 +75,7 @@ async fn serve(
         print_demo_links(&handle.db, &base, agents).await?;
     } else if agents::list(&handle.db).await?.is_empty() {
         // The token itself is never shown: the link logs in once, within a day.
-        let (agent, _) =
-            agents::add(&handle.db, "Admin", "admin@livedesk.local", "admin").await?;
+        let (agent, _) = agents::add(&handle.db, "Admin", "admin@livedesk.local", "admin").await?;
         let code = agents::login_link(&handle.db, agent.id, LOGIN_LINK_LIFETIME).await?;
         println!(
             "First start: created the admin agent {} <{}>.",

@@ -238,7 +238,12 @@ pub struct Settings {
     pub max_connections: usize,
 
     /// WebSocket connections one agent may hold per process (further ones get 429).
-    #[arg(long, env = "LIVEDESK_MAX_CONNECTIONS_PER_AGENT", default_value_t = 20, global = true)]
+    #[arg(
+        long,
+        env = "LIVEDESK_MAX_CONNECTIONS_PER_AGENT",
+        default_value_t = 20,
+        global = true
+    )]
     pub max_connections_per_agent: usize,
 
     /// HTTP worker threads (default: one per CPU core).

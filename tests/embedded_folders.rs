@@ -11,7 +11,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use livedesk::db::embedded::{EmbeddedError, EmbeddedOptions, EmbeddedPostgres};
 
 fn temp(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap()
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap()
 }
 
 fn start(dir: &std::path::Path) -> Result<EmbeddedPostgres, EmbeddedError> {
@@ -25,10 +28,19 @@ fn a_folder_others_can_write_is_refused() {
     let dir = temp("livedesk-shared-");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o1777)).unwrap();
     let error = start(dir.path()).unwrap_err();
-    assert!(matches!(error, EmbeddedError::UnsafeFolder { .. }), "{error}");
+    assert!(
+        matches!(error, EmbeddedError::UnsafeFolder { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains("others may write"), "{error}");
-    assert!(!error.to_string().contains("/tmp)"), "no suggestion of /tmp: {error}");
-    assert!(fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing was written");
+    assert!(
+        !error.to_string().contains("/tmp)"),
+        "no suggestion of /tmp: {error}"
+    );
+    assert!(
+        fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing was written"
+    );
 }
 
 #[test]
@@ -40,7 +52,10 @@ fn a_folder_of_another_user_is_refused() {
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     nix::unistd::chown(dir.path(), Some(nobody.uid), Some(nobody.gid)).unwrap();
     let error = start(dir.path()).unwrap_err();
-    assert!(error.to_string().contains("belongs to another user"), "{error}");
+    assert!(
+        error.to_string().contains("belongs to another user"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn seed() -> u64 {
     std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand_seed())
+        .unwrap_or_else(rand_seed)
 }
 
 fn rand_seed() -> u64 {
@@ -46,7 +46,10 @@ fn cases(default: usize) -> usize {
 fn runner(seed: u64) -> TestRunner {
     let mut bytes = [0u8; 32];
     bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
+    TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    )
 }
 
 /// One value of a strategy.
@@ -76,7 +79,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         (-3i64..50).prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         text().prop_map(Value::from),
     ];
     leaf.prop_recursive(6, 64, 8, |inner| {
@@ -103,7 +107,8 @@ fn field_name() -> impl Strategy<Value = String> {
 
 /// A body close to what an endpoint expects, with random values inside.
 fn shaped_body() -> impl Strategy<Value = Value> {
-    let change = (json_value(), json_value()).prop_map(|(from, to)| json!({"from": from, "to": to}));
+    let change =
+        (json_value(), json_value()).prop_map(|(from, to)| json!({"from": from, "to": to}));
     prop_oneof![
         (prop::collection::btree_map(field_name(), change, 0..4))
             .prop_map(|m| json!({"changes": Value::Object(m.into_iter().collect())})),
@@ -155,11 +160,25 @@ fn request() -> impl Strategy<Value = Request> {
     ];
     let path = (
         prop::sample::select(vec![
-            "/api/me", "/api/tickets", "/api/tickets/{id}", "/api/tickets/{id}/messages",
-            "/api/tickets/{id}/tags", "/api/tickets/{id}/events", "/api/tickets/{id}/draft",
-            "/api/tickets/{id}/drafts", "/api/fields", "/api/fields/{key}", "/api/agents",
-            "/healthz", "/metrics", "/api/openapi.json", "/api", "/api/tickets/{id}/x/y",
-            "/%2e%2e/etc/passwd", "/app.js", "/nope.css",
+            "/api/me",
+            "/api/tickets",
+            "/api/tickets/{id}",
+            "/api/tickets/{id}/messages",
+            "/api/tickets/{id}/tags",
+            "/api/tickets/{id}/events",
+            "/api/tickets/{id}/draft",
+            "/api/tickets/{id}/drafts",
+            "/api/fields",
+            "/api/fields/{key}",
+            "/api/agents",
+            "/healthz",
+            "/metrics",
+            "/api/openapi.json",
+            "/api",
+            "/api/tickets/{id}/x/y",
+            "/%2e%2e/etc/passwd",
+            "/app.js",
+            "/nope.css",
         ]),
         id,
         prop::sample::select(vec!["plan", "order_ref", "X", "a-b", "1abc", ""]),
@@ -178,16 +197,24 @@ fn request() -> impl Strategy<Value = Request> {
             }
             path
         });
-    let content_type = prop::option::of(prop::sample::select(vec![
-        "application/json", "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin1",
-    ]).prop_map(str::to_string));
-    (method, path, 0usize..5, content_type, body()).prop_map(|(method, path, token, content_type, body)| Request {
-        method: method.to_string(),
-        path,
-        token,
-        content_type,
-        body,
-    })
+    let content_type = prop::option::of(
+        prop::sample::select(vec![
+            "application/json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "application/json; charset=latin1",
+        ])
+        .prop_map(str::to_string),
+    );
+    (method, path, 0usize..5, content_type, body()).prop_map(
+        |(method, path, token, content_type, body)| Request {
+            method: method.to_string(),
+            path,
+            token,
+            content_type,
+            body,
+        },
+    )
 }
 
 /// What the tables hold, in one comparable value.
@@ -217,7 +244,13 @@ async fn generated_http_requests_never_break_the_rules() {
     let (_, admin) = app.agent("Ada", "admin").await;
     let (_, service) = app.agent("Widget", "service").await;
     let ticket = app.ticket(&agent, "Fuzzed").await["id"].as_i64().unwrap();
-    let tokens = [agent.clone(), admin, service, "ldk_garbage".to_string(), String::new()];
+    let tokens = [
+        agent.clone(),
+        admin,
+        service,
+        "ldk_garbage".to_string(),
+        String::new(),
+    ];
     let sql = app.sql().await;
     let mut runner = runner(seed);
     let strategy = request();
@@ -227,7 +260,9 @@ async fn generated_http_requests_never_break_the_rules() {
         let request = draw(&mut runner, &strategy);
         let path = request.path.replace("{ticket}", &ticket.to_string());
         let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap();
-        let mut builder = app.http.request(method.clone(), format!("{}{}", app.base, path));
+        let mut builder = app
+            .http
+            .request(method.clone(), format!("{}{}", app.base, path));
         if !tokens[request.token].is_empty() {
             builder = builder.bearer_auth(&tokens[request.token]);
         }
@@ -239,8 +274,16 @@ async fn generated_http_requests_never_break_the_rules() {
             Body::Json(v) => builder.body(v.to_string()),
             Body::Bytes(b) => builder.body(b.clone()),
         };
-        let context = || format!("seed {seed}, case {n}: {} {path} {:?}", request.method, request.body);
-        let response = builder.send().await.unwrap_or_else(|e| panic!("{}: {e}", context()));
+        let context = || {
+            format!(
+                "seed {seed}, case {n}: {} {path} {:?}",
+                request.method, request.body
+            )
+        };
+        let response = builder
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", context()));
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         assert!(status < 500, "{}: {status} {text}", context());
@@ -251,7 +294,11 @@ async fn generated_http_requests_never_break_the_rules() {
                     .unwrap_or_else(|_| panic!("{}: not JSON: {text}", context()));
                 let code = body["error"]["code"].as_str().unwrap_or_default();
                 let message = body["error"]["message"].as_str().unwrap_or_default();
-                assert!(!code.is_empty() && !message.is_empty(), "{}: {text}", context());
+                assert!(
+                    !code.is_empty() && !message.is_empty(),
+                    "{}: {text}",
+                    context()
+                );
                 assert!(
                     !message.contains("constraint") && !message.contains("relation"),
                     "{}: database internals in {message}",
@@ -259,7 +306,12 @@ async fn generated_http_requests_never_break_the_rules() {
                 );
             }
             let after = checksum(&sql).await;
-            assert_eq!(after, before, "{}: a refused request changed the database", context());
+            assert_eq!(
+                after,
+                before,
+                "{}: a refused request changed the database",
+                context()
+            );
         } else {
             accepted += 1;
             before = checksum(&sql).await;
@@ -282,8 +334,17 @@ async fn generated_http_requests_never_break_the_rules() {
 fn frame() -> impl Strategy<Value = Message> {
     let typed = (
         prop::sample::select(vec![
-            "subscribe", "unsubscribe", "subscribe_inbox", "presence", "ping", "pong", "hello",
-            "event", "reset", "", "SUBSCRIBE",
+            "subscribe",
+            "unsubscribe",
+            "subscribe_inbox",
+            "presence",
+            "ping",
+            "pong",
+            "hello",
+            "event",
+            "reset",
+            "",
+            "SUBSCRIBE",
         ]),
         prop::option::of(json_value()),
         prop::option::of(json_value()),
@@ -300,13 +361,13 @@ fn frame() -> impl Strategy<Value = Message> {
             if let Some(v) = state {
                 frame["state"] = v;
             }
-            Message::Text(frame.to_string().into())
+            Message::Text(frame.to_string())
         });
     prop_oneof![
         6 => typed,
-        2 => json_value().prop_map(|v| Message::Text(v.to_string().into())),
-        1 => "[ -~]{0,200}".prop_map(|s| Message::Text(s.into())),
-        1 => prop::collection::vec(any::<u8>(), 0..200).prop_map(|b| Message::Binary(b.into())),
+        2 => json_value().prop_map(|v| Message::Text(v.to_string())),
+        1 => "[ -~]{0,200}".prop_map(Message::Text),
+        1 => prop::collection::vec(any::<u8>(), 0..200).prop_map(Message::Binary),
     ]
 }
 
@@ -337,8 +398,14 @@ async fn generated_websocket_frames_never_break_a_connection() {
                 Message::Text(text) => {
                     let frame: Value = serde_json::from_str(&text).unwrap();
                     if frame["type"] == "error" {
-                        assert!(frame["code"].as_str().is_some_and(|c| !c.is_empty()), "{frame}");
-                        assert!(frame["message"].as_str().is_some_and(|c| !c.is_empty()), "{frame}");
+                        assert!(
+                            frame["code"].as_str().is_some_and(|c| !c.is_empty()),
+                            "{frame}"
+                        );
+                        assert!(
+                            frame["message"].as_str().is_some_and(|c| !c.is_empty()),
+                            "{frame}"
+                        );
                         errors += 1;
                     }
                     if frame["type"] == "pong" {
@@ -359,14 +426,14 @@ async fn generated_websocket_frames_never_break_a_connection() {
         // (1009): that is checked once below, not 10,000 times here.
         if let Message::Text(text) = &message {
             if text.contains("\"ping\"") || text.len() > 60_000 {
-                message = Message::Text(json!({"type": "pong"}).to_string().into());
+                message = Message::Text(json!({"type": "pong"}).to_string());
             }
         }
         sink.send(message)
             .await
             .unwrap_or_else(|e| panic!("seed {seed}, frame {n}: the connection broke: {e}"));
     }
-    sink.send(Message::Text(json!({"type": "ping"}).to_string().into()))
+    sink.send(Message::Text(json!({"type": "ping"}).to_string()))
         .await
         .unwrap();
     let (errors, alive) = tokio::time::timeout(Duration::from_secs(60), reader)
@@ -376,9 +443,17 @@ async fn generated_websocket_frames_never_break_a_connection() {
     assert!(alive, "seed {seed}: the connection ended");
     eprintln!("{total} frames, {errors} error frames");
     // The neighbour still gets a change; nothing else changed.
-    assert_eq!(checksum(&sql).await, before, "seed {seed}: frames changed the database");
+    assert_eq!(
+        checksum(&sql).await,
+        before,
+        "seed {seed}: frames changed the database"
+    );
     let (status, _) = app
-        .patch(&format!("/api/tickets/{ticket}"), &agent, json!({"changes": {"priority": {"from": "normal", "to": "high"}}}))
+        .patch(
+            &format!("/api/tickets/{ticket}"),
+            &agent,
+            json!({"changes": {"priority": {"from": "normal", "to": "high"}}}),
+        )
         .await;
     assert_eq!(status, 200);
     let events = neighbour.events(ticket, 1, Duration::from_secs(5)).await;
@@ -386,8 +461,11 @@ async fn generated_websocket_frames_never_break_a_connection() {
 
     // Over the frame limit: closed with 1009, and the next connection works.
     let mut big = WsClient::connect(&app.base, &agent).await;
-    big.send_text(&format!("{{\"type\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(70_000)))
-        .await;
+    big.send_text(&format!(
+        "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    ))
+    .await;
     assert_eq!(
         big.closed(Duration::from_secs(5)).await,
         common::ws::Ended::Closed(Some(1009))

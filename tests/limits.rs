@@ -20,7 +20,10 @@ async fn until_status(app: &TestApp, token: &str, status: u16, limit: Duration) 
         if got == status {
             return;
         }
-        assert!(Instant::now() < deadline, "/api/me stayed {got}, not {status}");
+        assert!(
+            Instant::now() < deadline,
+            "/api/me stayed {got}, not {status}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -34,12 +37,16 @@ async fn a_disabled_agent_gets_401_at_once_and_again_200_when_enabled() {
         assert_eq!(app.get("/api/me", &token).await.0, 200);
     }
     let started = Instant::now();
-    agents::set_disabled(&app.db, &alice.email, true).await.unwrap();
+    agents::set_disabled(&app.db, &alice.email, true)
+        .await
+        .unwrap();
     until_status(&app, &token, 401, Duration::from_secs(1)).await;
     eprintln!("disable → 401 after {:?}", started.elapsed());
     let (status, body) = app.get("/api/tickets", &token).await;
     assert_eq!((status, error_code(&body)), (401, "unauthorized"));
-    agents::set_disabled(&app.db, &alice.email, false).await.unwrap();
+    agents::set_disabled(&app.db, &alice.email, false)
+        .await
+        .unwrap();
     until_status(&app, &token, 200, Duration::from_secs(1)).await;
 }
 
@@ -96,7 +103,10 @@ async fn a_token_past_its_rate_gets_429_with_retry_after() {
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!(ok + limited, 30, "{statuses:?}");
-    assert!((10..=14).contains(&ok), "burst of 10 (+ refills): {statuses:?}");
+    assert!(
+        (10..=14).contains(&ok),
+        "burst of 10 (+ refills): {statuses:?}"
+    );
     // Another token is not affected.
     let (_, other) = app.agent("Bob", "agent").await;
     assert_eq!(app.get("/api/me", &other).await.0, 200);
@@ -131,7 +141,10 @@ async fn a_flood_of_bad_tokens_does_not_starve_a_good_one() {
         assert!(matches!(status, 401 | 429), "{status} {body}");
         flood_statuses.push(status);
     }
-    assert!(agent_statuses.iter().all(|s| *s == 200), "{agent_statuses:?}");
+    assert!(
+        agent_statuses.iter().all(|s| *s == 200),
+        "{agent_statuses:?}"
+    );
     assert!(flood_statuses.contains(&429), "the flood was never limited");
     assert!(
         flood_statuses.iter().filter(|s| **s == 401).count() <= 40,
@@ -148,18 +161,30 @@ async fn sizes_are_bounded() {
     // 101 tags → 400, nothing added.
     let tags: Vec<String> = (0..101).map(|n| format!("t{n}")).collect();
     let (status, body) = app
-        .post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": tags}))
+        .post(
+            &format!("/api/tickets/{id}/tags"),
+            &token,
+            json!({"add": tags}),
+        )
         .await;
     assert_eq!(status, 400, "{body}");
     let (_, ticket) = app.get(&format!("/api/tickets/{id}"), &token).await;
     assert_eq!(ticket["ticket"]["tags"], json!([]));
     let tags: Vec<String> = (0..100).map(|n| format!("t{n}")).collect();
     let (status, _) = app
-        .post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": tags}))
+        .post(
+            &format!("/api/tickets/{id}/tags"),
+            &token,
+            json!({"add": tags}),
+        )
         .await;
     assert_eq!(status, 200);
     let (status, _) = app
-        .post(&format!("/api/tickets/{id}/tags"), &token, json!({"add": ["one-more"]}))
+        .post(
+            &format!("/api/tickets/{id}/tags"),
+            &token,
+            json!({"add": ["one-more"]}),
+        )
         .await;
     assert_eq!(status, 400);
     // Custom text values ≤ 4 KiB.
@@ -218,7 +243,9 @@ async fn answers_carry_protective_headers_and_metrics_labels_stay_bounded() {
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     assert_eq!(response.headers()["cache-control"], "no-store");
     let response = app.http.get(format!("{}/", app.base)).send().await.unwrap();
-    let csp = response.headers()["content-security-policy"].to_str().unwrap();
+    let csp = response.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
     assert!(csp.contains("connect-src 'self';"), "{csp}");
     assert!(!csp.contains("ws:"), "{csp}");
     for n in 0..20 {
@@ -240,12 +267,22 @@ async fn conflicts_and_rate_limits_are_counted_in_metrics() {
     let app = TestApp::spawn_with(settings).await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "Refund").await["id"].as_i64().unwrap();
-    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"field_conflict\"}").await, 0);
+    assert_eq!(
+        app.metric("livedesk_conflicts_total{rule=\"field_conflict\"}")
+            .await,
+        0
+    );
     let stale = json!({"changes": {"status": {"from": "pending", "to": "open"}}});
-    let (status, _) = app.patch(&format!("/api/tickets/{id}"), &token, stale).await;
+    let (status, _) = app
+        .patch(&format!("/api/tickets/{id}"), &token, stale)
+        .await;
     assert_eq!(status, 409);
     let stale_version = app
-        .req(reqwest::Method::PATCH, &format!("/api/tickets/{id}"), &token)
+        .req(
+            reqwest::Method::PATCH,
+            &format!("/api/tickets/{id}"),
+            &token,
+        )
         .header("if-match", "\"99\"")
         .json(&json!({"changes": {"status": {"from": "new", "to": "open"}}}));
     assert_eq!(send(stale_version).await.0, 409);
@@ -256,9 +293,21 @@ async fn conflicts_and_rate_limits_are_counted_in_metrics() {
         }
     }
     assert!(limited > 0);
-    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"field_conflict\"}").await, 1);
-    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"stale_version\"}").await, 1);
-    assert_eq!(app.metric("livedesk_conflicts_total{rule=\"duplicate_reply\"}").await, 0);
+    assert_eq!(
+        app.metric("livedesk_conflicts_total{rule=\"field_conflict\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric("livedesk_conflicts_total{rule=\"stale_version\"}")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric("livedesk_conflicts_total{rule=\"duplicate_reply\"}")
+            .await,
+        0
+    );
     assert_eq!(app.metric("livedesk_rate_limited_total").await, limited);
 }
 
@@ -268,7 +317,8 @@ async fn every_exported_metric_is_documented() {
     let app = TestApp::spawn().await;
     let (_, token) = app.agent("Alice", "agent").await;
     app.get("/api/me", &token).await;
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
     let text = app.metrics_text().await;
     let names: std::collections::BTreeSet<&str> = text
         .lines()
@@ -282,7 +332,10 @@ async fn every_exported_metric_is_documented() {
         .collect();
     assert!(names.len() >= 10, "{names:?}");
     for name in names {
-        assert!(doc.contains(&format!("`{name}`")), "{name} is not in docs/metrics.md");
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "{name} is not in docs/metrics.md"
+        );
     }
 }
 
@@ -300,19 +353,32 @@ async fn websockets_of_a_disabled_agent_close_with_4001_on_every_process() {
     let mut on_second = WsClient::connect(&second.base, &token).await;
     let mut bob_ws = WsClient::connect(&second.base, &bob_token).await;
     let started = Instant::now();
-    agents::set_disabled(&first.db, &alice.email, true).await.unwrap();
+    agents::set_disabled(&first.db, &alice.email, true)
+        .await
+        .unwrap();
     for ws in [&mut on_first, &mut on_second] {
-        assert_eq!(ws.closed(Duration::from_secs(5)).await, Ended::Closed(Some(4001)));
+        assert_eq!(
+            ws.closed(Duration::from_secs(5)).await,
+            Ended::Closed(Some(4001))
+        );
     }
-    eprintln!("disable → both sockets closed 4001 after {:?}", started.elapsed());
+    eprintln!(
+        "disable → both sockets closed 4001 after {:?}",
+        started.elapsed()
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     // Bob is untouched.
     bob_ws.send(json!({"type": "ping"})).await;
     assert_eq!(bob_ws.next_of("pong").await["type"], "pong");
     // A replaced token: its socket closes too, the new token connects.
     let mut old = WsClient::connect(&second.base, &bob_token).await;
-    let (_, new) = agents::rotate_token(&first.db, &bob.email, None).await.unwrap();
-    assert_eq!(old.closed(Duration::from_secs(5)).await, Ended::Closed(Some(4001)));
+    let (_, new) = agents::rotate_token(&first.db, &bob.email, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        old.closed(Duration::from_secs(5)).await,
+        Ended::Closed(Some(4001))
+    );
     let _fresh = WsClient::connect(&second.base, &new.0).await;
 
     // 20 connections per agent; the 21st is refused with 429.
@@ -331,7 +397,10 @@ async fn websockets_of_a_disabled_agent_close_with_4001_on_every_process() {
             Ok(_) => break,
             Err(status) => {
                 assert_eq!(status, 429);
-                assert!(Instant::now() < deadline, "the freed slot was not given back");
+                assert!(
+                    Instant::now() < deadline,
+                    "the freed slot was not given back"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -352,7 +421,8 @@ async fn a_subscribe_loop_is_rate_limited() {
     let mut ws = WsClient::connect(&app.base, &token).await;
     for _ in 0..100 {
         ws.send(json!({"type": "subscribe", "ticket_id": id})).await;
-        ws.send(json!({"type": "unsubscribe", "ticket_id": id})).await;
+        ws.send(json!({"type": "unsubscribe", "ticket_id": id}))
+            .await;
     }
     ws.send(json!({"type": "ping"})).await;
     let (mut snapshots, mut limited) = (0, 0);

@@ -96,62 +96,62 @@ async fn a_writer_cannot_switch_the_rules_off_or_forge_the_log() {
 
     // Each attack, and the SQLSTATE it must get (42501: insufficient privilege).
     let attacks: Vec<(String, &str)> = vec![
-        (format!("ALTER TABLE tickets DISABLE TRIGGER ALL"), "42501"),
-        (format!("ALTER TABLE tickets DISABLE TRIGGER tickets_30_change"), "42501"),
-        (format!("ALTER TABLE ticket_tags DISABLE TRIGGER USER"), "42501"),
-        (format!("DROP TRIGGER tickets_30_change ON tickets"), "42501"),
-        (format!("ALTER TRIGGER tickets_30_change ON tickets RENAME TO x"), "42501"),
-        (format!("CREATE OR REPLACE TRIGGER tickets_30_change BEFORE UPDATE ON tickets FOR EACH ROW EXECUTE FUNCTION ld_tickets_insert()"), "42501"),
-        (format!("TRUNCATE ticket_events"), "42501"),
-        (format!("TRUNCATE tickets CASCADE"), "42501"),
-        (format!("TRUNCATE messages"), "42501"),
+        ("ALTER TABLE tickets DISABLE TRIGGER ALL".to_string(), "42501"),
+        ("ALTER TABLE tickets DISABLE TRIGGER tickets_30_change".to_string(), "42501"),
+        ("ALTER TABLE ticket_tags DISABLE TRIGGER USER".to_string(), "42501"),
+        ("DROP TRIGGER tickets_30_change ON tickets".to_string(), "42501"),
+        ("ALTER TRIGGER tickets_30_change ON tickets RENAME TO x".to_string(), "42501"),
+        ("CREATE OR REPLACE TRIGGER tickets_30_change BEFORE UPDATE ON tickets FOR EACH ROW EXECUTE FUNCTION ld_tickets_insert()".to_string(), "42501"),
+        ("TRUNCATE ticket_events".to_string(), "42501"),
+        ("TRUNCATE tickets CASCADE".to_string(), "42501"),
+        ("TRUNCATE messages".to_string(), "42501"),
         (format!("DELETE FROM tickets WHERE id = {t}"), "42501"),
         (format!("DELETE FROM messages WHERE ticket_id = {t}"), "42501"),
         (format!("INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data) VALUES ({t}, 4, 'ticket.updated', NULL, '{{}}')"), "42501"),
         (format!("UPDATE ticket_events SET data = '{{}}' WHERE ticket_id = {t}"), "42501"),
         (format!("DELETE FROM ticket_events WHERE ticket_id = {t}"), "42501"),
-        (format!("COPY ticket_events (ticket_id, version, kind, data) FROM STDIN"), "42501"),
-        (format!("SELECT token_hash FROM agents"), "42501"),
-        (format!("SELECT * FROM agents"), "42501"),
-        (format!("UPDATE agents SET role = 'admin'"), "42501"),
-        (format!("UPDATE agents SET token_hash = NULL"), "42501"),
-        (format!("INSERT INTO agents (name, email, role) VALUES ('Eve', 'eve@example.com', 'admin')"), "42501"),
-        (format!("DELETE FROM agents"), "42501"),
-        (format!("INSERT INTO field_definitions (key, label, type) VALUES ('x', 'X', 'text')"), "42501"),
-        (format!("UPDATE field_definitions SET type = 'number'"), "42501"),
-        (format!("DELETE FROM field_definitions"), "42501"),
+        ("COPY ticket_events (ticket_id, version, kind, data) FROM STDIN".to_string(), "42501"),
+        ("SELECT token_hash FROM agents".to_string(), "42501"),
+        ("SELECT * FROM agents".to_string(), "42501"),
+        ("UPDATE agents SET role = 'admin'".to_string(), "42501"),
+        ("UPDATE agents SET token_hash = NULL".to_string(), "42501"),
+        ("INSERT INTO agents (name, email, role) VALUES ('Eve', 'eve@example.com', 'admin')".to_string(), "42501"),
+        ("DELETE FROM agents".to_string(), "42501"),
+        ("INSERT INTO field_definitions (key, label, type) VALUES ('x', 'X', 'text')".to_string(), "42501"),
+        ("UPDATE field_definitions SET type = 'number'".to_string(), "42501"),
+        ("DELETE FROM field_definitions".to_string(), "42501"),
         (format!("UPDATE tickets SET child_changed = true WHERE id = {t}"), "42501"),
         (format!("UPDATE tickets SET updated_at = now() WHERE id = {t}"), "42501"),
         (format!("UPDATE tickets SET created_at = now() WHERE id = {t}"), "42501"),
         (format!("UPDATE tickets SET id = id + 1000 WHERE id = {t}"), "42501"),
-        (format!("INSERT INTO tickets (id, subject) VALUES (999999, 'chosen id')"), "42501"),
-        (format!("INSERT INTO tickets (subject, version) VALUES ('v', 7)"), "42501"),
-        (format!("INSERT INTO tickets (subject, child_changed) VALUES ('v', true)"), "42501"),
+        ("INSERT INTO tickets (id, subject) VALUES (999999, 'chosen id')".to_string(), "42501"),
+        ("INSERT INTO tickets (subject, version) VALUES ('v', 7)".to_string(), "42501"),
+        ("INSERT INTO tickets (subject, child_changed) VALUES ('v', true)".to_string(), "42501"),
         (format!("INSERT INTO messages (id, ticket_id, kind, author_agent_id, body) VALUES (1, {t}, 'note', {writer_agent}, 'x')"), "42501"),
         (format!("UPDATE messages SET body = 'edited' WHERE ticket_id = {t}"), "42501"),
-        (format!("UPDATE ticket_tags SET tag = 'x'"), "42501"),
-        (format!("SELECT setval('tickets_id_seq', 1)"), "42501"),
-        (format!("SELECT setval('messages_id_seq', 1)"), "42501"),
-        (format!("SELECT * FROM presence"), "42501"),
-        (format!("SELECT * FROM drafts"), "42501"),
-        (format!("SELECT * FROM writers"), "42501"),
-        (format!("INSERT INTO writers (role_name, agent_id) VALUES ('x', 1)"), "42501"),
+        ("UPDATE ticket_tags SET tag = 'x'".to_string(), "42501"),
+        ("SELECT setval('tickets_id_seq', 1)".to_string(), "42501"),
+        ("SELECT setval('messages_id_seq', 1)".to_string(), "42501"),
+        ("SELECT * FROM presence".to_string(), "42501"),
+        ("SELECT * FROM drafts".to_string(), "42501"),
+        ("SELECT * FROM writers".to_string(), "42501"),
+        ("INSERT INTO writers (role_name, agent_id) VALUES ('x', 1)".to_string(), "42501"),
         (format!("INSERT INTO tag_batches (ticket_id, xact) VALUES ({t}, pg_current_xact_id())"), "42501"),
-        (format!("SELECT * FROM rules_applied"), "42501"),
-        (format!("UPDATE rules_applied SET sha256 = 'x'"), "42501"),
-        (format!("SELECT * FROM refinery_schema_history"), "42501"),
-        (format!("CREATE FUNCTION public.ld_actor(x int) RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'"), "42501"),
-        (format!("CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'"), "42501"),
-        (format!("ALTER FUNCTION ld_emit(bigint, bigint, text, bigint, jsonb) SECURITY INVOKER"), "42501"),
-        (format!("CREATE TABLE public.shadow (x int)"), "42501"),
-        (format!("CREATE TEMP TABLE agents (id bigint, name text)"), "42501"),
-        (format!("CREATE SCHEMA evil"), "42501"),
-        (format!("CREATE INDEX ON tickets (subject)"), "42501"),
-        (format!("COMMENT ON TABLE tickets IS 'x'"), "42501"),
-        (format!("ALTER TABLE tickets ADD COLUMN x int"), "42501"),
-        (format!("DROP TABLE ticket_events"), "42501"),
-        (format!("SET ROLE livedesk_owner"), "42501"),
-        (format!("SET SESSION AUTHORIZATION livedesk_owner"), "42501"),
+        ("SELECT * FROM rules_applied".to_string(), "42501"),
+        ("UPDATE rules_applied SET sha256 = 'x'".to_string(), "42501"),
+        ("SELECT * FROM refinery_schema_history".to_string(), "42501"),
+        ("CREATE FUNCTION public.ld_actor(x int) RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'".to_string(), "42501"),
+        ("CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'".to_string(), "42501"),
+        ("ALTER FUNCTION ld_emit(bigint, bigint, text, bigint, jsonb) SECURITY INVOKER".to_string(), "42501"),
+        ("CREATE TABLE public.shadow (x int)".to_string(), "42501"),
+        ("CREATE TEMP TABLE agents (id bigint, name text)".to_string(), "42501"),
+        ("CREATE SCHEMA evil".to_string(), "42501"),
+        ("CREATE INDEX ON tickets (subject)".to_string(), "42501"),
+        ("COMMENT ON TABLE tickets IS 'x'".to_string(), "42501"),
+        ("ALTER TABLE tickets ADD COLUMN x int".to_string(), "42501"),
+        ("DROP TABLE ticket_events".to_string(), "42501"),
+        ("SET ROLE livedesk_owner".to_string(), "42501"),
+        ("SET SESSION AUTHORIZATION livedesk_owner".to_string(), "42501"),
         (format!("ALTER ROLE {role} SUPERUSER"), "42501"),
         (format!("GRANT livedesk_owner TO {role}"), "42501"),
         // Internal helpers: no EXECUTE (the catalog test below covers all).
@@ -159,11 +159,11 @@ async fn a_writer_cannot_switch_the_rules_off_or_forge_the_log() {
         (format!("SELECT ld_emit({t}, 4, 'ticket.updated', NULL, '{{}}')"), "42501"),
         (format!("SELECT ld_tags_changed({t}, ARRAY['x'], '{{}}', NULL)"), "42501"),
         (format!("SELECT ld_presence_set(gen_random_uuid(), 'k', 1, {t}, 1, 'viewing')"), "42501"),
-        (format!("SELECT ld_put_field('x', 'X', 'text', NULL, 0)"), "42501"),
-        (format!("SELECT ld_agent_add('Eve', 'eve@example.com', 'admin', sha256('x'))"), "42501"),
-        (format!("SELECT ld_agent_by_token(sha256('x'))"), "42501"),
-        (format!("SELECT ld_writer_add('eve', 'x', false)"), "42501"),
-        (format!("SELECT pg_read_file('/etc/passwd')"), "42501"),
+        ("SELECT ld_put_field('x', 'X', 'text', NULL, 0)".to_string(), "42501"),
+        ("SELECT ld_agent_add('Eve', 'eve@example.com', 'admin', sha256('x'))".to_string(), "42501"),
+        ("SELECT ld_agent_by_token(sha256('x'))".to_string(), "42501"),
+        ("SELECT ld_writer_add('eve', 'x', false)".to_string(), "42501"),
+        ("SELECT pg_read_file('/etc/passwd')".to_string(), "42501"),
     ];
     for (sql, expected) in &attacks {
         let code = refused(&w, sql).await;
@@ -186,8 +186,15 @@ async fn a_writer_cannot_switch_the_rules_off_or_forge_the_log() {
     ))
     .await
     .unwrap();
-    assert_eq!(version(&w, t).await, before + 1, "the tag bumped the version");
-    let take = format!("UPDATE tickets SET assignee_id = {alice} WHERE id = {t}", alice = alice.id);
+    assert_eq!(
+        version(&w, t).await,
+        before + 1,
+        "the tag bumped the version"
+    );
+    let take = format!(
+        "UPDATE tickets SET assignee_id = {alice} WHERE id = {t}",
+        alice = alice.id
+    );
     w.batch_execute(&take).await.unwrap();
     let steal = format!(
         "BEGIN; SET LOCAL livedesk.internal_bump = '{t}'; \
@@ -228,11 +235,8 @@ async fn a_writer_may_execute_exactly_the_documented_functions() {
     let app = TestApp::spawn().await;
     let (_, _, w) = writer_role(&app, false).await;
     let (_, _, r) = writer_role(&app, true).await;
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/docs/direct-sql.md"
-    ))
-    .unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/direct-sql.md"))
+        .unwrap();
     let documented: BTreeSet<String> = doc
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|word| word.starts_with("ld_"))
@@ -299,7 +303,10 @@ async fn a_writer_may_execute_exactly_the_documented_functions() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(loose.is_empty(), "trigger functions that are not SECURITY DEFINER with a pinned search_path: {loose:?}");
+    assert!(
+        loose.is_empty(),
+        "trigger functions that are not SECURITY DEFINER with a pinned search_path: {loose:?}"
+    );
 }
 
 #[tokio::test]
@@ -318,7 +325,9 @@ async fn a_reader_can_read_and_nothing_else() {
         "SELECT id, name, email, avatar_url, role FROM agents",
         "LISTEN livedesk_events",
     ] {
-        r.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        r.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     for sql in [
         "INSERT INTO tickets (subject) VALUES ('x')".to_string(),
@@ -327,7 +336,7 @@ async fn a_reader_can_read_and_nothing_else() {
         format!("INSERT INTO ticket_tags (ticket_id, tag) VALUES ({t}, 'x')"),
         format!("DELETE FROM ticket_tags WHERE ticket_id = {t}"),
         "INSERT INTO customers (email) VALUES ('c@example.com')".to_string(),
-        format!("SELECT ld_create_ticket(NULL, 'x', 'email', NULL, NULL, NULL)"),
+        "SELECT ld_create_ticket(NULL, 'x', 'email', NULL, NULL, NULL)".to_string(),
         format!("SELECT ld_change_tags({t}, NULL, ARRAY['x'], NULL)"),
         format!("SELECT ld_get_ticket({t})"),
         "SELECT token_hash FROM agents".to_string(),
@@ -366,15 +375,18 @@ async fn a_forged_notify_is_harmless() {
     }
     // Nothing but presence may arrive for the forged notifications.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
-    while let Some(frame) =
-        ws.next_within(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+    while let Some(frame) = ws
+        .next_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
     {
         assert_eq!(frame["type"], "presence", "unexpected frame {frame}");
     }
     // The next real change arrives as the next version, with no reset.
-    w.batch_execute(&format!("UPDATE tickets SET priority = 'high' WHERE id = {t}"))
-        .await
-        .unwrap();
+    w.batch_execute(&format!(
+        "UPDATE tickets SET priority = 'high' WHERE id = {t}"
+    ))
+    .await
+    .unwrap();
     let events = ws.events(t, 1, Duration::from_secs(5)).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["version"], v + 1);
@@ -406,7 +418,11 @@ async fn writer_cli_prints_a_working_connection_string() {
         }
     };
     let out = run(vec!["writer".into(), "add".into(), name.clone()]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(url.starts_with(&format!("postgresql://{name}:")), "{url}");
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
@@ -435,9 +451,16 @@ async fn writer_cli_prints_a_working_connection_string() {
     let list = run(vec!["writer".into(), "list".into()]).await;
     assert!(String::from_utf8_lossy(&list.stdout).contains(&name));
     let again = run(vec!["writer".into(), "add".into(), name.clone()]).await;
-    assert!(!again.status.success(), "adding the same writer twice must fail");
+    assert!(
+        !again.status.success(),
+        "adding the same writer twice must fail"
+    );
     let removed = run(vec!["writer".into(), "remove".into(), name.clone()]).await;
-    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
     assert!(
         tokio_postgres::connect(&url, NoTls).await.is_err(),
         "a removed writer cannot log in"
@@ -491,7 +514,11 @@ async fn a_superuser_owned_schema_is_handed_to_the_owner() {
     let (superuser, foreign_relations, foreign_functions): (bool, i64, i64) =
         (row.get(0), row.get(1), row.get(2));
     assert!(!superuser, "the server's role is not a superuser");
-    assert_eq!((foreign_relations, foreign_functions), (0, 0), "objects not owned by the owner");
+    assert_eq!(
+        (foreign_relations, foreign_functions),
+        (0, 0),
+        "objects not owned by the owner"
+    );
     // The owner works the old ticket through the rules.
     client
         .batch_execute(

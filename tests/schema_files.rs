@@ -72,7 +72,10 @@ fn the_binary_embeds_every_rule_file_in_name_order() {
         .iter()
         .map(|(name, _)| name.to_string())
         .collect();
-    assert_eq!(embedded, on_disk, "src/db/migrations.rs RULES and sql/rules/ differ");
+    assert_eq!(
+        embedded, on_disk,
+        "src/db/migrations.rs RULES and sql/rules/ differ"
+    );
     for (name, text) in livedesk::db::migrations::RULES {
         let file = std::fs::read_to_string(sql_dir().join("rules").join(name)).unwrap();
         assert_eq!(*text, file, "{name}");

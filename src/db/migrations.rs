@@ -14,7 +14,10 @@ mod embedded {
 /// The rule files in the order they are applied (name order). A test checks
 /// that this list and the folder agree.
 pub const RULES: &[(&str, &str)] = &[
-    ("00_helpers.sql", include_str!("../../sql/rules/00_helpers.sql")),
+    (
+        "00_helpers.sql",
+        include_str!("../../sql/rules/00_helpers.sql"),
+    ),
     ("10_json.sql", include_str!("../../sql/rules/10_json.sql")),
     (
         "20_versions_events.sql",
@@ -24,7 +27,10 @@ pub const RULES: &[(&str, &str)] = &[
         "30_version_check.sql",
         include_str!("../../sql/rules/30_version_check.sql"),
     ),
-    ("31_assignee.sql", include_str!("../../sql/rules/31_assignee.sql")),
+    (
+        "31_assignee.sql",
+        include_str!("../../sql/rules/31_assignee.sql"),
+    ),
     (
         "32_duplicate_reply.sql",
         include_str!("../../sql/rules/32_duplicate_reply.sql"),
@@ -38,10 +44,19 @@ pub const RULES: &[(&str, &str)] = &[
         "35_custom_fields.sql",
         include_str!("../../sql/rules/35_custom_fields.sql"),
     ),
-    ("40_presence.sql", include_str!("../../sql/rules/40_presence.sql")),
+    (
+        "40_presence.sql",
+        include_str!("../../sql/rules/40_presence.sql"),
+    ),
     ("50_api.sql", include_str!("../../sql/rules/50_api.sql")),
-    ("60_realtime.sql", include_str!("../../sql/rules/60_realtime.sql")),
-    ("70_agents.sql", include_str!("../../sql/rules/70_agents.sql")),
+    (
+        "60_realtime.sql",
+        include_str!("../../sql/rules/60_realtime.sql"),
+    ),
+    (
+        "70_agents.sql",
+        include_str!("../../sql/rules/70_agents.sql"),
+    ),
     ("80_feed.sql", include_str!("../../sql/rules/80_feed.sql")),
     (
         "90_privileges.sql",

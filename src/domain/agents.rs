@@ -101,7 +101,11 @@ pub async fn rotate_token(
 
 /// Disable (or enable again) the agent with `email`: a disabled agent's
 /// tokens answer 401 and its WebSockets close with 4001, on every process.
-pub async fn set_disabled(db: &Database, email: &str, disabled: bool) -> Result<Agent, DomainError> {
+pub async fn set_disabled(
+    db: &Database,
+    email: &str,
+    disabled: bool,
+) -> Result<Agent, DomainError> {
     let client = db.client().await?;
     let row = client
         .query_one("SELECT ld_agent_set_disabled($1, $2)", &[&email, &disabled])
@@ -131,7 +135,10 @@ pub async fn login_link(
 }
 
 /// Spend a login link: the agent and its new token (the old one stops working).
-pub async fn redeem_login_link(db: &Database, code: &str) -> Result<(Agent, NewToken), DomainError> {
+pub async fn redeem_login_link(
+    db: &Database,
+    code: &str,
+) -> Result<(Agent, NewToken), DomainError> {
     let token = generate_token();
     let client = db.client().await?;
     let row = client

@@ -9,7 +9,6 @@ use super::tickets::{self, CustomerRef, NewTicket};
 use super::{agents, DomainError};
 use crate::db::Database;
 
-
 /// Two agents to play a collision, and an admin who manages custom fields.
 const AGENTS: [(&str, &str, &str); 3] = [
     ("Alice", "alice@demo.livedesk.local", "agent"),

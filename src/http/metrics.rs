@@ -89,10 +89,7 @@ impl Metrics {
                 &["rule"],
             )
             .expect("valid metric"),
-            rate_limited: counter(
-                "rate_limited_total",
-                "Requests answered 429 rate_limited",
-            ),
+            rate_limited: counter("rate_limited_total", "Requests answered 429 rate_limited"),
             resets: counter(
                 "resets_total",
                 "reset frames sent to subscribers (database went back, or a lost version)",

@@ -33,7 +33,12 @@ pub struct AppState {
 
 impl AppState {
     /// The state of one process; the authenticator is built from the settings.
-    pub fn new(db: Database, settings: Arc<Settings>, metrics: Arc<Metrics>, realtime: Realtime) -> Self {
+    pub fn new(
+        db: Database,
+        settings: Arc<Settings>,
+        metrics: Arc<Metrics>,
+        realtime: Realtime,
+    ) -> Self {
         let auth = Arc::new(auth::Authenticator::new(&settings));
         AppState {
             db,
@@ -114,7 +119,10 @@ where
             protect(response.headers_mut());
             if let (Some(metrics), Some(error)) = (
                 metrics.as_ref(),
-                response.response().error().and_then(|e| e.as_error::<ApiError>()),
+                response
+                    .response()
+                    .error()
+                    .and_then(|e| e.as_error::<ApiError>()),
             ) {
                 count_refusal(metrics, error);
             }

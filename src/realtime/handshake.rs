@@ -28,15 +28,18 @@ pub async fn upgrade(
     // The connection remembers its token's digest (as stored), so that it can
     // be closed (4001) when that token stops working.
     let digest: [u8; 32] = Sha256::digest(token.as_deref().unwrap_or_default().as_bytes()).into();
-    let slot = state
-        .realtime
-        .open_connection(agent.id, digest)
-        .map_err(|refused| match refused {
-            SlotRefused::Process => {
-                ApiError::Unavailable("Too many WebSocket connections; retry later.".into())
-            }
-            SlotRefused::Agent => ApiError::TooManyConnections(state.settings.max_connections_per_agent),
-        })?;
+    let slot =
+        state
+            .realtime
+            .open_connection(agent.id, digest)
+            .map_err(|refused| match refused {
+                SlotRefused::Process => {
+                    ApiError::Unavailable("Too many WebSocket connections; retry later.".into())
+                }
+                SlotRefused::Agent => {
+                    ApiError::TooManyConnections(state.settings.max_connections_per_agent)
+                }
+            })?;
     let (response, ws, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("invalid_upgrade", e.to_string()))?;
     let max = state.settings.max_frame_bytes;

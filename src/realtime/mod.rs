@@ -256,7 +256,11 @@ impl Realtime {
 
     /// Reserve a connection slot for `agent`, authenticated by the token
     /// with this digest; refused when the process or the agent is at its cap.
-    pub fn open_connection(&self, agent: i64, token: [u8; 32]) -> Result<ConnectionSlot, SlotRefused> {
+    pub fn open_connection(
+        &self,
+        agent: i64,
+        token: [u8; 32],
+    ) -> Result<ConnectionSlot, SlotRefused> {
         let count = self.connections.fetch_add(1, Ordering::AcqRel);
         if count >= self.settings.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);

@@ -34,7 +34,13 @@ pub struct Registry {
 
 impl Registry {
     /// Record a connection; `None` when the agent already holds `max`.
-    pub fn open(&self, agent: i64, conn: ConnId, token: [u8; 32], max: usize) -> Option<CancellationToken> {
+    pub fn open(
+        &self,
+        agent: i64,
+        conn: ConnId,
+        token: [u8; 32],
+        max: usize,
+    ) -> Option<CancellationToken> {
         let mut by_agent = self.by_agent.lock().unwrap_or_else(|e| e.into_inner());
         let entries = by_agent.entry(agent).or_default();
         if entries.len() >= max {
@@ -115,7 +121,10 @@ impl Realtime {
             .collect();
         let closed = self.revocation.revoke(&gone);
         if closed > 0 {
-            tracing::info!(closed, "closed connections whose token no longer works (4001)");
+            tracing::info!(
+                closed,
+                "closed connections whose token no longer works (4001)"
+            );
         }
     }
 }

@@ -165,7 +165,9 @@ pub(super) fn check_private(dir: &Path, run_as: Option<&User>) -> Result<(), Emb
         source,
     })?;
     if meta.file_type().is_symlink() || !meta.is_dir() {
-        return Err(unsafe_folder("it is not a folder (a symlink or a file)".into()));
+        return Err(unsafe_folder(
+            "it is not a folder (a symlink or a file)".into(),
+        ));
     }
     let me = nix::unistd::Uid::effective().as_raw();
     if meta.uid() != me && run_as.is_none_or(|user| user.uid.as_raw() != meta.uid()) {

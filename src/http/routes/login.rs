@@ -40,7 +40,10 @@ pub async fn redeem(
         .auth
         .limit_unauthenticated(req.peer_addr().map(|a| a.ip()))?;
     if body.code.len() > 200 {
-        return Err(ApiError::bad_request("invalid_field", "That is not a login code."));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "That is not a login code.",
+        ));
     }
     let (agent, token) = agents::redeem_login_link(&state.db, &body.code).await?;
     Ok(HttpResponse::Ok().json(json!({"token": token.0, "agent": agent})))

@@ -94,7 +94,8 @@ impl Session {
             window: (Instant::now(), 0),
             subscribes: governor::RateLimiter::direct(
                 governor::Quota::per_second(
-                    std::num::NonZeroU32::new(SUBSCRIBES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN),
+                    std::num::NonZeroU32::new(SUBSCRIBES_PER_SECOND)
+                        .unwrap_or(std::num::NonZeroU32::MIN),
                 )
                 .allow_burst(
                     std::num::NonZeroU32::new(SUBSCRIBE_BURST).unwrap_or(std::num::NonZeroU32::MIN),
