@@ -385,3 +385,102 @@ async fn without_a_url_the_gateway_becomes_its_writer_role() {
         .get(0);
     assert!(actor.is_some());
 }
+
+#[tokio::test]
+async fn a_bounce_of_a_sent_reply_is_noted_on_its_ticket_not_a_ticket_of_its_own() {
+    let raw = fixture("bounce_postfix.eml");
+    let parsed = inbound::parse(&raw).unwrap();
+    assert_eq!(
+        parsed.bounce,
+        Some(inbound::Bounce {
+            original: "livedesk.41.97.5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f@example.com".into(),
+            reason: "smtp; 550 5.1.1 <petra.novak@contoso.example>: Recipient address rejected: User unknown".into(),
+        })
+    );
+
+    let app = TestApp::spawn().await;
+    let (url, gateway_agent) = gateway(&app).await;
+    assert_eq!(receive(&url, &fixture("outlook.eml")).0, 0);
+    let sql = app.sql().await;
+    let (ticket, seen): (i64, i64) = {
+        let r = sql
+            .query_one("SELECT ticket_id, id FROM messages", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // Alice's reply was sent (as `livedesk mail send` records it).
+    let (_, alice) = app.agent("Alice", "agent").await;
+    let (status, reply) = app
+        .post(
+            &format!("/api/tickets/{ticket}/messages"),
+            &alice,
+            serde_json::json!({"kind": "reply", "body": "Refunded.", "seen_message_id": seen}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let reply_id = reply["id"].as_i64().unwrap();
+    let sent: String = sql
+        .query_one(
+            "SELECT ld_mail_prepare($1, 'example.com') ->> 'mail_message_id'",
+            &[&reply_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    sql.execute("SELECT ld_mail_sent($1)", &[&reply_id])
+        .await
+        .unwrap();
+
+    // The relay accepted it; the customer's server bounced it later.
+    let bounce = String::from_utf8(raw.clone()).unwrap().replace(
+        "livedesk.41.97.5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f@example.com",
+        &sent,
+    );
+    for _ in 0..2 {
+        let (code, stderr) = receive(&url, bounce.as_bytes());
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let row = sql
+        .query_one(
+            "SELECT status, last_error FROM mail_messages WHERE direction = 'out'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert!(row.get::<_, String>(1).contains("User unknown"));
+    let notes = sql
+        .query(
+            "SELECT author_agent_id, body FROM messages WHERE ticket_id = $1 AND kind = 'note'",
+            &[&ticket],
+        )
+        .await
+        .unwrap();
+    assert_eq!(notes.len(), 1, "one note, also for a duplicate bounce");
+    assert_eq!(notes[0].get::<_, Option<i64>>(0), Some(gateway_agent));
+    let body: String = notes[0].get(1);
+    assert!(
+        body.contains("could not be emailed to petra.novak@contoso.example")
+            && body.contains("Recipient address rejected"),
+        "{body}"
+    );
+    let tickets: i64 = sql
+        .query_one("SELECT count(*) FROM tickets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tickets, 1, "the bounce opened no ticket");
+
+    // A bounce of something livedesk never sent is an email like any other.
+    let other = String::from_utf8(raw)
+        .unwrap()
+        .replace("20231114102103.4R2Zk93Qb7z9sVt", "20231114102104.other");
+    assert_eq!(receive(&url, other.as_bytes()).0, 0);
+    let subject: String = sql
+        .query_one("SELECT subject FROM tickets WHERE id <> $1", &[&ticket])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(subject, "Undelivered Mail Returned to Sender");
+}

@@ -249,26 +249,17 @@ BEGIN
 END
 $$;
 
--- A failed attempt: counted, with the server's answer. A permanent failure
--- (5xx: no such mailbox, refused) is not retried, and the agents are told
--- on the ticket: a note by the gateway's agent (or, when the server itself
--- sends, by the reply's author) says which address refused and why.
-CREATE OR REPLACE FUNCTION ld_mail_failed(p_message_id bigint, p_error text, p_permanent boolean)
-RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+-- Tell the agents on the ticket that a reply did not reach the customer:
+-- a note by the gateway's agent (or, when the server itself sends, by the
+-- reply's author). Returns the note's id.
+CREATE OR REPLACE FUNCTION ld_mail_failure_note(p_message_id bigint, p_error text) RETURNS bigint
+LANGUAGE plpgsql AS $$
 DECLARE
-    v_out mail_messages;
     m messages;
     v_author bigint;
     v_email text;
+    v_note bigint;
 BEGIN
-    UPDATE mail_messages x SET attempts = x.attempts + 1, last_error = left(p_error, 2000),
-                               status = CASE WHEN p_permanent THEN 'failed' ELSE x.status END
-    WHERE x.livedesk_message_id = p_message_id AND x.direction = 'out' AND x.status = 'pending'
-    RETURNING * INTO v_out;
-    IF NOT FOUND OR NOT coalesce(p_permanent, false) THEN
-        RETURN;
-    END IF;
     SELECT * INTO m FROM messages x WHERE x.id = p_message_id;
     v_author := coalesce(ld_actor(), m.author_agent_id);
     SELECT c.email INTO v_email FROM tickets t JOIN customers c ON c.id = t.customer_id WHERE t.id = m.ticket_id;
@@ -276,6 +267,63 @@ BEGIN
     INSERT INTO messages (ticket_id, kind, author_agent_id, body)
     VALUES (m.ticket_id, 'note', v_author,
             format('This reply (message %s) could not be emailed to %s; the mail server answered: %s',
-                   m.id, coalesce(v_email, 'the customer'), left(coalesce(p_error, 'no reason given'), 1000)));
+                   m.id, coalesce(v_email, 'the customer'), left(coalesce(p_error, 'no reason given'), 1000)))
+    RETURNING id INTO v_note;
+    RETURN v_note;
+END
+$$;
+
+-- A failed attempt: counted, with the server's answer. A permanent failure
+-- (5xx: no such mailbox, refused) is not retried, and the agents are told
+-- on the ticket (ld_mail_failure_note).
+CREATE OR REPLACE FUNCTION ld_mail_failed(p_message_id bigint, p_error text, p_permanent boolean)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    UPDATE mail_messages x SET attempts = x.attempts + 1, last_error = left(p_error, 2000),
+                               status = CASE WHEN p_permanent THEN 'failed' ELSE x.status END
+    WHERE x.livedesk_message_id = p_message_id AND x.direction = 'out' AND x.status = 'pending';
+    IF FOUND AND coalesce(p_permanent, false) THEN
+        PERFORM ld_mail_failure_note(p_message_id, p_error);
+    END IF;
+END
+$$;
+
+-- A bounce (delivery status notification) of a reply livedesk sent: the
+-- reply is marked failed and the agents are told on its ticket, instead of
+-- the bounce opening a ticket of its own. NULL when p_original is not a
+-- message livedesk sent (the caller then receives it like any email). The
+-- same bounce delivered twice writes nothing the second time.
+CREATE OR REPLACE FUNCTION ld_mail_bounced(p_message_id text, p_original text, p_reason text)
+RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_mid text := ld_mail_id(p_message_id);
+    v_known mail_messages;
+    v_out mail_messages;
+    v_note bigint;
+BEGIN
+    IF v_mid IS NULL OR char_length(v_mid) > 998 THEN
+        PERFORM ld_fail('LD400', 'an email needs a Message-ID', '{"field": "message_id"}');
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('livedesk.mail:' || v_mid, 0));
+    SELECT * INTO v_known FROM mail_messages m WHERE m.message_id = v_mid;
+    IF FOUND THEN
+        RETURN jsonb_build_object('created', false, 'ticket_id', v_known.ticket_id,
+                                  'message_id', v_known.livedesk_message_id, 'new_ticket', false,
+                                  'bounce', true);
+    END IF;
+    SELECT * INTO v_out FROM mail_messages m
+    WHERE m.message_id = ld_mail_id(p_original) AND m.direction = 'out';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    UPDATE mail_messages m SET status = 'failed', last_error = left(coalesce(p_reason, 'bounced'), 2000)
+    WHERE m.message_id = v_out.message_id;
+    v_note := ld_mail_failure_note(v_out.livedesk_message_id, p_reason);
+    INSERT INTO mail_messages (message_id, ticket_id, livedesk_message_id, direction, status)
+    VALUES (v_mid, v_out.ticket_id, v_note, 'in', 'received');
+    RETURN jsonb_build_object('created', true, 'ticket_id', v_out.ticket_id, 'message_id', v_note,
+                              'new_ticket', false, 'bounce', true);
 END
 $$;

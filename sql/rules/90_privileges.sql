@@ -93,5 +93,6 @@ GRANT EXECUTE ON FUNCTION
     ld_mail_receive(text, text[], text, text, text, text),
     ld_mail_prepare(bigint, text),
     ld_mail_sent(bigint),
-    ld_mail_failed(bigint, text, boolean)
+    ld_mail_failed(bigint, text, boolean),
+    ld_mail_bounced(text, text, text)
 TO livedesk_writer;

@@ -27,7 +27,12 @@ pub async fn run(settings: &Settings, command: MailCommand) -> Result<(), MailEr
                 Ok(received) => received?,
                 Err(_) => return Err(MailError::Unavailable("no answer within 60 s".into())),
             };
-            if received.created {
+            if received.bounce {
+                eprintln!(
+                    "livedesk: {} is a bounce of a reply on ticket {}: noted there",
+                    parsed.message_id, received.ticket_id
+                );
+            } else if received.created {
                 eprintln!(
                     "livedesk: {} <{}> → ticket {} ({}, message {})",
                     parsed.message_id,

@@ -34,6 +34,18 @@ pub struct Inbound {
     pub body: String,
     /// Attachments by name and decoded size (not stored).
     pub attachments: Vec<(String, usize)>,
+    /// A delivery status notification (a bounce): the Message-ID of the
+    /// message that could not be delivered, and why.
+    pub bounce: Option<Bounce>,
+}
+
+/// What a bounce says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounce {
+    /// The undelivered message's Message-ID, without angle brackets.
+    pub original: String,
+    /// The remote server's answer (`Diagnostic-Code`, else `Status`).
+    pub reason: String,
 }
 
 /// Parse a raw message.
@@ -92,7 +104,9 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         })
         .collect();
 
+    let bounce = bounce(&message);
     Ok(Inbound {
+        bounce,
         message_id,
         references,
         from_email,
@@ -101,6 +115,77 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         body: body(strip_quoted(text.trim()).trim(), &attachments),
         attachments,
     })
+}
+
+/// A delivery status notification (RFC 3464: multipart/report with
+/// report-type=delivery-status) names the undelivered message in its
+/// returned message or headers part.
+fn bounce(message: &mail_parser::Message<'_>) -> Option<Bounce> {
+    let ct = message.content_type()?;
+    let is_report = ct.ctype().eq_ignore_ascii_case("multipart")
+        && ct
+            .subtype()
+            .is_some_and(|s| s.eq_ignore_ascii_case("report"))
+        && ct
+            .attribute("report-type")
+            .is_some_and(|r| r.eq_ignore_ascii_case("delivery-status"));
+    if !is_report {
+        return None;
+    }
+    let mut original = None;
+    let mut reason = None;
+    for part in message.parts.iter().skip(1) {
+        let Some(pct) = part.content_type() else {
+            continue;
+        };
+        let kind = (
+            pct.ctype().to_ascii_lowercase(),
+            pct.subtype().unwrap_or_default().to_ascii_lowercase(),
+        );
+        match (kind.0.as_str(), kind.1.as_str()) {
+            ("message", "delivery-status" | "global-delivery-status") => {
+                reason = reason.or_else(|| diagnostic(&String::from_utf8_lossy(part.contents())));
+            }
+            ("message", "rfc822" | "global") => {
+                if let Some(id) = part.message().and_then(|m| m.message_id()) {
+                    original = original.or_else(|| Some(id.to_string()));
+                }
+            }
+            ("text", "rfc822-headers" | "global-headers") => {
+                let headers = MessageParser::default().parse(part.contents());
+                if let Some(id) = headers.as_ref().and_then(|m| m.message_id()) {
+                    original = original.or_else(|| Some(id.to_string()));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Bounce {
+        original: original?
+            .trim()
+            .trim_matches(|c| c == '<' || c == '>')
+            .to_string(),
+        reason: reason.unwrap_or_else(|| "the message was returned as undeliverable".into()),
+    })
+}
+
+/// The `Diagnostic-Code` of a delivery-status report (with its folded
+/// lines), else its `Status`.
+fn diagnostic(report: &str) -> Option<String> {
+    let field = |name: &str| -> Option<String> {
+        let mut lines = report.lines();
+        let first = lines.find(|l| {
+            l.get(..name.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(name))
+        })?;
+        let mut value = first[name.len()..].trim().to_string();
+        for more in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+            value.push(' ');
+            value.push_str(more.trim());
+        }
+        Some(value)
+    };
+    field("Diagnostic-Code:").or_else(|| field("Status:").map(|s| format!("status {s}")))
 }
 
 /// Message-IDs of a header (one or a list), without angle brackets.
@@ -215,10 +300,27 @@ pub struct Received {
     pub message_id: Option<i64>,
     /// True when the email opened a new ticket.
     pub new_ticket: bool,
+    /// True when it was a bounce of a reply livedesk sent (recorded as a
+    /// note on that ticket).
+    #[serde(default)]
+    pub bounce: bool,
 }
 
-/// Write the email (as the connection's role: a writer).
+/// Write the email (as the connection's role: a writer). A bounce of a
+/// reply livedesk sent is recorded on that reply's ticket instead; any other
+/// bounce is an email like the rest.
 pub async fn store(client: &Client, mail: &Inbound) -> Result<Received, MailError> {
+    if let Some(bounce) = &mail.bounce {
+        let row = client
+            .query_one(
+                "SELECT ld_mail_bounced($1, $2, $3)::text",
+                &[&mail.message_id, &bounce.original, &bounce.reason],
+            )
+            .await?;
+        if let Some(text) = row.get::<_, Option<String>>(0) {
+            return received(&text);
+        }
+    }
     let row = client
         .query_one(
             "SELECT ld_mail_receive($1, $2, $3, $4, $5, $6)::text",
@@ -233,9 +335,13 @@ pub async fn store(client: &Client, mail: &Inbound) -> Result<Received, MailErro
         )
         .await?;
     let text: String = row.get(0);
-    serde_json::from_str(&text).map_err(|e| {
+    received(&text)
+}
+
+fn received(text: &str) -> Result<Received, MailError> {
+    serde_json::from_str(text).map_err(|e| {
         MailError::Domain(crate::domain::DomainError::Unexpected(format!(
-            "ld_mail_receive answered {text}: {e}"
+            "the database answered {text}: {e}"
         )))
     })
 }
