@@ -560,11 +560,13 @@ export class LivedeskClient {
       case 'error': {
         // A refused subscribe leaves the ticket unsubscribed (protocol.md):
         // `since` beyond the ticket's version means the database went back in
-        // time (treated like `reset`); `unavailable` is retried with backoff.
+        // time (treated like `reset`); `unavailable` and a rate-limited
+        // subscribe are retried with backoff.
         const sub = f.ticket_id !== undefined ? this._subs.get(Number(f.ticket_id)) : null;
         if (sub && f.code === 'invalid_field' && sub.version !== null) {
           this._onReset({ type: 'reset', ticket_id: Number(f.ticket_id), version: null });
-        } else if (sub && f.code === 'unavailable') {
+        } else if (sub && (f.code === 'unavailable' || f.code === 'rate_limited')) {
+          // Not subscribed (or not re-subscribed): try again later, backed off.
           sub.subscribed = false;
           this._scheduleResync(Number(f.ticket_id), sub);
         }
