@@ -184,6 +184,43 @@ fn fixture(name: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A child process stopped when the test ends, also when it fails
+/// (SIGTERM, then SIGKILL after 10 s): no orphan worker or PostgreSQL.
+struct Stopper(Option<std::process::Child>);
+
+impl Stopper {
+    /// SIGTERM now; the exit status.
+    async fn stop(mut self) -> std::process::ExitStatus {
+        let child = self.0.take().unwrap();
+        tokio::task::spawn_blocking(move || terminate(child))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            terminate(child);
+        }
+    }
+}
+
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    for _ in 0..1000 {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    child.wait().unwrap()
+}
+
 fn parsed(raw: &[u8]) -> mail_parser::Message<'static> {
     mail_parser::MessageParser::default()
         .parse(raw)
@@ -403,7 +440,7 @@ async fn full_loop_mail_in_live_reply_out_answer_threads_back() {
     let (_, alice) = app.agent("Alice", "agent").await;
 
     // The sender as its own process: `livedesk mail send`.
-    let mut sender = Command::new(env!("CARGO_BIN_EXE_livedesk"))
+    let sender = Command::new(env!("CARGO_BIN_EXE_livedesk"))
         .args(["mail", "send"])
         .env("LIVEDESK_MAIL_DATABASE_URL", &url)
         .env("LIVEDESK_SMTP_URL", &smtp_url)
@@ -419,6 +456,7 @@ async fn full_loop_mail_in_live_reply_out_answer_threads_back() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let sender = Stopper(Some(sender));
     let sql = app.sql().await;
     for attempt in 0.. {
         let started: i64 = sql
@@ -515,14 +553,7 @@ async fn full_loop_mail_in_live_reply_out_answer_threads_back() {
     assert_eq!(smtp.delivered().len(), 1, "the reply was sent once");
 
     // SIGTERM: the worker stops cleanly.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(sender.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || sender.wait().unwrap())
-        .await
-        .unwrap();
+    let status = sender.stop().await;
     assert!(status.success(), "{status:?}");
 }
 
@@ -568,6 +599,7 @@ async fn embedded_default_serve_with_mail_and_receive_as_mail_gateway() {
         .spawn()
         .unwrap();
     let stdout = server.stdout.take().unwrap();
+    let server = Stopper(Some(server));
     let code = tokio::task::spawn_blocking(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some((_, code)) = line.split_once("#login=") {
@@ -660,14 +692,7 @@ async fn embedded_default_serve_with_mail_and_receive_as_mail_gateway() {
         "the agent's name"
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
-        .await
-        .unwrap();
+    let status = server.stop().await;
     assert!(status.success(), "{status:?}");
 }
 
