@@ -308,7 +308,7 @@ async fn resume_once(base: &str, token: &str, ticket: i64, since: i64, last: i64
 pub async fn processes(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -> Result<()> {
     let s = args.scale_down.max(1);
     let watchers_total = (400 / s).max(16);
-    let seconds = args.seconds.max(2) as u64;
+    let seconds = args.seconds.div_ceil(2).max(2) as u64;
     let mut changes = Vec::new();
     let mut delivered_series = Vec::new();
     let http = reqwest::Client::builder()

@@ -214,6 +214,8 @@ fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
         .env("LIVEDESK_RATE_PER_TOKEN", "1000000")
         .env("LIVEDESK_BURST_PER_TOKEN", "1000000")
         .env("LIVEDESK_RATE_PER_ADDRESS", "1000000")
+        // Thousands of sockets share a few agents here.
+        .env("LIVEDESK_MAX_CONNECTIONS_PER_AGENT", "20000")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -8,6 +8,7 @@ pub mod floor;
 pub mod pgbench;
 pub mod report;
 pub mod scenarios;
+pub mod soak;
 pub mod svg;
 pub mod wsload;
 
@@ -39,6 +40,11 @@ pub struct BenchArgs {
     /// shorter phases; figures are for smoke tests, not for the docs.
     #[arg(long)]
     pub quick: bool,
+    /// Instead of the scenarios: a soak of this many minutes (1,000
+    /// churning clients, 200 changes/s, the listener killed every minute;
+    /// divided by --scale-down), printing losses and memory growth.
+    #[arg(long, value_name = "MINUTES")]
+    pub soak: Option<u32>,
 }
 
 /// Run every scenario; `Ok(false)` if any correctness check failed.
@@ -49,6 +55,9 @@ pub async fn run(mut args: BenchArgs) -> Result<bool> {
     }
     eprintln!("livedesk-bench: starting PostgreSQL (fsync on) and a livedesk server…");
     let env = env::BenchEnv::start(8).await?;
+    if let Some(minutes) = args.soak {
+        return soak::run(&env, minutes, args.scale_down).await;
+    }
     let mut report = Report::new(&env).await;
     let wants = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
     let phases: Vec<(&str, scenarios::Phase)> = vec![

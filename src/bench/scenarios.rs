@@ -530,14 +530,14 @@ async fn reply_cost(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -> Re
         "note",
         &pgbench::with_ids(pgbench::NOTE_INSERT, tickets[0], agent),
         8,
-        args.seconds,
+        args.seconds.div_ceil(2).max(2),
     )?;
     let reply = pgbench::tps(
         env,
         "reply",
         &pgbench::with_ids(pgbench::REPLY_INSERT, tickets[0], agent),
         8,
-        args.seconds,
+        args.seconds.div_ceil(2).max(2),
     )?;
     let cost = note / reply;
     report.add(Row {

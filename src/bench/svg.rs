@@ -10,7 +10,7 @@ const PANEL_H: f64 = 300.0;
 const LEFT: f64 = 62.0;
 const RIGHT: f64 = 18.0;
 const TOP: f64 = 36.0;
-const BOTTOM: f64 = 58.0;
+const BOTTOM: f64 = 72.0;
 const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
 
 /// Escape text for SVG.
@@ -85,7 +85,7 @@ fn panel(out: &mut String, curve: &Curve, x0: f64, y0: f64) {
         out,
         r#"<text x="{}" y="{}" font-size="13" font-weight="bold">{}</text>"#,
         x0 + 10.0,
-        y0 + 20.0,
+        y0 + 15.0,
         esc(&curve.title)
     );
     let _ = writeln!(
@@ -161,15 +161,14 @@ fn panel(out: &mut String, curve: &Curve, x0: f64, y0: f64) {
                 }
             );
         }
-        // The legend: one line per series, top left inside the panel.
-        let ly = py + 14.0 + 14.0 * n as f64;
+        // The legend: below the axis title, side by side.
+        let lx = px + 210.0 * n as f64;
+        let ly = py + ph + 48.0;
         let _ = writeln!(
             out,
-            r#"<rect x="{}" y="{:.1}" width="12" height="3" fill="{colour}"/><text x="{}" y="{:.1}" fill="{colour}">{}</text>"#,
-            px + 8.0,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="3" fill="{colour}"/><text x="{:.1}" y="{ly:.1}" fill="{colour}">{}</text>"#,
             ly - 4.0,
-            px + 24.0,
-            ly,
+            lx + 16.0,
             esc(&series.name)
         );
     }
