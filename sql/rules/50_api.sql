@@ -336,3 +336,18 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_te
         coalesce(jsonb_agg(ld_field_json(f) ORDER BY f.position, f.key), '[]'::jsonb))
     FROM field_definitions f
 $$;
+
+-- Every open console shows the field definitions: announce a change
+-- (livedesk_fields, no payload; the servers read the whole list and send it
+-- to inbox subscribers).
+CREATE OR REPLACE FUNCTION ld_field_definitions_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    PERFORM pg_notify('livedesk_fields', '');
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER field_definitions_90_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON field_definitions
+    FOR EACH STATEMENT EXECUTE FUNCTION ld_field_definitions_changed();

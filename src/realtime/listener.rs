@@ -63,7 +63,9 @@ pub async fn run(rt: Realtime) {
                 });
                 let listen = tokio::time::timeout(
                     limit,
-                    client.batch_execute("LISTEN livedesk_events; LISTEN livedesk_presence"),
+                    client.batch_execute(
+                        "LISTEN livedesk_events; LISTEN livedesk_presence; LISTEN livedesk_fields",
+                    ),
                 );
                 match listen.await {
                     Ok(Ok(())) => {

@@ -8,6 +8,7 @@
 
 pub mod event_log;
 pub mod fetcher;
+pub mod fields;
 pub mod handshake;
 pub mod hub;
 pub mod listener;
@@ -98,6 +99,8 @@ pub struct Inner {
     /// Open connections by agent: the per-agent cap, and 4001 closes when a
     /// token stops working (`revocation`).
     pub revocation: revocation::Registry,
+    /// Field definitions changed: `fields::run` sends them to inbox subscribers.
+    pub fields_changed: Notify,
 }
 
 /// How long sessions get to send their close frames at shutdown.
@@ -144,12 +147,14 @@ impl Realtime {
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 revocation: revocation::Registry::default(),
+                fields_changed: Notify::new(),
             }),
         };
         let tasks = vec![
             tokio::spawn(listener::run(realtime.clone())),
             tokio::spawn(fetcher::run(realtime.clone())),
             tokio::spawn(revocation::sweep(realtime.clone())),
+            tokio::spawn(fields::run(realtime.clone())),
         ];
         *realtime.bus_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         realtime
@@ -219,6 +224,10 @@ impl Realtime {
                 if let Ok(ticket_id) = payload.trim().parse::<i64>() {
                     pending.presence.insert(ticket_id);
                 }
+            }
+            "livedesk_fields" => {
+                self.fields_changed.notify_one();
+                return;
             }
             _ => return,
         }
