@@ -243,6 +243,25 @@ async fn the_document_lists_every_route_with_the_contracts_statuses() {
         problems.push("the contract's list names a route that configure does not serve".into());
     }
 
+    // And the server really routes each documented operation: no answer
+    // from the catch-all (`There is no METHOD /path.`).
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "1").replace("{key}", "plan");
+            let request = app.http.request(
+                method.to_uppercase().parse().unwrap(),
+                format!("{}{concrete}", app.base),
+            );
+            let (_, body) = common::send(request).await;
+            let message = body["error"]["message"].as_str().unwrap_or("");
+            if message.starts_with("There is no ") {
+                problems.push(format!(
+                    "{method} {path} is documented but the server has no such route"
+                ));
+            }
+        }
+    }
+
     // Unique operation ids: client generators name their functions by them.
     let mut ids = BTreeSet::new();
     for item in doc["paths"].as_object().unwrap().values() {
