@@ -315,25 +315,48 @@ impl Checker {
     fn check(&mut self, method: &str, path: &str, status: u16, body: &Value) {
         self.checked
             .insert((method.to_string(), path.to_string(), status));
-        let Some(schema) = self.schema(method, path, status) else {
-            return;
-        };
-        let validator = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true)
-            .build(&schema)
-            .unwrap_or_else(|e| panic!("the schema of {method} {path} {status} is invalid: {e}"));
-        let errors: Vec<String> = validator
-            .iter_errors(body)
-            .map(|e| format!("  at {}: {e}", e.instance_path()))
-            .collect();
-        assert!(
-            errors.is_empty(),
-            "{} {path} {status} does not match the document:\n{}\nbody: {body:#}",
-            method.to_uppercase(),
-            errors.join("\n")
-        );
+        if let Some(schema) = self.schema(method, path, status) {
+            let what = format!("{} {path} {status}", method.to_uppercase());
+            validate(&schema, body, &what);
+        }
     }
+
+    /// Check a request body the server accepted against the documented
+    /// request body: a client built from the document must be able to send it.
+    fn check_request(&self, method: &str, path: &str, body: &Value) {
+        let op = operation(&self.doc, method, path)
+            .unwrap_or_else(|| panic!("{method} {path} is not in the document"));
+        let schema = op["requestBody"]["content"]["application/json"]
+            .get("schema")
+            .unwrap_or_else(|| {
+                panic!("{method} {path} takes a body the document does not describe")
+            });
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "allOf": [schema],
+            "components": self.doc["components"],
+        });
+        let what = format!("the request body of {} {path}", method.to_uppercase());
+        validate(&schema, body, &what);
+    }
+}
+
+/// Validate `instance` against a standalone schema; fail with every error.
+fn validate(schema: &Value, instance: &Value, what: &str) {
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .build(schema)
+        .unwrap_or_else(|e| panic!("the schema of {what} is invalid: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("  at {}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not match the document:\n{}\nbody: {instance:#}",
+        errors.join("\n")
+    );
 }
 
 /// Send, check the answer against the document, return (status, JSON).
@@ -352,12 +375,16 @@ async fn call(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    if let Some(body) = body {
-        request = request.json(&body);
+    if let Some(body) = &body {
+        request = request.json(body);
     }
-    let (status, body) = common::send(request).await;
-    checker.check(&method.as_str().to_lowercase(), template, status, &body);
-    (status, body)
+    let (status, answer) = common::send(request).await;
+    let lower = method.as_str().to_lowercase();
+    checker.check(&lower, template, status, &answer);
+    if let (Some(sent), 200..=299) = (&body, status) {
+        checker.check_request(&lower, template, sent);
+    }
+    (status, answer)
 }
 
 #[tokio::test]
