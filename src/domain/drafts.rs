@@ -13,6 +13,7 @@ use crate::db::Database;
 #[serde(deny_unknown_fields)]
 pub struct DraftInput {
     /// `reply` or `note`.
+    #[schema(value_type = super::vocabulary::DraftKind)]
     pub kind: String,
     pub body: String,
     #[serde(default)]

@@ -12,6 +12,7 @@ pub struct FieldDefinition {
     pub label: String,
     #[serde(rename = "type")]
     /// `text`, `number`, `date`, `select`, `multiselect` or `checkbox`.
+    #[schema(value_type = super::vocabulary::FieldType)]
     pub kind: String,
     /// The choices of a `select` or `multiselect` field: distinct strings.
     pub options: Option<serde_json::Value>,

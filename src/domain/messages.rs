@@ -11,6 +11,7 @@ use crate::db::Database;
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     /// `reply`, `note`, or (service tokens) `customer`.
+    #[schema(value_type = super::vocabulary::MessageKind)]
     pub kind: String,
     pub body: String,
     /// Replies: the newest message the author saw (0: none).

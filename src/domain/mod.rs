@@ -12,6 +12,7 @@ pub mod fields;
 pub mod messages;
 pub mod tags;
 pub mod tickets;
+pub mod vocabulary;
 pub mod writers;
 
 pub use agents::Agent;

@@ -20,6 +20,7 @@ pub struct NewTicket {
     /// A chat may omit it: the first line of `body` (≤ 120 characters).
     pub subject: Option<String>,
     /// `email`, `chat`, `phone`, `web` or `api`.
+    #[schema(value_type = Option<super::vocabulary::Channel>)]
     pub channel: Option<String>,
     pub customer: Option<CustomerRef>,
     /// The first message (a customer's when a customer is named).
@@ -32,6 +33,7 @@ pub struct NewTicket {
 #[into_params(parameter_in = Query)]
 pub struct TicketFilter {
     /// `new`, `open`, `pending`, `resolved` or `closed`.
+    #[param(value_type = Option<super::vocabulary::TicketStatus>)]
     pub status: Option<String>,
     /// `me`, `none` or an agent id.
     pub assignee: Option<String>,

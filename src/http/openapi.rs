@@ -18,6 +18,9 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+pub use crate::domain::vocabulary::{
+    Channel, DraftKind, FieldType, MessageKind, Priority, Role, TicketStatus, ViewerState,
+};
 use crate::http::{routes, ApiError};
 
 /// The document: every route of `http::configure` is listed here (the test
@@ -118,86 +121,7 @@ pub async fn document() -> Result<HttpResponse, ApiError> {
 }
 
 // ---------------------------------------------------------------------------
-// Vocabulary (contract §4).
-
-/// `tickets.status`.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum TicketStatus {
-    New,
-    Open,
-    Pending,
-    Resolved,
-    Closed,
-}
-
-/// `tickets.priority`.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Priority {
-    Low,
-    Normal,
-    High,
-    Urgent,
-}
-
-/// `tickets.channel`.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Channel {
-    Email,
-    Chat,
-    Phone,
-    Web,
-    Api,
-}
-
-/// `messages.kind`: from the customer, a reply to the customer, an internal note.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageKind {
-    Customer,
-    Reply,
-    Note,
-}
-
-/// What an unsent draft will become.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DraftKind {
-    Reply,
-    Note,
-}
-
-/// `agents.role`: `service` is a non-human integration.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Agent,
-    Admin,
-    Service,
-}
-
-/// A viewer's state on a ticket (contract §6).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ViewerState {
-    Viewing,
-    Typing,
-    Idle,
-}
-
-/// `field_definitions.type`.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FieldType {
-    Text,
-    Number,
-    Date,
-    Select,
-    Multiselect,
-    Checkbox,
-}
+// Vocabulary of the answers (the contract's own, §4, is `domain::vocabulary`).
 
 /// Who wrote a message: an agent or a customer.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
