@@ -9,7 +9,6 @@
 mod common;
 
 use common::TestApp;
-use livedesk::db::Database;
 
 /// One ```sql block of the document.
 struct Block {
@@ -76,8 +75,8 @@ async fn every_sql_example_in_direct_sql_md_runs_as_documented() {
 
     let app = TestApp::spawn().await;
     let owner = app.sql().await;
-    let writer = role_connection(&app, "docwriter", false).await;
-    let reader = role_connection(&app, "docreader", true).await;
+    let (_, _, writer) = common::writer_role(&app, "docwriter", false).await;
+    let (_, _, reader) = common::writer_role(&app, "docreader", true).await;
     for block in &blocks {
         let sql = match block.role.as_str() {
             "owner" => &owner,
@@ -127,24 +126,6 @@ async fn every_sql_example_in_direct_sql_md_runs_as_documented() {
     let (version, count, first, last): (i64, i64, i64, i64) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!((count, first, last), (version, 1, version));
-}
-
-/// A connection as a new role made by `livedesk writer add` (cluster-wide
-/// names: made unique per test process).
-async fn role_connection(app: &TestApp, name: &str, read_only: bool) -> tokio_postgres::Client {
-    let name = format!("{name}{}", std::process::id());
-    let admin = Database::new(common::cluster().admin_config(&app.dbname), 1).unwrap();
-    livedesk::domain::writers::add(&admin, &name, read_only)
-        .await
-        .unwrap();
-    admin.pool().close();
-    let (client, connection) = common::cluster()
-        .config_as(&app.dbname, &name)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 fn describe(e: &tokio_postgres::Error) -> String {

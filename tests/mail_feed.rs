@@ -6,38 +6,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{cluster, TestApp};
-use livedesk::db::Database;
-use livedesk::domain::writers;
-use tokio_postgres::{Client, NoTls};
+use common::{connect_as, TestApp};
+use tokio_postgres::Client;
 
-static NEXT_ROLE: AtomicU32 = AtomicU32::new(1);
-
-/// A role made by `livedesk writer add` (roles are cluster-wide: unique
-/// names), its agent id and a connection maker.
+/// A role made by `livedesk writer add` and its agent id.
 async fn writer_role(app: &TestApp) -> (String, i64) {
-    let name = format!(
-        "feed{}_{}",
-        std::process::id(),
-        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
-    );
-    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
-    let (writer, _password) = writers::add(&admin, &name, false).await.unwrap();
-    admin.pool().close();
-    (name, writer.agent.id)
-}
-
-async fn connect_as(dbname: &str, user: &str) -> Client {
-    let (client, connection) = cluster()
-        .config_as(dbname, user)
-        .connect(NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
+    let (name, agent, _) = common::writer_role(app, "feed", false).await;
+    (name, agent)
 }
 
 async fn read(client: &Client, consumer: &str, limit: i32) -> Vec<(i64, i64)> {

@@ -8,43 +8,25 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::ws::WsClient;
 use common::{cluster, TestApp};
 use livedesk::db::Database;
-use livedesk::domain::writers;
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
-static NEXT_ROLE: AtomicU32 = AtomicU32::new(1);
-
-/// A role made by `livedesk writer add` for this test's database, and a
-/// connection as it.
+/// A role made by `livedesk writer add`, its agent id, a connection as it.
 async fn writer_role(app: &TestApp, read_only: bool) -> (String, i64, Client) {
-    // Roles are cluster-wide: unique per test process and test.
-    let name = format!(
-        "w{}_{}",
-        std::process::id(),
-        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
-    );
-    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
-    let (writer, _password) = writers::add(&admin, &name, read_only).await.unwrap();
-    admin.pool().close();
-    assert_eq!(writer.agent.role, "service");
-    let client = connect_as(&app.dbname, &name).await;
-    (name, writer.agent.id, client)
-}
-
-async fn connect_as(dbname: &str, user: &str) -> Client {
-    let (client, connection) = cluster()
-        .config_as(dbname, user)
-        .connect(NoTls)
+    let (name, agent, client) = common::writer_role(app, "w", read_only).await;
+    let agents = app.sql().await;
+    let role: String = agents
+        .query_one("SELECT role FROM agents WHERE id = $1", &[&agent])
         .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
+        .unwrap()
+        .get(0);
+    assert_eq!(role, "service");
+    (name, agent, client)
 }
 
 /// The SQLSTATE of a statement that must fail (panics when it succeeds).

@@ -230,27 +230,8 @@ impl TestApp {
 
     /// An app on an existing database (several processes on one database).
     pub async fn spawn_on(dbname: String, settings: Settings) -> TestApp {
-        let db = Database::new(cluster().config(&dbname), settings.pool_size as usize).unwrap();
-        let app = Application::build(settings, db.clone()).await.unwrap();
-        let address = app.address;
-        let shutdown = app.shutdown.clone();
-        let server = app.server.handle();
-        let join = tokio::spawn(app.run_until_stopped());
-        let test = TestApp {
-            address,
-            base: format!("http://{address}"),
-            dbname,
-            db,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
-            shutdown,
-            server,
-            join: Some(join),
-        };
-        test.wait_healthy().await;
-        test
+        let config = cluster().config(&dbname);
+        Self::spawn_via(dbname, settings, config).await
     }
 
     /// Wait until `/healthz` says 200 (the listener is up).
@@ -420,4 +401,40 @@ pub async fn redeem_login(base: &str, code: &str) -> String {
     .await;
     assert_eq!(status, 200, "{body}");
     body["token"].as_str().unwrap().to_string()
+}
+
+static NEXT_ROLE: AtomicU32 = AtomicU32::new(1);
+
+/// A role made by `livedesk writer add` (the CLI's code) for this test's
+/// database — in `livedesk_reader` when `read_only` — with its service
+/// agent's id and a connection as it. Roles are cluster-wide, so the name
+/// is made unique from `prefix`.
+pub async fn writer_role(
+    app: &TestApp,
+    prefix: &str,
+    read_only: bool,
+) -> (String, i64, tokio_postgres::Client) {
+    let name = format!(
+        "{prefix}{}_{}",
+        std::process::id(),
+        NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
+    let (writer, _password) = livedesk::domain::writers::add(&admin, &name, read_only)
+        .await
+        .unwrap();
+    admin.pool().close();
+    let client = connect_as(&app.dbname, &name).await;
+    (name, writer.agent.id, client)
+}
+
+/// A connection to a test database as any role.
+pub async fn connect_as(dbname: &str, user: &str) -> tokio_postgres::Client {
+    let (client, connection) = cluster()
+        .config_as(dbname, user)
+        .connect(NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
 }
