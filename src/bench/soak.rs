@@ -163,7 +163,7 @@ pub async fn run(env: &BenchEnv, minutes: u32, scale_down: usize) -> Result<bool
         first as f64 / 1024.0,
         last as f64 / 1024.0,
         growth / 1024.0,
-        rss.len()
+        rss.iter().filter(|(t, _)| *t >= 60.0).count()
     );
     Ok(behind == 0 && duplicates == 0 && gaps == 0)
 }

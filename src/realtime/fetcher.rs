@@ -117,6 +117,12 @@ async fn read_events(
             continue;
         }
         rt.metrics.event_fetches.inc();
+        tracing::trace!(
+            rows = frames.len(),
+            first = frames.first().map(|f| f.version),
+            opened,
+            "fanning out"
+        );
         record(rt, rt.hub.fan_out_events(frames));
         if more {
             rt.request_catch_up(ids, false);
