@@ -629,7 +629,7 @@ async fn real_answers_match_the_documents_schemas() {
     // The whole ticket: messages, a viewer, a draft marker.
     let tt = "/api/tickets/{id}";
     let mut viewers = 0;
-    for _ in 0..100 {
+    for _ in 0..200 {
         let (status, detail) = call(&mut c, &app, M::GET, tt, &t, Some(&a), None).await;
         assert_eq!(status, 200);
         viewers = detail["presence"].as_array().unwrap().len();
@@ -941,7 +941,7 @@ async fn real_answers_match_the_documents_schemas() {
     let strict = TestApp::spawn_with(settings).await;
     let (_, token) = strict.agent("Eve", "agent").await;
     let mut limited = None;
-    for _ in 0..5 {
+    for _ in 0..20 {
         let (status, body) = common::send(strict.req(M::GET, "/api/me", &token)).await;
         c.check("get", "/api/me", status, &body);
         if status == 429 {
