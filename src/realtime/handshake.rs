@@ -13,6 +13,26 @@ use crate::http::auth::{authenticate, bearer_token};
 use crate::http::{ApiError, AppState};
 
 /// `GET /ws`: check the Origin and the token, then hand the socket to a session task.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    operation_id = "websocket",
+    tag = "service",
+    description = "The WebSocket upgrade: live events, presence and drafts; the frames are in docs/protocol.md.",
+    params(
+        ("access_token" = Option<String>, Query, description = "The token, for browsers (they cannot set Authorization on a WebSocket)"),
+        ("Origin" = Option<String>, Header, description = "When sent (browsers), it must be in LIVEDESK_ALLOWED_ORIGINS (default: the server's own)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open; the first frame is hello"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = crate::http::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "The Origin is not allowed", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests, or too many WebSocket connections of this agent", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "This process has no room for another connection, or the database is unavailable", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = []), ()),
+)]
 pub async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
