@@ -161,6 +161,7 @@ fn request() -> impl Strategy<Value = Request> {
     let path = (
         prop::sample::select(vec![
             "/api/me",
+            "/api/login",
             "/api/tickets",
             "/api/tickets/{id}",
             "/api/tickets/{id}/messages",
