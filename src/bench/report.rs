@@ -218,7 +218,8 @@ impl Report {
             }
         );
         let generated = format!(
-            "{START}\nCommand: `{command}`\n\nMachine: {}\n\nLoad average (1 min) before each phase: {}\n\n{}{END}",
+            "{START}\nCommand: `{command}` (run at {} UTC)\n\nMachine: {}\n\nLoad average (1 min) before each phase: {}\n\n{}{END}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M"),
             self.machine,
             self.load.join(", "),
             self.markdown()
