@@ -34,7 +34,10 @@ pub async fn subscribers(env: &BenchEnv, args: &BenchArgs, report: &mut Report) 
         let opened = Instant::now();
         let watchers = wsload::open(&env.base, &env.tokens[5].1, &tickets, n, None).await?;
         let open_s = opened.elapsed().as_secs_f64();
-        // Every subscriber is a viewer: let the presence announcements pass.
+        // Every subscriber is a viewer: wait until every viewer row is
+        // written and the announcements have passed (at 10,000 the
+        // presence work would otherwise be measured as event latency).
+        wait_for_viewers(env, n as i64).await?;
         tokio::time::sleep(Duration::from_millis(2000 + n as u64 / 5)).await;
         let commits = super::scenarios::write_changes(env, &tickets, rate, total).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -74,6 +77,23 @@ pub async fn subscribers(env: &BenchEnv, args: &BenchArgs, report: &mut Report) 
         ],
     });
     Ok(())
+}
+
+/// Wait (at most 60 s) until the presence table holds at least `n` rows.
+async fn wait_for_viewers(env: &BenchEnv, n: i64) -> Result<()> {
+    let sql = env.sql().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let rows: i64 = sql
+            .query_one("SELECT count(*) FROM presence", &[])
+            .await?
+            .get(0);
+        if rows >= n {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the viewers of {n} subscribers were not all written within 60 s")
 }
 
 /// Subscribe → snapshot received, on tickets with 1 / 1,000 / 10,000
