@@ -42,8 +42,10 @@ pub struct DatabaseHandle {
 
 /// Connect to (or start) the database and apply migrations.
 pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartError> {
-    let (config, embedded) = match &settings.database_url {
-        Some(url) => (Database::parse_url(url)?, None),
+    let size = settings.pool_size as usize;
+    let (db, embedded) = match &settings.database_url {
+        // TLS as the URL asks (sslmode, sslrootcert: db::tls).
+        Some(url) => (Database::from_url(url, size, settings.db_timeout())?, None),
         None => {
             let mut options = EmbeddedOptions::new(&settings.data_dir);
             options.unsafe_fast = settings.embedded_unsafe_fast;
@@ -57,10 +59,10 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
             let bootstrapped = crate::db::bootstrap::embedded(&admin).await;
             admin.pool().close();
             bootstrapped?;
-            (pg.config(), Some(pg))
+            let db = Database::with_timeout(pg.config(), size, settings.db_timeout())?;
+            (db, Some(pg))
         }
     };
-    let db = Database::with_timeout(config, settings.pool_size as usize, settings.db_timeout())?;
     if !db.ping().await {
         // Say why, with the driver's own words.
         let error = db

@@ -6,6 +6,7 @@ pub mod embedded;
 pub mod error;
 pub mod migrations;
 pub mod pool;
+pub mod tls;
 
 pub use error::DbError;
 pub use pool::Database;

@@ -1,15 +1,13 @@
 //! A pool of connections for request handlers, plus the settings to open the
 //! dedicated LISTEN connection (which never comes from the pool).
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
-
+use super::tls::{self, Connector};
 use super::DbError;
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 
 /// The default budget of one exchange with PostgreSQL (`LIVEDESK_DB_TIMEOUT_MS`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,15 +28,24 @@ const CHECK_WHEN_IDLE_FOR: Duration = Duration::from_millis(1000);
 #[derive(Clone)]
 pub struct Database {
     config: tokio_postgres::Config,
+    tls: Connector,
     pool: Pool,
     timeout: Duration,
     opened: Arc<AtomicU64>,
 }
 
 impl Database {
-    /// Parse a `DATABASE_URL` (or key=value string).
+    /// Parse a `DATABASE_URL` (or key=value string); its TLS parameters
+    /// (`sslmode`, `sslrootcert`) are read by `db::tls` (use `from_url` to
+    /// keep them).
     pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, DbError> {
-        tokio_postgres::Config::from_str(url).map_err(|e| DbError::Config(e.to_string()))
+        tls::parse(url).map(|(config, _)| config)
+    }
+
+    /// A pool for a `DATABASE_URL`, with the TLS it asks for (`db::tls`).
+    pub fn from_url(url: &str, size: usize, timeout: Duration) -> Result<Self, DbError> {
+        let (config, tls) = tls::parse(url)?;
+        Self::build(config, tls, size, timeout)
     }
 
     /// Build a pool of `size` connections; nothing is connected until first use.
@@ -49,7 +56,16 @@ impl Database {
     /// Same, with the budget of one exchange with PostgreSQL: connecting,
     /// checking out a connection, `ping`.
     pub fn with_timeout(
+        config: tokio_postgres::Config,
+        size: usize,
+        timeout: Duration,
+    ) -> Result<Self, DbError> {
+        Self::build(config, tls::unchecked(), size, timeout)
+    }
+
+    fn build(
         mut config: tokio_postgres::Config,
+        tls: Connector,
         size: usize,
         timeout: Duration,
     ) -> Result<Self, DbError> {
@@ -68,7 +84,7 @@ impl Database {
             .tcp_user_timeout(Duration::from_secs(30));
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 // Closed connections are dropped here; the empty-query check
                 // is the pre_recycle hook below, for idle connections only.
@@ -112,6 +128,7 @@ impl Database {
             .map_err(|e| DbError::Config(e.to_string()))?;
         Ok(Database {
             config,
+            tls,
             pool,
             timeout,
             opened,
@@ -138,6 +155,11 @@ impl Database {
     /// The connection settings, for the LISTEN connection and for tools.
     pub fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    /// The TLS the URL asked for, for connections outside the pool (LISTEN).
+    pub fn tls(&self) -> Connector {
+        self.tls.clone()
     }
 
     /// A pooled connection, or `DbError::Unavailable`.

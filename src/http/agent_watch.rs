@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Authenticator;
@@ -29,7 +29,7 @@ pub async fn run(
         config.application_name(WATCH_NAME);
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            connected = tokio::time::timeout(Duration::from_secs(5), config.connect(NoTls)) => connected,
+            connected = tokio::time::timeout(Duration::from_secs(5), config.connect(db.tls())) => connected,
         };
         if let Ok(Ok((client, mut connection))) = connected {
             let (tx, mut rx) = tokio::sync::mpsc::channel::<i64>(1024);

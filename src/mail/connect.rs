@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use rand::RngCore;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 
 use super::MailError;
 use crate::db::Database;
@@ -29,6 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct MailDatabase {
     config: Config,
+    /// The TLS the URL asked for (`db::tls`).
+    tls: crate::db::tls::Connector,
     /// `SET SESSION AUTHORIZATION` to this role after connecting.
     session_role: Option<String>,
     /// The longest one exchange may take (LIVEDESK_DB_TIMEOUT_MS): a
@@ -48,9 +50,11 @@ impl std::fmt::Debug for MailDatabase {
 impl MailDatabase {
     /// A writer role's connection string.
     pub fn from_url(url: &str) -> Result<Self, MailError> {
-        let config = Database::parse_url(url).map_err(|e| MailError::Config(e.to_string()))?;
+        let (config, tls) =
+            crate::db::tls::parse(url).map_err(|e| MailError::Config(e.to_string()))?;
         Ok(MailDatabase {
             config,
+            tls,
             session_role: None,
             timeout: crate::db::pool::DEFAULT_TIMEOUT,
         })
@@ -60,6 +64,7 @@ impl MailDatabase {
     pub fn server(db: &Database) -> Self {
         MailDatabase {
             config: db.config().clone(),
+            tls: db.tls(),
             session_role: None,
             timeout: db.timeout(),
         }
@@ -81,6 +86,7 @@ impl MailDatabase {
     pub async fn as_writer_via_superuser(admin: Config, role: &str) -> Result<Self, MailError> {
         let db = MailDatabase {
             config: admin.clone(),
+            tls: crate::db::tls::unchecked(),
             session_role: None,
             timeout: crate::db::pool::DEFAULT_TIMEOUT,
         };
@@ -88,6 +94,7 @@ impl MailDatabase {
         ensure_writer(&client, role).await?;
         Ok(MailDatabase {
             config: admin,
+            tls: db.tls.clone(),
             session_role: Some(role.to_string()),
             timeout: db.timeout,
         })
@@ -107,7 +114,7 @@ impl MailDatabase {
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(30));
         let open = async {
-            let (client, connection) = config.connect(NoTls).await?;
+            let (client, connection) = config.connect(self.tls.clone()).await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "mail database connection ended");

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use super::Realtime;
 
@@ -38,7 +38,7 @@ pub async fn run(rt: Realtime) {
         // The whole start-up exchange is bounded, not only the TCP connect:
         // a peer that accepts and never answers must not hold us here.
         let limit = rt.db.timeout();
-        let connected = match tokio::time::timeout(limit, config.connect(NoTls)).await {
+        let connected = match tokio::time::timeout(limit, config.connect(rt.db.tls())).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
         };
