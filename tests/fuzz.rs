@@ -378,6 +378,9 @@ async fn generated_websocket_frames_never_break_a_connection() {
     eprintln!("FUZZ_SEED={seed}");
     let mut settings = test_settings();
     settings.max_frames_per_second = 1_000_000;
+    // The neighbour is not read while the frames go out (a minute on a
+    // loaded machine): it must not be closed for silence meanwhile.
+    settings.presence_ttl_ms = 600_000;
     let app = TestApp::spawn_with(settings).await;
     let (_, agent) = app.agent("Alice", "agent").await;
     let ticket = app.ticket(&agent, "Fuzzed").await["id"].as_i64().unwrap();
