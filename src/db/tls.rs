@@ -107,9 +107,11 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, Connector), DbError> 
                  certificate authority that signed the server's certificate"
             )))
         }
-        (Some(other), _) => return Err(DbError::Config(format!(
+        (Some(other), _) => {
+            return Err(DbError::Config(format!(
             "unknown sslmode {other:?} (disable, allow, prefer, require, verify-ca, verify-full)"
-        ))),
+        )))
+        }
     };
     let connector = match (check, rootcert) {
         (Check::Nothing, _) | (_, None) => unchecked(),
