@@ -429,6 +429,15 @@ async fn processes_once(
                     .json(&json!({"changes": {"subject": {"from": subject, "to": next}}}))
                     .send()
                     .await?;
+                if r.status() == reqwest::StatusCode::CONFLICT {
+                    // Not expected (each writer owns its ticket): say what
+                    // the server said, read the subject again, go on.
+                    let body = r.text().await.unwrap_or_default();
+                    eprintln!("    PATCH of ticket {ticket} answered 409: {body}");
+                    subject =
+                        super::scenarios::current_subject(&http, &base, &token, ticket).await;
+                    continue;
+                }
                 if !r.status().is_success() {
                     bail!("PATCH answered {}", r.status());
                 }
