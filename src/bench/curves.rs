@@ -434,8 +434,7 @@ async fn processes_once(
                     // the server said, read the subject again, go on.
                     let body = r.text().await.unwrap_or_default();
                     eprintln!("    PATCH of ticket {ticket} answered 409: {body}");
-                    subject =
-                        super::scenarios::current_subject(&http, &base, &token, ticket).await;
+                    subject = super::scenarios::current_subject(&http, &base, &token, ticket).await;
                     continue;
                 }
                 if !r.status().is_success() {
