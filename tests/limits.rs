@@ -439,3 +439,43 @@ async fn a_subscribe_loop_is_rate_limited() {
     assert!(snapshots <= 60, "{snapshots} snapshots, {limited} refused");
     assert!(app.metric("livedesk_rate_limited_total").await >= limited);
 }
+
+/// An agent whose cached answer expires in the middle of a flood of bad
+/// tokens from the same address (one proxy, one NAT) is not locked out: a
+/// token that was good is looked up again without paying from the
+/// address's budget.
+#[tokio::test]
+async fn a_good_token_is_not_locked_out_by_a_flood_from_its_address() {
+    let mut settings = test_settings();
+    settings.rate_per_address = 5;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    assert_eq!(app.get("/api/me", &token).await.0, 200);
+    let stop = Instant::now() + Duration::from_millis(6500);
+    let flooder = {
+        let http = app.http.clone();
+        let url = format!("{}/api/me", app.base);
+        tokio::spawn(async move {
+            let mut limited = 0u32;
+            let mut n = 0u64;
+            while Instant::now() < stop {
+                n += 1;
+                let answer = http
+                    .get(&url)
+                    .bearer_auth(format!("ldk_{n:064x}"))
+                    .send()
+                    .await
+                    .unwrap();
+                if answer.status() == 429 {
+                    limited += 1;
+                }
+            }
+            limited
+        })
+    };
+    // Past the cache's 5 s, while the address's budget is spent.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let (status, body) = app.get("/api/me", &token).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(flooder.await.unwrap() > 0, "the flood was never limited");
+}

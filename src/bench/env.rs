@@ -57,7 +57,7 @@ impl BenchEnv {
             tokens.push((agent.id, token.0));
         }
         let bin_dir = find_bin_dir().context("PostgreSQL binaries")?;
-        let (server, base) = spawn_server(&pg)?;
+        let (server, base) = spawn_server(&pg, false)?;
         let server_pid = server.id();
         let env = BenchEnv {
             db,
@@ -161,7 +161,13 @@ impl Drop for BenchEnv {
 /// Start one more livedesk process on the same database (several processes
 /// behind a load balancer); it is stopped with [`stop_server`].
 pub async fn spawn_extra_server(env: &BenchEnv) -> Result<(Child, String)> {
-    let (child, base) = spawn_server(&env.pg)?;
+    spawn_extra_server_with(env, false).await
+}
+
+/// The same, with the abuse limits at their defaults (`limits`): what the
+/// abuse scenario measures.
+pub async fn spawn_extra_server_with(env: &BenchEnv, limits: bool) -> Result<(Child, String)> {
+    let (child, base) = spawn_server(&env.pg, limits)?;
     for _ in 0..400 {
         if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
             if r.status() == 200 {
@@ -183,7 +189,7 @@ pub fn stop_server(mut child: Child) {
     let _ = child.wait();
 }
 
-fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
+fn spawn_server(pg: &EmbeddedPostgres, limits: bool) -> Result<(Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -198,7 +204,16 @@ fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
             .unwrap_or(dir)
             .join(format!("livedesk-server-{port}.log")),
     )?;
-    let child = Command::new(livedesk)
+    let mut command = Command::new(livedesk);
+    if !limits {
+        // The bench is one client address with a few tokens: the abuse
+        // limits (contract §5a) would measure themselves, not livedesk.
+        command
+            .env("LIVEDESK_RATE_PER_TOKEN", "1000000")
+            .env("LIVEDESK_BURST_PER_TOKEN", "1000000")
+            .env("LIVEDESK_RATE_PER_ADDRESS", "1000000");
+    }
+    let child = command
         .env(
             "DATABASE_URL",
             format!(
@@ -209,11 +224,6 @@ fn spawn_server(pg: &EmbeddedPostgres) -> Result<(Child, String)> {
         .env("LIVEDESK_BIND", format!("127.0.0.1:{port}"))
         .env("LIVEDESK_MAX_CONNECTIONS", "15000")
         .env("LIVEDESK_POOL_SIZE", "16")
-        // The bench is one client address with a few tokens: the abuse
-        // limits (contract §5a) would measure themselves, not livedesk.
-        .env("LIVEDESK_RATE_PER_TOKEN", "1000000")
-        .env("LIVEDESK_BURST_PER_TOKEN", "1000000")
-        .env("LIVEDESK_RATE_PER_ADDRESS", "1000000")
         // Thousands of sockets share a few agents here.
         .env("LIVEDESK_MAX_CONNECTIONS_PER_AGENT", "20000")
         .env("RUST_LOG", "warn")

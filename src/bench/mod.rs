@@ -75,6 +75,7 @@ pub async fn run(mut args: BenchArgs) -> Result<bool> {
         ("curve-snapshot", scenarios::Phase::CurveSnapshot),
         ("curve-resume", scenarios::Phase::CurveResume),
         ("curve-processes", scenarios::Phase::CurveProcesses),
+        ("abuse", scenarios::Phase::Abuse),
     ];
     let started = std::time::Instant::now();
     for (name, phase) in phases {

@@ -30,6 +30,7 @@ pub enum Phase {
     CurveSnapshot,
     CurveResume,
     CurveProcesses,
+    Abuse,
 }
 
 /// Run one phase.
@@ -61,6 +62,7 @@ pub async fn run(
         Phase::ListenerKill => listener_kill(env, report, 200.0, 1200 / s).await,
         Phase::Resume => resume(env, report, 10_000 / s as i64).await,
         Phase::ReplyRace => reply_race(env, report, 1000 / s).await,
+        Phase::Abuse => abuse(env, args, report).await,
         Phase::Idle10k => idle(env, report, 10_000 / s).await,
         Phase::CurveSubscribers => super::curves::subscribers(env, args, report).await,
         Phase::CurveSnapshot => super::curves::snapshot(env, args, report).await,
@@ -801,4 +803,124 @@ pub(crate) async fn current_subject(
             .unwrap_or_default(),
         Err(_) => String::new(),
     }
+}
+
+/// Contract §5a: 200 clients sending garbage tokens in parallel while 8
+/// agents work at a person's pace (one request every 50 ms each), against a
+/// livedesk with its default limits. The agents' p99 must stay within 2× of
+/// a quiet run: their tokens are cached (no query), the bad ones pay from
+/// the per-address budget before any lookup, and lookups use a few pool
+/// connections at most.
+async fn abuse(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -> Result<()> {
+    let tickets = env.tickets(8).await?;
+    let (server, base) = super::env::spawn_extra_server_with(env, true).await?;
+    let result = abuse_on(env, &base, &tickets, args, report).await;
+    super::env::stop_server(server);
+    result
+}
+
+async fn abuse_on(
+    env: &BenchEnv,
+    base: &str,
+    tickets: &[i64],
+    args: &BenchArgs,
+    report: &mut Report,
+) -> Result<()> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let duration = Duration::from_secs(u64::from(args.seconds.clamp(3, 10)));
+    let agents = |deadline: Instant| {
+        let mut tasks = Vec::new();
+        for (n, ticket) in tickets.iter().enumerate() {
+            let (http, url, token) = (
+                http.clone(),
+                format!("{base}/api/tickets/{ticket}"),
+                env.tokens[n % env.tokens.len()].1.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                while Instant::now() < deadline {
+                    tick.tick().await;
+                    let started = Instant::now();
+                    match http.get(&url).bearer_auth(&token).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            latencies.push(started.elapsed().as_micros() as u64);
+                        }
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            }));
+        }
+        tasks
+    };
+    let collect = |tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, u64)>>| async move {
+        let mut histogram = Histogram::<u64>::new(3)?;
+        let mut errors = 0;
+        for task in tasks {
+            let (latencies, failed) = task.await?;
+            for micros in latencies {
+                histogram.record(micros.max(1))?;
+            }
+            errors += failed;
+        }
+        anyhow::Ok((histogram, errors))
+    };
+    let quiet = collect(agents(Instant::now() + duration)).await?;
+    let deadline = Instant::now() + duration;
+    let mut flood = Vec::new();
+    for n in 0..200u64 {
+        let (http, url) = (http.clone(), format!("{base}/api/tickets"));
+        flood.push(tokio::spawn(async move {
+            let (mut unauthorized, mut limited) = (0u64, 0u64);
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                i += 1;
+                let token = format!("ldk_{:064x}", n * 1_000_000_007 + i);
+                if let Ok(r) = http.get(&url).bearer_auth(token).send().await {
+                    match r.status().as_u16() {
+                        401 => unauthorized += 1,
+                        429 => limited += 1,
+                        _ => {}
+                    }
+                }
+            }
+            (unauthorized, limited)
+        }));
+    }
+    let busy = collect(agents(deadline)).await?;
+    let (mut unauthorized, mut limited) = (0, 0);
+    for task in flood {
+        let (u, l) = task.await?;
+        unauthorized += u;
+        limited += l;
+    }
+    let (q, b) = (
+        quiet.0.value_at_quantile(0.99),
+        busy.0.value_at_quantile(0.99),
+    );
+    let ratio = b as f64 / q.max(1) as f64;
+    eprintln!(
+        "    abuse: quiet p99 {:.2} ms, flooded p99 {:.2} ms; garbage: {unauthorized} × 401, {limited} × 429",
+        ms(q),
+        ms(b)
+    );
+    report.add(Row {
+        scenario: "8 agents (one request per 50 ms each) while 200 clients send garbage tokens, default limits".into(),
+        figure: format!(
+            "p99 {:.2} ms under the flood ({} requests, {} errors; garbage answered {unauthorized} × 401 (each one lookup), {limited} × 429)",
+            ms(b),
+            busy.0.len(),
+            busy.1
+        ),
+        baseline: format!("p99 {:.2} ms quiet ({} requests)", ms(q), quiet.0.len()),
+        target: format!("≤ 2× (measured {ratio:.2}×)"),
+        met: Some(ratio <= 2.0 && busy.1 == 0),
+        incorrect: busy.1 > 0 || quiet.1 > 0,
+    });
+    Ok(())
 }

@@ -38,6 +38,11 @@ use crate::domain::{agents, Agent};
 
 /// How long a cached answer (good or bad token) is trusted.
 const CACHE_TTL: Duration = Duration::from_secs(5);
+/// How long a token that was good is still known as one: looking it up
+/// again then costs a query but not the per-address budget, so a flood of
+/// bad tokens from the same address (a proxy, a NAT) cannot lock out agents
+/// whose cached answer just expired. Nobody can guess such a token.
+const KNOWN_GOOD: Duration = Duration::from_secs(3600);
 /// Entries the token cache holds at most; past it, expired ones go, then all.
 const CACHE_MAX: usize = 10_000;
 /// Token lookups that may run at once (each holds a pool connection).
@@ -108,8 +113,11 @@ impl Authenticator {
             }
             None => {}
         }
-        // Not known: a lookup, paid for from the address's budget.
-        self.check_address(peer)?;
+        // Not known: a lookup, paid for from the address's budget, unless
+        // this token was good a moment ago.
+        if !self.known_good(&digest) {
+            self.check_address(peer)?;
+        }
         let agent = {
             let _permit = self
                 .lookups
@@ -176,12 +184,27 @@ impl Authenticator {
         Some(entry.agent.clone())
     }
 
+    fn known_good(&self, digest: &Digest32) -> bool {
+        self.cache.lock().ok().is_some_and(|cache| {
+            cache
+                .get(digest)
+                .is_some_and(|e| e.agent.is_some() && e.at.elapsed() < KNOWN_GOOD)
+        })
+    }
+
     fn remember(&self, digest: Digest32, agent: Option<Agent>) {
         let Ok(mut cache) = self.cache.lock() else {
             return;
         };
         if cache.len() >= CACHE_MAX {
-            cache.retain(|_, c| c.at.elapsed() < CACHE_TTL);
+            cache.retain(|_, c| {
+                c.at.elapsed()
+                    < if c.agent.is_some() {
+                        KNOWN_GOOD
+                    } else {
+                        CACHE_TTL
+                    }
+            });
             if cache.len() >= CACHE_MAX {
                 cache.clear();
             }
