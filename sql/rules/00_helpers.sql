@@ -4,7 +4,9 @@
 -- Every file in sql/rules/ is applied in name order, in one transaction, at
 -- every start whose rules differ from the database's (src/db/migrations.rs):
 -- CREATE OR REPLACE only, so a file can be edited like code. Tables live in
--- the migrations (sql/V*.sql), which never change once landed.
+-- the migrations (sql/V*.sql), which never change once landed; V1-V3 still
+-- hold the round-1 text of many functions below (frozen history): the
+-- versions here replace them at every start and are the ones that run.
 --
 -- Who may call what is in 90_privileges.sql. In short: triggers and the
 -- functions a direct writer may call are SECURITY DEFINER with a pinned

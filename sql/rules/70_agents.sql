@@ -44,6 +44,15 @@ BEGIN
 END
 $$;
 
+-- LD404 for an email no agent has.
+CREATE OR REPLACE FUNCTION ld_fail_no_agent(p_email text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ld_fail('LD404', format('no agent has the email %s', btrim(p_email)),
+                    jsonb_build_object('resource', 'agent'));
+END
+$$;
+
 -- Replace an agent's token digest (the old token stops working at once, on
 -- every process); p_expires_at NULL = never expires.
 DROP FUNCTION IF EXISTS ld_agent_set_token(text, bytea);
@@ -57,8 +66,7 @@ BEGIN
     WHERE lower(email) = lower(btrim(p_email))
     RETURNING * INTO a;
     IF NOT FOUND THEN
-        PERFORM ld_fail('LD404', format('no agent has the email %s', btrim(p_email)),
-                        jsonb_build_object('resource', 'agent'));
+        PERFORM ld_fail_no_agent(p_email);
     END IF;
     PERFORM ld_agent_announce(a.id);
     RETURN ld_agent_json(a);
@@ -77,8 +85,7 @@ BEGIN
     WHERE lower(email) = lower(btrim(p_email))
     RETURNING * INTO a;
     IF NOT FOUND THEN
-        PERFORM ld_fail('LD404', format('no agent has the email %s', btrim(p_email)),
-                        jsonb_build_object('resource', 'agent'));
+        PERFORM ld_fail_no_agent(p_email);
     END IF;
     PERFORM ld_agent_announce(a.id);
     RETURN ld_agent_json(a) || jsonb_build_object('disabled', a.disabled_at IS NOT NULL);

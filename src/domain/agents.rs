@@ -47,7 +47,12 @@ pub fn generate_token() -> NewToken {
 /// The digest stored for a token. Malformed tokens hash too (and match nothing),
 /// so every wrong token costs the same.
 pub fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+    token_digest(token).to_vec()
+}
+
+/// The same digest as a fixed-size key (token cache, open connections).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The agent holding `token`, if any.

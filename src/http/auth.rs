@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::{errors::ApiError, AppState};
@@ -101,7 +100,7 @@ impl Authenticator {
                 "Send your API token as `Authorization: Bearer <token>`.",
             ));
         };
-        let digest: Digest32 = Sha256::digest(token.as_bytes()).into();
+        let digest: Digest32 = agents::token_digest(token);
         match self.cached(&digest) {
             Some(Some(agent)) => {
                 self.check_token(&digest)?;

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use sha2::{Digest, Sha256};
 
 use super::session::Session;
 use super::SlotRefused;
@@ -47,7 +46,7 @@ pub async fn upgrade(
     let agent = authenticate(&state, token.as_deref(), peer).await?;
     // The connection remembers its token's digest (as stored), so that it can
     // be closed (4001) when that token stops working.
-    let digest: [u8; 32] = Sha256::digest(token.as_deref().unwrap_or_default().as_bytes()).into();
+    let digest = crate::domain::agents::token_digest(token.as_deref().unwrap_or_default());
     let slot =
         state
             .realtime
