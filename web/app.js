@@ -102,17 +102,10 @@ async function takeLoginFromFragment() {
   if (!m) return;
   history.replaceState(null, '', location.pathname + location.search);
   try {
-    const response = await fetch('/api/login', {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ code: decodeURIComponent(m[1]) }),
-    });
-    if (response.ok) {
-      const body = await response.json();
-      sessionStorage.setItem(TOKEN_KEY, body.token);
-    }
+    const { token } = await LivedeskClient.login(decodeURIComponent(m[1]));
+    sessionStorage.setItem(TOKEN_KEY, token);
   } catch {
-    // Offline: the login form below says what to do.
+    // Spent, expired or offline: the login form below says what to do.
   }
 }
 

@@ -1,5 +1,8 @@
 //! The agent console: static files from `web/`, embedded in the binary so
-//! `cargo run` is all a newcomer needs, served with a strict CSP.
+//! `cargo run` is all a newcomer needs, served with a strict CSP. The
+//! console's only way to the server, the client package `clients/js/`
+//! (`@livedesk/client`), is served from its one source at
+//! `/livedesk-client.js`, the URL the console imports.
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use rust_embed::RustEmbed;
@@ -8,6 +11,15 @@ use rust_embed::RustEmbed;
 #[folder = "web/"]
 #[exclude = "*.md"]
 struct Assets;
+
+/// The module of the client package, beside the console's own files.
+#[derive(RustEmbed)]
+#[folder = "clients/js/"]
+#[include = "livedesk-client.js"]
+struct ClientPackage;
+
+/// The file name under which the client package's module is served.
+const CLIENT_MODULE: &str = "livedesk-client.js";
 
 // connect-src 'self' covers the page's own ws:/wss: origin (CSP Level 3), so
 // the console can open its WebSocket and nothing else.
@@ -31,7 +43,12 @@ async fn file(req: HttpRequest) -> HttpResponse {
 }
 
 fn serve(name: &str) -> HttpResponse {
-    match Assets::get(name) {
+    let asset = if name == CLIENT_MODULE {
+        ClientPackage::get(name)
+    } else {
+        Assets::get(name)
+    };
+    match asset {
         Some(content) => {
             let mime = mime_guess::from_path(name).first_or_octet_stream();
             HttpResponse::Ok()

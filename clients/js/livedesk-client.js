@@ -222,6 +222,18 @@ export class LivedeskClient {
     return data;
   }
 
+  /**
+   * POST /api/login — spend a one-time login link's code (`…/#login=<code>`,
+   * printed at first start and by `livedesk demo`) for a token. Needs no
+   * token; the agent's previous token stops working.
+   * @param {string} code
+   * @param {{baseUrl?: string}} [opts] default: the page's origin
+   * @returns {Promise<{token: string, agent: object}>} throws ApiError on a spent, expired or unknown code
+   */
+  static login(code, { baseUrl } = {}) {
+    return new LivedeskClient({ baseUrl }).request('POST', '/api/login', { body: { code } });
+  }
+
   /** GET /api/me — the agent of the token: `{id, name, email, avatar_url, role}`. */
   me() {
     return this.request('GET', '/api/me');
