@@ -1,7 +1,7 @@
 -- Who may do what (contract §4a). Applied after every other rule file, so a
 -- function added anywhere above is covered: nobody but the owner may call
 -- it until it is granted here (and documented in docs/direct-sql.md; the
--- test tests/privileges.rs enumerates the catalog and fails otherwise).
+-- test tests/it/privileges.rs enumerates the catalog and fails otherwise).
 --
 --   owner            the role that migrates and serves: owns every table,
 --                    trigger and function; triggers and writer-callable

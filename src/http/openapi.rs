@@ -6,7 +6,7 @@
 //! schema types below. The handlers pass JSON built by PostgreSQL through as
 //! `RawJson`, so the answer types here are the only Rust spelling of those
 //! shapes (`sql/rules/10_json.sql` and friends): they exist for the document,
-//! and `tests/openapi.rs` checks real answers against them, so the SQL and
+//! and `tests/it/openapi.rs` checks real answers against them, so the SQL and
 //! this file cannot drift apart unnoticed.
 
 use std::collections::BTreeMap;
@@ -24,7 +24,7 @@ pub use crate::domain::vocabulary::{
 use crate::http::{routes, ApiError};
 
 /// The document: every route of `http::configure` is listed here (the test
-/// `tests/openapi.rs` fails when one is missing).
+/// `tests/it/openapi.rs` fails when one is missing).
 #[derive(OpenApi)]
 #[openapi(
     info(

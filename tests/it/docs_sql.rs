@@ -6,7 +6,7 @@
 //! `-- as: reader` blocks run as the schema owner and a read-only role.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::TestApp;
 

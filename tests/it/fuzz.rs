@@ -9,7 +9,7 @@
 //! scales the run.)
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! admin over HTTP and after one in plain SQL.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! add`, the same code the CLI runs.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use common::ws::WsClient;
 use common::{error_code, send, TestApp};

@@ -5,7 +5,7 @@
 //! schemas (JSON Schema 2020-12, `$ref`s resolved into `components`).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! positions survive a crash (a new connection), consumers are independent.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

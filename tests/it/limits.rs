@@ -4,7 +4,7 @@
 //! protective headers and bounded metric labels.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -6,7 +6,7 @@
 //! SMTP → the customer's answer threads back.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::net::TcpListener;
