@@ -40,12 +40,46 @@ pub fn find_bin_dir() -> Option<PathBuf> {
         .find(|dir| has_server(dir))
 }
 
+/// The folders above relocated clusters. They must be searchable by the
+/// `postgres` user (its cluster lives inside) but need not be listable.
+const RELOCATION_PARENTS: [&str; 2] = ["/var/lib/livedesk", "/var/lib/livedesk/clusters"];
+
 /// Where the cluster of an unreachable data folder lives instead: a folder
-/// under /var/lib/livedesk named after the configured path.
+/// under /var/lib/livedesk named after the configured path. Its parents are
+/// made (0711) or opened up to 0711 when they are ours and private; a parent
+/// that stays unreachable is named by `check_reachable` afterwards.
 pub(super) fn relocated(configured: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
+    for parent in RELOCATION_PARENTS {
+        if let Err(error) = make_searchable(Path::new(parent)) {
+            tracing::warn!(folder = parent, %error, "cannot prepare the folder for relocated clusters");
+        }
+    }
     let digest = Sha256::digest(configured.as_os_str().as_encoded_bytes());
-    PathBuf::from("/var/lib/livedesk/clusters").join(&hex::encode(digest)[..16])
+    PathBuf::from(RELOCATION_PARENTS[1]).join(&hex::encode(digest)[..16])
+}
+
+/// Make a folder of ours searchable by others (mode 0711: enter, not list),
+/// creating it when missing. A symlink, or a folder that is not ours or
+/// that others may write in, is left alone (and refused later).
+fn make_searchable(dir: &Path) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let folder_error = |source: std::io::Error| EmbeddedError::Folder {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if fs::symlink_metadata(dir).is_err() {
+        fs::DirBuilder::new()
+            .mode(0o711)
+            .create(dir)
+            .map_err(folder_error)?;
+    }
+    check_private(dir, None)?;
+    let mode = fs::symlink_metadata(dir).map_err(folder_error)?.mode() & 0o7777;
+    if mode & 0o011 != 0o011 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o711)).map_err(folder_error)?;
+    }
+    Ok(())
 }
 
 /// The folder as an absolute path, made (0700) when missing.
