@@ -9,6 +9,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# bench/ is a workspace member: cargo needs its manifest even to build only
+# the server (`--bin livedesk` compiles none of it).
+COPY bench ./bench
 COPY src ./src
 COPY sql ./sql
 COPY web ./web

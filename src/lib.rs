@@ -5,7 +5,6 @@
 //! WebSocket subscribers, and tracks presence. See `docs/architecture.md`.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::env::BenchEnv;
-use crate::domain::agents;
+use livedesk::domain::agents;
 
 /// What every client counts.
 #[derive(Default)]

@@ -1,12 +1,13 @@
-//! `cargo run --release --bin livedesk-bench`: livedesk's benchmarks, each
-//! beside a baseline measured in the same run (see docs/benchmarks.md).
+//! `cargo run --release --bin livedesk-bench` (from the workspace root):
+//! livedesk's benchmarks, each beside a baseline measured in the same run
+//! (see docs/benchmarks.md).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = livedesk::bench::BenchArgs::parse();
+    let args = livedesk_bench::BenchArgs::parse();
     livedesk::telemetry::init(livedesk::config::LogFormat::Human);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -18,7 +19,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(livedesk::bench::run(args)) {
+    match runtime.block_on(livedesk_bench::run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("livedesk-bench: a correctness check failed (see above)");

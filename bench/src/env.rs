@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::db::embedded::{find_bin_dir, EmbeddedOptions, EmbeddedPostgres};
-use crate::db::{migrations, Database};
-use crate::domain::agents;
+use livedesk::db::embedded::{find_bin_dir, EmbeddedOptions, EmbeddedPostgres};
+use livedesk::db::{migrations, Database};
+use livedesk::domain::agents;
 
 /// A running cluster, a server process, and agents with tokens.
 pub struct BenchEnv {
@@ -41,7 +41,7 @@ impl BenchEnv {
             .push(("max_connections".into(), "300".into()));
         let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options)).await??;
         let admin = Database::new(pg.admin_config(), 1)?;
-        crate::db::bootstrap::embedded(&admin).await?;
+        livedesk::db::bootstrap::embedded(&admin).await?;
         admin.pool().close();
         let db = Database::new(pg.config(), 16)?;
         migrations::run(&db).await?;
