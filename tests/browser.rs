@@ -10,9 +10,14 @@
 //! and axe-core scans. Screenshots go to `<target>/e2e-screenshots/`. See
 //! docs/browser-tests.md.
 //!
-//! Ignored by default (it needs Chromium and `npm ci` in tests/e2e); CI runs
-//! it with `--include-ignored`. When run, a missing browser or module fails
-//! the test: it never passes silently.
+//! Also here, because it needs Node.js too: the client package's own tests
+//! (`clients/js/test/`, Node's test runner) against a real server, with a
+//! small control endpoint through which they ask this side for what only it
+//! can do (a hole in the event log, disabling an agent, a server restart).
+//!
+//! Ignored by default (they need Chromium, Node.js and `npm ci` in tests/e2e
+//! and clients/js); CI runs them with `--include-ignored`. When run, a
+//! missing browser or module fails the test: it never passes silently.
 
 #![allow(clippy::unwrap_used)]
 
@@ -467,4 +472,256 @@ fn screenshots(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+// ---------------------------------------------------------------------------
+// The client package (`clients/js/`, `@livedesk/client`): its own tests, with
+// Node's test runner, against a real server, database and WebSocket.
+
+/// The whole Node run (it restarts the server once and waits out backoffs).
+const NODE_TESTS_LIMIT: Duration = Duration::from_secs(240);
+
+/// Node and the package's devDependencies (`npm ci` in clients/js), or a panic that says how.
+fn js_client_prerequisites() -> PathBuf {
+    let dir = manifest_dir().join("clients/js");
+    let mut missing = Vec::new();
+    for module in ["typescript", "ws"] {
+        if !dir
+            .join(format!("node_modules/{module}/package.json"))
+            .is_file()
+        {
+            missing.push(format!(
+                "{}/node_modules/{module} is missing — run `cd clients/js && npm ci` \
+                 (needs Node.js >= 20 and npm: `apt-get install nodejs npm`)",
+                dir.display()
+            ));
+        }
+    }
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !node_ok {
+        missing.push(
+            "`node` is not on PATH — install Node.js >= 20 (`apt-get install nodejs npm`)".into(),
+        );
+    }
+    assert!(
+        missing.is_empty(),
+        "the client package's tests cannot run (see clients/js/README.md):\n  - {}",
+        missing.join("\n  - ")
+    );
+    dir
+}
+
+/// What the Node tests may ask of the Rust side, which holds the superuser
+/// connection and the server itself.
+struct Control {
+    app: tokio::sync::Mutex<TestApp>,
+    admin_sql: tokio_postgres::Client,
+    sql: tokio_postgres::Client,
+}
+
+impl Control {
+    /// `POST /<action>?<params>` → JSON, or an error message (answered 500).
+    async fn handle(&self, action: &str, params: &[(String, String)]) -> Result<Value, String> {
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("{action}: no parameter {name}"))
+        };
+        let sql_err = |e: tokio_postgres::Error| format!("{action}: {e}");
+        match action {
+            // A version without its event (only the superuser can skip the
+            // triggers), then a normal change: a hole in the log the server
+            // answers with `reset` (as in tests/faults.rs).
+            "hole" => {
+                let id: i64 = param("ticket")?.parse().map_err(|_| "ticket")?;
+                let subject = param("subject")?;
+                self.admin_sql
+                    .batch_execute(&format!(
+                        "BEGIN; SET LOCAL session_replication_role = replica; \
+                         UPDATE tickets SET version = version + 1 WHERE id = {id}; COMMIT"
+                    ))
+                    .await
+                    .map_err(sql_err)?;
+                let row = self
+                    .sql
+                    .query_one(
+                        "UPDATE tickets SET subject = $1 WHERE id = $2 RETURNING version",
+                        &[&subject, &id],
+                    )
+                    .await
+                    .map_err(sql_err)?;
+                Ok(json!({"version": row.get::<_, i64>(0)}))
+            }
+            // `livedesk agent disable <email>`, as the CLI does it.
+            "disable" => {
+                let email = param("email")?;
+                let app = self.app.lock().await;
+                agents::set_disabled(&app.db, &email, true)
+                    .await
+                    .map_err(|e| format!("disable {email}: {e}"))?;
+                Ok(json!({"disabled": email}))
+            }
+            // Stop the server (its WebSockets close), change the ticket with
+            // plain SQL while it is down, start it again on the same address.
+            "restart" => {
+                let down: u64 = param("down_ms")?.parse().map_err(|_| "down_ms")?;
+                let id: i64 = param("ticket")?.parse().map_err(|_| "ticket")?;
+                let subject = param("subject")?;
+                let mut app = self.app.lock().await;
+                let started = std::time::Instant::now();
+                app.stop().await;
+                let n = self
+                    .sql
+                    .execute(
+                        "UPDATE tickets SET subject = $1 WHERE id = $2",
+                        &[&subject, &id],
+                    )
+                    .await
+                    .map_err(sql_err)?;
+                if n != 1 {
+                    return Err(format!("restart: ticket {id} not found"));
+                }
+                tokio::time::sleep(Duration::from_millis(down).saturating_sub(started.elapsed()))
+                    .await;
+                let mut settings = common::test_settings();
+                settings.bind = app.address;
+                *app = TestApp::spawn_on(app.dbname.clone(), settings).await;
+                let up_at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64;
+                Ok(json!({"up_at_ms": up_at_ms}))
+            }
+            other => Err(format!("unknown action {other}")),
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 server for the control actions (one request per
+/// connection; the Node tests use `fetch`).
+async fn serve_control(listener: tokio::net::TcpListener, control: std::sync::Arc<Control>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            return;
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let target = head.split(' ').nth(1).unwrap_or("/");
+            let url = reqwest::Url::parse(&format!("http://control{target}")).unwrap();
+            let params: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+            let action = url.path().trim_start_matches('/').to_string();
+            let (status, body) = match control.handle(&action, &params).await {
+                Ok(body) => ("200 OK", body),
+                Err(message) => ("500 Internal Server Error", json!({"error": message})),
+            };
+            let body = body.to_string();
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node.js and clients/js/node_modules: run with cargo test -- --include-ignored (see clients/js/README.md)"]
+async fn the_client_package_passes_its_node_tests_against_a_real_server() {
+    let dir = js_client_prerequisites();
+    let app = TestApp::spawn().await;
+    let (_, token_a) = agents::add(&app.db, "Ada Client", "ada@js.test", "agent")
+        .await
+        .unwrap();
+    let (_, token_b) = agents::add(&app.db, "Ben Client", "ben@js.test", "agent")
+        .await
+        .unwrap();
+    let (_, token_revoked) = agents::add(&app.db, "Cy Revoked", "cy@js.test", "agent")
+        .await
+        .unwrap();
+    let base = app.base.clone();
+    let sql = app.sql().await;
+    let (admin_sql, admin_connection) = common::cluster()
+        .admin_config(&app.dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(admin_connection);
+    let control = std::sync::Arc::new(Control {
+        app: tokio::sync::Mutex::new(app),
+        admin_sql,
+        sql,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control_url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(serve_control(listener, control.clone()));
+
+    // Explicit files (Node 20 takes paths, Node 22 globs), one at a time:
+    // one of them restarts the server.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("test"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".test.mjs"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "the package's tests: {files:?}");
+    let run = Command::new("node")
+        .arg("--test")
+        .arg("--test-concurrency=1")
+        .arg("--test-reporter=spec")
+        .args(&files)
+        .current_dir(&dir)
+        .env("LIVEDESK_URL", &base)
+        .env("LIVEDESK_CONTROL_URL", &control_url)
+        .env("LIVEDESK_TOKEN_A", &token_a.0)
+        .env("LIVEDESK_TOKEN_B", &token_b.0)
+        .env("LIVEDESK_TOKEN_REVOKED", &token_revoked.0)
+        .env("LIVEDESK_EMAIL_REVOKED", "cy@js.test")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(NODE_TESTS_LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("node --test did not finish within {NODE_TESTS_LIMIT:?}"))
+        .expect("start node --test");
+    server.abort();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "node --test clients/js/test/ failed ({}):\n{text}",
+        output.status
+    );
+    // Every file ran and nothing was skipped: the summary counts tests.
+    let count = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim_start_matches(['ℹ', '#', ' ']).strip_prefix(label))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no `{label}` line in the output:\n{text}"))
+    };
+    assert!(count("pass") >= 15, "too few tests passed:\n{text}");
+    assert_eq!(count("fail"), 0, "{text}");
+    assert_eq!(count("skipped"), 0, "{text}");
+    println!("{text}");
+    control.app.lock().await.stop().await;
 }
