@@ -10,7 +10,12 @@
 //! - a **semaphore** of lookups: however many addresses flood, at most a few
 //!   pool connections ever look tokens up, so good tokens (cached) and the
 //!   agents' own queries keep the rest of the pool;
-//! - a **per-token limit** on everything a good token sends.
+//! - a **per-token limit** on everything a good token sends;
+//! - a **held answer** for an address past its budget: its 429 leaves after
+//!   `REFUSAL_HOLD`, so a client that floods in a loop sends one request a
+//!   second per connection instead of thousands, and the flood stops eating
+//!   the CPU the agents need. At most `HELD_MAX` answers wait at once (a
+//!   sleeping future each); past that, the 429 leaves at once.
 //!
 //! Changes to an agent (disabled, token replaced) reach every process by
 //! `NOTIFY livedesk_agents`; `forget_agent` drops its cached answers at once.
@@ -46,6 +51,10 @@ const KNOWN_GOOD: Duration = Duration::from_secs(3600);
 const CACHE_MAX: usize = 10_000;
 /// Token lookups that may run at once (each holds a pool connection).
 const CONCURRENT_LOOKUPS: usize = 4;
+/// How long a 429 for an address past its budget is held before it leaves.
+const REFUSAL_HOLD: Duration = Duration::from_secs(1);
+/// Held 429s at most, per process (each costs a timer and a connection).
+const HELD_MAX: usize = 4096;
 /// Rate-limiter keys kept before idle ones are swept.
 const LIMITER_KEYS_MAX: usize = 100_000;
 
@@ -57,6 +66,7 @@ pub struct Authenticator {
     per_token: DefaultKeyedRateLimiter<Digest32>,
     per_address: DefaultKeyedRateLimiter<IpAddr>,
     lookups: Semaphore,
+    held: Semaphore,
     clock: DefaultClock,
     /// Whether changes to agents are being heard (`agent_watch`): only then
     /// may a good answer be served from memory.
@@ -81,6 +91,7 @@ impl Authenticator {
             per_token: RateLimiter::keyed(per_token),
             per_address: RateLimiter::keyed(per_address),
             lookups: Semaphore::new(CONCURRENT_LOOKUPS),
+            held: Semaphore::new(HELD_MAX),
             clock: DefaultClock::default(),
             trusted: AtomicBool::new(false),
         }
@@ -95,7 +106,7 @@ impl Authenticator {
         peer: Option<IpAddr>,
     ) -> Result<Agent, ApiError> {
         let Some(token) = token else {
-            self.check_address(peer)?;
+            self.charge_address(peer).await?;
             return Err(ApiError::Unauthorized(
                 "Send your API token as `Authorization: Bearer <token>`.",
             ));
@@ -107,7 +118,7 @@ impl Authenticator {
                 return Ok(agent);
             }
             Some(None) => {
-                self.check_address(peer)?;
+                self.charge_address(peer).await?;
                 return Err(invalid_token());
             }
             None => {}
@@ -115,7 +126,7 @@ impl Authenticator {
         // Not known: a lookup, paid for from the address's budget, unless
         // this token was good a moment ago.
         if !self.known_good(&digest) {
-            self.check_address(peer)?;
+            self.charge_address(peer).await?;
         }
         let agent = {
             let _permit = self
@@ -226,6 +237,18 @@ impl Authenticator {
             .map_err(|not_until| ApiError::RateLimited {
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })
+    }
+
+    /// `check_address`, with the refusal held for `REFUSAL_HOLD` while
+    /// fewer than `HELD_MAX` are waiting.
+    async fn charge_address(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
+        let refused = self.check_address(peer);
+        if refused.is_err() {
+            if let Ok(_permit) = self.held.try_acquire() {
+                tokio::time::sleep(REFUSAL_HOLD).await;
+            }
+        }
+        refused
     }
 
     fn check_address(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {

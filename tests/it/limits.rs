@@ -479,3 +479,35 @@ async fn a_good_token_is_not_locked_out_by_a_flood_from_its_address() {
     assert_eq!(status, 200, "{body}");
     assert!(flooder.await.unwrap() > 0, "the flood was never limited");
 }
+
+/// An address past its budget gets its 429 about a second late (a client
+/// flooding in a loop then sends one request a second per connection, not
+/// thousands), while a good token from the same address is answered at once.
+#[tokio::test]
+async fn an_address_past_its_budget_waits_for_its_429() {
+    let mut settings = test_settings();
+    settings.rate_per_address = 2;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    assert_eq!(app.get("/api/me", &token).await.0, 200);
+    let mut refused = None;
+    for n in 0..10u64 {
+        let started = Instant::now();
+        let (status, body) = app.get("/api/me", &format!("ldk_{n:064x}")).await;
+        if status == 429 {
+            assert_eq!(error_code(&body), "rate_limited", "{body}");
+            refused = Some(started.elapsed());
+            break;
+        }
+        assert_eq!(status, 401, "{body}");
+    }
+    let held = refused.expect("the address was never limited");
+    assert!(held >= Duration::from_millis(900), "a 429 left after {held:?}");
+    let started = Instant::now();
+    assert_eq!(app.get("/api/me", &token).await.0, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a good token waited {:?}",
+        started.elapsed()
+    );
+}
