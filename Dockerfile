@@ -15,6 +15,8 @@ COPY bench ./bench
 COPY src ./src
 COPY sql ./sql
 COPY web ./web
+# The console's client module is served from its one source, the client package.
+COPY clients/js/livedesk-client.js ./clients/js/
 RUN cargo build --release --locked --bin livedesk
 
 FROM debian:bookworm-slim
