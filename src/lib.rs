@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod realtime;
 pub mod startup;
 pub mod telemetry;

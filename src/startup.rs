@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::db::{migrations, Database};
-use crate::http::{self, ApiError, AppState, Metrics};
+use crate::http::{self, ApiError, AppState};
+use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 
 /// Why the application could not start.

@@ -4,7 +4,6 @@
 pub mod agent_watch;
 pub mod auth;
 pub mod errors;
-pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod web_console;
@@ -17,9 +16,9 @@ use actix_web::{web, HttpResponse};
 
 use crate::config::Settings;
 use crate::db::Database;
+use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 pub use errors::ApiError;
-pub use metrics::Metrics;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -81,7 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .service(routes::fields::list)
     .service(routes::fields::put)
     .service(openapi::document)
-    .route("/ws", web::get().to(crate::realtime::handshake::upgrade))
+    .route("/ws", web::get().to(routes::ws::upgrade))
     .configure(web_console::configure)
     .default_service(web::to(not_found));
 }

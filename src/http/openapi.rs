@@ -55,7 +55,7 @@ use crate::http::{routes, ApiError};
         routes::tags::change,
         routes::fields::list,
         routes::fields::put,
-        crate::realtime::handshake::upgrade,
+        routes::ws::upgrade,
     ),
     modifiers(&BearerToken),
     tags(

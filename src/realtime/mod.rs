@@ -9,7 +9,6 @@
 pub mod event_log;
 pub mod fetcher;
 pub mod fields;
-pub mod handshake;
 pub mod hub;
 pub mod listener;
 pub mod presence;
@@ -31,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::db::Database;
-use crate::http::Metrics;
+use crate::metrics::Metrics;
 use hub::Hub;
 
 /// Tickets whose events, inbox summaries or presence lists need a read.

@@ -21,7 +21,7 @@ use super::hub::ConnId;
 use super::protocol::PresenceState;
 use crate::config::Settings;
 use crate::db::{Database, DbError};
-use crate::http::Metrics;
+use crate::metrics::Metrics;
 
 /// A viewer slot: a connection on a ticket.
 type Key = (ConnId, i64);

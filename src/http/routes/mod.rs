@@ -9,6 +9,7 @@ pub mod me;
 pub mod messages;
 pub mod tags;
 pub mod tickets;
+pub mod ws;
 
 use actix_web::HttpResponse;
 

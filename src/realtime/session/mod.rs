@@ -43,8 +43,10 @@ enum Stop {
     Close(u16, &'static str),
 }
 
-/// The state of one connection, owned by its task.
-pub(super) struct Session {
+/// The state of one connection, owned by its task. Public so that the
+/// HTTP route that accepts the upgrade (`http::routes::ws`) can start one:
+/// the handshake is HTTP's, the connection's life is realtime's.
+pub struct Session {
     slot: ConnectionSlot,
     agent: Agent,
     rt: Realtime,
@@ -74,7 +76,9 @@ struct PresenceSlot {
 }
 
 impl Session {
-    pub(super) fn new(slot: ConnectionSlot, agent: Agent, rt: Realtime) -> Self {
+    /// A session for an accepted connection: its slot (counted against the
+    /// caps), its agent, and the process's realtime side.
+    pub fn new(slot: ConnectionSlot, agent: Agent, rt: Realtime) -> Self {
         let (tx, rx) = mpsc::channel(rt.settings.outbound_queue as usize);
         let handle = ConnHandle {
             id: slot.id,
@@ -104,7 +108,9 @@ impl Session {
         }
     }
 
-    pub(super) async fn run(
+    /// Serve the connection until it closes: hello, frames in and out,
+    /// heartbeat, presence; spawned on the actix runtime by the handshake.
+    pub async fn run(
         mut self,
         mut ws: actix_ws::Session,
         mut stream: actix_ws::AggregatedMessageStream,

@@ -1,15 +1,21 @@
 //! The WebSocket handshake: the Origin allow-list (against cross-site
 //! WebSocket hijacking), the token (header or `access_token` query, never
 //! logged), the connection cap; then the socket goes to a session task.
+//!
+//! The upgrade is an HTTP route like the others (it answers with the
+//! contract's error shape and is described in the OpenAPI document), so it
+//! lives here; `realtime` only offers what it needs — a connection slot
+//! (`Realtime::open_connection`) and a `Session` to run — and knows nothing
+//! of HTTP.
 
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::session::Session;
-use super::SlotRefused;
 use crate::http::auth::{authenticate, bearer_token};
 use crate::http::{ApiError, AppState};
+use crate::realtime::session::Session;
+use crate::realtime::SlotRefused;
 
 /// `GET /ws`: check the Origin and the token, then hand the socket to a session task.
 #[utoipa::path(

@@ -1,4 +1,8 @@
 //! Prometheus metrics: request counts and latencies, pool and realtime gauges.
+//!
+//! A top-level module of its own because both sides count into it (`http`
+//! for requests and refusals, `realtime` for connections, deliveries and
+//! presence) and neither should depend on the other to do so.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
