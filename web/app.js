@@ -1,8 +1,11 @@
 /*
  * livedesk agent console — entry point: login, the shell (top bar, connection
  * state, logout), routing (#/tickets/<id>), the inbox and the ticket view.
- * Modules: livedesk-client.js (API + WebSocket), dom.js (DOM helpers),
- * inbox.js (InboxView), ticket.js (TicketView).
+ * Modules: livedesk-client.js (API + WebSocket: the client package clients/js,
+ * served at /livedesk-client.js), dom.js (DOM helpers), inbox.js (InboxView),
+ * notifications.js (NotificationCenter), ticket.js (TicketView, composed of
+ * ticket-thread.js, ticket-composer.js, ticket-fields.js, ticket-presence.js,
+ * ticket-history.js and field-editor.js; see web/README.md).
  *
  * Stable data-testid attributes for browser tests:
  *   login-token            the token input on the login form
