@@ -13,12 +13,12 @@ import { FieldEditor, fieldValue } from './field-editor.js';
 export const STATUSES = ['new', 'open', 'pending', 'resolved', 'closed'];
 export const PRIORITIES = ['low', 'normal', 'high', 'urgent'];
 
+/** Field options as `{value, label}`, whatever shape the definition gives them in. */
 function normalizeOptions(options) {
   let list = options;
   if (list && !Array.isArray(list)) list = list.values || list.choices || list.options || [];
   return (list || []).map((o) => (o && typeof o === 'object' ? { value: String(o.value ?? o.key ?? o.label), label: String(o.label ?? o.value) } : { value: String(o), label: String(o) }));
 }
-
 
 export class FieldsSidebar {
   /**
