@@ -133,6 +133,8 @@ impl Application {
                 .app_data(state.clone())
                 .wrap_fn(move |req, srv| within_deadline(deadline, srv.call(req)))
                 .wrap_fn(http::observe)
+                // Outermost: every request runs in a span with its id.
+                .wrap(http::request_span::middleware())
                 .configure(|cfg| http::configure(cfg, &config_settings))
         })
         .on_connect(no_delay)

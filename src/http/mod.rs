@@ -5,6 +5,7 @@ pub mod agent_watch;
 pub mod auth;
 pub mod errors;
 pub mod openapi;
+pub mod request_span;
 pub mod routes;
 pub mod web_console;
 
@@ -93,8 +94,9 @@ async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError
     )))
 }
 
-/// Count and time every request, and log it without its query string
-/// (WebSocket tokens travel there and must never reach a log).
+/// Count and time every request, log it without its query string
+/// (WebSocket tokens travel there and must never reach a log), and return
+/// its id in `x-request-id` (the id its log lines carry, see `request_span`).
 pub fn observe<S>(
     req: ServiceRequest,
     service: &S,
@@ -111,11 +113,28 @@ where
     let metrics = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.metrics.clone());
+    let request_id = request_span::request_id(&req).and_then(request_span::header_value);
     let future = service.call(req);
     async move {
-        let mut response = future.await;
+        let mut response = future.await.map_err(|error| -> actix_web::Error {
+            // An error from a middleware (a timed-out request): its answer
+            // is built here, so that it carries the id and headers too.
+            let mut answer = error.error_response();
+            protect(answer.headers_mut());
+            if let Some(id) = request_id.clone() {
+                answer
+                    .headers_mut()
+                    .insert(request_span::REQUEST_ID_HEADER, id);
+            }
+            actix_web::error::InternalError::from_response(error, answer).into()
+        });
         if let Ok(response) = response.as_mut() {
             protect(response.headers_mut());
+            if let Some(id) = request_id {
+                response
+                    .headers_mut()
+                    .insert(request_span::REQUEST_ID_HEADER, id);
+            }
             if let (Some(metrics), Some(error)) = (
                 metrics.as_ref(),
                 response

@@ -22,6 +22,7 @@ mod openapi;
 mod presence;
 mod privileges;
 mod realtime;
+mod request_id;
 mod schema_files;
 mod sql_suite;
 mod tickets;

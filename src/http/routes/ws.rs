@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use tracing::Instrument;
 
 use crate::http::auth::{authenticate, bearer_token};
 use crate::http::{ApiError, AppState};
@@ -73,12 +74,9 @@ pub async fn upgrade(
         .aggregate_continuations()
         .max_continuation_size(max);
     let session = Session::new(slot, agent, state.realtime.clone());
-    actix_web::rt::spawn(
-        state
-            .realtime
-            .sessions
-            .track_future(session.run(ws, stream)),
-    );
+    // The session's log lines carry the id of the request that opened it.
+    let session = session.run(ws, stream).instrument(tracing::Span::current());
+    actix_web::rt::spawn(state.realtime.sessions.track_future(session));
     Ok(response)
 }
 
