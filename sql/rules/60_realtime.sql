@@ -57,6 +57,17 @@ LANGUAGE sql STABLE AS $$
     FROM ld_snapshot_frame(p_ticket) s
 $$;
 
+-- `GET /api/tickets/{id}`: the ticket, its newest 50 messages, who is on it
+-- and who has an unsent draft, in one query and one snapshot (so all four
+-- agree), built here like the WebSocket snapshot above rather than
+-- assembled from three queries in Rust.
+CREATE OR REPLACE FUNCTION ld_ticket_detail(p_ticket bigint) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT (ld_get_ticket(p_ticket)
+            || jsonb_build_object('presence', ld_presence_viewers(p_ticket),
+                                  'drafts', ld_ticket_drafts(p_ticket)))::text
+$$;
+
 -- A ticket summary for lists and the inbox: the ticket plus who is on it.
 CREATE OR REPLACE FUNCTION ld_ticket_summaries(p_tickets jsonb) RETURNS jsonb
 LANGUAGE sql STABLE AS $$

@@ -68,12 +68,10 @@ pub async fn create(
     .await
 }
 
-/// `{"ticket", "messages"}` of one ticket.
-pub async fn get(db: &Database, id: i64) -> Result<serde_json::Value, DomainError> {
-    let client = db.client().await?;
-    let statement = client.prepare_cached("SELECT ld_get_ticket($1)").await?;
-    let row = client.query_one(&statement, &[&id]).await?;
-    Ok(row.get(0))
+/// `{"ticket", "messages", "presence", "drafts"}` of one ticket, from one
+/// snapshot (contract §5).
+pub async fn get(db: &Database, id: i64) -> Result<RawJson, DomainError> {
+    json_call(db, "SELECT ld_ticket_detail($1)", &[&id]).await
 }
 
 /// Apply per-field compare-and-set changes, all or nothing.

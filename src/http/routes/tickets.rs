@@ -5,7 +5,6 @@ use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use super::raw_json;
-use crate::domain::drafts;
 use crate::domain::tickets::{self, NewTicket, TicketFilter};
 use crate::domain::{Agent, DomainError, RawJson};
 use crate::http::{ApiError, AppState};
@@ -83,14 +82,8 @@ pub async fn get(
     _agent: Agent,
     id: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
-    let mut body = tickets::get(&state.db, *id).await?;
-    let viewers = state.realtime.viewers(*id).await;
-    let drafts = drafts::of_ticket(&state.db, *id).await?;
-    if let Some(object) = body.as_object_mut() {
-        object.insert("presence".into(), viewers);
-        object.insert("drafts".into(), drafts);
-    }
-    Ok(HttpResponse::Ok().json(body))
+    let detail = tickets::get(&state.db, *id).await?;
+    Ok(raw_json(StatusCode::OK, detail))
 }
 
 /// Query of `GET /api/tickets/{id}/messages`.
