@@ -143,6 +143,40 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the database wakes the livedesk processes for a new event
+/// (extension `LIVEDESK_BUS`, docs/configuration.md, docs/scaling.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Bus {
+    /// NOTIFY livedesk_events (the default): nothing to set up, but
+    /// notifying commits are serialised by the notification queue's lock.
+    #[default]
+    Notify,
+    /// A logical-decoding message per change, streamed to each process over
+    /// a replication connection: commits are not serialised; needs
+    /// `wal_level = logical` and the REPLICATION attribute.
+    Logical,
+}
+
+impl Bus {
+    /// The value stored in `bus_settings.mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bus::Notify => "notify",
+            Bus::Logical => "logical",
+        }
+    }
+
+    /// The mode named by a `bus_settings.mode` value (or a `livedesk_bus`
+    /// notification).
+    pub fn parse(text: &str) -> Option<Bus> {
+        match text.trim() {
+            "notify" => Some(Bus::Notify),
+            "logical" => Some(Bus::Logical),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the server needs to know, from flags or the environment.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -281,6 +315,14 @@ pub struct Settings {
     /// before it costs a database query.
     #[arg(long, env = "LIVEDESK_RATE_PER_ADDRESS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub rate_per_address: u32,
+
+    /// The event bus (extension): `notify` (NOTIFY livedesk_events, the
+    /// default) or `logical` (logical decoding over a replication
+    /// connection; needs wal_level = logical and the REPLICATION attribute).
+    /// Set in the database at start: every process follows the last one
+    /// started (docs/scaling.md).
+    #[arg(long, env = "LIVEDESK_BUS", value_enum, default_value_t = Bus::Notify, global = true)]
+    pub bus: Bus,
 
     /// Run the embedded PostgreSQL without fsync (throw-away clusters only: tests).
     #[arg(

@@ -22,6 +22,8 @@ pub enum StartError {
     Embedded(#[from] crate::db::embedded::EmbeddedError),
     #[error(transparent)]
     Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Bus(#[from] crate::realtime::bus::BusError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -112,7 +114,7 @@ impl Application {
             metrics.clone(),
             shutdown.clone(),
         )
-        .await;
+        .await?;
         let state = web::Data::new(AppState::new(
             db,
             settings.clone(),

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use common::ws::{assert_versions, WsClient};
 use common::{cluster, TestApp};
+use livedesk::config::Bus;
 
 /// The tests here restart the cluster every test of this binary shares: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test]
-async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
+async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers(bus: Bus) {
     let _serial = SERIAL.lock().await;
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_bus(bus).await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "restart").await["id"].as_i64().unwrap();
     let mut ws = WsClient::connect(&app.base, &token).await;
@@ -103,6 +103,7 @@ async fn a_database_restart_during_writes_loses_nothing_and_healthz_recovers() {
     let events = ws.events(id, 300, Duration::from_secs(30)).await;
     assert_versions(&events, 2, 301);
 }
+crate::both_buses!(a_database_restart_during_writes_loses_nothing_and_healthz_recovers);
 
 /// Presence lives in an UNLOGGED table, which crash recovery empties: the
 /// processes publish their viewers again once their listener is back.

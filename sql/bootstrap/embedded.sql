@@ -11,6 +11,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_owner') THEN
         CREATE ROLE livedesk_owner LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
     END IF;
+    -- The logical bus (LIVEDESK_BUS=logical) streams over a replication
+    -- connection as the owner: the cluster serves livedesk alone, whose
+    -- data the owner owns anyway (docs/scaling.md, "What it costs").
+    ALTER ROLE livedesk_owner REPLICATION;
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_writer') THEN
         CREATE ROLE livedesk_writer NOLOGIN;
     END IF;

@@ -2,8 +2,10 @@
 --
 -- Every change to a ticket or to what belongs to it takes the ticket's row
 -- lock, bumps tickets.version by exactly one and appends one row to
--- ticket_events with that version, in the writer's transaction, then
--- NOTIFYs livedesk_events. An UPDATE that changes nothing keeps the version
+-- ticket_events with that version, in the writer's transaction, then wakes
+-- the livedesk processes on the bus the database is set to (bus_settings,
+-- V9): NOTIFY livedesk_events, or a transactional logical-decoding message
+-- with the same payload (LIVEDESK_BUS=logical, docs/scaling.md). An UPDATE that changes nothing keeps the version
 -- and writes no event. Only the owner's code below writes ticket_events; no
 -- writer can bump a version without an event or write an event without a
 -- bump (90_privileges.sql).
@@ -16,16 +18,58 @@
 --                              (seeing the final row), or keep the version of a no-op
 --   tickets_90_created_event   here (AFTER INSERT): ticket.created with the ticket
 
--- Append one event and wake the listeners. The payload is tiny on purpose
--- (NOTIFY payloads must stay under 8000 bytes; readers fetch the row).
+-- Wake the livedesk processes for a new event: NOTIFY livedesk_events, or,
+-- when the database's bus is `logical`, a transactional logical-decoding
+-- message with the same payload (decoded at commit, in commit order; no
+-- NOTIFY, so the commit does not wait for the notification queue's lock).
+-- The mode is read here, from the owner-only row, so a direct writer
+-- follows it too. The payload is tiny on purpose (NOTIFY payloads must stay
+-- under 8000 bytes; readers fetch the row).
+CREATE OR REPLACE FUNCTION ld_wake(p_ticket_id bigint, p_version bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_payload text := json_build_object('ticket_id', p_ticket_id, 'version', p_version)::text;
+BEGIN
+    IF (SELECT b.mode FROM bus_settings b WHERE b.id = 1) = 'logical' THEN
+        PERFORM pg_logical_emit_message(true, 'livedesk_events', v_payload);
+    ELSE
+        PERFORM pg_notify('livedesk_events', v_payload);
+    END IF;
+END
+$$;
+
+-- Append one event and wake the listeners.
 CREATE OR REPLACE FUNCTION ld_emit(p_ticket_id bigint, p_version bigint, p_kind text,
                                    p_actor bigint, p_data jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
     VALUES (p_ticket_id, p_version, p_kind, p_actor, p_data);
-    PERFORM pg_notify('livedesk_events',
-                      json_build_object('ticket_id', p_ticket_id, 'version', p_version)::text);
+    PERFORM ld_wake(p_ticket_id, p_version);
+END
+$$;
+
+-- Set the bus's mode (owner only: no writer is granted it, and writers hold
+-- no right on bus_settings). A livedesk process calls it at start with its
+-- LIVEDESK_BUS; the change is announced on livedesk_bus so that the other
+-- processes follow it (src/realtime/bus.rs). `logical` is refused while the
+-- server's wal_level cannot decode (pg_logical_emit_message would write
+-- messages nobody can read). Returns the mode before.
+CREATE OR REPLACE FUNCTION ld_bus_set(p_mode text, p_by text) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_before text;
+BEGIN
+    IF p_mode = 'logical' AND current_setting('wal_level') <> 'logical' THEN
+        RAISE EXCEPTION 'the logical bus needs wal_level = logical (it is %)',
+            current_setting('wal_level') USING ERRCODE = '55000';
+    END IF;
+    SELECT b.mode INTO v_before FROM bus_settings b WHERE b.id = 1 FOR UPDATE;
+    UPDATE bus_settings SET mode = p_mode, set_at = now(), set_by = p_by WHERE id = 1;
+    IF v_before IS DISTINCT FROM p_mode THEN
+        PERFORM pg_notify('livedesk_bus', p_mode);
+    END IF;
+    RETURN v_before;
 END
 $$;
 
@@ -130,11 +174,16 @@ BEGIN
     END IF;
     NEW.version := OLD.version + 1;
     NEW.updated_at := now();
-    -- ld_emit, inlined: one plpgsql call less on the busiest path.
+    -- ld_emit, inlined (ld_wake too): fewer plpgsql calls on the busiest path.
     INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
     VALUES (NEW.id, NEW.version, 'ticket.updated', ld_actor(), jsonb_build_object('changes', v_changes));
-    PERFORM pg_notify('livedesk_events',
+    IF (SELECT b.mode FROM bus_settings b WHERE b.id = 1) = 'logical' THEN
+        PERFORM pg_logical_emit_message(true, 'livedesk_events',
                       json_build_object('ticket_id', NEW.id, 'version', NEW.version)::text);
+    ELSE
+        PERFORM pg_notify('livedesk_events',
+                      json_build_object('ticket_id', NEW.id, 'version', NEW.version)::text);
+    END IF;
     RETURN NEW;
 END
 $$;

@@ -34,11 +34,29 @@ use super::DbError;
 /// What opens TLS sessions for every connection to the database (pool,
 /// LISTEN, tools); cheap to clone.
 #[derive(Clone)]
-pub struct Connector(tokio_postgres_rustls::MakeRustlsConnect);
+pub struct Connector(tokio_postgres_rustls::MakeRustlsConnect, CertCheck);
+
+/// What is checked of the server's certificate, for connections that do not
+/// go through this connector (the logical bus's replication connection,
+/// `realtime::stream`), so they check the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertCheck {
+    /// Nothing (`prefer`, `require` without `sslrootcert`, unix sockets).
+    Nothing,
+    /// Issued by this PEM file's authority (`verify-ca`, `require` with it).
+    Issuer(std::path::PathBuf),
+    /// And for the host name (`verify-full`).
+    IssuerAndName(std::path::PathBuf),
+}
 
 impl Connector {
-    fn new(config: ClientConfig) -> Self {
-        Connector(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    fn new(config: ClientConfig, check: CertCheck) -> Self {
+        Connector(tokio_postgres_rustls::MakeRustlsConnect::new(config), check)
+    }
+
+    /// What this connector checks of the server's certificate.
+    pub fn check(&self) -> &CertCheck {
+        &self.1
     }
 }
 
@@ -133,7 +151,7 @@ pub fn unchecked() -> Connector {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Connector::new(config)
+    Connector::new(config, CertCheck::Nothing)
 }
 
 fn checked(rootcert: &str, check_name: bool) -> Result<Connector, DbError> {
@@ -164,7 +182,13 @@ fn checked(rootcert: &str, check_name: bool) -> Result<Connector, DbError> {
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Ok(Connector::new(config))
+    let path = std::path::PathBuf::from(rootcert);
+    let check = if check_name {
+        CertCheck::IssuerAndName(path)
+    } else {
+        CertCheck::Issuer(path)
+    };
+    Ok(Connector::new(config, check))
 }
 
 /// `sslmode` and `sslrootcert` out of a connection string, and the rest.

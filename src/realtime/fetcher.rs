@@ -22,10 +22,18 @@ pub async fn run(rt: Realtime) {
     let mut presence_timer: Option<Instant> = None;
     // Pooled connections opened when the cursors were last checked.
     let mut checked = 0;
+    // When tickets whose announced version was not visible yet are read again.
+    let mut awaited_timer: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = rt.wake.notified() => {}
             _ = super::sleep_until(presence_timer) => presence_timer = None,
+            _ = super::sleep_until(awaited_timer) => {
+                awaited_timer = None;
+                if let Some((tickets, _)) = rt.still_awaited() {
+                    rt.request_catch_up(tickets, false);
+                }
+            }
             _ = rt.bus_stop.cancelled() => return,
         }
         loop {
@@ -55,7 +63,15 @@ pub async fn run(rt: Realtime) {
                 )
                 .await
             };
-            if let Err(e) = rt.db.within(work).await {
+            let result = rt.db.within(work).await;
+            // The logical bus announces a version at its commit, which a
+            // new snapshot may see a moment later: read those again soon.
+            if result.is_ok() && awaited_timer.is_none() {
+                if let Some((_, retry_in)) = rt.still_awaited() {
+                    awaited_timer = Some(Instant::now() + retry_in);
+                }
+            }
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "reading events failed; retrying");
                 // Put the work back; the read is retried after a pause.
                 {

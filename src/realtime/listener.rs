@@ -25,6 +25,18 @@ pub fn ticket_of(payload: &str) -> Option<i64> {
         .map(|p| p.ticket_id)
 }
 
+/// The ticket id and version of a `livedesk_events` payload.
+pub fn event_of(payload: &str) -> Option<(i64, i64)> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        ticket_id: i64,
+        version: i64,
+    }
+    serde_json::from_str::<Payload>(payload)
+        .ok()
+        .map(|p| (p.ticket_id, p.version))
+}
+
 /// Keep a LISTEN connection up until shutdown.
 pub async fn run(rt: Realtime) {
     let mut backoff = Duration::from_millis(50);
@@ -64,7 +76,8 @@ pub async fn run(rt: Realtime) {
                 let listen = tokio::time::timeout(
                     limit,
                     client.batch_execute(
-                        "LISTEN livedesk_events; LISTEN livedesk_presence; LISTEN livedesk_fields",
+                        "LISTEN livedesk_events; LISTEN livedesk_presence; LISTEN livedesk_fields; \
+                         LISTEN livedesk_bus",
                     ),
                 );
                 match listen.await {
@@ -84,6 +97,16 @@ pub async fn run(rt: Realtime) {
                             Err(_) => None,
                         };
                         super::rewind::observe(&rt, seen, connected_before);
+                        // The bus may have been switched while we were away.
+                        match tokio::time::timeout(limit, super::bus::read_mode(&client)).await {
+                            Ok(Ok(mode)) => rt.follow_bus(mode),
+                            Ok(Err(e)) => {
+                                tracing::warn!(error = %e, "cannot read the database's event bus")
+                            }
+                            Err(_) => tracing::warn!(
+                                "reading the database's event bus got no answer in time"
+                            ),
+                        }
                         rt.set_listener_up(true);
                         if connected_before {
                             rt.metrics.listener_reconnects.inc();

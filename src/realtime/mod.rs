@@ -1,11 +1,14 @@
-//! The live side: one LISTEN connection per process, a fetcher that reads the
-//! event log in batches, the hub that fans events out, presence, and the
-//! WebSocket sessions.
+//! The live side: one LISTEN connection per process (and, on the logical
+//! bus, one replication stream), a fetcher that reads the event log in
+//! batches, the hub that fans events out, presence, and the WebSocket
+//! sessions.
 //!
-//! NOTIFY is only a wake-up. The truth is `ticket_events`: every delivery is
-//! read from it by version, so a lost notification (listener down, database
-//! restart) costs a catch-up read, never an event.
+//! NOTIFY (or the logical bus's message) is only a wake-up. The truth is
+//! `ticket_events`: every delivery is read from it by version, so a lost
+//! wake-up (listener or stream down, database restart) costs a catch-up
+//! read, never an event.
 
+pub mod bus;
 pub mod event_log;
 pub mod fetcher;
 pub mod fields;
@@ -16,8 +19,9 @@ pub mod protocol;
 pub mod revocation;
 pub mod rewind;
 pub mod session;
+pub mod stream;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
+use crate::config::{Bus, Settings};
 use crate::db::Database;
 use crate::metrics::Metrics;
 use hub::Hub;
@@ -91,6 +95,15 @@ pub struct Inner {
     /// The history the LISTEN connection last saw (`rewind::identity`).
     identity: Mutex<Option<String>>,
     listener_up: AtomicBool,
+    /// The logical bus's stream is up (only needed while the database's
+    /// bus is `logical`).
+    stream_up: AtomicBool,
+    /// The database's bus now (set at start, followed on `livedesk_bus`).
+    bus: tokio::sync::watch::Sender<Bus>,
+    /// Versions announced by the stream and not yet read (ticket → version,
+    /// reads so far): a commit can be decoded a moment before a new
+    /// snapshot sees it, so such a ticket is read again shortly.
+    awaited: Mutex<HashMap<i64, (i64, u32)>>,
     pending: Mutex<Pending>,
     wake: Notify,
     next_connection: AtomicU64,
@@ -101,6 +114,9 @@ pub struct Inner {
     /// Field definitions changed: `fields::run` sends them to inbox subscribers.
     pub fields_changed: Notify,
 }
+
+/// How many times a ticket is read again for a version the stream announced.
+const AWAITED_READS: u32 = 6;
 
 /// How long sessions get to send their close frames at shutdown.
 const SESSIONS_GRACE: Duration = Duration::from_secs(3);
@@ -119,13 +135,17 @@ impl std::ops::Deref for Realtime {
 }
 
 impl Realtime {
-    /// Start the listener, the fetcher and presence upkeep on the current runtime.
+    /// Check and set the database's bus (`bus::prepare`: a configuration
+    /// that cannot run is a start-up error), then start the listener, the
+    /// stream, the fetcher and presence upkeep on the current runtime.
     pub async fn start(
         db: Database,
         settings: Arc<Settings>,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
-    ) -> Realtime {
+    ) -> Result<Realtime, bus::BusError> {
+        bus::prepare(&db, &settings).await?;
+        let (bus, _) = tokio::sync::watch::channel(settings.bus);
         let presence =
             presence::Presence::start(db.clone(), settings.clone(), metrics.clone()).await;
         let realtime = Realtime {
@@ -141,6 +161,9 @@ impl Realtime {
                 bus_tasks: Mutex::new(Vec::new()),
                 identity: Mutex::new(None),
                 listener_up: AtomicBool::new(false),
+                stream_up: AtomicBool::new(false),
+                bus,
+                awaited: Mutex::new(HashMap::new()),
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
                 next_connection: AtomicU64::new(1),
@@ -151,12 +174,13 @@ impl Realtime {
         };
         let tasks = vec![
             tokio::spawn(listener::run(realtime.clone())),
+            tokio::spawn(stream::run(realtime.clone())),
             tokio::spawn(fetcher::run(realtime.clone())),
             tokio::spawn(revocation::sweep(realtime.clone())),
             tokio::spawn(fields::run(realtime.clone())),
         ];
         *realtime.bus_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
-        realtime
+        Ok(realtime)
     }
 
     /// Stop in order, each step awaited: close every WebSocket with 1001
@@ -184,14 +208,123 @@ impl Realtime {
         tracing::debug!("realtime stopped");
     }
 
-    /// Whether the LISTEN connection is up (for `/healthz`).
+    /// Whether the bus is up (for `/healthz`, and before the fetcher reads
+    /// events): the LISTEN connection, and while the database's bus is
+    /// `logical` the stream too. While it is down nothing is read: the
+    /// database may be restarting or restored, and the cursors are checked
+    /// when it is back.
     pub fn listener_up(&self) -> bool {
         self.listener_up.load(Ordering::Acquire)
+            && (*self.bus.borrow() == Bus::Notify || self.stream_up.load(Ordering::Acquire))
     }
 
     fn set_listener_up(&self, up: bool) {
         self.listener_up.store(up, Ordering::Release);
         self.metrics.listener_up.set(up as i64);
+    }
+
+    fn set_stream_up(&self, up: bool) {
+        self.stream_up.store(up, Ordering::Release);
+    }
+
+    /// The database's bus as this process follows it.
+    pub fn bus_mode(&self) -> Bus {
+        *self.bus.borrow()
+    }
+
+    fn bus_watch(&self) -> tokio::sync::watch::Receiver<Bus> {
+        self.bus.subscribe()
+    }
+
+    /// Follow the database's bus (read at a LISTEN (re)connect, or announced
+    /// on `livedesk_bus` by a process that started with another one).
+    pub fn follow_bus(&self, mode: Bus) {
+        let changed = self.bus.send_if_modified(|now| {
+            let changed = *now != mode;
+            *now = mode;
+            changed
+        });
+        if changed {
+            if mode != self.settings.bus {
+                tracing::warn!(
+                    configured = self.settings.bus.as_str(),
+                    database = mode.as_str(),
+                    "another livedesk process set the database's event bus; following it"
+                );
+            } else {
+                tracing::info!(bus = mode.as_str(), "following the database's event bus");
+            }
+            // Anything announced on the other bus meanwhile is in the log.
+            self.request_catch_up(self.hub.all_tickets(), false);
+        }
+    }
+
+    /// A `livedesk_events` message arrived on the logical stream: the same
+    /// wake-up as a notification, and its version is awaited (read again
+    /// shortly if a read does not reach it yet).
+    pub fn on_stream_event(&self, payload: &str) {
+        let Some((ticket_id, version)) = listener::event_of(payload) else {
+            tracing::warn!(payload, "ignoring a malformed livedesk_events message");
+            return;
+        };
+        if self.wake_for(ticket_id) {
+            let mut awaited = self.awaited.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = awaited.entry(ticket_id).or_insert((version, 0));
+            entry.0 = entry.0.max(version);
+        }
+    }
+
+    /// Queue the reads a new event of this ticket needs; whether it is watched.
+    fn wake_for(&self, ticket_id: i64) -> bool {
+        let (watched, inbox) = self.hub.interest(ticket_id);
+        if watched || inbox {
+            let mut pending = self.lock_pending();
+            if watched {
+                pending.events.insert(ticket_id);
+            }
+            if inbox {
+                pending.inbox.insert(ticket_id);
+            }
+            drop(pending);
+            self.wake.notify_one();
+        }
+        watched
+    }
+
+    /// After a read: forget awaited versions that were delivered (or whose
+    /// ticket is no longer watched); the tickets still short of theirs, to
+    /// read again after `retry_in` (a few times: a forged message's version
+    /// never comes).
+    pub(crate) fn still_awaited(&self) -> Option<(Vec<i64>, Duration)> {
+        let mut awaited = self.awaited.lock().unwrap_or_else(|e| e.into_inner());
+        if awaited.is_empty() {
+            return None;
+        }
+        let delivered: HashMap<i64, Option<i64>> = self
+            .hub
+            .all_cursors()
+            .into_iter()
+            .map(|(id, cursor, _)| (id, cursor))
+            .collect();
+        let mut tries = 0;
+        awaited.retain(|ticket, (version, reads)| {
+            let keep = match delivered.get(ticket) {
+                None => false,
+                Some(cursor) => cursor.is_some_and(|c| c < *version) && *reads < AWAITED_READS,
+            };
+            if keep {
+                *reads += 1;
+                tries = tries.max(*reads);
+            }
+            keep
+        });
+        if awaited.is_empty() {
+            return None;
+        }
+        Some((
+            awaited.keys().copied().collect(),
+            Duration::from_millis(2u64 << tries.min(6)),
+        ))
     }
 
     /// The current viewers of a ticket (empty if they cannot be read now).
@@ -211,13 +344,17 @@ impl Realtime {
                     tracing::warn!(payload, "ignoring a malformed livedesk_events payload");
                     return;
                 };
-                let (watched, inbox) = self.hub.interest(ticket_id);
-                if watched {
-                    pending.events.insert(ticket_id);
+                drop(pending);
+                self.wake_for(ticket_id);
+                return;
+            }
+            bus::CHANNEL => {
+                drop(pending);
+                match Bus::parse(payload) {
+                    Some(mode) => self.follow_bus(mode),
+                    None => tracing::warn!(payload, "ignoring a malformed livedesk_bus payload"),
                 }
-                if inbox {
-                    pending.inbox.insert(ticket_id);
-                }
+                return;
             }
             "livedesk_presence" => {
                 if let Ok(ticket_id) = payload.trim().parse::<i64>() {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use livedesk::config::Settings;
+use livedesk::config::{Bus, Settings};
 use livedesk::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use livedesk::db::{migrations, Database};
 use livedesk::domain::{agents, Agent};
@@ -51,6 +51,11 @@ fn start_cluster() -> Cluster {
         .keep();
     let mut options = EmbeddedOptions::new(&dir);
     options.unsafe_fast = true;
+    // With synchronous_commit off a commit reaches the WAL sender (the
+    // logical bus) only when the WAL writer flushes it: flush often.
+    options
+        .settings
+        .push(("wal_writer_delay".into(), "10ms".into()));
     let pg = EmbeddedPostgres::start(options).expect("start the test PostgreSQL");
     let (socket_dir, port) = pg.socket();
     let socket_dir = socket_dir.to_path_buf();
@@ -216,8 +221,41 @@ pub fn test_settings() -> Settings {
     settings
 }
 
+/// Test settings on a given event bus (`LIVEDESK_BUS`).
+pub fn bus_settings(bus: Bus) -> Settings {
+    let mut settings = test_settings();
+    settings.bus = bus;
+    settings
+}
+
+/// Run one test body once per event bus: `both_buses!(name)` next to
+/// `async fn name(bus: Bus)` makes the tests `name::notify` and
+/// `name::logical` (the delivery suite holds in both modes, issue 18).
+#[macro_export]
+macro_rules! both_buses {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn notify() {
+                    super::$name(livedesk::config::Bus::Notify).await
+                }
+                #[tokio::test]
+                async fn logical() {
+                    super::$name(livedesk::config::Bus::Logical).await
+                }
+            }
+        )+
+    };
+}
+
 impl TestApp {
     /// A new database and an app serving it.
+    pub async fn spawn_bus(bus: Bus) -> TestApp {
+        Self::spawn_with(bus_settings(bus)).await
+    }
+
+    /// A new database and an app serving it (the default bus, notify).
     pub async fn spawn() -> TestApp {
         Self::spawn_with(test_settings()).await
     }

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bus;
 mod db_tls;
 mod docs_sql;
 mod drafts;

@@ -136,6 +136,17 @@ async fn a_writer_cannot_switch_the_rules_off_or_forge_the_log() {
         ("SET SESSION AUTHORIZATION livedesk_owner".to_string(), "42501"),
         (format!("ALTER ROLE {role} SUPERUSER"), "42501"),
         (format!("GRANT livedesk_owner TO {role}"), "42501"),
+        // The event bus's mode (issue 18): only the owner may switch it.
+        ("UPDATE bus_settings SET mode = 'logical'".to_string(), "42501"),
+        ("UPDATE bus_settings SET mode = 'notify'".to_string(), "42501"),
+        ("DELETE FROM bus_settings".to_string(), "42501"),
+        ("INSERT INTO bus_settings (id, mode) VALUES (2, 'logical')".to_string(), "42501"),
+        ("SELECT ld_bus_set('logical', 'writer')".to_string(), "42501"),
+        ("SELECT ld_bus_set('notify', 'writer')".to_string(), "42501"),
+        ("ALTER PUBLICATION livedesk_bus ADD TABLE tickets".to_string(), "42501"),
+        ("DROP PUBLICATION livedesk_bus".to_string(), "42501"),
+        ("ALTER TABLE bus_settings DISABLE TRIGGER ALL".to_string(), "42501"),
+        ("SELECT pg_create_logical_replication_slot('evil', 'pgoutput', true)".to_string(), "42501"),
         // Internal helpers: no EXECUTE (the catalog test below covers all).
         (format!("SELECT ld_bump_ticket({t})"), "42501"),
         (format!("SELECT ld_emit({t}, 4, 'ticket.updated', NULL, '{{}}')"), "42501"),
@@ -151,6 +162,14 @@ async fn a_writer_cannot_switch_the_rules_off_or_forge_the_log() {
         let code = refused(&w, sql).await;
         assert_eq!(&code, expected, "{sql}");
     }
+    let mode: String = app
+        .sql()
+        .await
+        .query_one("SELECT mode FROM bus_settings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mode, "notify", "the writer could not switch the bus");
 
     // The round-1 bypass settings no longer change anything: a no-op stays
     // a no-op, a tag still writes its event, a field change keeps its rules.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::ws::{assert_versions, Ended, WsClient};
 use common::{test_settings, TestApp};
+use livedesk::config::Bus;
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -21,9 +22,8 @@ async fn subject_change(sql: &tokio_postgres::Client, ticket: i64, n: usize) {
     .unwrap();
 }
 
-#[tokio::test]
-async fn http_and_direct_sql_changes_reach_a_subscriber() {
-    let app = TestApp::spawn().await;
+async fn http_and_direct_sql_changes_reach_a_subscriber(bus: Bus) {
+    let app = TestApp::spawn_bus(bus).await;
     let (alice, token) = app.agent("Alice", "agent").await;
     let ticket = app.ticket(&token, "Hello").await;
     let id = ticket["id"].as_i64().unwrap();
@@ -76,10 +76,10 @@ async fn http_and_direct_sql_changes_reach_a_subscriber() {
     assert_eq!(events[1]["kind"], "message.created");
     assert_eq!(events[1]["data"]["message"]["body"], "from psql");
 }
+crate::both_buses!(http_and_direct_sql_changes_reach_a_subscriber);
 
-#[tokio::test]
-async fn a_client_resuming_with_since_gets_exactly_what_it_missed_then_live() {
-    let app = TestApp::spawn().await;
+async fn a_client_resuming_with_since_gets_exactly_what_it_missed_then_live(bus: Bus) {
+    let app = TestApp::spawn_bus(bus).await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "s").await["id"].as_i64().unwrap();
     let mut ws = WsClient::connect(&app.base, &token).await;
@@ -104,10 +104,10 @@ async fn a_client_resuming_with_since_gets_exactly_what_it_missed_then_live() {
         .await
         .is_none_or(|f| f["type"] != "event"));
 }
+crate::both_buses!(a_client_resuming_with_since_gets_exactly_what_it_missed_then_live);
 
-#[tokio::test]
-async fn subscribing_with_since_while_a_writer_runs_has_no_gap_or_duplicate() {
-    let app = TestApp::spawn().await;
+async fn subscribing_with_since_while_a_writer_runs_has_no_gap_or_duplicate(bus: Bus) {
+    let app = TestApp::spawn_bus(bus).await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "seam").await["id"].as_i64().unwrap();
     let sql = app.sql().await;
@@ -151,10 +151,10 @@ async fn subscribing_with_since_while_a_writer_runs_has_no_gap_or_duplicate() {
     stop.cancel();
     writer.await.unwrap();
 }
+crate::both_buses!(subscribing_with_since_while_a_writer_runs_has_no_gap_or_duplicate);
 
-#[tokio::test]
-async fn killing_the_listen_connection_loses_nothing() {
-    let app = TestApp::spawn().await;
+async fn killing_the_listen_connection_loses_nothing(bus: Bus) {
+    let app = TestApp::spawn_bus(bus).await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "k").await["id"].as_i64().unwrap();
     let mut ws = WsClient::connect(&app.base, &token).await;
@@ -167,21 +167,33 @@ async fn killing_the_listen_connection_loses_nothing() {
             subject_change(&sql, id, n).await;
         }
     });
+    // On the logical bus the stream (a WAL sender) dies too: both come back
+    // with a catch-up read.
+    let victims: Vec<&str> = match bus {
+        Bus::Notify => vec![livedesk::realtime::listener::LISTENER_NAME],
+        Bus::Logical => vec![
+            livedesk::realtime::listener::LISTENER_NAME,
+            livedesk::realtime::stream::STREAM_NAME,
+        ],
+    };
     let mut kills = 0;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(60)).await;
         kills += killer
             .query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND application_name = 'livedesk-listener'",
-                &[],
+                 WHERE datname = current_database() AND application_name = ANY($1)",
+                &[&victims],
             )
             .await
             .unwrap()
             .len();
     }
     writer.await.unwrap();
-    assert!(kills >= 1, "the LISTEN connection was found and killed");
+    assert!(
+        kills >= victims.len(),
+        "the LISTEN connection (and the stream) were found and killed: {kills}"
+    );
     let events = ws.events(id, 500, LONG).await;
     assert_versions(&events, 2, 501);
     assert!(ws
@@ -191,6 +203,7 @@ async fn killing_the_listen_connection_loses_nothing() {
     let reconnects = app.metric("livedesk_listener_reconnects_total").await;
     assert!(reconnects >= 1, "{reconnects} reconnects");
 }
+crate::both_buses!(killing_the_listen_connection_loses_nothing);
 
 #[tokio::test]
 async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() {
@@ -276,10 +289,9 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() 
     assert_versions(&events, 2, 1 + written as i64);
 }
 
-#[tokio::test]
-async fn a_change_through_one_process_reaches_a_client_of_another() {
-    let a = TestApp::spawn().await;
-    let b = TestApp::spawn_on(a.dbname.clone(), test_settings()).await;
+async fn a_change_through_one_process_reaches_a_client_of_another(bus: Bus) {
+    let a = TestApp::spawn_bus(bus).await;
+    let b = TestApp::spawn_on(a.dbname.clone(), common::bus_settings(bus)).await;
     let (_, token) = a.agent("Alice", "agent").await;
     let id = a.ticket(&token, "two processes").await["id"]
         .as_i64()
@@ -299,10 +311,10 @@ async fn a_change_through_one_process_reaches_a_client_of_another() {
     assert_versions(&events, 2, 2);
     assert_eq!(events[0]["data"]["changes"]["status"]["to"], "open");
 }
+crate::both_buses!(a_change_through_one_process_reaches_a_client_of_another);
 
-#[tokio::test]
-async fn the_inbox_gets_a_summary_for_every_created_or_changed_ticket() {
-    let app = TestApp::spawn().await;
+async fn the_inbox_gets_a_summary_for_every_created_or_changed_ticket(bus: Bus) {
+    let app = TestApp::spawn_bus(bus).await;
     let (_, token) = app.agent("Alice", "agent").await;
     let mut ws = WsClient::connect(&app.base, &token).await;
     ws.send(json!({"type": "subscribe_inbox"})).await;
@@ -326,6 +338,7 @@ async fn the_inbox_gets_a_summary_for_every_created_or_changed_ticket() {
     assert_eq!(list["tickets"][0]["viewers"][0]["agent"]["id"], bob.id);
     assert_eq!(list["tickets"][0]["viewers"][0]["state"], "viewing");
 }
+crate::both_buses!(the_inbox_gets_a_summary_for_every_created_or_changed_ticket);
 
 #[tokio::test]
 async fn wrong_origin_and_bad_tokens_are_refused() {
@@ -605,9 +618,8 @@ async fn an_oversize_fragmented_message_closes_with_1009() {
     assert_eq!(ws.closed(LONG).await, Ended::Closed(Some(1009)));
 }
 
-#[tokio::test]
-async fn after_a_server_restart_a_client_resumes_with_since_and_misses_nothing() {
-    let mut first = TestApp::spawn().await;
+async fn after_a_server_restart_a_client_resumes_with_since_and_misses_nothing(bus: Bus) {
+    let mut first = TestApp::spawn_bus(bus).await;
     let (_, token) = first.agent("Alice", "agent").await;
     let id = first.ticket(&token, "restart").await["id"]
         .as_i64()
@@ -624,12 +636,13 @@ async fn after_a_server_restart_a_client_resumes_with_since_and_misses_nothing()
     for n in 1..=20 {
         subject_change(&sql, id, n).await;
     }
-    let second = TestApp::spawn_on(first.dbname.clone(), test_settings()).await;
+    let second = TestApp::spawn_on(first.dbname.clone(), common::bus_settings(bus)).await;
     let mut ws = WsClient::connect(&second.base, &token).await;
     ws.subscribe(id, Some(2)).await;
     subject_change(&sql, id, 21).await;
     assert_versions(&ws.events(id, 21, LONG).await, 3, 23);
 }
+crate::both_buses!(after_a_server_restart_a_client_resumes_with_since_and_misses_nothing);
 
 #[tokio::test]
 async fn a_configured_origin_list_is_the_only_one_allowed() {

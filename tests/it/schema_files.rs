@@ -41,6 +41,10 @@ const LANDED: &[(&str, &str)] = &[
         "V8__login_links.sql",
         "ac0c38d09e63f3739cbfb174705200c2fda400dc27cd4276bb5846e466f9c2c9",
     ),
+    (
+        "V9__bus.sql",
+        "10372be964353d25f5955505a4a0f921c4fee6f60f82c583ee8a817127e6e3f0",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {

@@ -446,7 +446,14 @@ impl EmbeddedPostgres {
                 self.socket_dir.display()
             ))
             .args(["-c", "unix_socket_permissions=0700"])
-            .args(["-c", "max_connections=400"]);
+            .args(["-c", "max_connections=400"])
+            // The logical bus (LIVEDESK_BUS=logical) decodes the WAL: one
+            // temporary slot and one WAL sender per livedesk process (and
+            // per test app). Always on, so the bus can be switched without
+            // restarting PostgreSQL; it costs a little WAL (docs/scaling.md).
+            .args(["-c", "wal_level=logical"])
+            .args(["-c", "max_wal_senders=64"])
+            .args(["-c", "max_replication_slots=64"]);
         if self.options.unsafe_fast {
             command.args([
                 "-c",

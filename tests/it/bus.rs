@@ -1,0 +1,357 @@
+//! The logical bus (issue 18) on its own: no NOTIFY, one temporary slot per
+//! process that dies with it and retains no WAL, a lost stream, processes
+//! that disagree about the bus, and the start-up errors that name what is
+//! missing. The delivery suite runs on both buses in realtime.rs,
+//! db_restart.rs and faults.rs.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::ws::{assert_versions, WsClient};
+use common::{bus_settings, cluster, fresh_database, TestApp};
+use futures_util::StreamExt;
+use livedesk::config::Bus;
+use livedesk::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use livedesk::db::{migrations, Database};
+use livedesk::realtime::stream::STREAM_NAME;
+use livedesk::startup::{Application, StartError};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+const LONG: Duration = Duration::from_secs(30);
+
+async fn subject_change(sql: &Client, ticket: i64, n: usize) {
+    sql.execute(
+        "UPDATE tickets SET subject = $2 WHERE id = $1",
+        &[&ticket, &format!("subject {n}")],
+    )
+    .await
+    .unwrap();
+}
+
+/// A connection that LISTENs on `channel`; what it hears.
+async fn listen(
+    dbname: &str,
+    channel: &str,
+) -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (client, mut connection) = cluster().config(dbname).connect(NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {channel}"))
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+/// This database's replication slots: (temporary, active).
+async fn slots(sql: &Client) -> Vec<(bool, bool)> {
+    sql.query(
+        "SELECT temporary, active FROM pg_replication_slots WHERE database = current_database()",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect()
+}
+
+async fn wait_for_slots(sql: &Client, count: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = slots(sql).await;
+        if now.len() == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} slots, expected {count}",
+            now.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn mode(sql: &Client) -> String {
+    sql.query_one("SELECT mode FROM bus_settings", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn the_logical_bus_notifies_nothing_and_its_temporary_slot_retains_no_wal() {
+    let mut app = TestApp::spawn_bus(Bus::Logical).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "x").await["id"].as_i64().unwrap();
+    let sql = app.sql().await;
+    assert_eq!(mode(&sql).await, "logical");
+    let (_listener, mut heard) = listen(&app.dbname, "livedesk_events").await;
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    for n in 0..20 {
+        subject_change(&sql, id, n).await;
+    }
+    assert_versions(&ws.events(id, 20, LONG).await, 2, 21);
+    assert!(heard.try_recv().is_err(), "no NOTIFY on the logical bus");
+
+    // One slot, temporary and held by the process's stream.
+    assert_eq!(slots(&sql).await, vec![(true, true)]);
+    // Feedback: the slot's confirmed position follows the WAL written.
+    let written: String = sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let behind: bool = sql
+            .query_one(
+                "SELECT confirmed_flush_lsn < $1::text::pg_lsn FROM pg_replication_slots \
+                 WHERE database = current_database()",
+                &[&written],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !behind {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot's confirmed position did not advance"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stopped, the process leaves no slot behind.
+    app.stop().await;
+    wait_for_slots(&sql, 0, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_lost_stream_alone_loses_nothing() {
+    let app = TestApp::spawn_bus(Bus::Logical).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "k").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, None).await;
+    ws.next_of("snapshot").await;
+    let sql = app.sql().await;
+    let killer = app.sql().await;
+    let writer = tokio::spawn(async move {
+        for n in 0..300 {
+            subject_change(&sql, id, n).await;
+        }
+    });
+    let mut kills = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        kills += killer
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = $1",
+                &[&STREAM_NAME],
+            )
+            .await
+            .unwrap()
+            .len();
+    }
+    writer.await.unwrap();
+    assert!(kills >= 1, "the stream was found and killed");
+    let events = ws.events(id, 300, LONG).await;
+    assert_versions(&events, 2, 301);
+    assert!(ws
+        .next_within(Duration::from_millis(300))
+        .await
+        .is_none_or(|f| f["type"] != "event"));
+    // Every session made its own temporary slot; the killed ones are gone.
+    wait_for_slots(&killer, 1, Duration::from_secs(5)).await;
+}
+
+/// A process started with another bus switches the database; the others
+/// follow it (a switch to notify first drains the stream), and no change
+/// written through both switches is lost by any process's client.
+#[tokio::test]
+async fn processes_that_disagree_follow_the_last_one_started() {
+    let a = TestApp::spawn_bus(Bus::Logical).await;
+    let (_, token) = a.agent("Alice", "agent").await;
+    let id = a.ticket(&token, "both").await["id"].as_i64().unwrap();
+    let mut on_a = WsClient::connect(&a.base, &token).await;
+    on_a.subscribe(id, None).await;
+    on_a.next_of("snapshot").await;
+    let sql = a.sql().await;
+    let watcher = a.sql().await;
+    let writer = tokio::spawn(async move {
+        for n in 0..300 {
+            subject_change(&sql, id, n).await;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+
+    let b = TestApp::spawn_on(a.dbname.clone(), bus_settings(Bus::Notify)).await;
+    assert_eq!(mode(&watcher).await, "notify");
+    // A drained its stream and closed it: no slot is left.
+    wait_for_slots(&watcher, 0, Duration::from_secs(10)).await;
+    let mut on_b = WsClient::connect(&b.base, &token).await;
+    on_b.subscribe(id, Some(1)).await;
+
+    let c = TestApp::spawn_on(a.dbname.clone(), bus_settings(Bus::Logical)).await;
+    assert_eq!(mode(&watcher).await, "logical");
+    // A and B follow: three streams.
+    wait_for_slots(&watcher, 3, Duration::from_secs(10)).await;
+    let mut on_c = WsClient::connect(&c.base, &token).await;
+    on_c.subscribe(id, Some(1)).await;
+
+    writer.await.unwrap();
+    for ws in [&mut on_a, &mut on_b, &mut on_c] {
+        let events = ws.events(id, 300, LONG).await;
+        assert_versions(&events, 2, 301);
+    }
+}
+
+/// Settings and a database as a role that may migrate and serve (a member
+/// of livedesk_owner) but lacks the REPLICATION attribute.
+async fn role_without_replication(dbname: &str) -> tokio_postgres::Config {
+    let role = format!("norepl_{}", std::process::id());
+    let admin = Database::new(cluster().admin_config("postgres"), 1).unwrap();
+    let client = admin.client().await.unwrap();
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN \
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN \
+                 CREATE ROLE {role} LOGIN NOREPLICATION IN ROLE livedesk_owner; \
+               END IF; \
+             END $$"
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    admin.pool().close();
+    cluster().config_as(dbname, &role)
+}
+
+async fn start_error(
+    settings: livedesk::config::Settings,
+    config: tokio_postgres::Config,
+) -> String {
+    let db = Database::with_timeout(config, 2, Duration::from_secs(5)).unwrap();
+    match Application::build(settings, db).await {
+        Ok(_) => panic!("livedesk started on the logical bus without what it needs"),
+        Err(StartError::Bus(e)) => e.to_string(),
+        Err(other) => panic!("another start-up error: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn without_replication_or_publication_the_logical_bus_refuses_to_start() {
+    // No REPLICATION attribute.
+    let dbname = fresh_database().await;
+    let config = role_without_replication(&dbname).await;
+    let error = start_error(bus_settings(Bus::Logical), config.clone()).await;
+    assert!(error.contains("REPLICATION"), "{error}");
+    assert!(error.contains("ALTER ROLE norepl_"), "{error}");
+    // The same role serves the notify bus.
+    let mut app = TestApp::spawn_via(dbname.clone(), bus_settings(Bus::Notify), config).await;
+    app.stop().await;
+
+    // No publication.
+    let dbname = fresh_database().await;
+    let owner = common::connect_as(&dbname, livedesk::db::bootstrap::OWNER).await;
+    owner
+        .batch_execute("DROP PUBLICATION livedesk_bus")
+        .await
+        .unwrap();
+    let error = start_error(bus_settings(Bus::Logical), cluster().config(&dbname)).await;
+    assert!(error.contains("CREATE PUBLICATION livedesk_bus"), "{error}");
+    assert_eq!(mode(&owner).await, "notify", "nothing was switched");
+}
+
+/// The real binary with DATABASE_URL: exit code 2, and the fix on stderr.
+#[tokio::test]
+async fn the_binary_names_the_missing_replication_attribute() {
+    let dbname = fresh_database().await;
+    let config = role_without_replication(&dbname).await;
+    let url = format!(
+        "host={} port={} user={} dbname={dbname}",
+        cluster().socket_dir.display(),
+        cluster().port,
+        config.get_user().unwrap()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_livedesk"))
+            .env("DATABASE_URL", url)
+            .env("LIVEDESK_BUS", "logical")
+            .env("LIVEDESK_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("lacks the REPLICATION attribute"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("LIVEDESK_BUS=notify"), "{stderr}");
+}
+
+/// A PostgreSQL with wal_level = replica: the logical bus is refused at
+/// start (naming wal_level and the fix), and by the database itself; the
+/// notify bus runs.
+#[tokio::test]
+async fn a_server_without_logical_wal_is_named_at_start() {
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-replica-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut options = EmbeddedOptions::new(dir.path());
+    options.unsafe_fast = true;
+    options
+        .settings
+        .push(("wal_level".into(), "replica".into()));
+    let mut pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = Database::new(pg.admin_config(), 1).unwrap();
+    livedesk::db::bootstrap::embedded(&admin).await.unwrap();
+    admin.pool().close();
+    let db = Database::new(pg.config(), 2).unwrap();
+    migrations::run(&db).await.unwrap();
+
+    let error = start_error(bus_settings(Bus::Logical), pg.config()).await;
+    assert!(error.contains("wal_level = replica"), "{error}");
+    assert!(
+        error.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{error}"
+    );
+    let client = db.client().await.unwrap();
+    let refused = client
+        .query_one("SELECT ld_bus_set('logical', 'test')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code().unwrap().code(), "55000");
+    drop(client);
+
+    let mut app =
+        TestApp::spawn_via("livedesk".into(), bus_settings(Bus::Notify), pg.config()).await;
+    app.stop().await;
+    db.pool().close();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+}
