@@ -681,9 +681,11 @@ async fn the_client_package_passes_its_node_tests_against_a_real_server() {
         .collect();
     files.sort();
     assert!(files.len() >= 6, "the package's tests: {files:?}");
-    let run = Command::new("node")
+    let mut child = Command::new("node")
         .arg("--test")
         .arg("--test-concurrency=1")
+        .arg("--test-timeout=60000")
+        .arg("--test-force-exit")
         .arg("--test-reporter=spec")
         .args(&files)
         .current_dir(&dir)
@@ -695,22 +697,49 @@ async fn the_client_package_passes_its_node_tests_against_a_real_server() {
         .env("LIVEDESK_EMAIL_REVOKED", "cy@js.test")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(NODE_TESTS_LIMIT, run)
-        .await
-        .unwrap_or_else(|_| panic!("node --test did not finish within {NODE_TESTS_LIMIT:?}"))
+        .spawn()
         .expect("start node --test");
+    // Both streams into one transcript as they come, so that a run that
+    // hangs still shows how far it got.
+    let transcript = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut readers = Vec::new();
+    for (stream, prefix) in [
+        (
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            "",
+        ),
+        (Box::new(child.stderr.take().unwrap()), "stderr: "),
+    ] {
+        let transcript = transcript.clone();
+        readers.push(tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                transcript.lock().unwrap().push(format!("{prefix}{line}"));
+            }
+        }));
+    }
+    let status = tokio::time::timeout(NODE_TESTS_LIMIT, child.wait()).await;
+    let status = match status {
+        Ok(status) => status.expect("wait for node --test"),
+        Err(_) => {
+            let _ = child.kill().await;
+            panic!(
+                "node --test did not finish within {NODE_TESTS_LIMIT:?}; its output so far:\n{}",
+                transcript.lock().unwrap().join("\n")
+            );
+        }
+    };
+    for reader in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    }
     server.abort();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = transcript.lock().unwrap().join("\n");
     assert!(
-        output.status.success(),
-        "node --test clients/js/test/ failed ({}):\n{text}",
-        output.status
+        status.success(),
+        "node --test clients/js/test/ failed ({status}):\n{text}"
     );
     // Every file ran and nothing was skipped: the summary counts tests.
     let count = |label: &str| {

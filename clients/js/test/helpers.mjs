@@ -6,6 +6,7 @@
  * (SQL as the superuser, disabling an agent, restarting the server).
  */
 import assert from 'node:assert/strict';
+import { after } from 'node:test';
 import { LivedeskClient } from '../livedesk-client.js';
 
 /** The environment the Rust driver sets; a missing one fails the test that needs it. */
@@ -46,11 +47,18 @@ export function recordingWebSocket() {
   return { WebSocket: RecordingWebSocket, log };
 }
 
+/** Every client made here, disconnected when the file's tests are done (also after a failure). */
+const made = new Set();
+after(() => {
+  for (const client of made) client.disconnect();
+});
+
 /** A client for `token` with a recording WebSocket; `client.log` holds the record. */
 export function makeClient(token) {
   const { WebSocket, log } = recordingWebSocket();
   const client = new LivedeskClient({ baseUrl: BASE(), token, WebSocket });
   client.log = log;
+  made.add(client);
   return client;
 }
 
