@@ -30,8 +30,13 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Other(String),
+    /// The embedded PostgreSQL's start-up task panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+    /// The database answers no connection; the pool's or the driver's error
+    /// is kept (the message shows its whole chain).
+    #[error("the database is unavailable: {}", error_chain(.0))]
+    Unreachable(#[source] crate::db::DbError),
 }
 
 /// The database livedesk uses: a `DATABASE_URL`, or its own embedded cluster.
@@ -53,8 +58,7 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
             let mut options = EmbeddedOptions::new(&settings.data_dir);
             options.unsafe_fast = settings.embedded_unsafe_fast;
             let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
-                .await
-                .map_err(|e| StartError::Other(e.to_string()))??;
+                .await??;
             let (dir, port) = pg.socket();
             tracing::info!(socket = %dir.display(), port, "embedded PostgreSQL is ready");
             // Superuser only creates the roles; the owner migrates and serves.
@@ -68,13 +72,10 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
     };
     if !db.ping().await {
         // Say why, with the driver's own words.
-        let error = db
-            .client()
-            .await
-            .err()
-            .map(|e| error_chain(&e))
-            .unwrap_or_default();
-        return Err(crate::db::DbError::Unavailable(error).into());
+        return Err(match db.client().await {
+            Err(e) => StartError::Unreachable(e),
+            Ok(_) => crate::db::DbError::Unavailable(String::new()).into(),
+        });
     }
     let applied = migrations::run(&db).await?.migrations;
     Ok(DatabaseHandle {

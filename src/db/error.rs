@@ -7,8 +7,14 @@
 pub enum DbError {
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// No answer in time, or no connection (the reason, when no error of
+    /// the driver or the pool is behind it).
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// The pool could not hand out a connection (timed out, closed, or a
+    /// hook failed); its error is kept as the source.
+    #[error("the database is unavailable: {0}")]
+    Pool(#[source] deadpool_postgres::PoolError),
     #[error("migration failed: {0}")]
     Migration(String),
     #[error(transparent)]
@@ -19,7 +25,7 @@ impl From<deadpool_postgres::PoolError> for DbError {
     fn from(e: deadpool_postgres::PoolError) -> Self {
         match e {
             deadpool_postgres::PoolError::Backend(e) => DbError::Query(e),
-            other => DbError::Unavailable(other.to_string()),
+            other => DbError::Pool(other),
         }
     }
 }
@@ -29,7 +35,7 @@ impl DbError {
     /// than "this statement failed".
     pub fn is_unavailable(&self) -> bool {
         match self {
-            DbError::Unavailable(_) => true,
+            DbError::Unavailable(_) | DbError::Pool(_) => true,
             DbError::Query(e) => e.is_closed() || e.code().is_none() && e.as_db_error().is_none(),
             _ => false,
         }

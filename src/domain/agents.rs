@@ -160,13 +160,9 @@ pub async fn list(db: &Database) -> Result<Vec<Agent>, DomainError> {
     let client = db.client().await?;
     let row = client.query_one("SELECT ld_agent_list()", &[]).await?;
     let json: serde_json::Value = row.get(0);
-    serde_json::from_value(json).map_err(|e| unexpected(e.to_string()))
+    serde_json::from_value(json).map_err(|e| DomainError::decode("agent row", e))
 }
 
 fn parse_agent(json: serde_json::Value) -> Result<Agent, DomainError> {
-    serde_json::from_value(json).map_err(|e| unexpected(e.to_string()))
-}
-
-fn unexpected(message: String) -> DomainError {
-    DomainError::Unexpected(format!("agent row: {message}"))
+    serde_json::from_value(json).map_err(|e| DomainError::decode("agent row", e))
 }

@@ -61,9 +61,26 @@ pub enum DomainError {
     /// Something that should not happen (a bug or a schema mismatch).
     #[error("unexpected: {0}")]
     Unexpected(String),
+    /// An answer of the database that does not have the shape this code
+    /// expects (a bug or a schema mismatch): what it was, and the JSON error
+    /// kept as the source, so the log shows both.
+    #[error("unexpected: {what}: {source}")]
+    Decode {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl DomainError {
+    /// An answer (`what`: a row, a function's result) that did not decode.
+    pub fn decode(what: impl Into<String>, source: serde_json::Error) -> Self {
+        DomainError::Decode {
+            what: what.into(),
+            source,
+        }
+    }
+
     /// A rejection built on the Rust side (shape errors the SQL never sees).
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         let mut detail = Map::new();

@@ -113,5 +113,5 @@ fn percent_encode(text: &str) -> String {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(text: String) -> Result<T, DomainError> {
-    serde_json::from_str(&text).map_err(|e| DomainError::Unexpected(e.to_string()))
+    serde_json::from_str(&text).map_err(|e| DomainError::decode("writer roles", e))
 }

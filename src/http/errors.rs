@@ -5,7 +5,6 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::{json, Map, Value};
 
-use crate::db::DbError;
 use crate::domain::{DomainError, Rejection};
 
 /// Why a request failed, as the client will see it.
@@ -61,7 +60,6 @@ impl ApiError {
                 (status, kind.code(), message.clone(), detail.clone())
             }
             ApiError::Domain(DomainError::Db(e)) if e.is_unavailable() => unavailable(),
-            ApiError::Domain(DomainError::Db(DbError::Unavailable(_))) => unavailable(),
             ApiError::Domain(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",

@@ -95,7 +95,7 @@ async fn database(
     }
     let handle = open_database(settings)
         .await
-        .map_err(|e| MailError::Unavailable(e.to_string()))?;
+        .map_err(|e| MailError::Start(Box::new(e)))?;
     let admin = match &handle.embedded {
         Some(pg) => pg.admin_config(),
         None => return Err(MailError::Config("no embedded database".into())),

@@ -50,8 +50,7 @@ impl std::fmt::Debug for MailDatabase {
 impl MailDatabase {
     /// A writer role's connection string.
     pub fn from_url(url: &str) -> Result<Self, MailError> {
-        let (config, tls) =
-            crate::db::tls::parse(url).map_err(|e| MailError::Config(e.to_string()))?;
+        let (config, tls) = crate::db::tls::parse(url).map_err(MailError::DatabaseUrl)?;
         Ok(MailDatabase {
             config,
             tls,
@@ -133,7 +132,7 @@ impl MailDatabase {
         match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(e)) if e.as_db_error().is_some() => Err(MailError::from(e)),
-            Ok(Err(e)) => Err(MailError::Unavailable(error_chain(&e))),
+            Ok(Err(e)) => Err(MailError::Connect(e)),
             Err(_) => Err(MailError::Unavailable(format!(
                 "no connection within {} s",
                 CONNECT_TIMEOUT.as_secs()
@@ -168,10 +167,10 @@ async fn ensure_writer(client: &Client, role: &str) -> Result<(), MailError> {
             tracing::debug!(error = %e, "another delivery made the writer role first");
             Ok(())
         }
-        Err(e) => Err(MailError::Config(format!(
-            "cannot make the writer role {role}: {}",
-            error_chain(&e)
-        ))),
+        Err(e) => Err(MailError::WriterRole {
+            role: role.to_string(),
+            source: e,
+        }),
     }
 }
 

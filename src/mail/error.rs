@@ -3,7 +3,11 @@
 //! later (the database is down or refused for a reason that is not the
 //! message's), 78 livedesk's mail settings are wrong.
 
+use crate::db::DbError;
 use crate::domain::{DomainError, Rejection};
+use crate::mail::connect::error_chain;
+use crate::mail::outbound::SmtpError;
+use crate::startup::StartError;
 
 /// EX_DATAERR: the input data was incorrect.
 pub const EX_DATAERR: u8 = 65;
@@ -22,12 +26,31 @@ pub enum MailError {
     /// The message cannot become a ticket (no sender address, not a message).
     #[error("unusable message: {0}")]
     Data(String),
-    /// The database cannot be reached (or did not answer in time).
+    /// The database did not answer in time (no error to keep: a timeout).
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
-    /// Missing or invalid mail settings.
+    /// The connection to the database failed; the driver's error is kept.
+    #[error("the database is unavailable: {}", error_chain(.0))]
+    Connect(#[source] tokio_postgres::Error),
+    /// The embedded database could not be opened.
+    #[error("the database is unavailable: {0}")]
+    Start(#[source] Box<StartError>),
+    /// Missing or inconsistent mail settings (no error behind it).
     #[error("mail settings: {0}")]
     Config(String),
+    /// `LIVEDESK_SMTP_URL` or `LIVEDESK_MAIL_FROM` missing or unusable.
+    #[error("mail settings: {0}")]
+    Smtp(#[from] SmtpError),
+    /// `LIVEDESK_MAIL_DATABASE_URL` is not a usable connection string.
+    #[error("mail settings: {0}")]
+    DatabaseUrl(#[source] DbError),
+    /// The mail gateway's writer role could not be made.
+    #[error("mail settings: cannot make the writer role {role}: {}", error_chain(.source))]
+    WriterRole {
+        role: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// Reading the message failed.
     #[error("reading the message: {0}")]
     Io(#[from] std::io::Error),
@@ -50,8 +73,14 @@ impl MailError {
     pub fn exit_code(&self) -> u8 {
         match self {
             MailError::Data(_) => EX_DATAERR,
-            MailError::Unavailable(_) | MailError::Stopped => EX_TEMPFAIL,
-            MailError::Config(_) => EX_CONFIG,
+            MailError::Unavailable(_)
+            | MailError::Connect(_)
+            | MailError::Start(_)
+            | MailError::Stopped => EX_TEMPFAIL,
+            MailError::Config(_)
+            | MailError::Smtp(_)
+            | MailError::DatabaseUrl(_)
+            | MailError::WriterRole { .. } => EX_CONFIG,
             MailError::Io(_) => EX_IOERR,
             // The rules refused the message's content (an invalid address, …).
             MailError::Domain(DomainError::Rejected {
@@ -62,14 +91,16 @@ impl MailError {
             // keep it queued while an operator looks (a missing privilege, a
             // schema not migrated yet, a lost connection).
             MailError::Domain(DomainError::Db(_) | DomainError::Rejected { .. }) => EX_TEMPFAIL,
-            MailError::Domain(DomainError::Unexpected(_)) => EX_SOFTWARE,
+            MailError::Domain(DomainError::Unexpected(_) | DomainError::Decode { .. }) => {
+                EX_SOFTWARE
+            }
         }
     }
 
     /// Whether a retry may succeed without anyone acting (the database came back).
     pub fn is_transient(&self) -> bool {
         match self {
-            MailError::Unavailable(_) => true,
+            MailError::Unavailable(_) | MailError::Connect(_) | MailError::Start(_) => true,
             MailError::Domain(DomainError::Db(e)) => e.is_unavailable(),
             _ => false,
         }

@@ -340,9 +340,10 @@ pub async fn store(client: &Client, mail: &Inbound) -> Result<Received, MailErro
 
 fn received(text: &str) -> Result<Received, MailError> {
     serde_json::from_str(text).map_err(|e| {
-        MailError::Domain(crate::domain::DomainError::Unexpected(format!(
-            "the database answered {text}: {e}"
-        )))
+        MailError::Domain(crate::domain::DomainError::decode(
+            format!("the database answered {text}"),
+            e,
+        ))
     })
 }
 

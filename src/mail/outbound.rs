@@ -41,16 +41,16 @@ pub enum SmtpError {
     NoUrl,
     #[error("LIVEDESK_MAIL_FROM is not set")]
     NoFrom,
-    #[error("LIVEDESK_MAIL_FROM is not an address: {0}")]
-    BadFrom(String),
+    #[error("LIVEDESK_MAIL_FROM is not an address: {from}: {source}")]
+    BadFrom {
+        from: String,
+        #[source]
+        source: lettre::address::AddressError,
+    },
+    #[error("LIVEDESK_MAIL_FROM is not an address: {0}: the domain must be an ASCII host name (use its punycode form)")]
+    FromDomain(String),
     #[error("LIVEDESK_SMTP_URL is not usable: {0}")]
-    BadUrl(String),
-}
-
-impl From<SmtpError> for MailError {
-    fn from(e: SmtpError) -> Self {
-        MailError::Config(e.to_string())
-    }
+    BadUrl(#[source] lettre::transport::smtp::Error),
 }
 
 /// A reply as `ld_mail_prepare` describes it.
@@ -90,8 +90,10 @@ impl Sender {
     pub fn new(db: MailDatabase, settings: MailSettings) -> Result<Sender, MailError> {
         let url = settings.smtp_url.as_deref().ok_or(SmtpError::NoUrl)?;
         let from_text = settings.mail_from.as_deref().ok_or(SmtpError::NoFrom)?;
-        let from = Mailbox::from_str(from_text.trim())
-            .map_err(|e| SmtpError::BadFrom(format!("{from_text}: {e}")))?;
+        let from = Mailbox::from_str(from_text.trim()).map_err(|source| SmtpError::BadFrom {
+            from: from_text.to_string(),
+            source,
+        })?;
         let domain = from.email.domain().to_string();
         // It becomes the right-hand side of every Message-ID.
         if domain.is_empty()
@@ -99,13 +101,10 @@ impl Sender {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
         {
-            return Err(SmtpError::BadFrom(format!(
-                "{from_text}: the domain must be an ASCII host name (use its punycode form)"
-            ))
-            .into());
+            return Err(SmtpError::FromDomain(from_text.to_string()).into());
         }
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url(url))
-            .map_err(|e| SmtpError::BadUrl(e.to_string()))?
+            .map_err(SmtpError::BadUrl)?
             .timeout(Some(Duration::from_secs(30)))
             .build();
         Ok(Sender {
@@ -357,9 +356,10 @@ async fn prepare(
         return Ok(None);
     };
     serde_json::from_str(&text).map(Some).map_err(|e| {
-        MailError::Domain(crate::domain::DomainError::Unexpected(format!(
-            "ld_mail_prepare answered {text}: {e}"
-        )))
+        MailError::Domain(crate::domain::DomainError::decode(
+            format!("ld_mail_prepare answered {text}"),
+            e,
+        ))
     })
 }
 
