@@ -57,8 +57,8 @@ pub async fn open_database(settings: &Settings) -> Result<DatabaseHandle, StartE
         None => {
             let mut options = EmbeddedOptions::new(&settings.data_dir);
             options.unsafe_fast = settings.embedded_unsafe_fast;
-            let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
-                .await??;
+            let pg =
+                tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options)).await??;
             let (dir, port) = pg.socket();
             tracing::info!(socket = %dir.display(), port, "embedded PostgreSQL is ready");
             // Superuser only creates the roles; the owner migrates and serves.
