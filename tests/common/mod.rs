@@ -56,6 +56,11 @@ fn start_cluster() -> Cluster {
     options
         .settings
         .push(("wal_writer_delay".into(), "10ms".into()));
+    // The rewind tests stop the cluster while the network to livedesk is
+    // blackholed: a fast shutdown waits this long for the silent stream.
+    options
+        .settings
+        .push(("wal_sender_timeout".into(), "5s".into()));
     let pg = EmbeddedPostgres::start(options).expect("start the test PostgreSQL");
     let (socket_dir, port) = pg.socket();
     let socket_dir = socket_dir.to_path_buf();

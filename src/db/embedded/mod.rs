@@ -453,7 +453,12 @@ impl EmbeddedPostgres {
             // restarting PostgreSQL; it costs a little WAL (docs/scaling.md).
             .args(["-c", "wal_level=logical"])
             .args(["-c", "max_wal_senders=64"])
-            .args(["-c", "max_replication_slots=64"]);
+            .args(["-c", "max_replication_slots=64"])
+            // A stream whose peer went silent (a partition) holds up a fast
+            // shutdown of PostgreSQL until this timeout: the WAL sender
+            // waits for its consumer to confirm the shutdown checkpoint.
+            // livedesk confirms every second; 60 s (the default) is long.
+            .args(["-c", "wal_sender_timeout=10s"]);
         if self.options.unsafe_fast {
             command.args([
                 "-c",
