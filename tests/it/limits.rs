@@ -502,7 +502,10 @@ async fn an_address_past_its_budget_waits_for_its_429() {
         assert_eq!(status, 401, "{body}");
     }
     let held = refused.expect("the address was never limited");
-    assert!(held >= Duration::from_millis(900), "a 429 left after {held:?}");
+    assert!(
+        held >= Duration::from_millis(900),
+        "a 429 left after {held:?}"
+    );
     let started = Instant::now();
     assert_eq!(app.get("/api/me", &token).await.0, 200);
     assert!(
