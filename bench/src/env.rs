@@ -180,6 +180,23 @@ pub async fn spawn_extra_server_with(env: &BenchEnv, limits: bool) -> Result<(Ch
     bail!("an extra livedesk server did not become healthy")
 }
 
+/// One more livedesk process on the database with `LIVEDESK_BUS=bus`
+/// (`notify` or `logical`): the database's bus switches to it, and other
+/// running processes follow (`livedesk-bench --bus`).
+pub async fn spawn_extra_server_on_bus(env: &BenchEnv, bus: &str) -> Result<(Child, String)> {
+    let (child, base) = spawn_server_env(&env.pg, false, &[("LIVEDESK_BUS", bus)])?;
+    for _ in 0..400 {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+            if r.status() == 200 {
+                return Ok((child, base));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_server(child);
+    bail!("a livedesk server on the {bus} bus did not become healthy")
+}
+
 /// SIGTERM a server process and wait for it.
 pub fn stop_server(mut child: Child) {
     let _ = nix::sys::signal::kill(
@@ -190,6 +207,14 @@ pub fn stop_server(mut child: Child) {
 }
 
 fn spawn_server(pg: &EmbeddedPostgres, limits: bool) -> Result<(Child, String)> {
+    spawn_server_env(pg, limits, &[])
+}
+
+fn spawn_server_env(
+    pg: &EmbeddedPostgres,
+    limits: bool,
+    extra: &[(&str, &str)],
+) -> Result<(Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -205,6 +230,7 @@ fn spawn_server(pg: &EmbeddedPostgres, limits: bool) -> Result<(Child, String)> 
             .join(format!("livedesk-server-{port}.log")),
     )?;
     let mut command = Command::new(livedesk);
+    command.envs(extra.iter().copied());
     if !limits {
         // The bench is one client address with a few tokens: the abuse
         // limits (contract §5a) would measure themselves, not livedesk.

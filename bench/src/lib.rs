@@ -2,6 +2,7 @@
 //! livedesk server, drives them over loopback, checks every delivery, and
 //! prints each figure beside a baseline measured in the same run.
 
+pub mod bus;
 pub mod curves;
 pub mod env;
 pub mod floor;
@@ -45,6 +46,11 @@ pub struct BenchArgs {
     /// divided by --scale-down), printing losses and memory growth.
     #[arg(long, value_name = "MINUTES")]
     pub soak: Option<u32>,
+    /// Instead of the scenarios: the two event buses (LIVEDESK_BUS=notify
+    /// and logical) side by side: changes/s at 8 and 32 clients, commit →
+    /// client at 1,000 subscribers, WAL held after a kill -9 (issue 18).
+    #[arg(long)]
+    pub bus: bool,
 }
 
 /// Run every scenario; `Ok(false)` if any correctness check failed.
@@ -54,7 +60,14 @@ pub async fn run(mut args: BenchArgs) -> Result<bool> {
         args.seconds = args.seconds.min(4);
     }
     eprintln!("livedesk-bench: starting PostgreSQL (fsync on) and a livedesk server…");
-    let env = env::BenchEnv::start(8).await?;
+    let mut env = env::BenchEnv::start(8).await?;
+    if args.bus {
+        // The comparison runs its own server per bus: the default one
+        // would follow each switch and decode alongside.
+        let _ = env.server.kill();
+        let _ = env.server.wait();
+        return bus::run(&env, &args).await;
+    }
     if let Some(minutes) = args.soak {
         return soak::run(&env, minutes, args.scale_down).await;
     }
