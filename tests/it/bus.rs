@@ -355,3 +355,52 @@ async fn a_server_without_logical_wal_is_named_at_start() {
         .await
         .unwrap();
 }
+
+/// `pg_logical_emit_message` needs no right in PostgreSQL, so a writer can
+/// forge a wake-up on the logical bus as it can a NOTIFY: it must reach no
+/// client as an event, and a version that never comes is given up after a
+/// few reads (no loop), the next real change arriving as the next version.
+#[tokio::test]
+async fn a_forged_logical_message_is_harmless() {
+    let app = TestApp::spawn_bus(Bus::Logical).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let ticket = app.ticket(&token, "Refund").await;
+    let t = ticket["id"].as_i64().unwrap();
+    let v = ticket["version"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(t, Some(v)).await;
+    let (_, _, w) = common::writer_role(&app, "f", false).await;
+    for payload in [
+        serde_json::json!({"ticket_id": t, "version": v + 3}).to_string(),
+        serde_json::json!({"ticket_id": t, "version": -1}).to_string(),
+        serde_json::json!({"ticket_id": 987654321, "version": 1}).to_string(),
+        "not json".to_string(),
+        "x".repeat(100_000),
+    ] {
+        for transactional in [true, false] {
+            w.execute(
+                "SELECT pg_logical_emit_message($1, 'livedesk_events', $2)",
+                &[&transactional, &payload],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Some(frame) = ws
+        .next_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
+    {
+        assert_eq!(frame["type"], "presence", "unexpected frame {frame}");
+    }
+    w.batch_execute(&format!(
+        "UPDATE tickets SET priority = 'high' WHERE id = {t}"
+    ))
+    .await
+    .unwrap();
+    let events = ws.events(t, 1, LONG).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["version"], v + 1);
+    // The stream survived the forgeries.
+    assert_eq!(slots(&app.sql().await).await, vec![(true, true)]);
+}
