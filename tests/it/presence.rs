@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use common::ws::WsClient;
 use common::{cluster, test_settings, TestApp};
 use serde_json::{json, Value};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
 
 /// Wait for a presence list of `ticket` satisfying `check`; the list.
 async fn presence_until(
@@ -201,6 +203,15 @@ async fn the_viewers_of_a_killed_process_expire_within_the_ttl() {
     let mut alice = WsClient::connect(&other_base, &token_a).await;
     alice.subscribe(id, None).await;
     presence_until(&mut bob, id, WAIT, |v| state_of(v, a.id).is_some()).await;
+    let sql = app.sql().await;
+    let victim: Uuid = sql
+        .query_one(
+            "SELECT DISTINCT process_id FROM presence WHERE agent_id = $1",
+            &[&a.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
     other.kill().unwrap();
     other.wait().unwrap();
     let killed = Instant::now();
@@ -213,7 +224,254 @@ async fn the_viewers_of_a_killed_process_expire_within_the_ttl() {
         "gone within TTL + a few seconds: {:?}",
         killed.elapsed()
     );
+    // Expired with its heartbeat: nothing of the dead process is left.
+    let left: i64 = sql
+        .query_one(
+            "SELECT (SELECT count(*) FROM presence WHERE process_id = $1) \
+                  + (SELECT count(*) FROM presence_processes WHERE process_id = $1)",
+            &[&victim],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "rows or heartbeat of the killed process left");
     drop(alice);
+}
+
+/// A connection to a fresh database as the schema owner, with no livedesk
+/// process on it (so no upkeep of its own runs beside the test's calls).
+async fn bare_database() -> Client {
+    let dbname = common::fresh_database().await;
+    owner_on(&dbname).await
+}
+
+async fn owner_on(dbname: &str) -> Client {
+    let (client, connection) = cluster().config(dbname).connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// What PostgreSQL knows of the viewer rows: (xmin, heard_at) by key. A
+/// rewritten row gets a new xmin even when it has the same values.
+async fn viewer_rows(sql: &Client) -> Vec<(Uuid, i64, i64, String, String)> {
+    sql.query(
+        "SELECT process_id, connection_id, ticket_id, xmin::text, heard_at::text \
+         FROM presence ORDER BY 1, 2, 3",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+    .collect()
+}
+
+async fn set(sql: &Client, process: Uuid, connection: i64, ticket: i64) {
+    sql.execute(
+        "SELECT ld_presence_set($1, 'k', $2, $3, 1, 'viewing')",
+        &[&process, &connection, &ticket],
+    )
+    .await
+    .unwrap();
+}
+
+async fn heartbeat(sql: &Client, process: Uuid) -> Option<String> {
+    sql.query_opt(
+        "SELECT heard_at::text FROM presence_processes WHERE process_id = $1",
+        &[&process],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+/// Viewer rows whose process has no heartbeat: they could never expire.
+async fn orphans(sql: &Client) -> i64 {
+    sql.query_one(
+        "SELECT count(*) FROM presence p WHERE NOT EXISTS \
+         (SELECT 1 FROM presence_processes h WHERE h.process_id = p.process_id)",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// The upkeep of a running process beats one heartbeat row and rewrites no
+/// viewer row (issue 14: it used to UPDATE every viewer row of the process,
+/// 85-140 ms of a core at 10,000 viewers).
+#[tokio::test]
+async fn the_upkeep_beats_one_heartbeat_and_leaves_viewer_rows_alone() {
+    let mut settings = test_settings();
+    settings.presence_ttl_ms = 3000; // upkeep every 500 ms
+    let app = TestApp::spawn_with(settings).await;
+    let (b, token_b) = app.agent("Bob", "agent").await;
+    let id = app.ticket(&token_b, "upkeep").await["id"].as_i64().unwrap();
+    let mut bob = WsClient::connect(&app.base, &token_b).await;
+    bob.subscribe(id, None).await;
+    presence_until(&mut bob, id, WAIT, |v| {
+        state_of(v, b.id).as_deref() == Some("viewing")
+    })
+    .await;
+    let sql = app.sql().await;
+    let before = viewer_rows(&sql).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let process = before[0].0;
+    let mut beats = vec![heartbeat(&sql, process).await.expect("a heartbeat")];
+    // Three more beats; Bob keeps reading (and answering pings) meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while beats.len() < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the heartbeat stalled: {beats:?}"
+        );
+        let _ = bob.next_within(Duration::from_millis(100)).await;
+        let now = heartbeat(&sql, process).await.expect("a heartbeat");
+        if beats.last() != Some(&now) {
+            beats.push(now);
+        }
+    }
+    assert_eq!(
+        viewer_rows(&sql).await,
+        before,
+        "the upkeep rewrote viewer rows (heartbeats {beats:?})"
+    );
+    let processes: i64 = sql
+        .query_one("SELECT count(*) FROM presence_processes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(processes, 1, "one heartbeat per process");
+}
+
+/// Expiry follows the process's heartbeat, not the age of its viewer rows:
+/// a live process keeps viewers written long ago, a silent one loses all of
+/// them, heartbeat included.
+#[tokio::test]
+async fn expiry_follows_the_heartbeat_of_each_process() {
+    let sql = bare_database().await;
+    let (live, dead) = (Uuid::new_v4(), Uuid::new_v4());
+    for connection in 1..=3 {
+        set(&sql, live, connection, 10).await;
+    }
+    set(&sql, dead, 1, 11).await;
+    set(&sql, dead, 2, 12).await;
+    assert!(
+        heartbeat(&sql, live).await.is_some(),
+        "the first write beats"
+    );
+    sql.batch_execute("UPDATE presence SET heard_at = now() - interval '1 hour'")
+        .await
+        .unwrap();
+    sql.execute(
+        "UPDATE presence_processes SET heard_at = now() - interval '1 hour' WHERE process_id = $1",
+        &[&dead],
+    )
+    .await
+    .unwrap();
+    let kept: Vec<_> = viewer_rows(&sql)
+        .await
+        .into_iter()
+        .filter(|row| row.0 == live)
+        .collect();
+    assert_eq!(kept.len(), 3);
+    let gone: i32 = sql
+        .query_one("SELECT ld_presence_expire(30000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, 2, "the dead process's two viewers");
+    let mut after = viewer_rows(&sql).await;
+    assert_eq!(after, kept, "the live process's viewers stay, untouched");
+    assert_eq!(heartbeat(&sql, dead).await, None, "the dead heartbeat goes");
+
+    // A beat touches the heartbeat only.
+    let beat = heartbeat(&sql, live).await;
+    sql.execute("SELECT ld_presence_touch($1)", &[&live])
+        .await
+        .unwrap();
+    assert_ne!(heartbeat(&sql, live).await, beat, "the heartbeat advanced");
+    after = viewer_rows(&sql).await;
+    assert_eq!(after, kept, "no viewer row rewritten by the beat");
+
+    // A process that comes back after it was expired beats again on its
+    // next write, and its new viewers live.
+    set(&sql, dead, 3, 13).await;
+    assert!(heartbeat(&sql, dead).await.is_some());
+    let gone: i32 = sql
+        .query_one("SELECT ld_presence_expire(30000)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, 0);
+    assert_eq!(orphans(&sql).await, 0);
+}
+
+/// A viewer written by a process while expiry removes that process (it had
+/// stopped beating) goes with it: no viewer row is left without a heartbeat,
+/// which would never expire.
+#[tokio::test]
+async fn a_write_racing_the_expiry_of_its_process_leaves_no_orphan() {
+    let dbname = common::fresh_database().await;
+    let writer = owner_on(&dbname).await;
+    let expirer = owner_on(&dbname).await;
+    let process = Uuid::new_v4();
+    set(&writer, process, 1, 20).await;
+    writer
+        .execute(
+            "UPDATE presence_processes SET heard_at = now() - interval '1 hour' WHERE process_id = $1",
+            &[&process],
+        )
+        .await
+        .unwrap();
+    // The write is in flight (not committed) when the expiry starts.
+    writer.batch_execute("BEGIN").await.unwrap();
+    set(&writer, process, 2, 21).await;
+    let expiry = tokio::spawn(async move {
+        let gone: i32 = expirer
+            .query_one("SELECT ld_presence_expire(30000)", &[])
+            .await
+            .unwrap()
+            .get(0);
+        gone
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!expiry.is_finished(), "the expiry waits for the write");
+    writer.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(expiry.await.unwrap(), 2, "both viewers expired");
+    assert_eq!(viewer_rows(&writer).await, vec![]);
+    assert_eq!(heartbeat(&writer, process).await, None);
+    assert_eq!(orphans(&writer).await, 0);
+}
+
+/// Heartbeats are the server's: a writer (`livedesk writer add`) can neither
+/// forge, refresh, read nor delete one, nor call the functions that do.
+#[tokio::test]
+async fn a_writer_can_neither_forge_nor_refresh_a_heartbeat() {
+    let app = TestApp::spawn().await;
+    let (_, _, w) = common::writer_role(&app, "hb", false).await;
+    for attack in [
+        "INSERT INTO presence_processes (process_id) VALUES (gen_random_uuid())",
+        "UPDATE presence_processes SET heard_at = now() + interval '1 day'",
+        "DELETE FROM presence_processes",
+        "SELECT * FROM presence_processes",
+        "TRUNCATE presence_processes",
+        "SELECT ld_presence_touch(gen_random_uuid())",
+        "SELECT ld_presence_expire(0)",
+        "SELECT ld_presence_remove(gen_random_uuid(), NULL, NULL)",
+        "SELECT ld_presence_clear_key('k', gen_random_uuid())",
+    ] {
+        let error = w
+            .batch_execute(attack)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("the writer could run: {attack}"));
+        assert_eq!(
+            error.code().map(|c| c.code()),
+            Some("42501"),
+            "{attack}: {error}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -45,6 +45,10 @@ const LANDED: &[(&str, &str)] = &[
         "V9__bus.sql",
         "10372be964353d25f5955505a4a0f921c4fee6f60f82c583ee8a817127e6e3f0",
     ),
+    (
+        "V10__presence_heartbeat.sql",
+        "e767f4f56eb0f1436a31eca4258067d6a4c98bb143a17078c75a0495a215b700",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {
