@@ -1,13 +1,14 @@
 //! Reads what notifications announced, in batches: one query for the events
 //! of many tickets, one for inbox summaries, one for presence lists.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
 use super::event_log;
 use super::hub::FanoutStats;
+use super::work::Batch;
 use super::Realtime;
 use crate::db::DbError;
 
@@ -16,106 +17,185 @@ use crate::db::DbError;
 /// O(viewers²) bytes and delay that ticket's events behind it.
 pub const PRESENCE_EVERY: Duration = Duration::from_millis(250);
 
+/// How many times a ticket is read again for a version the stream announced.
+const AWAITED_READS: u32 = 6;
+
+/// How long the fetcher pauses after a failed read before trying again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The fetcher's own state: what it must read again, and when. Only its
+/// task touches it; nothing is ever put back into the in-tray.
+struct Fetcher {
+    rt: Realtime,
+    /// Work to do again at once (a full batch, a failed read).
+    again: Batch,
+    /// Viewer lists held until their next slot (`PRESENCE_EVERY`).
+    held: HashSet<i64>,
+    presence_due: Instant,
+    /// Versions the stream announced and no read reached yet (ticket →
+    /// version, reads so far).
+    awaited: HashMap<i64, (i64, u32)>,
+    awaited_at: Option<Instant>,
+    /// Pooled connections opened when the cursors were last checked.
+    checked: u64,
+}
+
 /// Wait for wake-ups and serve them until shutdown.
 pub async fn run(rt: Realtime) {
-    let mut presence_due = Instant::now();
-    let mut presence_timer: Option<Instant> = None;
-    // Pooled connections opened when the cursors were last checked.
-    let mut checked = 0;
-    // When tickets whose announced version was not visible yet are read again.
-    let mut awaited_timer: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            _ = rt.wake.notified() => {}
-            _ = super::sleep_until(presence_timer) => presence_timer = None,
-            _ = super::sleep_until(awaited_timer) => {
-                awaited_timer = None;
-                if let Some((tickets, _)) = rt.still_awaited() {
-                    rt.request_catch_up(tickets, false);
-                }
-            }
-            _ = rt.bus_stop.cancelled() => return,
-        }
+    let mut fetcher = Fetcher {
+        rt,
+        again: Batch::default(),
+        held: HashSet::new(),
+        presence_due: Instant::now(),
+        awaited: HashMap::new(),
+        awaited_at: None,
+        checked: 0,
+    };
+    fetcher.run().await
+}
+
+impl Fetcher {
+    async fn run(&mut self) {
         loop {
-            let mut pending = rt.take_pending();
-            if !pending.presence.is_empty() && Instant::now() < presence_due {
-                // Hold presence back until its next slot; events go now.
-                let held = std::mem::take(&mut pending.presence);
-                rt.lock_pending().presence.extend(held);
-                presence_timer = Some(presence_due);
+            let batch = self.next_batch();
+            if batch.is_empty() {
+                let presence_at = (!self.held.is_empty()).then_some(self.presence_due);
+                tokio::select! {
+                    _ = self.rt.work.notified() => {}
+                    _ = super::sleep_until(presence_at) => {}
+                    _ = super::sleep_until(self.awaited_at) => {
+                        self.awaited_at = None;
+                        if let Some((tickets, _)) = self.still_awaited() {
+                            self.again.events.extend(tickets);
+                        }
+                    }
+                    _ = self.rt.bus_stop.cancelled() => return,
+                }
+                continue;
             }
-            if pending.is_empty() {
-                break;
+            if !batch.presence.is_empty() {
+                self.presence_due = Instant::now() + PRESENCE_EVERY;
             }
-            if !pending.presence.is_empty() {
-                presence_due = Instant::now() + PRESENCE_EVERY;
-            }
+            let rt = self.rt.clone();
+            let checked = &mut self.checked;
             let work = async {
-                if let Some(verify) = pending.verify {
+                if let Some(verify) = batch.verify {
                     super::rewind::verify(&rt, verify).await?;
                 }
-                serve(
-                    &rt,
-                    &mut checked,
-                    &pending.events,
-                    &pending.inbox,
-                    &pending.presence,
-                )
-                .await
+                serve(&rt, checked, &batch).await
             };
-            let result = rt.db.within(work).await;
-            // The logical bus announces a version at its commit, which a
-            // new snapshot may see a moment later: read those again soon.
-            if result.is_ok() && awaited_timer.is_none() {
-                if let Some((_, retry_in)) = rt.still_awaited() {
-                    awaited_timer = Some(Instant::now() + retry_in);
+            match rt.db.within(work).await {
+                Ok(more) => {
+                    self.again.events.extend(more);
+                    // The logical bus announces a version at its commit,
+                    // which a new snapshot may see a moment later: read
+                    // those again soon.
+                    if self.awaited_at.is_none() {
+                        if let Some((_, retry_in)) = self.still_awaited() {
+                            self.awaited_at = Some(Instant::now() + retry_in);
+                        }
+                    }
                 }
-            }
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "reading events failed; retrying");
-                // Put the work back; the read is retried after a pause.
-                {
-                    let mut back = rt.lock_pending();
-                    back.events.extend(pending.events);
-                    back.inbox.extend(pending.inbox);
-                    back.presence.extend(pending.presence);
-                    back.verify = super::Verify::merge(back.verify, pending.verify);
-                }
-                tokio::select! {
-                    _ = rt.bus_stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading events failed; retrying");
+                    self.again.merge(batch);
+                    tokio::select! {
+                        _ = self.rt.bus_stop.cancelled() => return,
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                    }
                 }
             }
         }
+    }
+
+    /// This task's re-reads plus everything added to the in-tray, with
+    /// "every watched ticket" resolved and viewer lists held for their slot.
+    fn next_batch(&mut self) -> Batch {
+        let mut batch = std::mem::take(&mut self.again);
+        batch.merge(self.rt.work.take());
+        if let Some(presence) = batch.everything.take() {
+            let tickets = self.rt.hub.all_tickets();
+            if presence {
+                batch.presence.extend(tickets.iter().copied());
+            }
+            batch.events.extend(tickets);
+        }
+        for (ticket, version) in std::mem::take(&mut batch.announced) {
+            let entry = self.awaited.entry(ticket).or_insert((version, 0));
+            entry.0 = entry.0.max(version);
+        }
+        if Instant::now() < self.presence_due {
+            // Hold presence back until its next slot; events go now.
+            self.held.extend(batch.presence.drain());
+        } else {
+            batch.presence.extend(self.held.drain());
+        }
+        batch
+    }
+
+    /// After a read: forget awaited versions that were delivered (or whose
+    /// ticket is no longer watched); the tickets still short of theirs, to
+    /// read again after the returned pause (a few times: a forged message's
+    /// version never comes).
+    fn still_awaited(&mut self) -> Option<(Vec<i64>, Duration)> {
+        if self.awaited.is_empty() {
+            return None;
+        }
+        let delivered: HashMap<i64, Option<i64>> = self
+            .rt
+            .hub
+            .all_cursors()
+            .into_iter()
+            .map(|(id, cursor, _)| (id, cursor))
+            .collect();
+        let mut tries = 0;
+        self.awaited.retain(|ticket, (version, reads)| {
+            let keep = match delivered.get(ticket) {
+                None => false,
+                Some(cursor) => cursor.is_some_and(|c| c < *version) && *reads < AWAITED_READS,
+            };
+            if keep {
+                *reads += 1;
+                tries = tries.max(*reads);
+            }
+            keep
+        });
+        if self.awaited.is_empty() {
+            return None;
+        }
+        Some((
+            self.awaited.keys().copied().collect(),
+            Duration::from_millis(2u64 << tries.min(6)),
+        ))
     }
 }
 
-async fn serve(
-    rt: &Realtime,
-    checked: &mut u64,
-    events: &HashSet<i64>,
-    inbox: &HashSet<i64>,
-    presence: &HashSet<i64>,
-) -> Result<(), DbError> {
+/// Serve one batch; the tickets whose events must be read again at once
+/// (a read that hit its row or byte budget).
+async fn serve(rt: &Realtime, checked: &mut u64, batch: &Batch) -> Result<Vec<i64>, DbError> {
     // While the LISTEN connection is down, the database may be restarting
     // or restored from a copy: no event is read until the listener is back
     // and has checked the cursors. Its catch-up reads every watched ticket.
-    if rt.listener_up() && !events.is_empty() {
-        read_events(rt, checked, events).await?;
-    }
-    serve_summaries(rt, inbox, presence).await
+    let more = if rt.listener_up() && !batch.events.is_empty() {
+        read_events(rt, checked, &batch.events).await?
+    } else {
+        Vec::new()
+    };
+    serve_summaries(rt, &batch.inbox, &batch.presence).await?;
+    Ok(more)
 }
 
 /// Read and fan out the events after each ticket's cursor. A read through a
 /// connection opened since the cursors were last checked may come from a
 /// database that restarted or was restored (before the LISTEN connection
 /// noticed): the cursors are checked first (`rewind`), and a read during
-/// which a connection was opened is checked and done again.
+/// which a connection was opened is checked and done again. Returns the
+/// tickets to read again (the read hit its budget).
 async fn read_events(
     rt: &Realtime,
     checked: &mut u64,
     events: &HashSet<i64>,
-) -> Result<(), DbError> {
+) -> Result<Vec<i64>, DbError> {
     loop {
         let opened = rt.db.connections_opened();
         if opened != *checked {
@@ -125,7 +205,7 @@ async fn read_events(
         }
         let cursors = rt.hub.cursors(events);
         if cursors.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (ids, afters): (Vec<i64>, Vec<i64>) = cursors.into_iter().unzip();
         let (frames, more) = event_log::read(&rt.db, &ids, &afters).await?;
@@ -140,10 +220,7 @@ async fn read_events(
             "fanning out"
         );
         record(rt, rt.hub.fan_out_events(frames));
-        if more {
-            rt.request_catch_up(ids, false);
-        }
-        return Ok(());
+        return Ok(if more { ids } else { Vec::new() });
     }
 }
 

@@ -115,7 +115,7 @@ pub async fn run(rt: Realtime) {
                         connected_before = true;
                         backoff = Duration::from_millis(50);
                         // Anything committed while we were not listening is in the log.
-                        rt.request_catch_up(rt.hub.all_tickets(), true);
+                        rt.work.catch_up_everything(true);
                         rt.presence.republish();
                         // Half the interval asleep, at most half waiting for
                         // the answer: a silent connection is noticed within

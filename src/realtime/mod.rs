@@ -20,8 +20,8 @@ pub mod revocation;
 pub mod rewind;
 pub mod session;
 pub mod stream;
+pub mod work;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,45 +37,7 @@ use crate::db::Database;
 use crate::metrics::Metrics;
 use hub::Hub;
 
-/// Tickets whose events, inbox summaries or presence lists need a read.
-#[derive(Debug, Default)]
-pub struct Pending {
-    pub events: HashSet<i64>,
-    pub inbox: HashSet<i64>,
-    pub presence: HashSet<i64>,
-    /// Check the hub's cursors against the database before reading on.
-    pub verify: Option<Verify>,
-}
-
-/// What the fetcher checks after the LISTEN connection came back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verify {
-    /// The same database: reset only tickets now below their cursor.
-    Cursors,
-    /// A different history (system identifier or timeline changed): reset
-    /// every watched ticket.
-    All,
-}
-
-impl Verify {
-    /// Two requests in one: the wider one wins.
-    pub fn merge(a: Option<Verify>, b: Option<Verify>) -> Option<Verify> {
-        if a == Some(Verify::All) || b == Some(Verify::All) {
-            Some(Verify::All)
-        } else {
-            a.or(b)
-        }
-    }
-}
-
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.events.is_empty()
-            && self.inbox.is_empty()
-            && self.presence.is_empty()
-            && self.verify.is_none()
-    }
-}
+pub use work::Verify;
 
 /// Shared state of the realtime side of one process.
 pub struct Inner {
@@ -92,20 +54,16 @@ pub struct Inner {
     /// Stops the listener and the fetcher, after the sessions and presence.
     bus_stop: CancellationToken,
     bus_tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The history the LISTEN connection last saw (`rewind::identity`).
-    identity: Mutex<Option<String>>,
+    /// The history the bus last saw (`rewind`).
+    history: rewind::History,
     listener_up: AtomicBool,
     /// The logical bus's stream is up (only needed while the database's
     /// bus is `logical`).
     stream_up: AtomicBool,
     /// The database's bus now (set at start, followed on `livedesk_bus`).
     bus: tokio::sync::watch::Sender<Bus>,
-    /// Versions announced by the stream and not yet read (ticket → version,
-    /// reads so far): a commit can be decoded a moment before a new
-    /// snapshot sees it, so such a ticket is read again shortly.
-    awaited: Mutex<HashMap<i64, (i64, u32)>>,
-    pending: Mutex<Pending>,
-    wake: Notify,
+    /// The fetcher's in-tray: every wake-up of the read side enters here.
+    pub work: work::Work,
     next_connection: AtomicU64,
     connections: AtomicUsize,
     /// Open connections by agent: the per-agent cap, and 4001 closes when a
@@ -114,9 +72,6 @@ pub struct Inner {
     /// Field definitions changed: `fields::run` sends them to inbox subscribers.
     pub fields_changed: Notify,
 }
-
-/// How many times a ticket is read again for a version the stream announced.
-const AWAITED_READS: u32 = 6;
 
 /// How long sessions get to send their close frames at shutdown.
 const SESSIONS_GRACE: Duration = Duration::from_secs(3);
@@ -159,13 +114,11 @@ impl Realtime {
                 sessions: TaskTracker::new(),
                 bus_stop: CancellationToken::new(),
                 bus_tasks: Mutex::new(Vec::new()),
-                identity: Mutex::new(None),
+                history: rewind::History::default(),
                 listener_up: AtomicBool::new(false),
                 stream_up: AtomicBool::new(false),
                 bus,
-                awaited: Mutex::new(HashMap::new()),
-                pending: Mutex::new(Pending::default()),
-                wake: Notify::new(),
+                work: work::Work::default(),
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 revocation: revocation::Registry::default(),
@@ -255,148 +208,46 @@ impl Realtime {
                 tracing::info!(bus = mode.as_str(), "following the database's event bus");
             }
             // Anything announced on the other bus meanwhile is in the log.
-            self.request_catch_up(self.hub.all_tickets(), false);
+            self.work.catch_up_everything(false);
         }
     }
 
     /// A `livedesk_events` message arrived on the logical stream: the same
-    /// wake-up as a notification, and its version is awaited (read again
-    /// shortly if a read does not reach it yet).
+    /// wake-up as a notification, with the version it announced (the
+    /// fetcher reads again shortly if a read does not reach it yet).
     pub fn on_stream_event(&self, payload: &str) {
         let Some((ticket_id, version)) = listener::event_of(payload) else {
             tracing::warn!(payload, "ignoring a malformed livedesk_events message");
             return;
         };
-        if self.wake_for(ticket_id) {
-            let mut awaited = self.awaited.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = awaited.entry(ticket_id).or_insert((version, 0));
-            entry.0 = entry.0.max(version);
-        }
+        self.wake_for(ticket_id, Some(version));
     }
 
-    /// Queue the reads a new event of this ticket needs; whether it is watched.
-    fn wake_for(&self, ticket_id: i64) -> bool {
+    /// Hand a ticket's new event to the fetcher when anyone here cares.
+    fn wake_for(&self, ticket_id: i64, version: Option<i64>) {
         let (watched, inbox) = self.hub.interest(ticket_id);
-        if watched || inbox {
-            let mut pending = self.lock_pending();
-            if watched {
-                pending.events.insert(ticket_id);
-            }
-            if inbox {
-                pending.inbox.insert(ticket_id);
-            }
-            drop(pending);
-            self.wake.notify_one();
-        }
-        watched
-    }
-
-    /// After a read: forget awaited versions that were delivered (or whose
-    /// ticket is no longer watched); the tickets still short of theirs, to
-    /// read again after `retry_in` (a few times: a forged message's version
-    /// never comes).
-    pub(crate) fn still_awaited(&self) -> Option<(Vec<i64>, Duration)> {
-        let mut awaited = self.awaited.lock().unwrap_or_else(|e| e.into_inner());
-        if awaited.is_empty() {
-            return None;
-        }
-        let delivered: HashMap<i64, Option<i64>> = self
-            .hub
-            .all_cursors()
-            .into_iter()
-            .map(|(id, cursor, _)| (id, cursor))
-            .collect();
-        let mut tries = 0;
-        awaited.retain(|ticket, (version, reads)| {
-            let keep = match delivered.get(ticket) {
-                None => false,
-                Some(cursor) => cursor.is_some_and(|c| c < *version) && *reads < AWAITED_READS,
-            };
-            if keep {
-                *reads += 1;
-                tries = tries.max(*reads);
-            }
-            keep
-        });
-        if awaited.is_empty() {
-            return None;
-        }
-        Some((
-            awaited.keys().copied().collect(),
-            Duration::from_millis(2u64 << tries.min(6)),
-        ))
-    }
-
-    /// The current viewers of a ticket (empty if they cannot be read now).
-    pub async fn viewers(&self, ticket_id: i64) -> serde_json::Value {
-        self.presence
-            .viewers(ticket_id)
-            .await
-            .unwrap_or_else(|_| serde_json::json!([]))
+        self.work.changed(ticket_id, version, watched, inbox);
     }
 
     /// A notification arrived on one of our channels.
     pub fn on_notification(&self, channel: &str, payload: &str) {
-        let mut pending = self.lock_pending();
         match channel {
-            "livedesk_events" => {
-                let Some(ticket_id) = listener::ticket_of(payload) else {
-                    tracing::warn!(payload, "ignoring a malformed livedesk_events payload");
-                    return;
-                };
-                drop(pending);
-                self.wake_for(ticket_id);
-                return;
-            }
-            bus::CHANNEL => {
-                drop(pending);
-                match Bus::parse(payload) {
-                    Some(mode) => self.follow_bus(mode),
-                    None => tracing::warn!(payload, "ignoring a malformed livedesk_bus payload"),
-                }
-                return;
-            }
+            "livedesk_events" => match listener::ticket_of(payload) {
+                Some(ticket_id) => self.wake_for(ticket_id, None),
+                None => tracing::warn!(payload, "ignoring a malformed livedesk_events payload"),
+            },
+            bus::CHANNEL => match Bus::parse(payload) {
+                Some(mode) => self.follow_bus(mode),
+                None => tracing::warn!(payload, "ignoring a malformed livedesk_bus payload"),
+            },
             "livedesk_presence" => {
                 if let Ok(ticket_id) = payload.trim().parse::<i64>() {
-                    pending.presence.insert(ticket_id);
+                    self.work.presence(ticket_id);
                 }
             }
-            "livedesk_fields" => {
-                self.fields_changed.notify_one();
-                return;
-            }
-            _ => return,
+            "livedesk_fields" => self.fields_changed.notify_one(),
+            _ => {}
         }
-        drop(pending);
-        self.wake.notify_one();
-    }
-
-    /// Ask the fetcher to check every cursor against the database (before
-    /// the catch-up read that follows a reconnect).
-    pub fn request_verify(&self, verify: Verify) {
-        let mut pending = self.lock_pending();
-        pending.verify = Verify::merge(pending.verify, Some(verify));
-    }
-
-    /// Ask the fetcher to read these tickets' events (and presence) now.
-    pub fn request_catch_up(&self, tickets: impl IntoIterator<Item = i64>, presence: bool) {
-        let mut pending = self.lock_pending();
-        for ticket in tickets {
-            pending.events.insert(ticket);
-            if presence {
-                pending.presence.insert(ticket);
-            }
-        }
-        drop(pending);
-        self.wake.notify_one();
-    }
-
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn take_pending(&self) -> Pending {
-        std::mem::take(&mut *self.lock_pending())
     }
 
     /// Reserve a connection slot for `agent`, authenticated by the token

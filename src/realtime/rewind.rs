@@ -109,10 +109,21 @@ pub async fn verify(rt: &Realtime, verify: Verify) -> Result<(), DbError> {
     Ok(())
 }
 
-/// Remember the history the LISTEN connection sees now; ask for a check of
+/// The history the bus last saw (`identity`): the listener and the stream
+/// both report to it, so a change seen by either is noticed once.
+#[derive(Debug, Default)]
+pub struct History {
+    identity: std::sync::Mutex<Option<String>>,
+}
+
+/// Remember the history the bus sees now; ask the fetcher for a check of
 /// the cursors after a reconnect, of everything when the history changed.
 pub fn observe(rt: &Realtime, seen: Option<String>, reconnect: bool) {
-    let mut known = rt.identity.lock().unwrap_or_else(|e| e.into_inner());
+    let mut known = rt
+        .history
+        .identity
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let changed = matches!((&*known, &seen), (Some(old), Some(new)) if old != new);
     if changed {
         tracing::warn!(
@@ -120,9 +131,9 @@ pub fn observe(rt: &Realtime, seen: Option<String>, reconnect: bool) {
             now = seen.as_deref(),
             "the database is another history (system identifier or timeline changed)"
         );
-        rt.request_verify(Verify::All);
+        rt.work.verify(Verify::All);
     } else if reconnect {
-        rt.request_verify(Verify::Cursors);
+        rt.work.verify(Verify::Cursors);
     }
     if seen.is_some() {
         *known = seen;

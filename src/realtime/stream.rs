@@ -246,7 +246,7 @@ async fn session(
         tracing::info!(slot, "logical bus stream up");
     }
     *connected_before = true;
-    rt.request_catch_up(rt.hub.all_tickets(), false);
+    rt.work.catch_up_everything(false);
 
     let half = rt.settings.listener_probe() / 2;
     let mut probes: u64 = 0;

@@ -81,7 +81,7 @@ impl Session {
         self.subs.insert(ticket_id, version);
         let (ahead, due) = self.rt.hub.seed(ticket_id, version);
         if due {
-            self.rt.request_catch_up([ticket_id], false);
+            self.rt.work.read([ticket_id]);
         }
         if let Some(target) = ahead {
             if let Some(stop) = self.replay(ws, ticket_id, Some(target)).await {
