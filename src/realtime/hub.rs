@@ -1,5 +1,9 @@
-//! The hub: which connections watch which tickets, and how far each ticket's
-//! events have been fanned out in this process.
+//! The hub: which connections watch which tickets, and for each subscriber
+//! the last version queued to it. It owns the seam between a subscriber's
+//! own read (snapshot or backlog) and live events: a subscriber joins at the
+//! version its read reached, the fetcher reads each ticket from the lowest
+//! position of its subscribers, and the hub gives every subscriber exactly
+//! its next versions, so nobody else fills gaps.
 //!
 //! Each event is read from the database once and serialised once (by SQL);
 //! the same bytes are queued to every subscriber with `try_send`, so a slow
@@ -94,18 +98,39 @@ enum Delivery {
     Dropped,
 }
 
+/// One connection on one ticket.
+#[derive(Debug)]
+struct Subscriber {
+    conn: ConnHandle,
+    /// The last version queued to it, or that its own read reached when it
+    /// joined; `None` while it reads (it gets viewer lists, no events yet).
+    at: Option<i64>,
+}
+
 /// Per-ticket state.
 #[derive(Debug, Default)]
 struct TicketEntry {
-    /// The last version fanned out; `None` until a subscriber's first read seeds it.
+    /// The highest version fanned out (or, for a fresh entry, the version its
+    /// first subscriber joined at): what `rewind` checks the database against.
     delivered: Option<i64>,
     /// The frame of that version when the hub sent it (shared bytes): after
     /// a reconnect it tells whether the database still has the same event
     /// there (`rewind`).
     last_frame: Option<ByteString>,
-    /// A notification arrived before the entry was seeded.
-    pending: bool,
-    subscribers: HashMap<ConnId, ConnHandle>,
+    subscribers: HashMap<ConnId, Subscriber>,
+}
+
+/// What a subscriber's join needs next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    /// Live events reach it from here on; nothing to read.
+    Live,
+    /// The ticket must be read once after the subscriber's position: the
+    /// entry is fresh (wake-ups that came while it read were not served) or
+    /// the others are ahead of it (it needs their versions too).
+    Read,
+    /// It is not registered any more (a `reset` is in its queue).
+    Gone,
 }
 
 #[derive(Debug, Default)]
@@ -134,33 +159,48 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Register `conn` on `ticket_id`; live events flow from now on.
+    /// Register `conn` on `ticket_id` before its read: viewer lists reach it
+    /// from now on, events once it joins. A connection already on the
+    /// ticket starts again (a new subscribe reads again).
     pub fn subscribe(&self, ticket_id: i64, conn: &ConnHandle) {
         self.lock()
             .tickets
             .entry(ticket_id)
             .or_default()
             .subscribers
-            .insert(conn.id, conn.clone());
+            .insert(
+                conn.id,
+                Subscriber {
+                    conn: conn.clone(),
+                    at: None,
+                },
+            );
     }
 
-    /// Tell the hub which version a subscriber has read (snapshot or replay).
-    /// Seeds an unseeded entry. Returns the hub's cursor when it is ahead of
-    /// `version` (the subscriber must then read the gap itself), and whether a
-    /// fetch is due (notifications arrived before the seed).
-    pub fn seed(&self, ticket_id: i64, version: i64) -> (Option<i64>, bool) {
+    /// The subscriber's read (snapshot or backlog) reached `version`: events
+    /// after it reach its queue from now on, in order.
+    pub fn join(&self, ticket_id: i64, conn: ConnId, version: i64) -> Join {
         let mut state = self.lock();
         let Some(entry) = state.tickets.get_mut(&ticket_id) else {
-            return (None, false);
+            return Join::Gone;
         };
-        match entry.delivered {
-            None => {
-                entry.delivered = Some(version);
-                let due = std::mem::take(&mut entry.pending);
-                (None, due)
-            }
-            Some(d) if d > version => (Some(d), false),
-            Some(_) => (None, false),
+        // Served: another subscriber has joined, so the fetcher reads this
+        // ticket on every wake-up and `delivered` is where it got to.
+        let served = entry
+            .subscribers
+            .iter()
+            .any(|(id, s)| *id != conn && s.at.is_some());
+        let Some(subscriber) = entry.subscribers.get_mut(&conn) else {
+            return Join::Gone;
+        };
+        subscriber.at = Some(version);
+        if entry.delivered.is_none() {
+            entry.delivered = Some(version);
+        }
+        if served && entry.delivered.is_some_and(|d| d <= version) {
+            Join::Live
+        } else {
+            Join::Read
         }
     }
 
@@ -169,9 +209,7 @@ impl Hub {
         let mut state = self.lock();
         if let Some(entry) = state.tickets.get_mut(&ticket_id) {
             entry.subscribers.remove(&conn);
-            if entry.subscribers.is_empty() {
-                state.tickets.remove(&ticket_id);
-            }
+            forget_if_unwatched(&mut state.tickets, ticket_id);
         }
     }
 
@@ -193,20 +231,14 @@ impl Hub {
         self.lock().inbox.remove(&conn);
     }
 
-    /// What a notification for `ticket_id` concerns in this process: its
-    /// watchers (an unseeded entry is marked pending) and the inbox.
+    /// What a notification for `ticket_id` concerns in this process: whether
+    /// anyone watches it, and whether anyone watches the inbox.
     pub fn interest(&self, ticket_id: i64) -> (bool, bool) {
-        let mut state = self.lock();
-        let watched = match state.tickets.get_mut(&ticket_id) {
-            Some(entry) => {
-                if entry.delivered.is_none() {
-                    entry.pending = true;
-                }
-                true
-            }
-            None => false,
-        };
-        (watched, !state.inbox.is_empty())
+        let state = self.lock();
+        (
+            state.tickets.contains_key(&ticket_id),
+            !state.inbox.is_empty(),
+        )
     }
 
     /// Whether anyone watches the inbox.
@@ -214,20 +246,17 @@ impl Hub {
         !self.lock().inbox.is_empty()
     }
 
-    /// Cursors of the given tickets (seeded entries only), for a batched read.
+    /// Where to read the given tickets from: the lowest position of each
+    /// ticket's joined subscribers (tickets nobody has joined yet are left
+    /// out: the join asks for their read).
     pub fn cursors(&self, tickets: &HashSet<i64>) -> Vec<(i64, i64)> {
-        let mut state = self.lock();
+        let state = self.lock();
         tickets
             .iter()
             .filter_map(|id| {
-                let entry = state.tickets.get_mut(id)?;
-                match entry.delivered {
-                    Some(v) => Some((*id, v)),
-                    None => {
-                        entry.pending = true;
-                        None
-                    }
-                }
+                let entry = state.tickets.get(id)?;
+                let lowest = entry.subscribers.values().filter_map(|s| s.at).min()?;
+                Some((*id, lowest))
             })
             .collect()
     }
@@ -247,8 +276,10 @@ impl Hub {
         self.lock().tickets.keys().copied().collect()
     }
 
-    /// Fan out events read from the log, in version order per ticket. An event
-    /// is sent only if it is the next version; older ones are skipped.
+    /// Fan out events read from the log, in version order per ticket. Each
+    /// subscriber gets exactly the version after its position; versions it
+    /// has are skipped, and one that would skip a version (missing from the
+    /// log) gets `reset` instead and is dropped from the ticket.
     pub fn fan_out_events(&self, events: Vec<EventFrame>) -> FanoutStats {
         let mut stats = FanoutStats::default();
         let mut state = self.lock();
@@ -261,39 +292,46 @@ impl Hub {
             let Some(entry) = state.tickets.get_mut(&ticket_id) else {
                 continue;
             };
-            match entry.delivered {
-                Some(d) if version == d + 1 => {}
-                // Rows come in version order after the cursor, and versions
-                // commit in order, so a missing version can never appear
-                // later (only the owner bypassing the triggers makes one, or
-                // a restore that went back in time). Neither stall the ticket
-                // nor send a gap the client would chase: tell each
-                // subscriber once to start again from a snapshot. The hub
-                // forgets the ticket, so this gap is reported once.
-                Some(d) if version > d + 1 => {
-                    tracing::warn!(
-                        ticket_id,
-                        after = d,
-                        version,
-                        "versions missing from the event log; resetting the ticket's subscribers"
-                    );
-                    if let Some(entry) = state.tickets.remove(&ticket_id) {
-                        reset_entry(&mut stats, entry, ticket_id, version);
+            let mut gap = Vec::new();
+            for (id, subscriber) in &mut entry.subscribers {
+                match subscriber.at {
+                    Some(at) if version == at + 1 => {
+                        let item = Outbound::Event {
+                            ticket_id,
+                            version,
+                            frame: frame.clone(),
+                        };
+                        count(&mut stats, subscriber.conn.offer(item));
+                        subscriber.at = Some(version);
                     }
-                    continue;
+                    // Rows come in version order after the position, and
+                    // versions commit in order, so a missing version can
+                    // never appear later (only the owner bypassing the
+                    // triggers makes one, or a restore that went back in
+                    // time). Neither stall the subscriber nor send it a gap
+                    // it would chase: tell it once to start again from a
+                    // snapshot, and forget it here.
+                    Some(at) if version > at + 1 => gap.push((*id, at)),
+                    _ => {}
                 }
-                _ => continue,
             }
-            entry.delivered = Some(version);
-            entry.last_frame = Some(frame.clone());
-            for conn in entry.subscribers.values() {
-                let item = Outbound::Event {
+            for (id, at) in gap {
+                tracing::warn!(
                     ticket_id,
+                    after = at,
                     version,
-                    frame: frame.clone(),
-                };
-                count(&mut stats, conn.offer(item));
+                    "versions missing from the event log; resetting the subscriber"
+                );
+                if let Some(subscriber) = entry.subscribers.remove(&id) {
+                    let item = Outbound::Reset { ticket_id, version };
+                    count(&mut stats, subscriber.conn.offer(item));
+                }
             }
+            if entry.delivered.is_none_or(|d| version > d) {
+                entry.delivered = Some(version);
+                entry.last_frame = Some(frame);
+            }
+            forget_if_unwatched(&mut state.tickets, ticket_id);
         }
         stats
     }
@@ -314,8 +352,9 @@ impl Hub {
         let mut stats = FanoutStats::default();
         let state = self.lock();
         if let Some(entry) = state.tickets.get(&ticket_id) {
-            for conn in entry.subscribers.values() {
-                count(&mut stats, conn.offer(Outbound::Frame(frame.clone())));
+            for subscriber in entry.subscribers.values() {
+                let item = Outbound::Frame(frame.clone());
+                count(&mut stats, subscriber.conn.offer(item));
             }
         }
         stats
@@ -333,8 +372,19 @@ impl Hub {
 }
 
 fn reset_entry(stats: &mut FanoutStats, entry: TicketEntry, ticket_id: i64, version: i64) {
-    for conn in entry.subscribers.values() {
-        count(stats, conn.offer(Outbound::Reset { ticket_id, version }));
+    for subscriber in entry.subscribers.values() {
+        let item = Outbound::Reset { ticket_id, version };
+        count(stats, subscriber.conn.offer(item));
+    }
+}
+
+/// Forget a ticket (and its cursor) once nobody watches it.
+fn forget_if_unwatched(tickets: &mut HashMap<i64, TicketEntry>, ticket_id: i64) {
+    if tickets
+        .get(&ticket_id)
+        .is_some_and(|entry| entry.subscribers.is_empty())
+    {
+        tickets.remove(&ticket_id);
     }
 }
 
@@ -370,29 +420,36 @@ mod tests {
         out
     }
 
-    #[test]
-    fn delivers_only_the_next_version_once() {
-        let hub = Hub::default();
-        let (a, mut rx) = conn(1, 16);
-        hub.subscribe(7, &a);
-        assert_eq!(hub.seed(7, 3), (None, false));
-        let ev = |version| EventFrame {
-            ticket_id: 7,
+    fn ev(ticket_id: i64, version: i64) -> EventFrame {
+        EventFrame {
+            ticket_id,
             version,
             frame: ByteString::from(format!("e{version}")),
-        };
-        hub.fan_out_events(vec![ev(3), ev(4), ev(5), ev(5), ev(7), ev(8)]);
-        // 6 is missing from the log: one reset instead of 7, and the hub
-        // forgets the ticket (8 is not sent either).
+        }
+    }
+
+    fn items(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
         let mut got = Vec::new();
         while let Ok(item) = rx.try_recv() {
             got.push(match item {
                 Outbound::Event { version, .. } => format!("e{version}"),
                 Outbound::Reset { version, .. } => format!("reset{version}"),
-                Outbound::Frame(_) => "frame".into(),
+                Outbound::Frame(frame) => frame.to_string(),
             });
         }
-        assert_eq!(got, ["e4", "e5", "reset7"]);
+        got
+    }
+
+    #[test]
+    fn delivers_only_the_next_version_once() {
+        let hub = Hub::default();
+        let (a, mut rx) = conn(1, 16);
+        hub.subscribe(7, &a);
+        assert_eq!(hub.join(7, 1, 3), Join::Read);
+        hub.fan_out_events([3, 4, 5, 5, 7, 8].map(|v| ev(7, v)).into());
+        // 6 is missing from the log: one reset instead of 7, and the hub
+        // forgets the subscriber (8 is not sent either).
+        assert_eq!(items(&mut rx), ["e4", "e5", "reset7"]);
         assert!(hub.all_tickets().is_empty());
     }
 
@@ -403,17 +460,12 @@ mod tests {
         let (b, mut rx_b) = conn(2, 4);
         hub.subscribe(3, &a);
         hub.subscribe(3, &b);
-        hub.seed(3, 10);
+        hub.join(3, 1, 10);
         assert_eq!(hub.reset(3, 4).queued, 2);
         assert_eq!(hub.reset(3, 4).queued, 0);
+        assert_eq!(hub.join(3, 2, 10), Join::Gone);
         for rx in [&mut rx_a, &mut rx_b] {
-            assert!(matches!(
-                rx.try_recv(),
-                Ok(Outbound::Reset {
-                    ticket_id: 3,
-                    version: 4
-                })
-            ));
+            assert_eq!(items(rx), ["reset4"]);
         }
     }
 
@@ -424,39 +476,68 @@ mod tests {
         let (fast, mut fast_rx) = conn(2, 16);
         hub.subscribe(1, &slow);
         hub.subscribe(1, &fast);
-        hub.seed(1, 0);
-        let stats = hub.fan_out_events(
-            (1..=3)
-                .map(|version| EventFrame {
-                    ticket_id: 1,
-                    version,
-                    frame: ByteString::from("x"),
-                })
-                .collect(),
-        );
+        hub.join(1, 1, 0);
+        hub.join(1, 2, 0);
+        let stats = hub.fan_out_events((1..=3).map(|v| ev(1, v)).collect());
         assert_eq!(stats.overflowed, 1);
         assert!(slow.overflow.flag.load(Ordering::Acquire));
         assert_eq!(versions(&mut fast_rx), vec![1, 2, 3]);
     }
 
     #[test]
-    fn seeding_behind_the_hub_reports_the_gap() {
+    fn a_subscriber_behind_the_others_gets_its_gap_from_the_same_read() {
         let hub = Hub::default();
-        let (a, _rx) = conn(1, 4);
-        let (b, _rx2) = conn(2, 4);
+        let (a, mut rx_a) = conn(1, 8);
+        let (b, mut rx_b) = conn(2, 8);
         hub.subscribe(9, &a);
-        hub.seed(9, 10);
+        assert_eq!(hub.join(9, 1, 10), Join::Read);
         hub.subscribe(9, &b);
-        assert_eq!(hub.seed(9, 8), (Some(10), false));
+        assert_eq!(hub.join(9, 2, 8), Join::Read);
+        assert_eq!(hub.cursors(&HashSet::from([9])), vec![(9, 8)]);
+        hub.fan_out_events((9..=11).map(|v| ev(9, v)).collect());
+        assert_eq!(versions(&mut rx_a), vec![11]);
+        assert_eq!(versions(&mut rx_b), vec![9, 10, 11]);
+        assert_eq!(hub.cursors(&HashSet::from([9])), vec![(9, 11)]);
     }
 
     #[test]
-    fn notifications_before_the_seed_make_a_fetch_due() {
+    fn only_a_join_the_fetcher_already_serves_is_live_at_once() {
         let hub = Hub::default();
-        let (a, _rx) = conn(1, 4);
+        let (a, _rx_a) = conn(1, 4);
+        let (b, _rx_b) = conn(2, 4);
+        let (c, _rx_c) = conn(3, 4);
         hub.subscribe(5, &a);
-        assert_eq!(hub.interest(5), (true, false));
-        assert_eq!(hub.seed(5, 2), (None, true));
-        assert_eq!(hub.interest(6), (false, false));
+        // Wake-ups while nobody had joined were not read: a read is due.
+        assert_eq!(hub.join(5, 1, 2), Join::Read);
+        hub.subscribe(5, &b);
+        assert_eq!(hub.join(5, 2, 2), Join::Live);
+        assert_eq!(hub.join(5, 3, 2), Join::Gone);
+        // Re-subscribing reads again; the others keep the ticket served.
+        hub.subscribe(5, &c);
+        hub.subscribe(5, &a);
+        assert_eq!(hub.join(5, 1, 4), Join::Live);
+        assert_eq!(hub.join(5, 3, 1), Join::Read);
+    }
+
+    #[test]
+    fn readers_get_frames_not_events_and_a_gap_resets_only_who_would_skip_it() {
+        let hub = Hub::default();
+        let (a, mut rx_a) = conn(1, 8);
+        let (b, mut rx_b) = conn(2, 8);
+        let (c, mut rx_c) = conn(3, 8);
+        hub.subscribe(4, &a);
+        hub.subscribe(4, &b);
+        hub.subscribe(4, &c);
+        hub.join(4, 1, 3);
+        hub.join(4, 2, 5);
+        assert_eq!(hub.interest(4), (true, false));
+        assert_eq!(hub.interest(8), (false, false));
+        hub.fan_out_ticket_frame(4, ByteString::from("viewers"));
+        // Version 4 is missing: a (at 3) is reset, b (at 5) goes on.
+        hub.fan_out_events([5, 6].map(|v| ev(4, v)).into());
+        assert_eq!(items(&mut rx_a), ["viewers", "reset5"]);
+        assert_eq!(items(&mut rx_b), ["viewers", "e6"]);
+        assert_eq!(items(&mut rx_c), ["viewers"]);
+        assert_eq!(hub.cursors(&HashSet::from([4])), vec![(4, 6)]);
     }
 }

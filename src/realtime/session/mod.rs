@@ -304,7 +304,10 @@ impl Session {
         }
     }
 
-    /// Send a queued item, skipping versions already sent and filling any gap from the log.
+    /// Send a queued item, skipping versions already sent (queued before a
+    /// re-subscribe read them again). The hub queues a subscription's
+    /// versions gaplessly; a gap here would be a bug, and the client is
+    /// told to resume rather than shown it.
     async fn deliver(&mut self, ws: &mut actix_ws::Session, item: Outbound) -> Option<Stop> {
         match item {
             Outbound::Frame(frame) => self.send(ws, frame).await,
@@ -327,24 +330,16 @@ impl Session {
                     return None;
                 }
                 if version > last + 1 {
-                    tracing::warn!(
+                    tracing::error!(
                         ticket_id,
                         last,
                         version,
-                        "gap in live events; filling from the log"
+                        "gap in live events (a bug): closing so that the client resumes"
                     );
-                    if let Some(stop) = self.replay(ws, ticket_id, Some(version - 1)).await {
-                        return Some(stop);
-                    }
-                    // The replay reads whole batches: it may already have sent
-                    // this one, or found the gap real and reset the ticket.
-                    if self
-                        .subs
-                        .get(&ticket_id)
-                        .is_none_or(|sent| version <= *sent)
-                    {
-                        return None;
-                    }
+                    return Some(Stop::Close(
+                        close::SERVER_ERROR,
+                        "missed events: resume with since",
+                    ));
                 }
                 let stop = self.send(ws, frame).await;
                 if stop.is_none() {

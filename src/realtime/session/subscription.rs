@@ -1,11 +1,15 @@
 //! Subscribing: register with the hub first, then read the snapshot or the
-//! backlog, seed the hub's cursor, and fill any gap from the log, so the
-//! client gets every version after its cursor exactly once and in order.
+//! backlog (the client's own read, paced by its socket), then join the hub
+//! at the version it reached. From there the hub queues every later version
+//! exactly once and in order (the fetcher reads a gap between this join and
+//! the other subscribers with everything else); the session never reads the
+//! log for a subscription after joining.
 
 use super::{domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL};
 use crate::db::DbError;
 use crate::domain::DomainError;
 use crate::realtime::event_log;
+use crate::realtime::hub::Join;
 use crate::realtime::protocol::{self, close, PresenceState};
 use std::time::Instant;
 
@@ -79,17 +83,9 @@ impl Session {
             }
         };
         self.subs.insert(ticket_id, version);
-        let (ahead, due) = self.rt.hub.seed(ticket_id, version);
-        if due {
+        // `Gone`: a reset took the ticket while we read; it is in our queue.
+        if self.rt.hub.join(ticket_id, self.slot.id, version) == Join::Read {
             self.rt.work.read([ticket_id]);
-        }
-        if let Some(target) = ahead {
-            if let Some(stop) = self.replay(ws, ticket_id, Some(target)).await {
-                return Some(stop);
-            }
-            if !self.subs.contains_key(&ticket_id) {
-                return None;
-            }
         }
         self.presence.entry(ticket_id).or_insert(PresenceSlot {
             wanted: PresenceState::Viewing,
@@ -158,7 +154,7 @@ impl Session {
             return Ok(Err(stop));
         }
         self.subs.insert(ticket_id, since);
-        let stop = self.replay(ws, ticket_id, None).await;
+        let stop = self.replay(ws, ticket_id).await;
         let version = self.subs.remove(&ticket_id);
         Ok(match stop {
             Some(stop) => Err(stop),
@@ -166,22 +162,15 @@ impl Session {
         })
     }
 
-    /// Send events from the log after the client's cursor, up to `until` (or
-    /// the end). A version missing from the log (the owner bypassed the
-    /// triggers, or the database went back in time) cannot be filled: the
-    /// client gets `reset` once, and the subscription ends here, rather than
-    /// a gap it would chase with `since` forever.
-    pub(super) async fn replay(
-        &mut self,
-        ws: &mut actix_ws::Session,
-        ticket_id: i64,
-        until: Option<i64>,
-    ) -> Option<Stop> {
+    /// Send events from the log after the client's cursor, to the end (the
+    /// client's backlog, before it joins the hub). A version missing from
+    /// the log (the owner bypassed the triggers, or the database went back
+    /// in time) cannot be filled: the client gets `reset` once, and the
+    /// subscription ends here, rather than a gap it would chase with `since`
+    /// forever.
+    async fn replay(&mut self, ws: &mut actix_ws::Session, ticket_id: i64) -> Option<Stop> {
         loop {
             let &after = self.subs.get(&ticket_id)?;
-            if until.is_some_and(|u| after >= u) {
-                return None;
-            }
             let (frames, more) = match event_log::read(&self.rt.db, &[ticket_id], &[after]).await {
                 Ok(read) => read,
                 Err(e) => {
