@@ -410,6 +410,18 @@ impl TestApp {
     ) -> TestApp {
         let db = Database::with_timeout(config, settings.pool_size as usize, settings.db_timeout())
             .unwrap();
+        Self::spawn_db(dbname, settings, db).await
+    }
+
+    /// An app on a `DATABASE_URL` (its TLS parameters included, `db::tls`).
+    pub async fn spawn_url(dbname: String, settings: Settings, url: &str) -> TestApp {
+        let db =
+            Database::from_url(url, settings.pool_size as usize, settings.db_timeout()).unwrap();
+        Self::spawn_db(dbname, settings, db).await
+    }
+
+    /// An app on a given pool.
+    pub async fn spawn_db(dbname: String, settings: Settings, db: Database) -> TestApp {
         let app = Application::build(settings, db.clone()).await.unwrap();
         let address = app.address;
         let shutdown = app.shutdown.clone();

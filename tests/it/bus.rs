@@ -404,3 +404,71 @@ async fn a_forged_logical_message_is_harmless() {
     // The stream survived the forgeries.
     assert_eq!(slots(&app.sql().await).await, vec![(true, true)]);
 }
+
+/// With `DATABASE_URL` over TCP and `sslmode=verify-full`, the replication
+/// connection checks the server's certificate like the pool does (`db::tls`)
+/// (issuer and host name) and is encrypted.
+#[tokio::test]
+async fn the_stream_connects_with_the_urls_verify_full_tls() {
+    use super::db_tls::{authority, write_certificates};
+    let certs = tempfile::Builder::new()
+        .prefix("livedesk-bus-tls-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    write_certificates(certs.path(), &authority("livedesk bus test CA"));
+    let data = tempfile::Builder::new()
+        .prefix("livedesk-bus-tls-pg-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut options = EmbeddedOptions::new(data.path());
+    options.unsafe_fast = true;
+    for (name, value) in [
+        ("listen_addresses", "127.0.0.1".to_string()),
+        ("ssl", "on".to_string()),
+        (
+            "ssl_cert_file",
+            certs.path().join("server.crt").display().to_string(),
+        ),
+        (
+            "ssl_key_file",
+            certs.path().join("server.key").display().to_string(),
+        ),
+    ] {
+        options.settings.push((name.to_string(), value));
+    }
+    let mut pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = Database::new(pg.admin_config(), 1).unwrap();
+    livedesk::db::bootstrap::embedded(&admin).await.unwrap();
+    migrations::run(&Database::new(pg.config(), 1).unwrap())
+        .await
+        .unwrap();
+    let url = format!(
+        "postgresql://livedesk_owner@localhost:{}/livedesk?sslmode=verify-full&sslrootcert={}",
+        pg.socket().1,
+        certs.path().join("ca.pem").display()
+    );
+    // Healthy means the stream is up (the logical bus needs it).
+    let mut app = TestApp::spawn_url("livedesk".into(), bus_settings(Bus::Logical), &url).await;
+    let client = admin.client().await.unwrap();
+    let ssl: Vec<bool> = client
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = $1",
+            &[&STREAM_NAME],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(ssl, vec![true], "one stream, encrypted");
+    drop(client);
+    app.stop().await;
+    admin.pool().close();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+}

@@ -15,12 +15,12 @@ use livedesk::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use livedesk::db::{bootstrap, migrations, Database};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 
-struct Authority {
+pub(crate) struct Authority {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
-fn authority(name: &str) -> Authority {
+pub(crate) fn authority(name: &str) -> Authority {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -31,7 +31,7 @@ fn authority(name: &str) -> Authority {
 
 /// Write the CA, the server's certificate (for localhost and 127.0.0.1) and
 /// key where the `postgres` user can read them.
-fn write_certificates(dir: &Path, ca: &Authority) {
+pub(crate) fn write_certificates(dir: &Path, ca: &Authority) {
     let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
     params
         .subject_alt_names
