@@ -207,7 +207,7 @@ async fn read_events(
         if cursors.is_empty() {
             return Ok(Vec::new());
         }
-        let (ids, afters): (Vec<i64>, Vec<i64>) = cursors.into_iter().unzip();
+        let (ids, afters): (Vec<i64>, Vec<i64>) = cursors.iter().copied().unzip();
         let (frames, more) = event_log::read(&rt.db, &ids, &afters).await?;
         if rt.db.connections_opened() != opened {
             continue;
@@ -219,7 +219,7 @@ async fn read_events(
             opened,
             "fanning out"
         );
-        record(rt, rt.hub.fan_out_events(frames));
+        record(rt, rt.hub.fan_out_events(&cursors, frames));
         return Ok(if more { ids } else { Vec::new() });
     }
 }

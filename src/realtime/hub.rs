@@ -276,11 +276,15 @@ impl Hub {
         self.lock().tickets.keys().copied().collect()
     }
 
-    /// Fan out events read from the log, in version order per ticket. Each
-    /// subscriber gets exactly the version after its position; versions it
-    /// has are skipped, and one that would skip a version (missing from the
-    /// log) gets `reset` instead and is dropped from the ticket.
-    pub fn fan_out_events(&self, events: Vec<EventFrame>) -> FanoutStats {
+    /// Fan out events read from the log after the positions in `read` (as
+    /// `cursors` gave them), in version order per ticket. Each subscriber
+    /// gets exactly the version after its position; versions it has are
+    /// skipped; one that would skip a version the read covered (missing from
+    /// the log) gets `reset` instead and is dropped from the ticket. One that
+    /// joined below the read's position meanwhile is left for the read its
+    /// join asked for.
+    pub fn fan_out_events(&self, read: &[(i64, i64)], events: Vec<EventFrame>) -> FanoutStats {
+        let read: HashMap<i64, i64> = read.iter().copied().collect();
         let mut stats = FanoutStats::default();
         let mut state = self.lock();
         for EventFrame {
@@ -292,6 +296,7 @@ impl Hub {
             let Some(entry) = state.tickets.get_mut(&ticket_id) else {
                 continue;
             };
+            let from = read.get(&ticket_id).copied().unwrap_or(i64::MIN);
             let mut gap = Vec::new();
             for (id, subscriber) in &mut entry.subscribers {
                 match subscriber.at {
@@ -311,7 +316,7 @@ impl Hub {
                     // time). Neither stall the subscriber nor send it a gap
                     // it would chase: tell it once to start again from a
                     // snapshot, and forget it here.
-                    Some(at) if version > at + 1 => gap.push((*id, at)),
+                    Some(at) if version > at + 1 && at >= from => gap.push((*id, at)),
                     _ => {}
                 }
             }
@@ -446,7 +451,7 @@ mod tests {
         let (a, mut rx) = conn(1, 16);
         hub.subscribe(7, &a);
         assert_eq!(hub.join(7, 1, 3), Join::Read);
-        hub.fan_out_events([3, 4, 5, 5, 7, 8].map(|v| ev(7, v)).into());
+        hub.fan_out_events(&[(7, 3)], [3, 4, 5, 5, 7, 8].map(|v| ev(7, v)).into());
         // 6 is missing from the log: one reset instead of 7, and the hub
         // forgets the subscriber (8 is not sent either).
         assert_eq!(items(&mut rx), ["e4", "e5", "reset7"]);
@@ -478,7 +483,7 @@ mod tests {
         hub.subscribe(1, &fast);
         hub.join(1, 1, 0);
         hub.join(1, 2, 0);
-        let stats = hub.fan_out_events((1..=3).map(|v| ev(1, v)).collect());
+        let stats = hub.fan_out_events(&[(1, 0)], (1..=3).map(|v| ev(1, v)).collect());
         assert_eq!(stats.overflowed, 1);
         assert!(slow.overflow.flag.load(Ordering::Acquire));
         assert_eq!(versions(&mut fast_rx), vec![1, 2, 3]);
@@ -494,7 +499,7 @@ mod tests {
         hub.subscribe(9, &b);
         assert_eq!(hub.join(9, 2, 8), Join::Read);
         assert_eq!(hub.cursors(&HashSet::from([9])), vec![(9, 8)]);
-        hub.fan_out_events((9..=11).map(|v| ev(9, v)).collect());
+        hub.fan_out_events(&[(9, 8)], (9..=11).map(|v| ev(9, v)).collect());
         assert_eq!(versions(&mut rx_a), vec![11]);
         assert_eq!(versions(&mut rx_b), vec![9, 10, 11]);
         assert_eq!(hub.cursors(&HashSet::from([9])), vec![(9, 11)]);
@@ -534,10 +539,32 @@ mod tests {
         assert_eq!(hub.interest(8), (false, false));
         hub.fan_out_ticket_frame(4, ByteString::from("viewers"));
         // Version 4 is missing: a (at 3) is reset, b (at 5) goes on.
-        hub.fan_out_events([5, 6].map(|v| ev(4, v)).into());
+        hub.fan_out_events(&[(4, 3)], [5, 6].map(|v| ev(4, v)).into());
         assert_eq!(items(&mut rx_a), ["viewers", "reset5"]);
         assert_eq!(items(&mut rx_b), ["viewers", "e6"]);
         assert_eq!(items(&mut rx_c), ["viewers"]);
         assert_eq!(hub.cursors(&HashSet::from([4])), vec![(4, 6)]);
+    }
+
+    #[test]
+    fn a_subscriber_that_joined_below_a_read_in_flight_waits_for_its_own() {
+        let hub = Hub::default();
+        let (a, mut rx_a) = conn(1, 8);
+        let (b, mut rx_b) = conn(2, 8);
+        hub.subscribe(6, &a);
+        hub.join(6, 1, 10);
+        hub.subscribe(6, &b);
+        // The fetcher reads after 10; meanwhile b's snapshot says 9.
+        let read = hub.cursors(&HashSet::from([6]));
+        assert_eq!(hub.join(6, 2, 9), Join::Read);
+        hub.fan_out_events(&read, [11, 12].map(|v| ev(6, v)).into());
+        assert_eq!(items(&mut rx_a), ["e11", "e12"]);
+        assert!(items(&mut rx_b).is_empty(), "no reset, no gap");
+        // The read b's join asked for.
+        let read = hub.cursors(&HashSet::from([6]));
+        assert_eq!(read, vec![(6, 9)]);
+        hub.fan_out_events(&read, (10..=13).map(|v| ev(6, v)).collect());
+        assert_eq!(items(&mut rx_a), ["e13"]);
+        assert_eq!(items(&mut rx_b), ["e10", "e11", "e12", "e13"]);
     }
 }

@@ -22,6 +22,7 @@ mod mail_send;
 mod openapi;
 mod presence;
 mod privileges;
+mod read_side;
 mod realtime;
 mod request_id;
 mod schema_files;
