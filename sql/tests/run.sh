@@ -40,10 +40,12 @@ as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w \
 PSQL=(psql -X -q -h "$WORK" -p "$PORT" -U postgres -v ON_ERROR_STOP=1)
 
 "${PSQL[@]}" -d postgres -c "CREATE DATABASE ld_template"
-for f in "$SQL_DIR"/V*__*.sql; do
+# In version order (V10 after V9), as refinery applies them; a glob sorts
+# by name.
+while IFS= read -r f; do
     [ -e "$f" ] || continue
-    "${PSQL[@]}" -d ld_template -1 -f "$f" >/dev/null
-done
+    "${PSQL[@]}" -d ld_template -1 -f "$f" </dev/null >/dev/null
+done < <(printf '%s\n' "$SQL_DIR"/V*__*.sql | sort -V)
 # The rules, in one transaction, as livedesk applies them at start.
 "${PSQL[@]}" -d ld_template -1 $(for f in "$SQL_DIR"/rules/*.sql; do printf -- '-f %s ' "$f"; done) >/dev/null
 "${PSQL[@]}" -d ld_template -f "$HERE/helpers.sql" >/dev/null
