@@ -20,6 +20,11 @@ pub struct Metrics {
     pub ws_closed_slow: IntCounter,
     pub listener_up: IntGauge,
     pub listener_reconnects: IntCounter,
+    /// 1 while the logical bus's replication stream is up (always 0 on the
+    /// NOTIFY bus).
+    pub stream_up: IntGauge,
+    /// Stream (re)connects after a loss, on the logical bus.
+    pub stream_reconnects: IntCounter,
     pub events_delivered: IntCounter,
     pub event_fetches: IntCounter,
     pub presence_writes: IntCounter,
@@ -79,6 +84,14 @@ impl Metrics {
                 "listener_reconnects_total",
                 "LISTEN connection (re)connects after a loss",
             ),
+            stream_up: gauge(
+                "bus_stream_up",
+                "1 while the logical bus's replication stream is up",
+            ),
+            stream_reconnects: counter(
+                "bus_stream_reconnects_total",
+                "Logical bus stream (re)connects after a loss",
+            ),
             events_delivered: counter(
                 "events_delivered_total",
                 "Event frames queued to connections",
@@ -116,6 +129,8 @@ impl Metrics {
             Box::new(metrics.ws_closed_slow.clone()),
             Box::new(metrics.listener_up.clone()),
             Box::new(metrics.listener_reconnects.clone()),
+            Box::new(metrics.stream_up.clone()),
+            Box::new(metrics.stream_reconnects.clone()),
             Box::new(metrics.events_delivered.clone()),
             Box::new(metrics.event_fetches.clone()),
             Box::new(metrics.presence_writes.clone()),

@@ -154,6 +154,7 @@ pub async fn run(rt: Realtime) {
         }
         let result = session(&rt, &mut mode, &mut connected_before).await;
         rt.set_stream_up(false);
+        rt.metrics.stream_up.set(0);
         match result {
             Ok(Ended::Stopped) => return,
             Ok(Ended::Switched) => {
@@ -240,7 +241,9 @@ async fn session(
     let identity = format!("{}/{:08X}", system.system_id, system.timeline);
     super::rewind::observe(rt, Some(identity), *connected_before);
     rt.set_stream_up(true);
+    rt.metrics.stream_up.set(1);
     if *connected_before {
+        rt.metrics.stream_reconnects.inc();
         tracing::info!(slot, "logical bus stream restored; catching up");
     } else {
         tracing::info!(slot, "logical bus stream up");

@@ -177,6 +177,13 @@ async fn a_lost_stream_alone_loses_nothing() {
         .is_none_or(|f| f["type"] != "event"));
     // Every session made its own temporary slot; the killed ones are gone.
     wait_for_slots(&killer, 1, Duration::from_secs(5)).await;
+    // The metrics say it: the stream is up again, after reconnects.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while app.metric("livedesk_bus_stream_up").await != 1 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.metric("livedesk_bus_stream_up").await, 1);
+    assert!(app.metric("livedesk_bus_stream_reconnects_total").await >= 1);
 }
 
 /// A process started with another bus switches the database; the others
