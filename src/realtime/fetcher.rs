@@ -1,5 +1,6 @@
 //! Reads what notifications announced, in batches: one query for the events
-//! of many tickets, one for inbox summaries, one for presence lists.
+//! of many tickets, one for inbox summaries, one for presence lists (and the
+//! field definitions when they changed). The only reader of the live side.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -182,6 +183,12 @@ async fn serve(rt: &Realtime, checked: &mut u64, batch: &Batch) -> Result<Vec<i6
         Vec::new()
     };
     serve_summaries(rt, &batch.inbox, &batch.presence).await?;
+    if batch.fields && rt.hub.has_inbox() {
+        record(
+            rt,
+            rt.hub.fan_out_inbox(super::fields::frame(&rt.db).await?),
+        );
+    }
     Ok(more)
 }
 

@@ -2,34 +2,17 @@
 //! SQL by the owner) but every open console shows them: on
 //! `NOTIFY livedesk_fields` (sent by a trigger on `field_definitions`) every
 //! inbox subscriber gets the whole list, `{"type":"fields","fields":[…]}`,
-//! so a new custom field appears without a reload. Notifications are
-//! coalesced: however many arrive, one read follows at a time.
+//! so a new custom field appears without a reload. The notice is work for
+//! the fetcher's in-tray, so however many arrive, one read follows at a time
+//! (and a failed read is retried with the rest of the batch).
 
 use bytestring::ByteString;
 
-use super::Realtime;
+use crate::db::{Database, DbError};
 
-/// Read the definitions and send them, each time `fields_changed` is notified.
-pub async fn run(rt: Realtime) {
-    loop {
-        tokio::select! {
-            _ = rt.shutdown.cancelled() => return,
-            _ = rt.fields_changed.notified() => {}
-        }
-        if !rt.hub.has_inbox() {
-            continue;
-        }
-        match read(&rt).await {
-            Ok(frame) => {
-                rt.hub.fan_out_inbox(frame);
-            }
-            Err(e) => tracing::warn!(error = %e, "could not read the field definitions to send"),
-        }
-    }
-}
-
-async fn read(rt: &Realtime) -> Result<ByteString, crate::db::DbError> {
-    let client = rt.db.client().await?;
+/// The `fields` frame: every field definition, as SQL lists them.
+pub async fn frame(db: &Database) -> Result<ByteString, DbError> {
+    let client = db.client().await?;
     let row = client
         .query_one(
             "SELECT (jsonb_build_object('type', 'fields') || ld_list_fields())::text",

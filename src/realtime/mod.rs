@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,8 +68,6 @@ pub struct Inner {
     /// Open connections by agent: the per-agent cap, and 4001 closes when a
     /// token stops working (`revocation`).
     pub revocation: revocation::Registry,
-    /// Field definitions changed: `fields::run` sends them to inbox subscribers.
-    pub fields_changed: Notify,
 }
 
 /// How long sessions get to send their close frames at shutdown.
@@ -122,7 +119,6 @@ impl Realtime {
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 revocation: revocation::Registry::default(),
-                fields_changed: Notify::new(),
             }),
         };
         let tasks = vec![
@@ -130,7 +126,6 @@ impl Realtime {
             tokio::spawn(stream::run(realtime.clone())),
             tokio::spawn(fetcher::run(realtime.clone())),
             tokio::spawn(revocation::sweep(realtime.clone())),
-            tokio::spawn(fields::run(realtime.clone())),
         ];
         *realtime.bus_tasks.lock().unwrap_or_else(|e| e.into_inner()) = tasks;
         Ok(realtime)
@@ -245,7 +240,7 @@ impl Realtime {
                     self.work.presence(ticket_id);
                 }
             }
-            "livedesk_fields" => self.fields_changed.notify_one(),
+            "livedesk_fields" => self.work.fields(),
             _ => {}
         }
     }

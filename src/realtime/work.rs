@@ -1,6 +1,7 @@
 //! The fetcher's in-tray: what has to be read from the database before it
 //! can be fanned out. Every wake-up enters here (a NOTIFY, a logical-bus
-//! message, a reconnect's catch-up, a cursor check, a subscriber joining);
+//! message, a reconnect's catch-up, a cursor check, a subscriber joining,
+//! changed field definitions);
 //! producers only add, and the fetcher alone takes. The fetcher keeps its
 //! own re-reads (a full batch, a failed read, presence held for its slot)
 //! in its task, never here, so work never flows back up the read side.
@@ -49,6 +50,8 @@ pub struct Batch {
     pub everything: Option<bool>,
     /// Check the cursors against the database before reading.
     pub verify: Option<Verify>,
+    /// Field definitions changed: send them to every inbox subscriber.
+    pub fields: bool,
     /// Versions the logical bus announced (ticket → highest version): the
     /// fetcher reads such a ticket again shortly if a read does not reach
     /// it yet (a commit is decoded a moment before a snapshot sees it).
@@ -63,6 +66,7 @@ impl Batch {
             && self.presence.is_empty()
             && self.everything.is_none()
             && self.verify.is_none()
+            && !self.fields
             && self.announced.is_empty()
     }
 
@@ -76,6 +80,7 @@ impl Batch {
             (a, b) => a.or(b),
         };
         self.verify = Verify::merge(self.verify, other.verify);
+        self.fields |= other.fields;
         for (ticket, version) in other.announced {
             let entry = self.announced.entry(ticket).or_insert(version);
             *entry = (*entry).max(version);
@@ -144,6 +149,11 @@ impl Work {
         });
     }
 
+    /// Field definitions changed (however many notices, one read follows).
+    pub fn fields(&self) {
+        self.add(|batch| batch.fields = true);
+    }
+
     /// Check every cursor against the database before the next read. No
     /// wake-up of its own: the catch-up that follows a reconnect brings it.
     pub fn verify(&self, verify: Verify) {
@@ -178,7 +188,10 @@ mod tests {
         work.verify(Verify::All);
         work.catch_up_everything(false);
         work.catch_up_everything(true);
+        work.fields();
+        work.fields();
         let batch = work.take();
+        assert!(batch.fields);
         assert_eq!(batch.events, HashSet::from([1, 2]));
         assert_eq!(batch.inbox, HashSet::from([1, 3]));
         assert_eq!(batch.announced, HashMap::from([(1, 4)]));
