@@ -33,6 +33,19 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
+/// Why Node.js cannot run here, if it cannot (both ignored tests need it).
+fn node_missing() -> Option<String> {
+    let node_ok = std::process::Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    (!node_ok).then(|| {
+        "`node` is not on PATH — install Node.js >= 20 (`apt-get install nodejs npm`)".into()
+    })
+}
+
 /// Where the browser is expected (Debian's package `chromium`); `CHROMIUM` overrides.
 const DEFAULT_CHROMIUM: &str = "/usr/bin/chromium";
 /// The whole browser run, including Chromium's start.
@@ -83,17 +96,7 @@ fn prerequisites() -> (PathBuf, PathBuf) {
             e2e.display()
         ));
     }
-    let node_ok = std::process::Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !node_ok {
-        missing.push(
-            "`node` is not on PATH — install Node.js >= 20 (`apt-get install nodejs npm`)".into(),
-        );
-    }
+    missing.extend(node_missing());
     assert!(
         missing.is_empty(),
         "the browser tests cannot run (see docs/browser-tests.md):\n  - {}",
@@ -497,17 +500,7 @@ fn js_client_prerequisites() -> PathBuf {
             ));
         }
     }
-    let node_ok = std::process::Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !node_ok {
-        missing.push(
-            "`node` is not on PATH — install Node.js >= 20 (`apt-get install nodejs npm`)".into(),
-        );
-    }
+    missing.extend(node_missing());
     assert!(
         missing.is_empty(),
         "the client package's tests cannot run (see clients/js/README.md):\n  - {}",
