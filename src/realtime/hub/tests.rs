@@ -1,0 +1,170 @@
+//! The hub's unit tests: positions, joins, gaps, resets, overflow.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::*;
+
+fn conn(id: ConnId, capacity: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (
+        ConnHandle {
+            id,
+            tx,
+            overflow: Arc::default(),
+        },
+        rx,
+    )
+}
+
+fn versions(rx: &mut mpsc::Receiver<Outbound>) -> Vec<i64> {
+    let mut out = Vec::new();
+    while let Ok(Outbound::Event { version, .. }) = rx.try_recv() {
+        out.push(version);
+    }
+    out
+}
+
+fn ev(ticket_id: i64, version: i64) -> EventFrame {
+    EventFrame {
+        ticket_id,
+        version,
+        frame: ByteString::from(format!("e{version}")),
+    }
+}
+
+fn items(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Ok(item) = rx.try_recv() {
+        got.push(match item {
+            Outbound::Event { version, .. } => format!("e{version}"),
+            Outbound::Reset { version, .. } => format!("reset{version}"),
+            Outbound::Frame(frame) => frame.to_string(),
+        });
+    }
+    got
+}
+
+#[test]
+fn delivers_only_the_next_version_once() {
+    let hub = Hub::default();
+    let (a, mut rx) = conn(1, 16);
+    hub.subscribe(7, &a);
+    assert_eq!(hub.join(7, 1, 3), Join::Read);
+    hub.fan_out_events(&[(7, 3)], [3, 4, 5, 5, 7, 8].map(|v| ev(7, v)).into());
+    // 6 is missing from the log: one reset instead of 7, and the hub
+    // forgets the subscriber (8 is not sent either).
+    assert_eq!(items(&mut rx), ["e4", "e5", "reset7"]);
+    assert!(hub.all_tickets().is_empty());
+}
+
+#[test]
+fn a_reset_reaches_every_subscriber_once() {
+    let hub = Hub::default();
+    let (a, mut rx_a) = conn(1, 4);
+    let (b, mut rx_b) = conn(2, 4);
+    hub.subscribe(3, &a);
+    hub.subscribe(3, &b);
+    hub.join(3, 1, 10);
+    assert_eq!(hub.reset(3, 4).queued, 2);
+    assert_eq!(hub.reset(3, 4).queued, 0);
+    assert_eq!(hub.join(3, 2, 10), Join::Gone);
+    for rx in [&mut rx_a, &mut rx_b] {
+        assert_eq!(items(rx), ["reset4"]);
+    }
+}
+
+#[test]
+fn a_full_queue_trips_overflow_once_and_spares_neighbours() {
+    let hub = Hub::default();
+    let (slow, _slow_rx) = conn(1, 1);
+    let (fast, mut fast_rx) = conn(2, 16);
+    hub.subscribe(1, &slow);
+    hub.subscribe(1, &fast);
+    hub.join(1, 1, 0);
+    hub.join(1, 2, 0);
+    let stats = hub.fan_out_events(&[(1, 0)], (1..=3).map(|v| ev(1, v)).collect());
+    assert_eq!(stats.overflowed, 1);
+    assert!(slow.overflow.is_tripped());
+    assert_eq!(versions(&mut fast_rx), vec![1, 2, 3]);
+}
+
+#[test]
+fn a_subscriber_behind_the_others_gets_its_gap_from_the_same_read() {
+    let hub = Hub::default();
+    let (a, mut rx_a) = conn(1, 8);
+    let (b, mut rx_b) = conn(2, 8);
+    hub.subscribe(9, &a);
+    assert_eq!(hub.join(9, 1, 10), Join::Read);
+    hub.subscribe(9, &b);
+    assert_eq!(hub.join(9, 2, 8), Join::Read);
+    assert_eq!(hub.cursors(&HashSet::from([9])), vec![(9, 8)]);
+    hub.fan_out_events(&[(9, 8)], (9..=11).map(|v| ev(9, v)).collect());
+    assert_eq!(versions(&mut rx_a), vec![11]);
+    assert_eq!(versions(&mut rx_b), vec![9, 10, 11]);
+    assert_eq!(hub.cursors(&HashSet::from([9])), vec![(9, 11)]);
+}
+
+#[test]
+fn only_a_join_the_fetcher_already_serves_is_live_at_once() {
+    let hub = Hub::default();
+    let (a, _rx_a) = conn(1, 4);
+    let (b, _rx_b) = conn(2, 4);
+    let (c, _rx_c) = conn(3, 4);
+    hub.subscribe(5, &a);
+    // Wake-ups while nobody had joined were not read: a read is due.
+    assert_eq!(hub.join(5, 1, 2), Join::Read);
+    hub.subscribe(5, &b);
+    assert_eq!(hub.join(5, 2, 2), Join::Live);
+    assert_eq!(hub.join(5, 3, 2), Join::Gone);
+    // Re-subscribing reads again; the others keep the ticket served.
+    hub.subscribe(5, &c);
+    hub.subscribe(5, &a);
+    assert_eq!(hub.join(5, 1, 4), Join::Live);
+    assert_eq!(hub.join(5, 3, 1), Join::Read);
+}
+
+#[test]
+fn readers_get_frames_not_events_and_a_gap_resets_only_who_would_skip_it() {
+    let hub = Hub::default();
+    let (a, mut rx_a) = conn(1, 8);
+    let (b, mut rx_b) = conn(2, 8);
+    let (c, mut rx_c) = conn(3, 8);
+    hub.subscribe(4, &a);
+    hub.subscribe(4, &b);
+    hub.subscribe(4, &c);
+    hub.join(4, 1, 3);
+    hub.join(4, 2, 5);
+    assert_eq!(hub.interest(4), (true, false));
+    assert_eq!(hub.interest(8), (false, false));
+    hub.fan_out_ticket_frame(4, ByteString::from("viewers"));
+    // Version 4 is missing: a (at 3) is reset, b (at 5) goes on.
+    hub.fan_out_events(&[(4, 3)], [5, 6].map(|v| ev(4, v)).into());
+    assert_eq!(items(&mut rx_a), ["viewers", "reset5"]);
+    assert_eq!(items(&mut rx_b), ["viewers", "e6"]);
+    assert_eq!(items(&mut rx_c), ["viewers"]);
+    assert_eq!(hub.cursors(&HashSet::from([4])), vec![(4, 6)]);
+}
+
+#[test]
+fn a_subscriber_that_joined_below_a_read_in_flight_waits_for_its_own() {
+    let hub = Hub::default();
+    let (a, mut rx_a) = conn(1, 8);
+    let (b, mut rx_b) = conn(2, 8);
+    hub.subscribe(6, &a);
+    hub.join(6, 1, 10);
+    hub.subscribe(6, &b);
+    // The fetcher reads after 10; meanwhile b's snapshot says 9.
+    let read = hub.cursors(&HashSet::from([6]));
+    assert_eq!(hub.join(6, 2, 9), Join::Read);
+    hub.fan_out_events(&read, [11, 12].map(|v| ev(6, v)).into());
+    assert_eq!(items(&mut rx_a), ["e11", "e12"]);
+    assert!(items(&mut rx_b).is_empty(), "no reset, no gap");
+    // The read b's join asked for.
+    let read = hub.cursors(&HashSet::from([6]));
+    assert_eq!(read, vec![(6, 9)]);
+    hub.fan_out_events(&read, (10..=13).map(|v| ev(6, v)).collect());
+    assert_eq!(items(&mut rx_a), ["e13"]);
+    assert_eq!(items(&mut rx_b), ["e10", "e11", "e12", "e13"]);
+}
