@@ -7,7 +7,6 @@ use crate::db::DbError;
 use crate::domain::{DomainError, Rejection};
 use crate::mail::connect::error_chain;
 use crate::mail::outbound::SmtpError;
-use crate::startup::StartError;
 
 /// EX_DATAERR: the input data was incorrect.
 pub const EX_DATAERR: u8 = 65;
@@ -34,7 +33,7 @@ pub enum MailError {
     Connect(#[source] tokio_postgres::Error),
     /// The embedded database could not be opened.
     #[error("the database is unavailable: {0}")]
-    Start(#[source] Box<StartError>),
+    Start(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Missing or inconsistent mail settings (no error behind it).
     #[error("mail settings: {0}")]
     Config(String),

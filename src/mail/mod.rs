@@ -7,7 +7,6 @@
 //! service writing plain SQL hold for the mail gateway too, and its changes
 //! name its `service` agent.
 
-pub mod cli;
 pub mod connect;
 pub mod error;
 pub mod feed;

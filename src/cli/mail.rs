@@ -1,10 +1,12 @@
-//! `livedesk mail receive` and `livedesk mail send`.
+//! `livedesk mail receive` and `livedesk mail send`: the command line's
+//! side of `mail` (settings, the embedded database), so that `mail` itself
+//! depends on neither `config` nor `startup`.
 
 use std::io::Read;
 
-use super::connect::EMBEDDED_WRITER;
-use super::{inbound, outbound, MailCommand, MailDatabase, MailError, MailSettings};
 use crate::config::Settings;
+use crate::mail::connect::EMBEDDED_WRITER;
+use crate::mail::{inbound, outbound, MailCommand, MailDatabase, MailError, MailSettings};
 use crate::startup::{open_database, DatabaseHandle};
 
 /// Run a mail command. The embedded cluster (when it is used) is stopped

@@ -1,5 +1,7 @@
 //! The subcommands: serve (default), migrate, agent add/list/token, demo.
 
+mod mail;
+
 use std::process::ExitCode;
 
 use crate::config::{AgentCommand, Cli, Command, ServeArgs, Settings, WriterCommand};
@@ -39,7 +41,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     // Mail commands open the database themselves: they write as a writer
     // role, which neither migrates nor needs the owner's connection.
     if let Command::Mail(command) = command {
-        return Ok(crate::mail::cli::run(&settings, command).await?);
+        return Ok(mail::run(&settings, command).await?);
     }
     let handle = open_database(&settings).await?;
     let result = match command {
