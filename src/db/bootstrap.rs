@@ -15,5 +15,9 @@ pub async fn embedded(admin: &Database) -> Result<(), DbError> {
     client
         .batch_execute(EMBEDDED)
         .await
-        .map_err(|e| DbError::Migration(format!("sql/bootstrap/embedded.sql: {e}")))
+        .map_err(|e| DbError::SqlFile {
+            file: "sql/bootstrap/embedded.sql".into(),
+            text: e.to_string(),
+            source: e,
+        })
 }

@@ -7,6 +7,20 @@
 pub enum DbError {
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// `DATABASE_URL` (or a settings-built configuration) that the driver
+    /// refused; its error is kept.
+    #[error("invalid database configuration: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The pool could not be built from the configuration.
+    #[error("invalid database configuration: {0}")]
+    Build(#[source] deadpool_postgres::BuildError),
+    /// `sslrootcert` could not be read or used; the reason is kept.
+    #[error("invalid database configuration: sslrootcert {path}: {source}")]
+    RootCert {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// No answer in time, or no connection (the reason, when no error of
     /// the driver or the pool is behind it).
     #[error("the database is unavailable: {0}")]
@@ -15,8 +29,18 @@ pub enum DbError {
     /// hook failed); its error is kept as the source.
     #[error("the database is unavailable: {0}")]
     Pool(#[source] deadpool_postgres::PoolError),
+    /// refinery refused or failed a migration; its error is kept.
     #[error("migration failed: {0}")]
-    Migration(String),
+    Migrations(#[source] refinery::Error),
+    /// A file of sql/ (a rule, the bootstrap) failed; PostgreSQL's error is
+    /// kept, and the message says which file, in PostgreSQL's own words.
+    #[error("migration failed: {file}: {text}")]
+    SqlFile {
+        file: String,
+        text: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error(transparent)]
     Query(#[from] tokio_postgres::Error),
 }

@@ -111,7 +111,7 @@ async fn migrate(client: &mut tokio_postgres::Client) -> Result<Report, DbError>
         .set_abort_divergent(true)
         .run_async(client)
         .await
-        .map_err(|e| DbError::Migration(e.to_string()))?;
+        .map_err(DbError::Migrations)?;
     for migration in report.applied_migrations() {
         tracing::info!(migration = %migration, "applied migration");
     }
@@ -133,9 +133,11 @@ async fn apply_rules(client: &mut tokio_postgres::Client, force: bool) -> Result
         return Ok(false);
     }
     for (name, text) in RULES {
-        tx.batch_execute(text)
-            .await
-            .map_err(|e| DbError::Migration(format!("sql/rules/{name}: {}", describe(&e))))?;
+        tx.batch_execute(text).await.map_err(|e| DbError::SqlFile {
+            file: format!("sql/rules/{name}"),
+            text: describe(&e),
+            source: e,
+        })?;
     }
     tx.execute(
         "INSERT INTO rules_applied (id, sha256) VALUES (1, $1) \

@@ -125,7 +125,7 @@ impl Database {
             .create_timeout(Some(timeout))
             .recycle_timeout(Some(CHECK_TIMEOUT.min(timeout)))
             .build()
-            .map_err(|e| DbError::Config(e.to_string()))?;
+            .map_err(DbError::Build)?;
         Ok(Database {
             config,
             tls,

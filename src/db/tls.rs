@@ -95,9 +95,7 @@ enum Check {
 /// parameters; the settings tokio-postgres takes, and the connector.
 pub fn parse(url: &str) -> Result<(tokio_postgres::Config, Connector), DbError> {
     let (rest, sslmode, rootcert) = take_tls_params(url);
-    let mut config: tokio_postgres::Config = rest
-        .parse()
-        .map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+    let mut config: tokio_postgres::Config = rest.parse().map_err(DbError::Url)?;
     let check = match (sslmode.as_deref(), rootcert.is_some()) {
         (None | Some("prefer") | Some("allow"), _) => {
             config.ssl_mode(SslMode::Prefer);
@@ -155,22 +153,25 @@ pub fn unchecked() -> Connector {
 }
 
 fn checked(rootcert: &str, check_name: bool) -> Result<Connector, DbError> {
-    let bad = |why: String| DbError::Config(format!("sslrootcert {rootcert}: {why}"));
+    let bad = |why: Box<dyn std::error::Error + Send + Sync>| DbError::RootCert {
+        path: rootcert.to_string(),
+        source: why,
+    };
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(rootcert)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(e.into()))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(e.into()))?;
     if certs.is_empty() {
         return Err(bad("no certificate in the file".into()));
     }
     for cert in certs {
-        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.into()))?;
     }
     let provider = provider();
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| bad(e.to_string()))?;
+        .map_err(|e| bad(e.into()))?;
     let verifier: Arc<dyn ServerCertVerifier> = if check_name {
         webpki
     } else {
@@ -178,7 +179,7 @@ fn checked(rootcert: &str, check_name: bool) -> Result<Connector, DbError> {
     };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(e.into()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
