@@ -11,8 +11,9 @@ use livedesk::realtime::protocol::{self, ClientFrame};
 use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
-    // actix-ws hands the session text frames as UTF-8 only; anything else
-    // reaches it as a binary frame, answered `unsupported_frame`.
+    // actix-ws hands the session text frames as UTF-8 only (a text frame
+    // that is not closes the connection with 1002); other bytes come as a
+    // binary frame, answered `unsupported_frame`.
     let Ok(text) = std::str::from_utf8(data) else {
         let message = "Frames must be JSON text.";
         let frame = protocol::error_frame("unsupported_frame", message, None);
