@@ -852,13 +852,13 @@ pub(crate) async fn current_subject(
 async fn abuse(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -> Result<()> {
     let tickets = env.tickets(8).await?;
     let (server, base) = super::env::spawn_extra_server_with(env, true).await?;
-    let mut result = Ok(());
-    for patience in [None, Some(Duration::from_millis(20))] {
-        result = abuse_on(env, &base, &tickets, args, patience, report).await;
-        if result.is_err() {
-            break;
+    let result = async {
+        for patience in [None, Some(Duration::from_millis(20))] {
+            abuse_on(env, &base, &tickets, args, patience, report).await?;
         }
+        anyhow::Ok(())
     }
+    .await;
     super::env::stop_server(server);
     result
 }

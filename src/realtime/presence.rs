@@ -46,7 +46,6 @@ const REMOVE_GRACE: Duration = Duration::from_secs(2);
 
 /// This process's presence.
 pub struct Presence {
-    db: Database,
     state: Arc<Mutex<State>>,
     wake: Arc<Notify>,
     /// Stops the writer (which then removes this process's rows) and the upkeep.
@@ -60,7 +59,6 @@ impl Presence {
         let process_id = Uuid::new_v4();
         let process_key = format!("{}@{}", settings.bind, hostname());
         let presence = Presence {
-            db: db.clone(),
             state: Arc::default(),
             wake: Arc::default(),
             stop: CancellationToken::new(),
@@ -134,15 +132,6 @@ impl Presence {
         guard.dirty.extend(keys);
         drop(guard);
         self.wake.notify_one();
-    }
-
-    /// The viewer list of a ticket.
-    pub async fn viewers(&self, ticket: i64) -> Result<serde_json::Value, DbError> {
-        let client = self.db.client().await?;
-        let statement = client
-            .prepare_cached("SELECT ld_presence_viewers($1)")
-            .await?;
-        Ok(client.query_one(&statement, &[&ticket]).await?.get(0))
     }
 }
 
