@@ -438,7 +438,7 @@ fn rounds(args: &BenchArgs) -> (usize, u32) {
 
 /// The trigger functions a subject change goes through (the ones whose
 /// `SECURITY DEFINER SET search_path` is measured by switching it off).
-const SUBJECT_PATH_TRIGGERS: [&str; 2] = ["ld_tickets_normalise()", "ld_tickets_change()"];
+const SUBJECT_PATH_TRIGGERS: [&str; 1] = ["ld_tickets_change()"];
 
 async fn sql_throughput(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -> Result<()> {
     let tickets = env.tickets(8).await?;

@@ -80,19 +80,42 @@ BEGIN
 END
 $$;
 
--- The acting agent of the current transaction: livedesk.actor_agent_id when
--- set, else the service agent linked to the writer role this session logged
--- in as (`livedesk writer add`), else NULL. session_user, not current_user:
+-- The acting agent of the current transaction, as one row a query can join
+-- (a set-returning SQL function: the planner inlines it into the caller's
+-- cached plan, so the busiest trigger reads it and the bus mode in one
+-- query, 20_versions_events.sql): `claimed` is livedesk.actor_agent_id when
+-- set, and `actor` the agent it names (NULL when it names none: not a
+-- number, or no such agent; the cast is guarded because the planner also
+-- evaluates it, for its estimates, whatever the CASE around it); else the
+-- service agent linked to the writer role this session logged in as
+-- (`livedesk writer add`), else NULL. session_user, not current_user:
 -- inside SECURITY DEFINER code current_user is the owner.
+CREATE OR REPLACE FUNCTION ld_actor_row()
+RETURNS TABLE (actor bigint, claimed text)
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN s.claimed <> ''
+                THEN (SELECT a.id FROM agents a
+                      WHERE a.id = CASE WHEN s.claimed ~ '^[0-9]{1,18}$' THEN s.claimed::bigint END)
+                ELSE (SELECT w.agent_id FROM writers w WHERE w.role_name = session_user::text)
+           END,
+           s.claimed
+    FROM (SELECT coalesce(current_setting('livedesk.actor_agent_id', true), '') AS claimed) s
+$$;
+
+-- The acting agent (ld_actor_row), refusing an id that names no agent
+-- (23503, what the event log's foreign key said before V11).
 CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    v_setting text := current_setting('livedesk.actor_agent_id', true);
+    v_actor bigint;
+    v_claimed text;
 BEGIN
-    IF v_setting IS NOT NULL AND v_setting <> '' THEN
-        RETURN v_setting::bigint;
+    SELECT r.actor, r.claimed INTO v_actor, v_claimed FROM ld_actor_row() r;
+    IF v_actor IS NULL AND v_claimed <> '' THEN
+        PERFORM ld_fail('23503', format('livedesk.actor_agent_id %s is not an agent', v_claimed),
+                        '{"field": "actor_agent_id"}');
     END IF;
-    RETURN (SELECT w.agent_id FROM writers w WHERE w.role_name = session_user::text);
+    RETURN v_actor;
 END
 $$;
 

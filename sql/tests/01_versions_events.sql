@@ -111,8 +111,13 @@ BEGIN
                             t, 'customer', 'no customer'), '23514');
     PERFORM t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id) VALUES (%s, %L, 1, %L, -1)',
                             t, 'note', 'x'), '23514');
-    -- A bogus actor is refused by the event log's foreign key.
+    -- A bogus actor is refused (23503, as the foreign key did before V11).
     PERFORM set_config('livedesk.actor_agent_id', '999', true);
+    PERFORM t_raises(format('UPDATE tickets SET status = %L WHERE id = %s', 'open', t), '23503');
+    -- ... on every path that writes an event (here a tag's), and when it is
+    -- not even a number.
+    PERFORM t_raises(format('INSERT INTO ticket_tags (ticket_id, tag) VALUES (%s, %L)', t, 'vip'), '23503');
+    PERFORM set_config('livedesk.actor_agent_id', 'abc', true);
     PERFORM t_raises(format('UPDATE tickets SET status = %L WHERE id = %s', 'open', t), '23503');
     PERFORM set_config('livedesk.actor_agent_id', '', true);
     PERFORM t_eq(t_version(t), 2::bigint, 'refused statements changed nothing');

@@ -49,6 +49,10 @@ const LANDED: &[(&str, &str)] = &[
         "V10__presence_heartbeat.sql",
         "e767f4f56eb0f1436a31eca4258067d6a4c98bb143a17078c75a0495a215b700",
     ),
+    (
+        "V11__lean_event_log.sql",
+        "fb331e0b150e8647c5e587e0f3129f8d088302245e8f2f492ea0ed7678b49300",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {
