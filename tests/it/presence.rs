@@ -474,6 +474,10 @@ async fn a_writer_can_neither_forge_nor_refresh_a_heartbeat() {
     }
 }
 
+/// How often the server writes one viewer's presence at most (the
+/// session's `PRESENCE_MIN_INTERVAL`).
+const PRESENCE_MIN_INTERVAL: Duration = Duration::from_millis(200);
+
 #[tokio::test]
 async fn typing_floods_are_coalesced_and_do_not_slow_events() {
     let app = TestApp::spawn().await;
@@ -486,6 +490,9 @@ async fn typing_floods_are_coalesced_and_do_not_slow_events() {
     let mut alice = WsClient::connect(&app.base, &token_a).await;
     alice.subscribe(id, None).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every write counted below is made between these two instants (the
+    // server runs in this process: the same clock).
+    let window = Instant::now();
     let before = app.metric("livedesk_presence_writes_total").await;
     let sql = app.sql().await;
     let flood = tokio::spawn(async move {
@@ -499,7 +506,7 @@ async fn typing_floods_are_coalesced_and_do_not_slow_events() {
         alice
     });
     // Meanwhile ticket events keep flowing to Bob promptly.
-    let mut worst = Duration::ZERO;
+    let mut latencies = Vec::new();
     for n in 0..20 {
         let started = Instant::now();
         sql.execute(
@@ -510,15 +517,31 @@ async fn typing_floods_are_coalesced_and_do_not_slow_events() {
         .unwrap();
         let events = bob.events(id, 1, Duration::from_secs(5)).await;
         assert_eq!(events.len(), 1);
-        worst = worst.max(started.elapsed());
+        latencies.push(started.elapsed());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let _alice = flood.await.unwrap();
     let written = app.metric("livedesk_presence_writes_total").await - before;
-    // 5 s of flapping at 100 frames/s: at most one write per 200 ms.
-    assert!(written <= 30, "{written} presence writes for 500 frames");
+    let elapsed = window.elapsed();
+    // 500 frames flapping at up to 100 a second: Alice's viewer is written
+    // at most once per interval, however long the flood took on a loaded
+    // machine (the 10 ms sleeps stretch, the writes do not multiply). One
+    // more for the window's edges, two for Alice's and Bob's first writes
+    // (their subscribes), which a writer running late may still be making
+    // when the window opens. Unthrottled, it would be one write per frame.
+    let allowed = (elapsed.as_millis() / PRESENCE_MIN_INTERVAL.as_millis()) as u64 + 3;
+    eprintln!("{written} presence writes in {elapsed:?} (at most {allowed}); event latencies {latencies:?}");
     assert!(
-        worst < Duration::from_millis(500),
-        "event latency during the flood: {worst:?}"
+        written <= allowed,
+        "{written} presence writes for 500 frames in {elapsed:?}: more than one per {PRESENCE_MIN_INTERVAL:?} (at most {allowed})"
+    );
+    // Every event arrived (within 5 s, above). Events queued behind presence
+    // would make most of them late; a loaded machine may stall any single
+    // exchange (a descheduled thread) for longer: two of the 20 may be late.
+    latencies.sort();
+    let ninth_decile = latencies[latencies.len() * 9 / 10 - 1];
+    assert!(
+        ninth_decile < Duration::from_millis(500),
+        "event latency during the flood: 90% within {ninth_decile:?} ({latencies:?})"
     );
 }
