@@ -74,18 +74,20 @@ pub async fn get(db: &Database, id: i64) -> Result<RawJson, DomainError> {
     json_call(db, "SELECT ld_ticket_detail($1)", &[&id]).await
 }
 
-/// Apply per-field compare-and-set changes, all or nothing.
+/// Apply per-field compare-and-set changes, all or nothing. `changes` is
+/// JSON text that PostgreSQL parses itself, so numbers reach `from`/`to`
+/// digit for digit (a `serde_json::Value` would hold them as f64/i64/u64).
 pub async fn patch(
     db: &Database,
     id: i64,
     actor: &Agent,
-    changes: &serde_json::Value,
+    changes: &str,
     if_match: Option<i64>,
 ) -> Result<RawJson, DomainError> {
     json_call(
         db,
-        "SELECT ld_patch_ticket($1, $2, $3, $4)::text",
-        &[&id, &actor.id, changes, &if_match],
+        "SELECT ld_patch_ticket($1, $2, $3::text::jsonb, $4)::text",
+        &[&id, &actor.id, &changes, &if_match],
     )
     .await
 }

@@ -12,6 +12,7 @@ mod db_tls;
 mod docs_sql;
 mod drafts;
 mod embedded_folders;
+mod exact_numbers;
 mod fields_live;
 mod foundation;
 mod fuzz;

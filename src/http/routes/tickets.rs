@@ -2,7 +2,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use serde::{de, Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use super::raw_json;
 use crate::domain::tickets::{self, NewTicket, TicketFilter};
@@ -149,12 +150,98 @@ pub async fn messages(
 
 /// The body of `PATCH /api/tickets/{id}`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, from = "wire::PatchBody")]
 pub struct PatchBody {
     /// Field → `{"from", "to"}`: `subject`, `status`, `priority`,
     /// `assignee_id`, `custom_fields.<key>`.
+    // Parsed only to check the body as before (an object of JSON values):
+    // its numbers went through f64/i64/u64, so SQL gets `changes_json`.
     #[schema(value_type = std::collections::BTreeMap<String, crate::http::openapi::Change>)]
     pub changes: serde_json::Map<String, serde_json::Value>,
+    // `changes` exactly as the client wrote it: a number custom field holding
+    // 12345678901234567890123 or 0.12345678901234567891 must match its own
+    // `from` and store its `to` digit for digit (compare-and-set in SQL).
+    #[serde(skip)]
+    changes_json: String,
+}
+
+impl PatchBody {
+    /// `changes` as JSON text with every value as the client wrote it.
+    pub fn changes_json(&self) -> &str {
+        &self.changes_json
+    }
+}
+
+/// What `PatchBody` is read as: the same fields (and name, which serde's
+/// messages show), `changes` also kept as written.
+mod wire {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub(super) struct PatchBody {
+        pub(super) changes: super::ExactChanges,
+    }
+}
+
+impl From<wire::PatchBody> for PatchBody {
+    fn from(wire: wire::PatchBody) -> Self {
+        PatchBody {
+            changes: wire.changes.parsed,
+            changes_json: wire.changes.json,
+        }
+    }
+}
+
+/// The object of changes, parsed and as written.
+struct ExactChanges {
+    parsed: serde_json::Map<String, serde_json::Value>,
+    json: String,
+}
+
+impl<'de> Deserialize<'de> for ExactChanges {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // As a map, like `serde_json::Map`: anything else is refused where
+        // and as it was ("invalid type: sequence, expected a map at …").
+        deserializer.deserialize_map(ExactChangesVisitor)
+    }
+}
+
+struct ExactChangesVisitor;
+
+impl<'de> de::Visitor<'de> for ExactChangesVisitor {
+    type Value = ExactChanges;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ExactChanges, A::Error> {
+        let mut parsed = serde_json::Map::new();
+        let mut json = String::from("{");
+        while let Some(key) = map.next_key::<String>()? {
+            // Each value as written, then parsed as before. What only a full
+            // parse refuses (a number beyond f64, a lone surrogate, nesting
+            // deeper than 128 inside the value) is still a 400, though
+            // `invalid_field` where it was `invalid_json` (a Deserialize can
+            // raise only data errors); the message drops the position inside
+            // the value and the outer parser adds the body's.
+            let raw = map.next_value::<Box<RawValue>>()?;
+            let value = serde_json::from_str(raw.get()).map_err(|e| {
+                let message = e.to_string();
+                let position = format!(" at line {} column {}", e.line(), e.column());
+                de::Error::custom(message.strip_suffix(&position).unwrap_or(&message))
+            })?;
+            if json.len() > 1 {
+                json.push(',');
+            }
+            json.push_str(&serde_json::Value::String(key.clone()).to_string());
+            json.push(':');
+            json.push_str(raw.get());
+            // A repeated key: the last wins, here and in PostgreSQL's jsonb.
+            parsed.insert(key, value);
+        }
+        json.push('}');
+        Ok(ExactChanges { parsed, json })
+    }
 }
 
 /// `PATCH /api/tickets/{id}`: per-field compare-and-set, all or nothing.
@@ -184,8 +271,7 @@ pub async fn patch(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let if_match = if_match(&req)?;
-    let changes = serde_json::Value::Object(body.into_inner().changes);
-    let ticket = tickets::patch(&state.db, *id, &agent, &changes, if_match).await?;
+    let ticket = tickets::patch(&state.db, *id, &agent, body.changes_json(), if_match).await?;
     Ok(raw_json(StatusCode::OK, ticket))
 }
 
