@@ -102,8 +102,17 @@ LANGUAGE sql STABLE AS $$
     FROM (SELECT coalesce(current_setting('livedesk.actor_agent_id', true), '') AS claimed) s
 $$;
 
--- The acting agent (ld_actor_row), refusing an id that names no agent
--- (23503, what the event log's foreign key said before V11).
+-- 23503 for a livedesk.actor_agent_id that names no agent: what the event
+-- log's foreign key said before V11.
+CREATE OR REPLACE FUNCTION ld_fail_unknown_actor(p_claimed text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM ld_fail('23503', format('livedesk.actor_agent_id %s is not an agent', p_claimed),
+                    '{"field": "actor_agent_id"}');
+END
+$$;
+
+-- The acting agent (ld_actor_row), refusing an id that names no agent.
 CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -112,8 +121,7 @@ DECLARE
 BEGIN
     SELECT r.actor, r.claimed INTO v_actor, v_claimed FROM ld_actor_row() r;
     IF v_actor IS NULL AND v_claimed <> '' THEN
-        PERFORM ld_fail('23503', format('livedesk.actor_agent_id %s is not an agent', v_claimed),
-                        '{"field": "actor_agent_id"}');
+        PERFORM ld_fail_unknown_actor(v_claimed);
     END IF;
     RETURN v_actor;
 END

@@ -193,8 +193,7 @@ BEGIN
     FROM bus_settings b, ld_actor_row() r
     WHERE b.id = 1;
     IF v_actor IS NULL AND v_claimed <> '' THEN
-        PERFORM ld_fail('23503', format('livedesk.actor_agent_id %s is not an agent', v_claimed),
-                        '{"field": "actor_agent_id"}');
+        PERFORM ld_fail_unknown_actor(v_claimed);
     END IF;
     INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
     VALUES (NEW.id, NEW.version, 'ticket.updated', v_actor, jsonb_build_object('changes', v_changes));
