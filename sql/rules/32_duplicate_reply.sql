@@ -33,7 +33,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp 
 DECLARE
     v_version bigint;
     v_replies jsonb;
-    v_payload text;
 BEGIN
     v_version := ld_bump_ticket(NEW.ticket_id);
     IF NEW.kind = 'reply' AND NEW.author_agent_id IS NOT NULL
@@ -48,16 +47,9 @@ BEGIN
                    NEW.ticket_id, NEW.seen_message_id),
             jsonb_build_object('replies', v_replies));
     END IF;
-    -- ld_emit and ld_wake, inlined: two plpgsql calls less per message.
-    INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
-    VALUES (NEW.ticket_id, v_version, 'message.created', coalesce(NEW.author_agent_id, ld_actor()),
-            jsonb_build_object('message', ld_message_json(NEW)));
-    v_payload := json_build_object('ticket_id', NEW.ticket_id, 'version', v_version)::text;
-    IF (SELECT b.mode FROM bus_settings b WHERE b.id = 1) = 'logical' THEN
-        PERFORM pg_logical_emit_message(true, 'livedesk_events', v_payload);
-    ELSE
-        PERFORM pg_notify('livedesk_events', v_payload);
-    END IF;
+    PERFORM ld_emit(NEW.ticket_id, v_version, 'message.created',
+                    coalesce(NEW.author_agent_id, ld_actor()),
+                    jsonb_build_object('message', ld_message_json(NEW)));
     RETURN NULL;
 END
 $$;
