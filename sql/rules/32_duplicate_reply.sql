@@ -35,17 +35,14 @@ DECLARE
     v_replies jsonb;
 BEGIN
     v_version := ld_bump_ticket(NEW.ticket_id);
-    IF NEW.kind = 'reply' AND NEW.author_agent_id IS NOT NULL
-       AND EXISTS (SELECT 1 FROM messages m
-                   WHERE m.ticket_id = NEW.ticket_id AND m.id > NEW.seen_message_id
-                     AND m.id <> NEW.id AND m.kind = 'reply'
-                     AND m.author_agent_id <> NEW.author_agent_id) THEN
-        -- Refused: only now build the colleagues' replies for the error.
+    IF NEW.kind = 'reply' AND NEW.author_agent_id IS NOT NULL THEN
         v_replies := ld_unseen_replies(NEW.ticket_id, NEW.seen_message_id, NEW.author_agent_id, NEW.id);
-        PERFORM ld_fail('LD001',
-            format('ticket %s has a reply by a colleague that you have not seen (after message %s)',
-                   NEW.ticket_id, NEW.seen_message_id),
-            jsonb_build_object('replies', v_replies));
+        IF v_replies IS NOT NULL THEN
+            PERFORM ld_fail('LD001',
+                format('ticket %s has a reply by a colleague that you have not seen (after message %s)',
+                       NEW.ticket_id, NEW.seen_message_id),
+                jsonb_build_object('replies', v_replies));
+        END IF;
     END IF;
     PERFORM ld_emit(NEW.ticket_id, v_version, 'message.created',
                     coalesce(NEW.author_agent_id, ld_actor()),

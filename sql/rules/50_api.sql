@@ -175,11 +175,7 @@ BEGIN
         END IF;
     END IF;
 
-    -- ld_read_ticket, inlined (one plpgsql call less per message).
-    SELECT x.customer_id INTO v_ticket_customer FROM tickets x WHERE x.id = p_ticket_id;
-    IF NOT FOUND THEN
-        PERFORM ld_fail_not_found('ticket', p_ticket_id);
-    END IF;
+    v_ticket_customer := (ld_read_ticket(p_ticket_id)).customer_id;
     IF p_body IS NULL OR p_body !~ '[^[:space:]]' THEN
         PERFORM ld_fail('LD400', 'the body must not be empty', '{"field": "body"}');
     END IF;
@@ -201,7 +197,7 @@ BEGIN
         PERFORM ld_fail('LD400', 'replies and notes need an agent', '{"field": "author"}');
     END IF;
 
-    PERFORM set_config('livedesk.actor_agent_id', coalesce(p_actor::text, ''), true);  -- ld_set_actor
+    PERFORM ld_set_actor(p_actor);
     INSERT INTO messages AS x (ticket_id, kind, author_agent_id, author_customer_id, body,
                                seen_message_id, client_id)
     VALUES (p_ticket_id, p_kind, p_actor, v_customer, p_body,
