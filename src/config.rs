@@ -53,8 +53,12 @@ pub enum WriterCommand {
         /// Role and agent name: lower-case letters, digits and _, starting with a letter.
         name: String,
         /// Read only: the role joins livedesk_reader instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "mail")]
         read_only: bool,
+        /// The mail gateway's role: it also joins livedesk_mailer, which may
+        /// mark replies sent or failed (`livedesk mail receive|send`).
+        #[arg(long)]
+        mail: bool,
     },
     /// List the writer roles.
     List,

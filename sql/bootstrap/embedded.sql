@@ -21,6 +21,20 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_reader') THEN
         CREATE ROLE livedesk_reader NOLOGIN;
     END IF;
+    -- The mail gateway's right (V12): only its roles may mark a reply sent
+    -- or failed. When the role is new, every writer role that exists is
+    -- given it once, so that an upgraded folder's mail roles keep sending
+    -- (docs/security.md: revoke it from the ones that do not send mail).
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_mailer') THEN
+        CREATE ROLE livedesk_mailer NOLOGIN;
+        FOR r IN
+            SELECT u.rolname FROM pg_auth_members m
+            JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+            WHERE g.rolname = 'livedesk_writer'
+        LOOP
+            EXECUTE format('GRANT livedesk_mailer TO %I', r.rolname);
+        END LOOP;
+    END IF;
     EXECUTE format('ALTER DATABASE %I OWNER TO livedesk_owner', current_database());
 
     -- Tables, views and the sequences they own (ALTER TABLE carries those).

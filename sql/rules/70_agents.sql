@@ -149,11 +149,42 @@ BEGIN
 END
 $$;
 
+-- Let a writer role speak for the mail gateway: membership in
+-- livedesk_mailer (V12), which may mark replies sent or failed. Idempotent.
+-- Needs the same right as ld_writer_add.
+CREATE OR REPLACE FUNCTION ld_writer_allow_mail(p_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM writers w WHERE w.role_name = p_name AND NOT w.read_only) THEN
+        PERFORM ld_fail('LD404', format('no writer (not read-only) is named %s', coalesce(to_jsonb(p_name)::text, 'null')),
+                        jsonb_build_object('resource', 'writer'));
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'livedesk_mailer') THEN
+        PERFORM ld_fail('LD400', 'the group role livedesk_mailer does not exist: a superuser creates it '
+                                 '(CREATE ROLE livedesk_mailer NOLOGIN) and livedesk is started again',
+                        '{"field": "mail"}');
+    END IF;
+    IF NOT ld_writer_may_mail(p_name) THEN
+        EXECUTE format('GRANT livedesk_mailer TO %I', p_name);
+    END IF;
+END
+$$;
+
+-- Whether the role is a member of livedesk_mailer (false when either role
+-- is missing).
+CREATE OR REPLACE FUNCTION ld_writer_may_mail(p_name text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_auth_members m
+                   JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+                   WHERE g.rolname = 'livedesk_mailer' AND u.rolname = p_name)
+$$;
+
 -- Every writer role of this database, with its agent.
 CREATE OR REPLACE FUNCTION ld_writer_list() RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'name', w.role_name, 'agent', ld_agent_json(a), 'read_only', w.read_only,
+               'mail', ld_writer_may_mail(w.role_name),
                'created_at', ld_ts(w.created_at),
                'role_exists', EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = w.role_name))
                ORDER BY w.role_name), '[]'::jsonb)

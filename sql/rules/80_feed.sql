@@ -34,9 +34,36 @@ BEGIN
 END
 $$;
 
+-- Whether the session may move (acknowledge for, start) this consumer: it
+-- belongs to the login role that started it (V12), which shares it with
+-- its members; the schema owner (current_user here: these functions run as
+-- it) may move any. A consumer whose role was dropped is the owner's only.
+CREATE OR REPLACE FUNCTION ld_feed_may_move(c feed_consumers) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT c.owner_role IS NOT NULL
+           AND (session_user = c.owner_role
+                OR session_user = current_user
+                OR (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = c.owner_role)
+                    AND pg_has_role(session_user, c.owner_role, 'MEMBER')))
+$$;
+
+-- 42501 unless the session may move the consumer.
+CREATE OR REPLACE FUNCTION ld_feed_check_owner(c feed_consumers) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT ld_feed_may_move(c) THEN
+        PERFORM ld_fail('42501', format('the feed consumer %s belongs to the role %s: only it moves its position',
+                                        c.name, coalesce(c.owner_role, 'that starts it again with ld_feed_start')),
+                        jsonb_build_object('resource', 'feed_consumer', 'name', c.name, 'owner_role', c.owner_role));
+    END IF;
+END
+$$;
+
 -- Create a consumer if it does not exist (idempotent: an existing one keeps
 -- its position) and return its position. p_from: 'now' (only events
--- committed from now on) or 'beginning' (the whole history).
+-- committed from now on) or 'beginning' (the whole history). The consumer
+-- belongs to the session's login role; starting another role's consumer is
+-- refused (42501), and one made before V12 (no role) is claimed.
 CREATE OR REPLACE FUNCTION ld_feed_start(p_consumer text, p_from text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
@@ -49,12 +76,44 @@ BEGIN
     IF p_from IS NULL OR p_from NOT IN ('now', 'beginning') THEN
         PERFORM ld_fail('LD400', 'start the feed from ''now'' or ''beginning''', '{"field": "from"}');
     END IF;
-    INSERT INTO feed_consumers AS f (name, xid, ticket_id, version)
+    INSERT INTO feed_consumers AS f (name, xid, ticket_id, version, owner_role)
     SELECT p_consumer,
            CASE WHEN p_from = 'now' THEN pg_snapshot_xmin(pg_current_snapshot()) ELSE '0'::xid8 END,
-           -1, -1
-    ON CONFLICT (name) DO NOTHING;
+           -1, -1, session_user
+    ON CONFLICT (name) DO UPDATE SET owner_role = session_user WHERE f.owner_role IS NULL;
     c := ld_feed_consumer(p_consumer);
+    PERFORM ld_feed_check_owner(c);
+    RETURN ld_feed_position_json(c);
+END
+$$;
+
+-- The mail sender's consumer (`livedesk mail send`, `serve --mail`): like
+-- ld_feed_start, but the consumer belongs to the group livedesk_mailer, so
+-- every mail role and the owner may move it and take turns sending (a
+-- standby `mail send` as mail_gateway after `serve --mail` as the owner). A
+-- consumer of that name some other role started is refused (42501), not
+-- taken over: it may have been moved past replies.
+CREATE OR REPLACE FUNCTION ld_mail_feed_start(p_consumer text, p_from text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    c feed_consumers;
+BEGIN
+    PERFORM ld_feed_start(p_consumer, p_from);
+    IF EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'livedesk_mailer') THEN
+        UPDATE feed_consumers f SET owner_role = 'livedesk_mailer'
+        WHERE f.name = p_consumer AND f.owner_role IS DISTINCT FROM 'livedesk_mailer'
+          AND (f.owner_role = current_user
+               OR (EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = f.owner_role)
+                   AND pg_has_role(f.owner_role, 'livedesk_mailer', 'MEMBER')));
+    END IF;
+    c := ld_feed_consumer(p_consumer);
+    IF c.owner_role IS DISTINCT FROM 'livedesk_mailer' AND c.owner_role IS DISTINCT FROM current_user
+       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'livedesk_mailer') THEN
+        PERFORM ld_fail('42501', format('the feed consumer %s belongs to the role %s, which is not a mail role: '
+                                        'the owner drops it (DELETE FROM feed_consumers) or the sender uses another name',
+                                        c.name, c.owner_role),
+                        jsonb_build_object('resource', 'feed_consumer', 'name', c.name, 'owner_role', c.owner_role));
+    END IF;
     RETURN ld_feed_position_json(c);
 END
 $$;
@@ -99,6 +158,7 @@ DECLARE
     c feed_consumers := ld_feed_consumer(p_consumer);
     v_xid xid8;
 BEGIN
+    PERFORM ld_feed_check_owner(c);
     SELECT e.xid INTO v_xid FROM ticket_events e WHERE e.ticket_id = p_ticket_id AND e.version = p_version;
     IF NOT FOUND THEN
         PERFORM ld_fail('LD404', format('no event %s of ticket %s', p_version, p_ticket_id),

@@ -81,18 +81,41 @@ GRANT EXECUTE ON FUNCTION
     ld_ts(timestamptz)
 TO livedesk_writer;
 
--- The durable feed and the mail gateway (80_feed.sql; docs/direct-sql.md
--- "The durable feed"): any writer may consume the feed; the mail functions
--- are what `livedesk mail receive` / `mail send` call as a writer role.
+-- The durable feed (80_feed.sql; docs/direct-sql.md "The durable feed"):
+-- any writer may consume it; a consumer's position is moved only by the
+-- role that started it (V12).
 GRANT SELECT ON feed_consumers, mail_messages TO livedesk_writer, livedesk_reader;
 GRANT EXECUTE ON FUNCTION
     ld_feed_start(text, text),
     ld_feed_position(text),
     ld_feed_read(text, int),
-    ld_feed_ack(text, bigint, bigint),
-    ld_mail_receive(text, text[], text, text, text, text),
-    ld_mail_prepare(bigint, text),
-    ld_mail_sent(bigint),
-    ld_mail_failed(bigint, text, boolean),
-    ld_mail_bounced(text, text, text)
+    ld_feed_ack(text, bigint, bigint)
 TO livedesk_writer;
+
+--   livedesk_mailer  the mail gateway's roles (`livedesk writer add NAME
+--                    --mail`; docs/email.md): what `livedesk mail receive`
+--                    / `mail send` call, on top of a writer's rights. Not
+--                    every writer: marking a reply sent or failed decides
+--                    whether a customer ever gets it (V12). Without the
+--                    role (DATABASE_URL, nobody could create it) only the
+--                    owner calls them.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_mailer') THEN
+        REVOKE ALL ON ALL TABLES IN SCHEMA public FROM livedesk_mailer;
+        REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM livedesk_mailer;
+        GRANT USAGE ON SCHEMA public TO livedesk_mailer;
+        GRANT EXECUTE ON FUNCTION
+            ld_mail_feed_start(text, text),
+            ld_mail_receive(text, text[], text, text, text, text),
+            ld_mail_prepare(bigint, text),
+            ld_mail_sent(bigint),
+            ld_mail_failed(bigint, text, boolean),
+            ld_mail_bounced(text, text, text)
+        TO livedesk_mailer;
+    ELSE
+        RAISE WARNING 'the group role livedesk_mailer does not exist: only the owner may call '
+                      'the mail functions until a superuser creates it (docs/security.md)';
+    END IF;
+END
+$$;

@@ -91,7 +91,7 @@ async fn database(
     if settings.database_url.is_some() {
         return Err(MailError::Config(
             "with DATABASE_URL, set LIVEDESK_MAIL_DATABASE_URL to a writer role's connection \
-             string (livedesk writer add mail_gateway)"
+             string (livedesk writer add mail_gateway --mail)"
                 .into(),
         ));
     }

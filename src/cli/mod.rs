@@ -155,19 +155,30 @@ async fn agent(handle: &DatabaseHandle, command: AgentCommand) -> Result<(), Cli
 
 async fn writer(handle: &DatabaseHandle, command: WriterCommand) -> Result<(), CliError> {
     match command {
-        WriterCommand::Add { name, read_only } => {
+        WriterCommand::Add {
+            name,
+            read_only,
+            mail,
+        } => {
             let admin = admin_database(handle)?;
-            let added = writers::add(&admin, &name, read_only).await;
+            let added = async {
+                let added = writers::add(&admin, &name, read_only).await?;
+                if mail {
+                    writers::allow_mail(&admin, &name).await?;
+                }
+                Ok::<_, DomainError>(added)
+            }
+            .await;
             admin.pool().close();
             let (writer, password) = added?;
             eprintln!(
                 "created the role {} in {} (its changes name the service agent {}, id {}); \
                  the password is shown once:",
                 writer.name,
-                if writer.read_only {
-                    "livedesk_reader"
-                } else {
-                    "livedesk_writer"
+                match (writer.read_only, mail) {
+                    (true, _) => "livedesk_reader",
+                    (false, true) => "livedesk_writer and livedesk_mailer",
+                    (false, false) => "livedesk_writer",
                 },
                 writer.agent.name,
                 writer.agent.id
@@ -182,7 +193,11 @@ async fn writer(handle: &DatabaseHandle, command: WriterCommand) -> Result<(), C
                 println!(
                     "{}\t{}\tagent {}{}",
                     writer.name,
-                    if writer.read_only { "reader" } else { "writer" },
+                    match (writer.read_only, writer.mail) {
+                        (true, _) => "reader",
+                        (false, true) => "writer+mail",
+                        (false, false) => "writer",
+                    },
                     writer.agent.id,
                     if writer.role_exists {
                         ""

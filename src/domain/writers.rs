@@ -15,6 +15,9 @@ pub struct Writer {
     pub name: String,
     pub agent: Agent,
     pub read_only: bool,
+    /// A member of livedesk_mailer: may call the mail gateway's functions.
+    #[serde(default)]
+    pub mail: bool,
     #[serde(default = "role_exists_default")]
     pub role_exists: bool,
 }
@@ -46,6 +49,16 @@ pub async fn add(
         .await?;
     let writer = parse(row.get(0))?;
     Ok((writer, Password(password)))
+}
+
+/// Let the writer speak for the mail gateway (`livedesk_mailer`): mark
+/// replies sent or failed, receive mail. Idempotent; `admin` as for `add`.
+pub async fn allow_mail(admin: &Database, name: &str) -> Result<(), DomainError> {
+    let client = admin.client().await?;
+    client
+        .execute("SELECT ld_writer_allow_mail($1)", &[&name])
+        .await?;
+    Ok(())
 }
 
 /// Every writer of this database.

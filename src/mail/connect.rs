@@ -4,7 +4,7 @@
 //!
 //! Three ways to get one:
 //! - `LIVEDESK_MAIL_DATABASE_URL`: the connection string printed by
-//!   `livedesk writer add mail_gateway` (any deployment);
+//!   `livedesk writer add mail_gateway --mail` (any deployment);
 //! - the embedded default without it: the cluster's superuser connects and
 //!   switches to the writer role `mail_gateway` with `SET SESSION
 //!   AUTHORIZATION` (so `session_user` is the writer and its events name its
@@ -81,7 +81,8 @@ impl MailDatabase {
     }
 
     /// A superuser connection that switches to `role`; the role is made
-    /// (a writer, linked to a service agent) when it does not exist yet.
+    /// (a writer, linked to a service agent) when it does not exist yet,
+    /// and holds the mail gateway's right (livedesk_mailer).
     pub async fn as_writer_via_superuser(admin: Config, role: &str) -> Result<Self, MailError> {
         let db = MailDatabase {
             config: admin.clone(),
@@ -142,8 +143,20 @@ impl MailDatabase {
 }
 
 /// Make the writer role unless it exists (the race of two first deliveries
-/// at once is settled by looking again).
+/// at once is settled by looking again), with the mail gateway's right.
 async fn ensure_writer(client: &Client, role: &str) -> Result<(), MailError> {
+    make_writer(client, role).await?;
+    client
+        .execute("SELECT ld_writer_allow_mail($1)", &[&role])
+        .await
+        .map_err(|source| MailError::WriterRole {
+            role: role.to_string(),
+            source,
+        })?;
+    Ok(())
+}
+
+async fn make_writer(client: &Client, role: &str) -> Result<(), MailError> {
     if writer_exists(client, role).await? {
         return Ok(());
     }

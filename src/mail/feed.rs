@@ -27,14 +27,20 @@ pub enum Start {
     Beginning,
 }
 
-/// Create the consumer unless it exists (an existing one keeps its position).
-pub async fn start(client: &Client, consumer: &str, from: Start) -> Result<Value, MailError> {
+/// Create the mail sender's consumer unless it exists (an existing one
+/// keeps its position). Every mail role shares it (`ld_mail_feed_start`):
+/// `serve --mail` and `mail send` may take turns.
+pub async fn start_for_mail(
+    client: &Client,
+    consumer: &str,
+    from: Start,
+) -> Result<Value, MailError> {
     let from = match from {
         Start::Now => "now",
         Start::Beginning => "beginning",
     };
     let row = client
-        .query_one("SELECT ld_feed_start($1, $2)", &[&consumer, &from])
+        .query_one("SELECT ld_mail_feed_start($1, $2)", &[&consumer, &from])
         .await?;
     Ok(row.get(0))
 }

@@ -181,7 +181,7 @@ impl Sender {
                 return Ok(());
             }
         }
-        self.within(feed::start(&client, CONSUMER, Start::Now))
+        self.within(feed::start_for_mail(&client, CONSUMER, Start::Now))
             .await?;
         tracing::info!("mail sender: sending replies on email tickets");
         loop {

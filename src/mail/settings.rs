@@ -29,7 +29,7 @@ pub struct MailSettings {
     pub mail_from: Option<String>,
 
     /// Connection string of the writer role the mail commands write as
-    /// (`livedesk writer add mail_gateway`). Without it, the embedded default
+    /// (`livedesk writer add mail_gateway --mail`). Without it, the embedded default
     /// uses the role `mail_gateway`, made on first use; with DATABASE_URL it
     /// is required.
     #[arg(long, env = "LIVEDESK_MAIL_DATABASE_URL", hide_env_values = true)]

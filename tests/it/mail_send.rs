@@ -125,7 +125,7 @@ impl Smtp {
     }
 }
 
-/// A writer role's connection string (`livedesk writer add`) and its agent.
+/// A mail role's connection string (`livedesk writer add --mail`) and its agent.
 async fn writer_url(app: &TestApp, prefix: &str) -> (String, i64) {
     let name = format!(
         "{prefix}{}_{}",
@@ -134,6 +134,7 @@ async fn writer_url(app: &TestApp, prefix: &str) -> (String, i64) {
     );
     let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
     let (writer, _password) = writers::add(&admin, &name, false).await.unwrap();
+    writers::allow_mail(&admin, &name).await.unwrap();
     admin.pool().close();
     let url = cluster()
         .url(&app.dbname)

@@ -229,20 +229,56 @@ async fn version(client: &Client, t: i64) -> i64 {
         .get(0)
 }
 
-/// Functions a writer may call: exactly those docs/direct-sql.md names,
-/// enumerated from the catalog so that a new helper is covered automatically.
+/// The `ld_*` names a piece of documentation mentions.
+fn ld_names(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("ld_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Functions a writer may call: exactly those docs/direct-sql.md names
+/// outside its last section, "Email functions", whose functions only mail
+/// roles (livedesk_mailer) may call on top; enumerated from the catalog so
+/// that a new helper is covered automatically.
 #[tokio::test]
 async fn a_writer_may_execute_exactly_the_documented_functions() {
     let app = TestApp::spawn().await;
     let (_, _, w) = writer_role(&app, false).await;
     let (_, _, r) = writer_role(&app, true).await;
+    let (mail_role, _, m) = common::writer_role(&app, "mail", false).await;
+    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
+    livedesk::domain::writers::allow_mail(&admin, &mail_role)
+        .await
+        .unwrap();
+    admin.pool().close();
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/direct-sql.md"))
         .unwrap();
-    let documented: BTreeSet<String> = doc
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|word| word.starts_with("ld_"))
-        .map(str::to_string)
+    let (for_writers, for_mailers) = doc
+        .split_once("### Email functions")
+        .expect("docs/direct-sql.md has a section \"Email functions\"");
+    let mail_only: BTreeSet<String> = ld_names(for_mailers)
+        .difference(&ld_names(for_writers))
+        .cloned()
         .collect();
+    assert!(mail_only.contains("ld_mail_sent"), "{mail_only:?}");
+    let documented = ld_names(for_writers);
+    let mailer_may: BTreeSet<String> = m
+        .query(
+            "SELECT DISTINCT p.proname::text FROM pg_proc p \
+             WHERE p.pronamespace = 'public'::regnamespace AND has_function_privilege(p.oid, 'EXECUTE')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        mailer_may,
+        documented.union(&mail_only).cloned().collect(),
+        "a mail role may execute the writers' functions and the email functions, nothing else"
+    );
     let rows = w
         .query(
             "SELECT p.proname::text, p.oid::regprocedure::text, \
@@ -449,8 +485,23 @@ async fn writer_cli_prints_a_working_connection_string() {
         .get(0);
     assert_eq!(actor, name);
 
+    let mailer = format!("climail{}", std::process::id());
+    let out = run(vec![
+        "writer".into(),
+        "add".into(),
+        mailer.clone(),
+        "--mail".into(),
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list = run(vec!["writer".into(), "list".into()]).await;
-    assert!(String::from_utf8_lossy(&list.stdout).contains(&name));
+    let list = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(list.contains(&format!("{name}\twriter\t")), "{list}");
+    assert!(list.contains(&format!("{mailer}\twriter+mail\t")), "{list}");
     let again = run(vec!["writer".into(), "add".into(), name.clone()]).await;
     assert!(
         !again.status.success(),
@@ -466,6 +517,125 @@ async fn writer_cli_prints_a_working_connection_string() {
         tokio_postgres::connect(&url, NoTls).await.is_err(),
         "a removed writer cannot log in"
     );
+}
+
+/// A writer cannot make the mail gateway skip or fake a reply (V12): another
+/// role's feed consumer is not its to move, and the mail functions belong to
+/// livedesk_mailer. Tried with every right a writer holds.
+#[tokio::test]
+async fn a_writer_cannot_move_another_consumer_or_speak_for_the_mail_gateway() {
+    let app = TestApp::spawn().await;
+    let (mailer, _, m) = common::writer_role(&app, "m", false).await;
+    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
+    livedesk::domain::writers::allow_mail(&admin, &mailer)
+        .await
+        .unwrap();
+    admin.pool().close();
+    let (_, _, w) = writer_role(&app, false).await;
+
+    m.query_one("SELECT ld_feed_start('mailer', 'now')", &[])
+        .await
+        .unwrap();
+    let t: i64 = w
+        .query_one(
+            "INSERT INTO tickets (subject, channel) VALUES ('Refund', 'email') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Reading the feed is open to every writer (the events are theirs to
+    // read anyway); wait until the ticket's event is in it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while w
+        .query("SELECT 1 FROM ld_feed_read('mailer', 10)", &[])
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The attacker: no acknowledging, no claiming, no mail function.
+    let ack = format!("SELECT ld_feed_ack('mailer', {t}, 1)");
+    assert_eq!(refused(&w, &ack).await, "42501");
+    assert_eq!(
+        refused(&w, "SELECT ld_feed_start('mailer', 'beginning')").await,
+        "42501"
+    );
+    for sql in [
+        "SELECT ld_mail_sent(1)",
+        "SELECT ld_mail_failed(1, 'no', true)",
+        "SELECT ld_mail_prepare(1, 'example.com')",
+        "SELECT ld_mail_bounced('a@example.com', 'b@example.com', 'no')",
+        "SELECT ld_mail_receive('a@example.com', '{}', 'c@example.com', 'C', 'S', 'B')",
+    ] {
+        assert_eq!(refused(&w, sql).await, "42501", "{sql}");
+    }
+    let position: serde_json::Value = m
+        .query_one("SELECT ld_feed_position('mailer')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        position["ticket_id"],
+        json!(-1),
+        "the attacker moved nothing"
+    );
+
+    // The mail role itself: it acknowledges, and may call the mail functions.
+    m.query_one(&ack, &[]).await.unwrap();
+    let may: bool = m
+        .query_one(
+            "SELECT has_function_privilege('ld_mail_sent(bigint)', 'EXECUTE')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(may, "a livedesk_mailer member may mark a reply sent");
+
+    // The mail sender's consumer is shared by the mail roles and the owner
+    // (`serve --mail` and `mail send` take turns), still not by writers.
+    app.sql()
+        .await
+        .query_one("SELECT ld_mail_feed_start('outbox', 'now')", &[])
+        .await
+        .unwrap();
+    m.query_one("SELECT ld_mail_feed_start('outbox', 'now')", &[])
+        .await
+        .unwrap();
+    let ack_outbox = format!("SELECT ld_feed_ack('outbox', {t}, 1)");
+    assert_eq!(refused(&w, &ack_outbox).await, "42501");
+    assert_eq!(refused(&w, "SELECT ld_mail_feed_start('outbox', 'now')").await, "42501");
+    m.query_one(&ack_outbox, &[]).await.unwrap();
+    // ... and one a writer squatted first is refused to the mail role, loudly.
+    w.query_one("SELECT ld_feed_start('squatted', 'now')", &[])
+        .await
+        .unwrap();
+    assert_eq!(refused(&m, "SELECT ld_mail_feed_start('squatted', 'now')").await, "42501");
+
+    // A consumer made before V12 belongs to nobody: nobody acknowledges for
+    // it until a role starts it again, which claims it.
+    app.sql()
+        .await
+        .execute(
+            "INSERT INTO feed_consumers (name, xid, ticket_id, version) VALUES ('legacy', '0', -1, -1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ack_legacy = format!("SELECT ld_feed_ack('legacy', {t}, 1)");
+    assert_eq!(refused(&m, &ack_legacy).await, "42501");
+    m.query_one("SELECT ld_feed_start('legacy', 'now')", &[])
+        .await
+        .unwrap();
+    m.query_one(&ack_legacy, &[]).await.unwrap();
+    assert_eq!(refused(&w, &ack_legacy).await, "42501");
 }
 
 /// A data folder whose schema the superuser made (round 1 migrated and

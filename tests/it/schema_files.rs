@@ -53,6 +53,10 @@ const LANDED: &[(&str, &str)] = &[
         "V11__lean_event_log.sql",
         "fb331e0b150e8647c5e587e0f3129f8d088302245e8f2f492ea0ed7678b49300",
     ),
+    (
+        "V12__mailer_role_and_feed_owners.sql",
+        "e0bf7fa511d26aaed9a3e658c074c49ace6858b8867faa66572c4603e3a3b31f",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {
