@@ -6,11 +6,13 @@
 mod subscription;
 
 use std::collections::HashMap;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
+use futures_util::stream::Peekable;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -22,6 +24,9 @@ use crate::domain::{Agent, DomainError, Rejection};
 /// How long a close frame may take to write: short, so that a stuck peer
 /// cannot hold up a shutdown (which must finish within 5 s).
 const CLOSE_WRITE: Duration = Duration::from_secs(2);
+
+/// Queued items sent per pass through the select at most (`deliver_burst`).
+const BURST: usize = 32;
 
 /// Presence writes per (connection, ticket) are at most this frequent.
 const PRESENCE_MIN_INTERVAL: Duration = Duration::from_millis(200);
@@ -113,7 +118,7 @@ impl Session {
     pub async fn run(
         mut self,
         mut ws: actix_ws::Session,
-        mut stream: actix_ws::AggregatedMessageStream,
+        stream: actix_ws::AggregatedMessageStream,
     ) {
         let heartbeat = self.rt.settings.heartbeat();
         let ttl = self.rt.settings.presence_ttl();
@@ -122,23 +127,41 @@ impl Session {
         tick.tick().await;
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
         let mut stop = self.send(&mut ws, hello).await;
+        // Peekable: a burst from the queue stops at a waiting client frame.
+        let mut stream = stream.peekable();
+        // What the loop waits on lives across iterations, so that a frame
+        // registers no timer and no waiter: the two deadlines are reset
+        // only when they move, the three one-shot signals are awaited once.
         let overflow = self.handle.overflow.clone();
         let shutdown = self.rt.shutdown.clone();
         let revoked = self.slot.revoked.clone();
+        let mut overflowed = pin!(overflow.wait());
+        let mut shutting_down = pin!(shutdown.cancelled());
+        let mut revocation = pin!(revoked.cancelled());
+        let mut silence = pin!(tokio::time::sleep_until((self.last_heard + ttl).into()));
+        // Armed only while a presence flush is due (`flush_at`).
+        let mut flush = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
         while stop.is_none() {
-            let flush_at = self.next_presence_flush();
+            let heard_by = (self.last_heard + ttl).into();
+            if silence.deadline() != heard_by {
+                silence.as_mut().reset(heard_by);
+            }
+            let flush_at = self.next_presence_flush().map(tokio::time::Instant::from);
+            if let Some(at) = flush_at.filter(|at| *at != flush.deadline()) {
+                flush.as_mut().reset(at);
+            }
             stop = tokio::select! {
                 biased;
-                _ = overflow.wait() => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
-                _ = shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
-                _ = revoked.cancelled() => Some(Stop::Close(close::REVOKED, "the agent was disabled or its token replaced: log in again")),
+                _ = &mut overflowed => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
+                _ = &mut shutting_down => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
+                _ = &mut revocation => Some(Stop::Close(close::REVOKED, "the agent was disabled or its token replaced: log in again")),
                 message = stream.next() => self.on_message(&mut ws, message).await,
-                Some(item) = self.rx.recv() => self.deliver(&mut ws, item).await,
+                Some(item) = self.rx.recv() => self.deliver_burst(&mut ws, &mut stream, item).await,
                 _ = tick.tick() => self.write(ws.ping(b"")).await,
-                _ = tokio::time::sleep_until((self.last_heard + ttl).into()) => {
+                _ = &mut silence => {
                     Some(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
                 }
-                _ = super::sleep_until(flush_at) => { self.flush_presence(); None }
+                _ = &mut flush, if flush_at.is_some() => { self.flush_presence(); None }
             };
         }
         self.rt
@@ -302,6 +325,37 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// Deliver `item`, then what the hub has already queued behind it (up
+    /// to `BURST` items in all) without a pass through the select per
+    /// frame. The burst ends as soon as anything the select ranks before
+    /// the queue is ready (overflow, shutdown, revocation, a client frame),
+    /// so frames go out, and the connection closes, exactly as one by one.
+    async fn deliver_burst(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        stream: &mut Peekable<actix_ws::AggregatedMessageStream>,
+        item: Outbound,
+    ) -> Option<Stop> {
+        let mut stop = self.deliver(ws, item).await;
+        for _ in 1..BURST {
+            // Cheapest first: the usual burst is this one item.
+            if stop.is_some()
+                || self.rx.is_empty()
+                || self.handle.overflow.is_tripped()
+                || self.rt.shutdown.is_cancelled()
+                || self.slot.revoked.is_cancelled()
+                || futures_util::poll!(Pin::new(&mut *stream).peek()).is_ready()
+            {
+                break;
+            }
+            let Ok(item) = self.rx.try_recv() else {
+                break;
+            };
+            stop = self.deliver(ws, item).await;
+        }
+        stop
     }
 
     /// Send a queued item, skipping versions already sent (queued before a
