@@ -611,13 +611,19 @@ async fn a_writer_cannot_move_another_consumer_or_speak_for_the_mail_gateway() {
         .unwrap();
     let ack_outbox = format!("SELECT ld_feed_ack('outbox', {t}, 1)");
     assert_eq!(refused(&w, &ack_outbox).await, "42501");
-    assert_eq!(refused(&w, "SELECT ld_mail_feed_start('outbox', 'now')").await, "42501");
+    assert_eq!(
+        refused(&w, "SELECT ld_mail_feed_start('outbox', 'now')").await,
+        "42501"
+    );
     m.query_one(&ack_outbox, &[]).await.unwrap();
     // ... and one a writer squatted first is refused to the mail role, loudly.
     w.query_one("SELECT ld_feed_start('squatted', 'now')", &[])
         .await
         .unwrap();
-    assert_eq!(refused(&m, "SELECT ld_mail_feed_start('squatted', 'now')").await, "42501");
+    assert_eq!(
+        refused(&m, "SELECT ld_mail_feed_start('squatted', 'now')").await,
+        "42501"
+    );
 
     // A consumer made before V12 belongs to nobody: nobody acknowledges for
     // it until a role starts it again, which claims it.

@@ -6,13 +6,12 @@
 mod subscription;
 
 use std::collections::HashMap;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
-use futures_util::stream::Peekable;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -24,9 +23,6 @@ use crate::domain::{Agent, DomainError, Rejection};
 /// How long a close frame may take to write: short, so that a stuck peer
 /// cannot hold up a shutdown (which must finish within 5 s).
 const CLOSE_WRITE: Duration = Duration::from_secs(2);
-
-/// Queued items sent per pass through the select at most (`deliver_burst`).
-const BURST: usize = 32;
 
 /// Presence writes per (connection, ticket) are at most this frequent.
 const PRESENCE_MIN_INTERVAL: Duration = Duration::from_millis(200);
@@ -118,7 +114,7 @@ impl Session {
     pub async fn run(
         mut self,
         mut ws: actix_ws::Session,
-        stream: actix_ws::AggregatedMessageStream,
+        mut stream: actix_ws::AggregatedMessageStream,
     ) {
         let heartbeat = self.rt.settings.heartbeat();
         let ttl = self.rt.settings.presence_ttl();
@@ -127,8 +123,6 @@ impl Session {
         tick.tick().await;
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
         let mut stop = self.send(&mut ws, hello).await;
-        // Peekable: a burst from the queue stops at a waiting client frame.
-        let mut stream = stream.peekable();
         // What the loop waits on lives across iterations, so that a frame
         // registers no timer and no waiter: the two deadlines are reset
         // only when they move, the three one-shot signals are awaited once.
@@ -156,7 +150,7 @@ impl Session {
                 _ = &mut shutting_down => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
                 _ = &mut revocation => Some(Stop::Close(close::REVOKED, "the agent was disabled or its token replaced: log in again")),
                 message = stream.next() => self.on_message(&mut ws, message).await,
-                Some(item) = self.rx.recv() => self.deliver_burst(&mut ws, &mut stream, item).await,
+                Some(item) = self.rx.recv() => self.deliver(&mut ws, item).await,
                 _ = tick.tick() => self.write(ws.ping(b"")).await,
                 _ = &mut silence => {
                     Some(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
@@ -325,37 +319,6 @@ impl Session {
                 None
             }
         }
-    }
-
-    /// Deliver `item`, then what the hub has already queued behind it (up
-    /// to `BURST` items in all) without a pass through the select per
-    /// frame. The burst ends as soon as anything the select ranks before
-    /// the queue is ready (overflow, shutdown, revocation, a client frame),
-    /// so frames go out, and the connection closes, exactly as one by one.
-    async fn deliver_burst(
-        &mut self,
-        ws: &mut actix_ws::Session,
-        stream: &mut Peekable<actix_ws::AggregatedMessageStream>,
-        item: Outbound,
-    ) -> Option<Stop> {
-        let mut stop = self.deliver(ws, item).await;
-        for _ in 1..BURST {
-            // Cheapest first: the usual burst is this one item.
-            if stop.is_some()
-                || self.rx.is_empty()
-                || self.handle.overflow.is_tripped()
-                || self.rt.shutdown.is_cancelled()
-                || self.slot.revoked.is_cancelled()
-                || futures_util::poll!(Pin::new(&mut *stream).peek()).is_ready()
-            {
-                break;
-            }
-            let Ok(item) = self.rx.try_recv() else {
-                break;
-            };
-            stop = self.deliver(ws, item).await;
-        }
-        stop
     }
 
     /// Send a queued item, skipping versions already sent (queued before a
