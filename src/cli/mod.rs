@@ -161,21 +161,18 @@ async fn writer(handle: &DatabaseHandle, command: WriterCommand) -> Result<(), C
             mail,
         } => {
             let admin = admin_database(handle)?;
-            let added = async {
-                let added = writers::add(&admin, &name, read_only).await?;
-                if mail {
-                    writers::allow_mail(&admin, &name).await?;
-                }
-                Ok::<_, DomainError>(added)
-            }
-            .await;
+            let added = if mail {
+                writers::add_mailer(&admin, &name).await
+            } else {
+                writers::add(&admin, &name, read_only).await
+            };
             admin.pool().close();
             let (writer, password) = added?;
             eprintln!(
                 "created the role {} in {} (its changes name the service agent {}, id {}); \
                  the password is shown once:",
                 writer.name,
-                match (writer.read_only, mail) {
+                match (writer.read_only, writer.mail) {
                     (true, _) => "livedesk_reader",
                     (false, true) => "livedesk_writer and livedesk_mailer",
                     (false, false) => "livedesk_writer",

@@ -36,10 +36,7 @@ pub async fn add(
     name: &str,
     read_only: bool,
 ) -> Result<(Writer, Password), DomainError> {
-    let mut bytes = [0u8; 24];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let password = hex::encode(bytes);
-    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let (password, verifier) = new_password();
     let client = admin.client().await?;
     let row = client
         .query_one(
@@ -48,7 +45,39 @@ pub async fn add(
         )
         .await?;
     let writer = parse(row.get(0))?;
-    Ok((writer, Password(password)))
+    Ok((writer, password))
+}
+
+/// Create a writer that also speaks for the mail gateway (`writer add
+/// --mail`), in one transaction: when the mail right cannot be given, no
+/// role is left behind whose password was never shown.
+pub async fn add_mailer(admin: &Database, name: &str) -> Result<(Writer, Password), DomainError> {
+    let (password, verifier) = new_password();
+    let mut client = admin.client().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_one(
+            "SELECT ld_writer_add($1, $2, false)::text",
+            &[&name, &verifier],
+        )
+        .await?;
+    tx.execute("SELECT ld_writer_allow_mail($1)", &[&name])
+        .await?;
+    tx.commit().await?;
+    let writer = Writer {
+        mail: true,
+        ..parse(row.get(0))?
+    };
+    Ok((writer, password))
+}
+
+/// A random password and its SCRAM verifier (all PostgreSQL ever sees).
+fn new_password() -> (Password, String) {
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let password = hex::encode(bytes);
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    (Password(password), verifier)
 }
 
 /// Let the writer speak for the mail gateway (`livedesk_mailer`): mark
