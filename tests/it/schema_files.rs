@@ -57,6 +57,10 @@ const LANDED: &[(&str, &str)] = &[
         "V12__mailer_role_and_feed_owners.sql",
         "e0bf7fa511d26aaed9a3e658c074c49ace6858b8867faa66572c4603e3a3b31f",
     ),
+    (
+        "V13__mail_consumer_to_mailers.sql",
+        "160fe24d31ef45dfba5a43efd0f3ebe2a186806bd4c8ba8fe79eefe16b0188b6",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {
