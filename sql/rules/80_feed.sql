@@ -97,9 +97,10 @@ CREATE OR REPLACE FUNCTION ld_mail_feed_start(p_consumer text, p_from text) RETU
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     c feed_consumers;
+    v_mailers boolean := EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'livedesk_mailer');
 BEGIN
     PERFORM ld_feed_start(p_consumer, p_from);
-    IF EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'livedesk_mailer') THEN
+    IF v_mailers THEN
         UPDATE feed_consumers f SET owner_role = 'livedesk_mailer'
         WHERE f.name = p_consumer AND f.owner_role IS DISTINCT FROM 'livedesk_mailer'
           AND (f.owner_role = current_user
@@ -107,8 +108,8 @@ BEGIN
                    AND pg_has_role(f.owner_role, 'livedesk_mailer', 'MEMBER')));
     END IF;
     c := ld_feed_consumer(p_consumer);
-    IF c.owner_role IS DISTINCT FROM 'livedesk_mailer' AND c.owner_role IS DISTINCT FROM current_user
-       AND EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'livedesk_mailer') THEN
+    IF v_mailers AND c.owner_role IS DISTINCT FROM 'livedesk_mailer'
+       AND c.owner_role IS DISTINCT FROM current_user THEN
         PERFORM ld_fail('42501', format('the feed consumer %s belongs to the role %s, which is not a mail role: '
                                         'the owner drops it (DELETE FROM feed_consumers) or the sender uses another name',
                                         c.name, c.owner_role),

@@ -80,16 +80,6 @@ fn new_password() -> (Password, String) {
     (Password(password), verifier)
 }
 
-/// Let the writer speak for the mail gateway (`livedesk_mailer`): mark
-/// replies sent or failed, receive mail. Idempotent; `admin` as for `add`.
-pub async fn allow_mail(admin: &Database, name: &str) -> Result<(), DomainError> {
-    let client = admin.client().await?;
-    client
-        .execute("SELECT ld_writer_allow_mail($1)", &[&name])
-        .await?;
-    Ok(())
-}
-
 /// Every writer of this database.
 pub async fn list(db: &Database) -> Result<Vec<Writer>, DomainError> {
     let client = db.client().await?;

@@ -469,15 +469,39 @@ pub async fn writer_role(
     prefix: &str,
     read_only: bool,
 ) -> (String, i64, tokio_postgres::Client) {
+    let kind = if read_only {
+        Role::Reader
+    } else {
+        Role::Writer
+    };
+    role(app, prefix, kind).await
+}
+
+/// The same for a mail gateway's role (`livedesk writer add --mail`: a
+/// writer in livedesk_mailer too).
+pub async fn mail_role(app: &TestApp, prefix: &str) -> (String, i64, tokio_postgres::Client) {
+    role(app, prefix, Role::Mailer).await
+}
+
+enum Role {
+    Reader,
+    Writer,
+    Mailer,
+}
+
+async fn role(app: &TestApp, prefix: &str, kind: Role) -> (String, i64, tokio_postgres::Client) {
     let name = format!(
         "{prefix}{}_{}",
         std::process::id(),
         NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
     );
     let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
-    let (writer, _password) = livedesk::domain::writers::add(&admin, &name, read_only)
-        .await
-        .unwrap();
+    let (writer, _password) = match kind {
+        Role::Reader => livedesk::domain::writers::add(&admin, &name, true).await,
+        Role::Writer => livedesk::domain::writers::add(&admin, &name, false).await,
+        Role::Mailer => livedesk::domain::writers::add_mailer(&admin, &name).await,
+    }
+    .unwrap();
     admin.pool().close();
     let client = connect_as(&app.dbname, &name).await;
     (name, writer.agent.id, client)

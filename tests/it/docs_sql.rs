@@ -78,13 +78,7 @@ async fn every_sql_example_in_direct_sql_md_runs_as_documented() {
     let owner = app.sql().await;
     let (_, _, writer) = common::writer_role(&app, "docwriter", false).await;
     let (_, _, reader) = common::writer_role(&app, "docreader", true).await;
-    let (mail_role, _, mailer) = common::writer_role(&app, "docmailer", false).await;
-    let admin =
-        livedesk::db::Database::new(common::cluster().admin_config(&app.dbname), 1).unwrap();
-    livedesk::domain::writers::allow_mail(&admin, &mail_role)
-        .await
-        .unwrap();
-    admin.pool().close();
+    let (_, _, mailer) = common::mail_role(&app, "docmailer").await;
     for block in &blocks {
         let sql = match block.role.as_str() {
             "owner" => &owner,

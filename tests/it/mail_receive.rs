@@ -34,8 +34,7 @@ async fn gateway(app: &TestApp) -> (String, i64) {
         NEXT_ROLE.fetch_add(1, Ordering::Relaxed)
     );
     let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
-    let (writer, _password) = writers::add(&admin, &name, false).await.unwrap();
-    writers::allow_mail(&admin, &name).await.unwrap();
+    let (writer, _password) = writers::add_mailer(&admin, &name).await.unwrap();
     admin.pool().close();
     let url = cluster()
         .url(&app.dbname)

@@ -246,12 +246,7 @@ async fn a_writer_may_execute_exactly_the_documented_functions() {
     let app = TestApp::spawn().await;
     let (_, _, w) = writer_role(&app, false).await;
     let (_, _, r) = writer_role(&app, true).await;
-    let (mail_role, _, m) = common::writer_role(&app, "mail", false).await;
-    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
-    livedesk::domain::writers::allow_mail(&admin, &mail_role)
-        .await
-        .unwrap();
-    admin.pool().close();
+    let (_, _, m) = common::mail_role(&app, "mail").await;
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/direct-sql.md"))
         .unwrap();
     let (for_writers, for_mailers) = doc
@@ -525,12 +520,7 @@ async fn writer_cli_prints_a_working_connection_string() {
 #[tokio::test]
 async fn a_writer_cannot_move_another_consumer_or_speak_for_the_mail_gateway() {
     let app = TestApp::spawn().await;
-    let (mailer, _, m) = common::writer_role(&app, "m", false).await;
-    let admin = Database::new(cluster().admin_config(&app.dbname), 1).unwrap();
-    livedesk::domain::writers::allow_mail(&admin, &mailer)
-        .await
-        .unwrap();
-    admin.pool().close();
+    let (_, _, m) = common::mail_role(&app, "m").await;
     let (_, _, w) = writer_role(&app, false).await;
 
     m.query_one("SELECT ld_feed_start('mailer', 'now')", &[])
