@@ -888,6 +888,25 @@ async fn the_sender_survives_a_lost_and_a_silent_database() {
     proxy.cut();
     reply("First, after a reset connection.").await;
     smtp.wait_for(1).await;
+    // Silence the database only once the send is recorded: between the
+    // server's 250 OK and ld_mail_sent a lost database may resend, with
+    // the same Message-ID (docs/email.md), and a loaded machine can stretch
+    // those milliseconds past the blackhole below.
+    for attempt in 0.. {
+        let recorded: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM mail_messages WHERE direction = 'out' AND status = 'sent'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if recorded == 1 {
+            break;
+        }
+        assert!(attempt < 400, "the first reply was never recorded as sent");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 
     proxy.blackhole();
     reply("Second, after the database went silent.").await;
