@@ -1,6 +1,7 @@
 //! The scenarios. Each adds rows to the report and checks correctness:
 //! every client must see every version once, in order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,6 +283,11 @@ async fn fanout_vs_floor(
         );
         ratios.push(l / f);
     }
+    let (first_l, spread_l) = burst_shape(&livedesk_logs, &all_l);
+    let (first_f, spread_f) = burst_shape(&floor_logs, &all_f);
+    eprintln!(
+        "    first socket reached after (median): livedesk {first_l:.2} ms, floor {first_f:.2} ms; first to last (median): livedesk {spread_l:.2} ms, floor {spread_f:.2} ms"
+    );
     let (ratio, low, high) = spread(&ratios);
     let expected = (watchers * rounds * per_round) as u64;
     let lost = expected.saturating_sub(hl.len()) + expected.saturating_sub(hf.len());
@@ -305,6 +311,35 @@ async fn fanout_vs_floor(
         incorrect,
     });
     Ok(())
+}
+
+/// The shape of a burst, per change: when its first socket got it (after
+/// the commit or the floor's send) and how long the last one took after
+/// the first; medians over the changes, in ms. Tells the time before the
+/// fan-out (for livedesk: NOTIFY, listener, event read) from the fan-out.
+fn burst_shape(logs: &[wsload::ClientLog], commits: &Commits) -> (f64, f64) {
+    let mut reached: HashMap<i64, (Instant, Instant)> = HashMap::new();
+    for log in logs {
+        for (version, at) in &log.receipts {
+            let entry = reached.entry(*version).or_insert((*at, *at));
+            entry.0 = entry.0.min(*at);
+            entry.1 = entry.1.max(*at);
+        }
+    }
+    let mut firsts = Vec::new();
+    let mut spreads = Vec::new();
+    for ((_, version), sent) in commits {
+        if let Some((first, last)) = reached.get(version) {
+            firsts.push(first.saturating_duration_since(*sent).as_secs_f64() * 1000.0);
+            spreads.push(last.saturating_duration_since(*first).as_secs_f64() * 1000.0);
+        }
+    }
+    (median(&mut firsts), median(&mut spreads))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 async fn listener_kill(env: &BenchEnv, report: &mut Report, rate: f64, total: usize) -> Result<()> {

@@ -18,11 +18,13 @@ use bytestring::ByteString;
 use super::event_log::EventFrame;
 
 mod conn;
+mod handoff;
 #[cfg(test)]
 mod tests;
 
 use conn::count;
 pub use conn::{ConnHandle, ConnId, Outbound, Overflow};
+pub use handoff::{Handoff, HANDOFF_LIMIT};
 
 /// One connection on one ticket.
 #[derive(Debug)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use tokio::sync::{mpsc, Notify};
 
+use super::handoff::Handoff;
 use super::FanoutStats;
 
 /// Identifies a WebSocket connection within this process.
@@ -54,7 +55,7 @@ impl Overflow {
         self.flag.load(Ordering::Acquire)
     }
 
-    fn trip(&self) -> bool {
+    pub(super) fn trip(&self) -> bool {
         let first = !self.flag.swap(true, Ordering::AcqRel);
         self.notify.notify_waiters();
         first
@@ -67,23 +68,39 @@ pub struct ConnHandle {
     pub id: ConnId,
     pub tx: mpsc::Sender<Outbound>,
     pub overflow: Arc<Overflow>,
+    /// The hand-off of the worker the connection lives on; `None` queues
+    /// straight into `tx` (the hub's unit tests).
+    pub handoff: Option<Arc<Handoff>>,
 }
 
 impl ConnHandle {
-    /// Queue without waiting; on a full queue trip the overflow (once) and
-    /// return false.
+    /// Queue without waiting (through the worker's hand-off when there is
+    /// one); on a full queue trip the overflow (once).
     pub(super) fn offer(&self, item: Outbound) -> Delivery {
-        match self.tx.try_send(item) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.overflow.trip() {
-                    Delivery::Overflowed
-                } else {
-                    Delivery::Dropped
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Dropped,
+        match &self.handoff {
+            Some(handoff) => handoff.push(&self.tx, &self.overflow, item),
+            None => try_queue(&self.tx, &self.overflow, item),
         }
+    }
+}
+
+/// Put `item` in a connection's queue; on a full queue trip its overflow
+/// (once: later items are dropped, the session is closing).
+pub(super) fn try_queue(
+    tx: &mpsc::Sender<Outbound>,
+    overflow: &Overflow,
+    item: Outbound,
+) -> Delivery {
+    match tx.try_send(item) {
+        Ok(()) => Delivery::Queued,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            if overflow.trip() {
+                Delivery::Overflowed
+            } else {
+                Delivery::Dropped
+            }
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Dropped,
     }
 }
 

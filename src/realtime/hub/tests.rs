@@ -13,6 +13,7 @@ fn conn(id: ConnId, capacity: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
             id,
             tx,
             overflow: Arc::default(),
+            handoff: None,
         },
         rx,
     )
@@ -167,4 +168,66 @@ fn a_subscriber_that_joined_below_a_read_in_flight_waits_for_its_own() {
     hub.fan_out_events(&read, (10..=13).map(|v| ev(6, v)).collect());
     assert_eq!(items(&mut rx_a), ["e13"]);
     assert_eq!(items(&mut rx_b), ["e10", "e11", "e12", "e13"]);
+}
+
+fn conn_on(
+    id: ConnId,
+    capacity: usize,
+    handoff: &Arc<Handoff>,
+) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+    let (mut handle, rx) = conn(id, capacity);
+    handle.handoff = Some(handoff.clone());
+    (handle, rx)
+}
+
+#[tokio::test]
+async fn the_worker_handoff_keeps_each_connections_order_and_its_overflow() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let metrics = Arc::new(crate::metrics::Metrics::new());
+            let handoff = Handoff::new(metrics.clone());
+            tokio::task::spawn_local(handoff.clone().run());
+            let hub = Hub::default();
+            let (a, mut rx_a) = conn_on(1, 64, &handoff);
+            let (b, mut rx_b) = conn_on(2, 2, &handoff);
+            for c in [&a, &b] {
+                hub.subscribe(1, c);
+                hub.join(1, c.id, 0);
+            }
+            hub.fan_out_ticket_frame(1, ByteString::from("viewers"));
+            let stats = hub.fan_out_events(&[(1, 0)], (1..=4).map(|v| ev(1, v)).collect());
+            // Queued to the hand-off: the connections' own queues are
+            // filled by its task, on this thread.
+            assert_eq!(stats.queued, 8);
+            assert!(rx_a.try_recv().is_err());
+            tokio::task::yield_now().await;
+            assert_eq!(items(&mut rx_a), ["viewers", "e1", "e2", "e3", "e4"]);
+            // b's queue holds two: the third trips its overflow (once).
+            assert_eq!(items(&mut rx_b), ["viewers", "e1"]);
+            assert!(b.overflow.is_tripped());
+            assert_eq!(metrics.ws_closed_slow.get(), 1);
+            // A tripped connection gets nothing more.
+            hub.fan_out_ticket_frame(1, ByteString::from("later"));
+            tokio::task::yield_now().await;
+            assert_eq!(items(&mut rx_a), ["later"]);
+            assert!(items(&mut rx_b).is_empty());
+        })
+        .await;
+}
+
+#[test]
+fn a_full_worker_handoff_overflows_the_connection_not_memory() {
+    // No task drains it: the hand-off fills up.
+    let handoff = Handoff::new(Arc::new(crate::metrics::Metrics::new()));
+    let (a, _rx_a) = conn_on(1, 4, &handoff);
+    let (b, _rx_b) = conn_on(2, 4, &handoff);
+    let frame = |n: usize| Outbound::Frame(ByteString::from(n.to_string()));
+    for n in 0..HANDOFF_LIMIT {
+        assert!(matches!(a.offer(frame(n)), conn::Delivery::Queued));
+    }
+    assert!(matches!(b.offer(frame(0)), conn::Delivery::Overflowed));
+    assert!(b.overflow.is_tripped());
+    assert!(!a.overflow.is_tripped());
+    assert!(matches!(b.offer(frame(1)), conn::Delivery::Dropped));
 }

@@ -15,7 +15,7 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::hub::{ConnHandle, Outbound};
+use super::hub::{ConnHandle, Handoff, Outbound};
 use super::protocol::{self, close, ClientFrame, PresenceState};
 use super::{ConnectionSlot, Realtime};
 use crate::domain::{Agent, DomainError, Rejection};
@@ -78,13 +78,16 @@ struct PresenceSlot {
 
 impl Session {
     /// A session for an accepted connection: its slot (counted against the
-    /// caps), its agent, and the process's realtime side.
+    /// caps), its agent, and the process's realtime side. Made on the actix
+    /// worker that runs it (the hub reaches it through that worker's
+    /// hand-off).
     pub fn new(slot: ConnectionSlot, agent: Agent, rt: Realtime) -> Self {
         let (tx, rx) = mpsc::channel(rt.settings.outbound_queue as usize);
         let handle = ConnHandle {
             id: slot.id,
             tx,
             overflow: Arc::default(),
+            handoff: Some(Handoff::this_worker(&rt.metrics)),
         };
         Session {
             slot,
