@@ -57,9 +57,11 @@ pub enum BusError {
     Publication,
     #[error(
         "LIVEDESK_BUS=logical cannot open a replication connection as {role}: {reason}. \
-         pg_hba.conf needs a line for the `replication` keyword (for example \
-         `host replication {role} 10.0.0.0/8 scram-sha-256`: `all` does not cover it), and \
-         the connection must reach the primary itself (not pgbouncer, not a standby)"
+         It needs a free WAL sender (max_wal_senders counts one per livedesk process, plus \
+         every other replication client), pg_hba.conf must let {role} connect to this \
+         database (a logical replication connection is matched by the database's own lines; \
+         the `replication` keyword is for physical replication only), and the connection \
+         must reach the primary itself (not pgbouncer in transaction mode, not a standby)"
     )]
     Connect { role: String, reason: String },
     #[error(transparent)]
@@ -106,7 +108,7 @@ pub async fn prepare(db: &Database, settings: &Settings) -> Result<(), BusError>
         if !row.get::<_, bool>(5) {
             return Err(BusError::Publication);
         }
-        // What SQL cannot see: pg_hba.conf's `replication` lines, the path.
+        // What SQL cannot see: a free WAL sender, pg_hba.conf, the path.
         super::stream::check_connection(db)
             .await
             .map_err(|reason| BusError::Connect { role, reason })?;

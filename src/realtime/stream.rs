@@ -108,8 +108,8 @@ fn replication_config(db: &Database, slot: &str) -> ReplicationConfig {
 }
 
 /// Open a replication connection and identify the server, as the start-up
-/// check (`bus::prepare`): what SQL cannot see (pg_hba.conf's
-/// `replication` lines, the path to the primary). The reason when it fails.
+/// check (`bus::prepare`): what SQL cannot see (a free WAL sender,
+/// pg_hba.conf, the path to the primary). The reason when it fails.
 pub async fn check_connection(db: &Database) -> Result<(), String> {
     let mut client = ReplicationClient::connect_gated(replication_config(db, "livedesk_check"))
         .await

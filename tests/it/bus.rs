@@ -363,6 +363,83 @@ async fn a_server_without_logical_wal_is_named_at_start() {
         .unwrap();
 }
 
+/// A PostgreSQL with no WAL senders, then one whose only WAL sender is
+/// taken by another livedesk process: the logical bus is refused at start,
+/// each time naming what is missing and the fix, and the database's mode is
+/// left alone. (pg_hba.conf cannot refuse the stream alone: a logical
+/// replication connection is matched by the database's own lines, so a
+/// role refused there cannot migrate or serve either.)
+#[tokio::test]
+async fn no_free_wal_sender_is_named_at_start() {
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-nosenders-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let start = |senders: &str| {
+        let mut options = EmbeddedOptions::new(dir.path());
+        options.unsafe_fast = true;
+        options.settings = vec![
+            ("max_wal_senders".into(), senders.into()),
+            ("max_replication_slots".into(), senders.into()),
+        ];
+        tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+    };
+    let mut pg = start("0").await.unwrap().unwrap();
+    let admin = Database::new(pg.admin_config(), 1).unwrap();
+    livedesk::db::bootstrap::embedded(&admin).await.unwrap();
+    admin.pool().close();
+    let db = Database::new(pg.config(), 2).unwrap();
+    migrations::run(&db).await.unwrap();
+
+    let error = start_error(bus_settings(Bus::Logical), pg.config()).await;
+    assert!(
+        error.contains("max_replication_slots = 0, max_wal_senders = 0"),
+        "{error}"
+    );
+    assert!(error.contains("raise them with ALTER SYSTEM"), "{error}");
+    assert_eq!(mode(&db.client().await.unwrap()).await, "notify");
+    db.pool().close();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+
+    // One WAL sender, and a first process streaming through it.
+    let mut pg = start("1").await.unwrap().unwrap();
+    let mut first =
+        TestApp::spawn_via("livedesk".into(), bus_settings(Bus::Logical), pg.config()).await;
+    let error = start_error(bus_settings(Bus::Logical), pg.config()).await;
+    assert!(
+        error.contains("cannot open a replication connection as livedesk_owner"),
+        "{error}"
+    );
+    assert!(error.contains("exceeds max_wal_senders"), "{error}");
+    assert!(error.contains("a free WAL sender"), "{error}");
+    // The first process still streams: a change reaches its client.
+    let (_, token) = first.agent("Alice", "agent").await;
+    let ticket = first.ticket(&token, "Refund").await;
+    let (t, v) = (
+        ticket["id"].as_i64().unwrap(),
+        ticket["version"].as_i64().unwrap(),
+    );
+    let mut ws = WsClient::connect(&first.base, &token).await;
+    ws.subscribe(t, Some(v)).await;
+    first
+        .db
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "UPDATE tickets SET priority = 'high' WHERE id = {t}"
+        ))
+        .await
+        .unwrap();
+    assert_versions(&ws.events(t, 1, LONG).await, v + 1, v + 1);
+    first.stop().await;
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+}
+
 /// `pg_logical_emit_message` needs no right in PostgreSQL, so a writer can
 /// forge a wake-up on the logical bus as it can a NOTIFY: it must reach no
 /// client as an event, and a version that never comes is given up after a
