@@ -242,16 +242,27 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() 
     // Meanwhile a normal client on the same ticket must not be slowed down.
     let mut fast = WsClient::connect(&app.base, &token).await;
     fast.subscribe(id, None).await;
+    // The fast client reads at its own pace; the writer below stays at most
+    // a few changes ahead of it (well inside its queue of 16), so a loaded
+    // machine slowing this reader cannot make it the slow one. The slow
+    // client never reads, so it still falls behind.
     let (count_tx, count_rx) = tokio::sync::oneshot::channel::<usize>();
+    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(0usize);
     let fast_reader = tokio::spawn(async move {
         let mut events = Vec::new();
         let mut target: Option<usize> = None;
         let mut count_rx = count_rx;
         while target.is_none_or(|n| events.len() < n) {
             tokio::select! {
-                n = &mut count_rx, if target.is_none() => target = Some(n.unwrap()),
+                n = &mut count_rx, if target.is_none() => match n {
+                    Ok(n) => target = Some(n),
+                    Err(_) => break,
+                },
                 frame = fast.next_within(Duration::from_secs(30)) => match frame {
-                    Some(frame) if frame["type"] == "event" => events.push(frame),
+                    Some(frame) if frame["type"] == "event" => {
+                        events.push(frame);
+                        seen_tx.send_replace(events.len());
+                    }
                     Some(_) => {}
                     None => break,
                 },
@@ -264,6 +275,14 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() 
     let long = "x".repeat(50_000);
     let mut written = 0;
     for n in 0..3000 {
+        let caught_up = tokio::time::timeout(LONG, seen_rx.wait_for(|seen| seen + 4 >= n))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(
+            caught_up,
+            "the fast client stopped reading after {} of {n} changes",
+            *seen_rx.borrow()
+        );
         sql.execute(
             "INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES ($1, 'note', $2, $3)",
             &[&id, &alice.id, &format!("{n} {long}")],
@@ -275,7 +294,7 @@ async fn a_client_that_never_reads_is_closed_with_1013_and_resumes_everything() 
             break;
         }
     }
-    count_tx.send(written).unwrap();
+    let _ = count_tx.send(written); // the assertion below tells if the reader stopped
     let fast_events = fast_reader.await.unwrap();
     assert_versions(&fast_events, 2, 1 + written as i64);
     assert_eq!(
