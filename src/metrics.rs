@@ -38,6 +38,13 @@ pub struct Metrics {
     pub resets: IntCounter,
     /// Viewers this process publishes now (one per connection and ticket).
     pub viewers: IntGauge,
+    /// Write batches run (`domain::write_batch`: one commit each).
+    pub write_batches: IntCounter,
+    /// Calls those batches carried (calls ÷ batches: the batch size).
+    pub write_batch_calls: IntCounter,
+    /// Batched calls run again on their own (a row lock held elsewhere, an
+    /// error that is not a refusal, a batch that failed as a whole).
+    pub write_batch_alone: IntCounter,
 }
 
 /// The conflict rules, as `livedesk_conflicts_total` labels.
@@ -115,6 +122,15 @@ impl Metrics {
                 "viewers",
                 "Viewers (connection × ticket) this process publishes now",
             ),
+            write_batches: counter("write_batches_total", "Write batches run (one commit each)"),
+            write_batch_calls: counter(
+                "write_batch_calls_total",
+                "PATCH and message calls carried by write batches",
+            ),
+            write_batch_alone: counter(
+                "write_batch_alone_total",
+                "Batched calls run again on their own",
+            ),
             registry,
         };
         for rule in CONFLICT_RULES {
@@ -138,6 +154,9 @@ impl Metrics {
             Box::new(metrics.rate_limited.clone()),
             Box::new(metrics.resets.clone()),
             Box::new(metrics.viewers.clone()),
+            Box::new(metrics.write_batches.clone()),
+            Box::new(metrics.write_batch_calls.clone()),
+            Box::new(metrics.write_batch_alone.clone()),
         ];
         for collector in collectors {
             let _ = metrics.registry.register(collector);

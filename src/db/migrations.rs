@@ -50,6 +50,10 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     ("50_api.sql", include_str!("../../sql/rules/50_api.sql")),
     (
+        "55_write_batch.sql",
+        include_str!("../../sql/rules/55_write_batch.sql"),
+    ),
+    (
         "60_realtime.sql",
         include_str!("../../sql/rules/60_realtime.sql"),
     ),

@@ -107,7 +107,19 @@ impl From<tokio_postgres::Error> for DomainError {
         let Some(db) = e.as_db_error() else {
             return DomainError::Db(DbError::Query(e));
         };
-        let kind = match db.code().code() {
+        match DomainError::refused(db.code().code(), db.message(), db.detail()) {
+            Some(refusal) => refusal,
+            None => DomainError::Db(DbError::Query(e)),
+        }
+    }
+}
+
+impl DomainError {
+    /// The refusal a SQLSTATE stands for, from the parts of a PostgreSQL
+    /// error (also as a write batch reports them, `domain::write_batch`);
+    /// `None` for a code that is not a refusal (the caller keeps its error).
+    pub fn refused(code: &str, message: &str, detail: Option<&str>) -> Option<Self> {
+        let kind = match code {
             "LD001" => Rejection::DuplicateReply,
             "LD002" => Rejection::AlreadyAssigned,
             "LD003" => Rejection::StaleVersion,
@@ -118,17 +130,16 @@ impl From<tokio_postgres::Error> for DomainError {
             // LD400, check/not-null/foreign-key violations, bad values and casts.
             "LD400" | "23514" | "23502" | "23503" | "22P02" | "22003" | "22001" | "22007"
             | "22008" | "22023" | "22004" | "2202E" | "22P05" | "22021" => Rejection::Invalid,
-            _ => return DomainError::Db(DbError::Query(e)),
+            _ => return None,
         };
-        let detail = db
-            .detail()
+        let detail = detail
             .and_then(|d| serde_json::from_str::<Map<String, Value>>(d).ok())
             .unwrap_or_default();
-        DomainError::Rejected {
+        Some(DomainError::Rejected {
             kind,
-            message: client_message(db),
+            message: client_message(code, message),
             detail,
-        }
+        })
     }
 }
 
@@ -136,12 +147,11 @@ impl From<tokio_postgres::Error> for DomainError {
 /// people; PostgreSQL's own (constraint and type errors) name tables and
 /// constraints, which are nobody's business outside: they get a plain
 /// sentence, and the original goes to the debug log.
-fn client_message(db: &tokio_postgres::error::DbError) -> String {
-    let code = db.code().code();
+fn client_message(code: &str, message: &str) -> String {
     if code.starts_with("LD") {
-        return db.message().to_string();
+        return message.to_string();
     }
-    tracing::debug!(code, message = db.message(), "database refused a value");
+    tracing::debug!(code, message, "database refused a value");
     match code {
         "23505" => "It already exists.",
         "23503" => "It refers to something that does not exist.",

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod tags;
 pub mod tickets;
 pub mod vocabulary;
+pub mod write_batch;
 pub mod writers;
 
 pub use agents::Agent;

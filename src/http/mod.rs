@@ -17,6 +17,7 @@ use actix_web::{web, HttpResponse};
 
 use crate::config::Settings;
 use crate::db::Database;
+use crate::domain::write_batch::WriteBatcher;
 use crate::metrics::Metrics;
 use crate::realtime::Realtime;
 pub use errors::ApiError;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub realtime: Realtime,
     /// The token cache and rate limits (shared by HTTP and the WebSocket handshake).
     pub auth: Arc<auth::Authenticator>,
+    /// PATCH and message writes, committed in batches under load.
+    pub writes: WriteBatcher,
 }
 
 impl AppState {
@@ -40,12 +43,14 @@ impl AppState {
         realtime: Realtime,
     ) -> Self {
         let auth = Arc::new(auth::Authenticator::new(&settings));
+        let writes = WriteBatcher::start(db.clone(), metrics.clone());
         AppState {
             db,
             settings,
             metrics,
             realtime,
             auth,
+            writes,
         }
     }
 }

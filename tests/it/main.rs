@@ -29,3 +29,4 @@ mod request_id;
 mod schema_files;
 mod sql_suite;
 mod tickets;
+mod write_batches;

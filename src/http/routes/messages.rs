@@ -5,8 +5,7 @@ use actix_web::{post, web, HttpResponse};
 
 use super::raw_json;
 use super::tickets::check_message_size;
-use crate::domain::drafts;
-use crate::domain::messages::{self, NewMessage};
+use crate::domain::messages::NewMessage;
 use crate::domain::Agent;
 use crate::http::{ApiError, AppState};
 
@@ -44,14 +43,8 @@ pub async fn post(
             "Only service tokens may post customer messages.",
         ));
     }
-    let posted = messages::post(&state.db, *id, &agent, &body).await?;
-    if posted.created && body.kind != "customer" {
-        // Sent: the author's draft of that kind is done with. The message is
-        // stored already, so a failure here is logged, not reported.
-        if let Err(e) = drafts::delete(&state.db, *id, agent.id, Some(&body.kind)).await {
-            tracing::warn!(error = %e, ticket_id = *id, "could not delete the sent draft");
-        }
-    }
+    // Sent, it also deletes the author's draft of that kind.
+    let posted = state.writes.post_message(*id, &agent, &body).await?;
     let status = if posted.created {
         StatusCode::CREATED
     } else {

@@ -271,7 +271,10 @@ pub async fn patch(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let if_match = if_match(&req)?;
-    let ticket = tickets::patch(&state.db, *id, &agent, body.changes_json(), if_match).await?;
+    let ticket = state
+        .writes
+        .patch(*id, &agent, body.changes_json(), if_match)
+        .await?;
     Ok(raw_json(StatusCode::OK, ticket))
 }
 

@@ -1,0 +1,73 @@
+-- Write batches: group commit for the HTTP write path (src/domain/write_batch.rs,
+-- docs/architecture.md "Write batches").
+--
+-- Every commit that notifies takes NOTIFY's queue lock and holds it through
+-- its WAL flush, so notifying commits run one at a time; under load that
+-- turn, not the work, bounds the changes per second (docs/benchmarks.md).
+-- The server therefore collects the PATCH and message requests that arrive
+-- while earlier ones are committing and runs them here, in one transaction:
+-- one commit, one turn at the lock, one flush for all of them.
+--
+-- Each call runs in a subtransaction of its own (the EXCEPTION block): it
+-- sees the calls before it as work of the same transaction, exactly as if
+-- they had run one after the other, and one that fails is rolled back alone
+-- (its event and notification with it) and answers its own error, the
+-- others are kept. Every rule is the called function's; nothing is skipped.
+--
+-- A row lock is waited for at most p_lock_wait_ms: a call that would wait
+-- longer (a direct writer's long transaction holds its ticket) fails with
+-- 55P03 here, and the server runs it again on its own, so that it does not
+-- hold up the calls batched with it. Calls arrive sorted by ticket id, so
+-- two batches never wait for each other in a cycle.
+--
+-- A message sent also deletes its author's draft of that kind, in the same
+-- subtransaction.
+--
+-- Owner only: nothing here is granted to writers (90_privileges.sql); a
+-- writer's own transaction is already a batch.
+CREATE OR REPLACE FUNCTION ld_write_batch(
+    p_op text[], p_ticket_id bigint[], p_actor bigint[],
+    p_changes text[], p_if_match bigint[],
+    p_kind text[], p_body text[], p_seen_message_id bigint[], p_client_id text[],
+    p_customer_email text[], p_customer_name text[],
+    p_lock_wait_ms int)
+RETURNS TABLE (n int, result text, created boolean, code text, message text, detail text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    PERFORM set_config('lock_timeout', greatest(p_lock_wait_ms, 1)::text || 'ms', true);
+    FOR i IN 1 .. coalesce(array_length(p_op, 1), 0) LOOP
+        n := i;
+        result := NULL;
+        created := NULL;
+        code := NULL;
+        message := NULL;
+        detail := NULL;
+        BEGIN
+            -- Each call states its own actor; none inherits the one before.
+            PERFORM set_config('livedesk.actor_agent_id', '', true);
+            IF p_op[i] = 'patch' THEN
+                result := ld_patch_ticket(p_ticket_id[i], p_actor[i], p_changes[i]::jsonb,
+                                          p_if_match[i])::text;
+            ELSIF p_op[i] = 'message' THEN
+                SELECT m.created, m.message::text INTO created, result
+                FROM ld_post_message(p_ticket_id[i], p_actor[i], p_kind[i], p_body[i],
+                                     p_seen_message_id[i], p_client_id[i],
+                                     p_customer_email[i], p_customer_name[i]) m;
+                -- Sent: the author's draft of that kind is done with (as
+                -- the route did after the post, one round trip less).
+                IF created AND p_kind[i] <> 'customer' THEN
+                    PERFORM ld_draft_delete(p_ticket_id[i], p_actor[i], p_kind[i]);
+                END IF;
+            ELSE
+                RAISE EXCEPTION 'unknown call % in a write batch', p_op[i];
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                                    detail = PG_EXCEPTION_DETAIL;
+            result := NULL;
+            created := NULL;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;

@@ -1,0 +1,217 @@
+//! Write batches (src/domain/write_batch.rs): HTTP writes that arrive
+//! together commit together, and each still gets exactly the answer and the
+//! effect it would get alone — the races of contract §3 included, and a
+//! ticket held by a direct writer holds up nobody else.
+
+use std::time::Duration;
+
+use futures_util::future::{join_all, BoxFuture};
+use futures_util::FutureExt;
+use serde_json::{json, Value};
+
+use crate::common::TestApp;
+
+/// An HTTP request under way: (status, body).
+type Answer<'a> = BoxFuture<'a, (u16, Value)>;
+
+/// Rounds of 48 concurrent requests on 8 tickets: per ticket two PATCHes
+/// from the same value (one wins, one `field_conflict`), one invalid PATCH
+/// (400), two replies having seen the same message (one wins, one
+/// `duplicate_reply`) and a note (201). Every winner's change is logged once,
+/// as its own author's, with gapless versions; the losers changed nothing.
+#[tokio::test]
+async fn concurrent_writes_share_commits_and_each_gets_its_own_answer() {
+    let app = TestApp::spawn().await;
+    let (alice, alice_token) = app.agent("Alice", "agent").await;
+    let (bob, bob_token) = app.agent("Bob", "agent").await;
+    let mut tickets = Vec::new();
+    for n in 0..8 {
+        let id = app.ticket(&alice_token, &format!("t{n} r0")).await["id"]
+            .as_i64()
+            .unwrap();
+        tickets.push(id);
+    }
+    let mut seen = vec![0i64; tickets.len()];
+    let rounds = 8;
+    for round in 0..rounds {
+        let mut requests: Vec<(&str, &str, usize, Answer<'_>)> = Vec::new();
+        let patch = |path: String, token: &str, body: Value| {
+            let token = token.to_owned();
+            let app = &app;
+            async move { app.patch(&path, &token, body).await }.boxed()
+        };
+        let post = |path: String, token: &str, body: Value| {
+            let token = token.to_owned();
+            let app = &app;
+            async move { app.post(&path, &token, body).await }.boxed()
+        };
+        for (n, &id) in tickets.iter().enumerate() {
+            let from = format!("t{n} r{round}");
+            let path = format!("/api/tickets/{id}");
+            let messages = format!("/api/tickets/{id}/messages");
+            for (who, token) in [("alice", &alice_token), ("bob", &bob_token)] {
+                let to = format!("t{n} r{}", round + 1);
+                let body =
+                    json!({"changes": {"subject": {"from": from, "to": format!("{to} {who}")}}});
+                requests.push(("patch", who, n, patch(path.clone(), token, body)));
+            }
+            let bad = json!({"changes": {"status": {"from": "new", "to": "bogus"}}});
+            requests.push(("bad", "alice", n, patch(path.clone(), &alice_token, bad)));
+            for (who, token) in [("alice", &alice_token), ("bob", &bob_token)] {
+                let body = json!({"kind": "reply", "body": format!("{who} r{round}"), "seen_message_id": seen[n]});
+                requests.push(("reply", who, n, post(messages.clone(), token, body)));
+            }
+            let note = json!({"kind": "note", "body": format!("note r{round}")});
+            requests.push(("note", "bob", n, post(messages.clone(), &bob_token, note)));
+        }
+        let (kinds, futures): (Vec<_>, Vec<_>) = requests
+            .into_iter()
+            .map(|(kind, who, n, f)| ((kind, who, n), f))
+            .unzip();
+        let answers = join_all(futures).await;
+        let mut patched = vec![Vec::new(); tickets.len()];
+        let mut replied = vec![Vec::new(); tickets.len()];
+        for ((kind, who, n), (status, body)) in kinds.into_iter().zip(answers) {
+            match (kind, status) {
+                ("patch", 200) => patched[n].push((who, body)),
+                ("patch", 409) => assert_eq!(body["error"]["code"], "field_conflict", "{body}"),
+                ("bad", 400) => assert_eq!(body["error"]["code"], "invalid_field", "{body}"),
+                ("reply", 201) => replied[n].push((who, body)),
+                ("reply", 409) => assert_eq!(body["error"]["code"], "duplicate_reply", "{body}"),
+                ("note", 201) => {}
+                _ => panic!("round {round}: {kind} by {who} answered {status} {body}"),
+            }
+        }
+        for n in 0..tickets.len() {
+            assert_eq!(
+                patched[n].len(),
+                1,
+                "round {round}, ticket {n}: one PATCH wins"
+            );
+            assert_eq!(
+                replied[n].len(),
+                1,
+                "round {round}, ticket {n}: one reply wins"
+            );
+            let (who, ticket) = &patched[n][0];
+            assert_eq!(ticket["subject"], format!("t{n} r{} {who}", round + 1));
+            let (_, reply) = &replied[n][0];
+            seen[n] = reply["id"].as_i64().unwrap();
+        }
+        // The next round's PATCHes start from the winner's subject.
+        let sql = app.sql().await;
+        for (n, &id) in tickets.iter().enumerate() {
+            sql.execute(
+                "UPDATE tickets SET subject = $2 WHERE id = $1",
+                &[&id, &format!("t{n} r{}", round + 1)],
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    // Per ticket and round: the winning PATCH, the reply, the note and the
+    // test's own reset of the subject; versions gapless; each change
+    // logged as its author's.
+    let sql = app.sql().await;
+    for &id in &tickets {
+        let rows = sql
+            .query(
+                "SELECT version, kind, actor_agent_id, data FROM ticket_events WHERE ticket_id = $1 ORDER BY version",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        let versions: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let expected: Vec<i64> = (1..=1 + 4 * rounds as i64).collect();
+        assert_eq!(
+            versions, expected,
+            "ticket {id}: one event per change, gapless"
+        );
+        for row in &rows {
+            let kind: String = row.get(1);
+            let actor: Option<i64> = row.get(2);
+            let data: Value = row.get(3);
+            if kind == "ticket.updated" {
+                let to = data["changes"]["subject"]["to"]
+                    .as_str()
+                    .unwrap_or_default();
+                if to.ends_with(" alice") {
+                    assert_eq!(actor, Some(alice.id), "{data}");
+                } else if to.ends_with(" bob") {
+                    assert_eq!(actor, Some(bob.id), "{data}");
+                } else {
+                    assert_eq!(actor, None, "the test's own reset: {data}");
+                }
+            } else if kind == "message.created" {
+                assert_eq!(actor, data["message"]["author"]["id"].as_i64(), "{data}");
+            }
+        }
+    }
+    let batches = app.metric("livedesk_write_batches_total").await;
+    let calls = app.metric("livedesk_write_batch_calls_total").await;
+    assert_eq!(
+        calls,
+        48 * rounds as u64,
+        "every PATCH and message was batched"
+    );
+    assert!(
+        batches < calls,
+        "{calls} calls in {batches} batches: some were committed together"
+    );
+}
+
+/// Two tickets held by a direct writer's open transaction: the PATCHes on
+/// them give up their batches after the lock wait (250 ms) and wait on
+/// their own, so the next PATCHes, on other tickets, are answered while the
+/// writer still holds its tickets; when it commits, the two go through.
+#[tokio::test]
+async fn a_ticket_held_elsewhere_holds_up_no_other_write() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(
+            app.ticket(&token, &format!("held {n}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let holder = app.sql().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM tickets WHERE id IN ({}, {}) FOR UPDATE",
+            ids[0], ids[1]
+        ))
+        .await
+        .unwrap();
+    let patch = |n: usize| {
+        let (app, token, id) = (&app, &token, ids[n]);
+        async move {
+            let body = json!({"changes": {"subject": {"from": format!("held {n}"), "to": format!("done {n}")}}});
+            app.patch(&format!("/api/tickets/{id}"), token, body).await
+        }
+    };
+    let held = join_all([patch(0), patch(1)]);
+    tokio::pin!(held);
+    // Both held PATCHes are in (one or two) batches that wait for the lock.
+    assert!(tokio::time::timeout(Duration::from_millis(100), &mut held)
+        .await
+        .is_err());
+    let others = tokio::time::timeout(Duration::from_secs(10), join_all((2..10).map(patch)));
+    let others = tokio::select! {
+        others = others => others.expect("the other PATCHes were answered"),
+        _ = &mut held => panic!("the held PATCHes finished while their tickets were held"),
+    };
+    for (status, body) in others {
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(app.metric("livedesk_write_batch_alone_total").await >= 2);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the held PATCHes went through after the commit");
+    for (status, body) in held {
+        assert_eq!(status, 200, "{body}");
+    }
+}
