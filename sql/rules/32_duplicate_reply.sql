@@ -14,9 +14,15 @@
 -- a retried client_id.
 
 -- The colleagues' replies on a ticket after p_seen, that p_author did not write.
+--
+-- Planned once per connection (a generic plan): on a ticket with thousands
+-- of messages the generic plan's estimate for `id > $2` (a third of them)
+-- made PostgreSQL plan this query afresh at every reply, ~175 µs of the
+-- ~500 µs a reply cost in PostgreSQL; the generic plan reads the same one
+-- index range (docs/benchmarks.md, write batches).
 CREATE OR REPLACE FUNCTION ld_unseen_replies(p_ticket_id bigint, p_seen bigint, p_author bigint,
                                              p_except bigint) RETURNS jsonb
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 BEGIN
     RETURN (SELECT jsonb_agg(ld_message_json(m) ORDER BY m.id)
             FROM messages m

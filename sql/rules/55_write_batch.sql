@@ -16,9 +16,13 @@
 --
 -- A row lock is waited for at most p_lock_wait_ms: a call that would wait
 -- longer (a direct writer's long transaction holds its ticket) fails with
--- 55P03 here, and the server runs it again on its own, so that it does not
--- hold up the calls batched with it. Calls arrive sorted by ticket id, so
--- two batches never wait for each other in a cycle.
+-- 55P03 here, the later calls on that ticket give up at once, and the
+-- server runs them again on their own, so that they hold up the calls
+-- batched with them by one wait at most. The wait applies to the calls
+-- only: the commit (which waits for NOTIFY's queue lock) runs with the
+-- session's own lock_timeout. Calls arrive sorted by ticket id, so two
+-- batches take their tickets' row locks in the same order; customer
+-- messages (which also lock the customer's row) are not batched.
 --
 -- A message sent also deletes its author's draft of that kind, in the same
 -- subtransaction.
@@ -33,6 +37,9 @@ CREATE OR REPLACE FUNCTION ld_write_batch(
     p_lock_wait_ms int)
 RETURNS TABLE (n int, result text, created boolean, code text, message text, detail text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_lock_timeout text := current_setting('lock_timeout');
+    v_held bigint[] := '{}';
 BEGIN
     PERFORM set_config('lock_timeout', greatest(p_lock_wait_ms, 1)::text || 'ms', true);
     FOR i IN 1 .. coalesce(array_length(p_op, 1), 0) LOOP
@@ -42,6 +49,13 @@ BEGIN
         code := NULL;
         message := NULL;
         detail := NULL;
+        IF p_ticket_id[i] = ANY (v_held) THEN
+            -- An earlier call on this ticket waited in vain: no second wait.
+            code := '55P03';
+            message := format('ticket %s is held by another transaction', p_ticket_id[i]);
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
         BEGIN
             -- Each call states its own actor; none inherits the one before.
             PERFORM set_config('livedesk.actor_agent_id', '', true);
@@ -66,8 +80,13 @@ BEGIN
                                     detail = PG_EXCEPTION_DETAIL;
             result := NULL;
             created := NULL;
+            IF code = '55P03' THEN
+                v_held := v_held || p_ticket_id[i];
+            END IF;
         END;
         RETURN NEXT;
     END LOOP;
+    -- The commit waits for NOTIFY's queue lock: not with the calls' budget.
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
 END
 $$;

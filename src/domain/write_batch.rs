@@ -17,7 +17,9 @@
 //! would have been answered on its own — an error that is not one of the
 //! domain's refusals, a row lock held elsewhere for longer than
 //! [`LOCK_WAIT_MS`], a batch that failed as a whole — is run again on its
-//! own, after the batch, outside the slots.
+//! own, after the batch, outside the slots (at most [`ALONE`] at once).
+//! Customer messages are never batched: they also lock their customer's
+//! row, which the ticket order of a batch does not cover.
 
 use std::sync::Arc;
 
@@ -47,10 +49,16 @@ pub const QUEUE: usize = 1024;
 /// must not hold up the calls batched with the one that waits for it.
 pub const LOCK_WAIT_MS: i32 = 250;
 
+/// Calls run on their own at once (each on a pooled connection, possibly
+/// waiting for a ticket held elsewhere); more wait for their turn without a
+/// connection, so that they cannot take the whole pool from the batches.
+pub const ALONE: usize = 8;
+
 /// The HTTP write path's entry: submit a call, get its answer after commit.
 #[derive(Clone)]
 pub struct WriteBatcher {
     queue: mpsc::Sender<Job>,
+    db: Database,
 }
 
 /// One request's call, as `ld_write_batch` takes it.
@@ -74,6 +82,10 @@ impl Call {
             Call::Patch { ticket_id, .. } | Call::Message { ticket_id, .. } => *ticket_id,
         }
     }
+
+    fn is_customer_message(&self) -> bool {
+        matches!(self, Call::Message { input, .. } if input.kind == "customer")
+    }
 }
 
 /// What a call answers.
@@ -88,12 +100,13 @@ struct Job {
 }
 
 impl WriteBatcher {
-    /// Start the dispatcher (a task on the current runtime; it ends when the
-    /// last `WriteBatcher` is dropped and the queue is empty).
+    /// Start the dispatcher: a task on the current Tokio runtime (so this
+    /// must be called within one), which ends when the last `WriteBatcher`
+    /// is dropped and the queue is empty.
     pub fn start(db: Database, metrics: Arc<Metrics>) -> Self {
         let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(dispatch(db, metrics, requests));
-        WriteBatcher { queue }
+        tokio::spawn(dispatch(db.clone(), metrics, requests));
+        WriteBatcher { queue, db }
     }
 
     /// `ld_patch_ticket`: per-field compare-and-set (`tickets::patch`).
@@ -122,14 +135,19 @@ impl WriteBatcher {
         &self,
         ticket_id: i64,
         actor: &Agent,
-        input: &NewMessage,
+        input: NewMessage,
     ) -> Result<Posted, DomainError> {
         let call = Call::Message {
             ticket_id,
             actor: actor.clone(),
-            input: input.clone(),
+            input,
         };
-        match self.submit(call).await? {
+        let answer = if call.is_customer_message() {
+            run_alone(&self.db, &call).await?
+        } else {
+            self.submit(call).await?
+        };
+        match answer {
             Answer::Posted(posted) => Ok(posted),
             Answer::Ticket(_) => Err(DomainError::Unexpected(
                 "a message answered a ticket".into(),
@@ -157,7 +175,9 @@ fn unavailable(why: &str) -> DomainError {
 /// it as one batch; while every slot is busy, requests gather in the queue.
 async fn dispatch(db: Database, metrics: Arc<Metrics>, mut requests: mpsc::Receiver<Job>) {
     let slots = Arc::new(Semaphore::new(SLOTS));
+    let alone = Arc::new(Semaphore::new(ALONE));
     loop {
+        // (The semaphore is never closed: no error to handle.)
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -171,32 +191,47 @@ async fn dispatch(db: Database, metrics: Arc<Metrics>, mut requests: mpsc::Recei
                 Err(_) => break,
             }
         }
-        tokio::spawn(run(db.clone(), metrics.clone(), jobs, slot));
+        let batch = Batch {
+            db: db.clone(),
+            metrics: metrics.clone(),
+            alone: alone.clone(),
+        };
+        tokio::spawn(batch.run(jobs, slot));
     }
 }
 
-/// One batch, then (with its slot given back) the calls to run on their own.
-async fn run(db: Database, metrics: Arc<Metrics>, jobs: Vec<Job>, slot: OwnedSemaphorePermit) {
-    metrics.write_batches.inc();
-    metrics.write_batch_calls.inc_by(jobs.len() as u64);
-    let alone = run_batch(&db, jobs).await;
-    drop(slot);
-    metrics.write_batch_alone.inc_by(alone.len() as u64);
-    for job in alone {
-        let db = db.clone();
-        tokio::spawn(async move {
-            if job.reply.is_closed() {
-                return;
-            }
-            let answer = run_alone(&db, &job.call).await;
-            let _ = job.reply.send(answer);
-        });
+/// What a running batch needs besides its calls.
+struct Batch {
+    db: Database,
+    metrics: Arc<Metrics>,
+    alone: Arc<Semaphore>,
+}
+
+impl Batch {
+    /// One batch, then (with its slot given back) the calls to run on their own.
+    async fn run(self, jobs: Vec<Job>, slot: OwnedSemaphorePermit) {
+        let alone = run_batch(&self.db, &self.metrics, jobs).await;
+        drop(slot);
+        self.metrics.write_batch_alone.inc_by(alone.len() as u64);
+        for job in alone {
+            let (db, turns) = (self.db.clone(), self.alone.clone());
+            tokio::spawn(async move {
+                let Ok(_turn) = turns.acquire_owned().await else {
+                    return;
+                };
+                if job.reply.is_closed() {
+                    return;
+                }
+                let answer = run_alone(&db, &job.call).await;
+                let _ = job.reply.send(answer);
+            });
+        }
     }
 }
 
 /// Run `jobs` in one `ld_write_batch` call and answer them; returns the ones
 /// to run again on their own.
-async fn run_batch(db: &Database, mut jobs: Vec<Job>) -> Vec<Job> {
+async fn run_batch(db: &Database, metrics: &Metrics, mut jobs: Vec<Job>) -> Vec<Job> {
     // A request given up before its batch starts (its deadline passed, its
     // client left) is not run: as before batches, when it would still have
     // been waiting for a connection. One that started is kept, as then.
@@ -204,6 +239,8 @@ async fn run_batch(db: &Database, mut jobs: Vec<Job>) -> Vec<Job> {
     if jobs.is_empty() {
         return jobs;
     }
+    metrics.write_batches.inc();
+    metrics.write_batch_calls.inc_by(jobs.len() as u64);
     // Ticket order: two batches then take their tickets' row locks in the
     // same order and never wait for each other in a cycle. The sort is
     // stable, so calls on one ticket keep their order of arrival.
@@ -212,7 +249,7 @@ async fn run_batch(db: &Database, mut jobs: Vec<Job>) -> Vec<Job> {
         Ok(rows) => rows,
         // PostgreSQL refused the statement: the batch rolled back as a
         // whole, nothing of it happened; each call is run on its own.
-        Err(DbError::Query(e)) if e.as_db_error().is_some() => {
+        Err(Failed::Statement(e)) if e.as_db_error().is_some() => {
             tracing::warn!(error = %e, calls = jobs.len(), "a write batch failed; its calls run on their own");
             return jobs;
         }
@@ -240,7 +277,7 @@ async fn run_batch(db: &Database, mut jobs: Vec<Job>) -> Vec<Job> {
         };
         let code: Option<String> = row.get("code");
         let answer = match code {
-            None => answer(&job.call, row.get("result"), row.get("created")),
+            None => success(&job.call, row.get("result"), row.get("created")),
             Some(code) => {
                 let message: Option<String> = row.get("message");
                 let detail: Option<String> = row.get("detail");
@@ -269,7 +306,7 @@ async fn run_batch(db: &Database, mut jobs: Vec<Job>) -> Vec<Job> {
 }
 
 /// A successful row's answer, in the shape of the call.
-fn answer(
+fn success(
     call: &Call,
     result: Option<String>,
     created: Option<bool>,
@@ -317,8 +354,18 @@ async fn run_alone(db: &Database, call: &Call) -> Result<Answer, DomainError> {
     }
 }
 
+/// Why a batch got no rows: no connection (nothing ran), or its statement
+/// failed (refused by PostgreSQL, or the connection lost on the way).
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error(transparent)]
+    Connection(DbError),
+    #[error(transparent)]
+    Statement(tokio_postgres::Error),
+}
+
 /// `ld_write_batch` with one array element per call.
-async fn query(db: &Database, jobs: &[Job]) -> Result<Vec<tokio_postgres::Row>, DbError> {
+async fn query(db: &Database, jobs: &[Job]) -> Result<Vec<tokio_postgres::Row>, Failed> {
     let mut op = Vec::with_capacity(jobs.len());
     let mut ticket_id = Vec::with_capacity(jobs.len());
     let mut actor = Vec::with_capacity(jobs.len());
@@ -369,13 +416,14 @@ async fn query(db: &Database, jobs: &[Job]) -> Result<Vec<tokio_postgres::Row>, 
             }
         }
     }
-    let client = db.client().await?;
+    let client = db.client().await.map_err(Failed::Connection)?;
     let statement = client
         .prepare_cached(
             "SELECT n, result, created, code, message, detail \
              FROM ld_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
-        .await?;
+        .await
+        .map_err(Failed::Statement)?;
     let params: [&(dyn ToSql + Sync); 12] = [
         &op,
         &ticket_id,
@@ -390,5 +438,8 @@ async fn query(db: &Database, jobs: &[Job]) -> Result<Vec<tokio_postgres::Row>, 
         &name,
         &LOCK_WAIT_MS,
     ];
-    Ok(client.query(&statement, &params).await?)
+    client
+        .query(&statement, &params)
+        .await
+        .map_err(Failed::Statement)
 }

@@ -215,3 +215,89 @@ async fn a_ticket_held_elsewhere_holds_up_no_other_write() {
         assert_eq!(status, 200, "{body}");
     }
 }
+
+/// `ld_write_batch` as the server calls it: a ticket held elsewhere costs
+/// the batch one lock wait, not one per call on it (the later calls give up
+/// at once, for the server to run on their own), the other calls go
+/// through, and the wait is the calls' only: the commit, which waits for
+/// NOTIFY's queue lock, runs with the session's own `lock_timeout`.
+#[tokio::test]
+async fn a_batch_waits_once_for_a_held_ticket_and_commits_with_its_own_lock_timeout() {
+    let app = TestApp::spawn().await;
+    let (alice, token) = app.agent("Alice", "agent").await;
+    let held = app.ticket(&token, "held").await["id"].as_i64().unwrap();
+    let free = app.ticket(&token, "free").await["id"].as_i64().unwrap();
+    let holder = app.sql().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM tickets WHERE id = {held} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let calls = 8;
+    let mut ids = vec![held; calls];
+    ids.push(free);
+    let changes: Vec<Option<String>> = ids
+        .iter()
+        .map(|id| {
+            let from = if *id == held { "held" } else { "free" };
+            Some(json!({"subject": {"from": from, "to": "changed"}}).to_string())
+        })
+        .collect();
+    let n = ids.len();
+    let none_text: Vec<Option<String>> = vec![None; n];
+    let none_id: Vec<Option<i64>> = vec![None; n];
+    let sql = app.sql().await;
+    sql.batch_execute("SET lock_timeout = '7s'; BEGIN")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let rows = sql
+        .query(
+            "SELECT n, result, code FROM ld_write_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 250)",
+            &[
+                &vec!["patch"; n],
+                &ids,
+                &vec![alice.id; n],
+                &changes,
+                &none_id,
+                &none_text,
+                &none_text,
+                &none_id,
+                &none_text,
+                &none_text,
+                &none_text,
+            ],
+        )
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let lock_timeout: String = sql
+        .query_one("SHOW lock_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    sql.batch_execute("COMMIT").await.unwrap();
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(
+        lock_timeout, "7s",
+        "the commit keeps the session's lock_timeout"
+    );
+    let codes: Vec<Option<String>> = rows.iter().map(|r| r.get("code")).collect();
+    let mut expected = vec![Some("55P03".to_string()); calls];
+    expected.push(None);
+    assert_eq!(
+        codes, expected,
+        "the held ticket's calls give up, the free one goes through"
+    );
+    assert!(
+        waited < Duration::from_millis(250 * calls as u64 / 2),
+        "one wait for the held ticket, not {calls}: {waited:?}"
+    );
+    let subject: String = sql
+        .query_one("SELECT subject FROM tickets WHERE id = $1", &[&free])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(subject, "changed");
+}

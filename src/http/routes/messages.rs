@@ -44,7 +44,10 @@ pub async fn post(
         ));
     }
     // Sent, it also deletes the author's draft of that kind.
-    let posted = state.writes.post_message(*id, &agent, &body).await?;
+    let posted = state
+        .writes
+        .post_message(*id, &agent, body.into_inner())
+        .await?;
     let status = if posted.created {
         StatusCode::CREATED
     } else {
