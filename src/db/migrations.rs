@@ -110,6 +110,22 @@ pub async fn run(db: &Database) -> Result<Report, DbError> {
     Ok(report)
 }
 
+/// The tables as an older release left them: the migrations up to
+/// `version` only, and no rules. For upgrade tests (`tests/it/upgrade.rs`),
+/// which then put that release's rules in place themselves. Returns how
+/// many migrations it applied.
+pub async fn run_tables_until(db: &Database, version: u32) -> Result<usize, DbError> {
+    let mut client = db.client().await?;
+    let client: &mut tokio_postgres::Client = &mut client;
+    let report = embedded::migrations::runner()
+        .set_target(refinery::Target::Version(version))
+        .set_abort_divergent(true)
+        .run_async(client)
+        .await
+        .map_err(DbError::Migrations)?;
+    Ok(report.applied_migrations().len())
+}
+
 async fn migrate(client: &mut tokio_postgres::Client) -> Result<Report, DbError> {
     let report = embedded::migrations::runner()
         .set_abort_divergent(true)

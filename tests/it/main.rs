@@ -29,4 +29,5 @@ mod request_id;
 mod schema_files;
 mod sql_suite;
 mod tickets;
+mod upgrade;
 mod write_batches;
