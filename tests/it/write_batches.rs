@@ -206,7 +206,15 @@ async fn a_ticket_held_elsewhere_holds_up_no_other_write() {
     for (status, body) in others {
         assert_eq!(status, 200, "{body}");
     }
-    assert!(app.metric("livedesk_write_batch_alone_total").await >= 2);
+    // Both held calls leave their batches (now or within their lock wait).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.metric("livedesk_write_batch_alone_total").await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held calls never left their batches"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     holder.batch_execute("COMMIT").await.unwrap();
     let held = tokio::time::timeout(Duration::from_secs(10), held)
         .await
@@ -300,4 +308,51 @@ async fn a_batch_waits_once_for_a_held_ticket_and_commits_with_its_own_lock_time
         .unwrap()
         .get(0);
     assert_eq!(subject, "changed");
+}
+
+/// A request whose deadline passed is not run later: its PATCH waits in
+/// its batch for a ticket a direct writer holds, gives up there (250 ms),
+/// and by then the request has been answered 503 (deadline 100 ms); so it
+/// is not run on its own afterwards, and when the writer lets go the
+/// ticket is as the writer left it — no change the client was told failed.
+#[tokio::test]
+async fn a_request_answered_503_at_its_deadline_is_not_run_later() {
+    let mut settings = crate::common::test_settings();
+    settings.request_timeout_ms = 100;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "held").await["id"].as_i64().unwrap();
+    let holder = app.sql().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM tickets WHERE id = {id} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let (status, body) = app
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &token,
+            json!({"changes": {"subject": {"from": "held", "to": "too late"}}}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    // Past the batch's lock wait: the call has left its batch by now.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.metric("livedesk_write_batch_alone_total").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the call never left its batch"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sql = app.sql().await;
+    let (subject, version): (String, i64) = sql
+        .query_one("SELECT subject, version FROM tickets WHERE id = $1", &[&id])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((subject.as_str(), version), ("held", 1));
 }
