@@ -30,61 +30,17 @@ async fn a_data_folder_of_the_release_before_v12_upgrades_and_keeps_everything()
         .unwrap();
 
     // The old release: its bootstrap as the superuser, then as the owner the
-    // tables up to V11 and its rules, as its start did.
+    // tables up to V11, its rules and its data, as its start did.
     let admin = Database::new(pg.admin_config(), 1).unwrap();
-    let superuser = admin.client().await.unwrap();
-    superuser.batch_execute(OLD_BOOTSTRAP).await.unwrap();
-    let db = Database::new(pg.config(), 2).unwrap();
-    assert_eq!(migrations::run_tables_until(&db, 11).await.unwrap(), 11);
-    let owner = db.client().await.unwrap();
-    owner.batch_execute(OLD_RULES).await.unwrap();
-    owner
-        .execute(
-            "INSERT INTO rules_applied (id, sha256) VALUES (1, 'the release before V12')",
-            &[],
-        )
-        .await
-        .unwrap();
-
-    // Its data: a ticket with history, two writer roles (a CRM sync and
-    // the mail gateway), each with the feed consumer it started.
-    let ticket: i64 = owner
-        .query_one(
-            "SELECT (ld_create_ticket(NULL, 'before the upgrade', 'email', 'c@example.com', 'C', 'hello')->>'id')::bigint",
-            &[],
-        )
+    admin
+        .client()
         .await
         .unwrap()
-        .get(0);
-    owner
-        .execute(
-            "SELECT ld_patch_ticket($1, NULL, '{\"status\": {\"from\": \"new\", \"to\": \"open\"}}', NULL)",
-            &[&ticket],
-        )
+        .batch_execute(OLD_BOOTSTRAP)
         .await
         .unwrap();
-    superuser
-        .batch_execute(
-            "CREATE ROLE crm_sync LOGIN; GRANT livedesk_writer TO crm_sync;
-             CREATE ROLE mail_gateway LOGIN; GRANT livedesk_writer TO mail_gateway;",
-        )
-        .await
-        .unwrap();
-    for (role, consumer) in [("crm_sync", "crm"), ("mail_gateway", "mailer")] {
-        let writer = login(&pg, role).await;
-        writer
-            .execute("SELECT ld_feed_start($1, 'beginning')", &[&consumer])
-            .await
-            .unwrap();
-    }
-    let before = events_of(&owner, ticket).await;
-    assert_eq!(
-        before.len(),
-        3,
-        "created, its first message, changed: {before:?}"
-    );
-    drop(owner);
-    drop(superuser);
+    let db = Database::new(pg.config(), 2).unwrap();
+    let (ticket, before) = the_release_before_v12(&pg, &admin, &db).await;
 
     // This binary's start: its bootstrap, then the migrations and rules.
     bootstrap::embedded(&admin).await.unwrap();
@@ -127,7 +83,7 @@ async fn a_data_folder_of_the_release_before_v12_upgrades_and_keeps_everything()
             ("mailer".to_string(), Some("livedesk_mailer".to_string()))
         ]
     );
-    let crm = login(&pg, "crm_sync").await;
+    let crm = login(&pg, "crm_sync", "livedesk").await;
     crm.execute("SELECT ld_feed_start('crm', 'beginning')", &[])
         .await
         .unwrap();
@@ -199,10 +155,71 @@ async fn a_data_folder_of_the_release_before_v12_upgrades_and_keeps_everything()
         .unwrap();
 }
 
-/// A login as `role` (the embedded cluster trusts its socket).
-async fn login(pg: &EmbeddedPostgres, role: &str) -> tokio_postgres::Client {
+/// On `db` (as its owner), the release before V12: the tables up to V11,
+/// its rules, a ticket with history, and two writer roles (a CRM sync and
+/// the mail gateway) with the feed consumer each started. Returns the
+/// ticket and its events.
+async fn the_release_before_v12(
+    pg: &EmbeddedPostgres,
+    admin: &Database,
+    db: &Database,
+) -> (i64, Vec<(i64, String)>) {
+    assert_eq!(migrations::run_tables_until(db, 11).await.unwrap(), 11);
+    let owner = db.client().await.unwrap();
+    owner.batch_execute(OLD_RULES).await.unwrap();
+    owner
+        .execute(
+            "INSERT INTO rules_applied (id, sha256) VALUES (1, 'the release before V12')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let ticket: i64 = owner
+        .query_one(
+            "SELECT (ld_create_ticket(NULL, 'before the upgrade', 'email', 'c@example.com', 'C', 'hello')->>'id')::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    owner
+        .execute(
+            "SELECT ld_patch_ticket($1, NULL, '{\"status\": {\"from\": \"new\", \"to\": \"open\"}}', NULL)",
+            &[&ticket],
+        )
+        .await
+        .unwrap();
+    admin
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "CREATE ROLE crm_sync LOGIN; GRANT livedesk_writer TO crm_sync;
+             CREATE ROLE mail_gateway LOGIN; GRANT livedesk_writer TO mail_gateway;",
+        )
+        .await
+        .unwrap();
+    let dbname = db.config().get_dbname().unwrap_or("livedesk").to_string();
+    for (role, consumer) in [("crm_sync", "crm"), ("mail_gateway", "mailer")] {
+        let writer = login(pg, role, &dbname).await;
+        writer
+            .execute("SELECT ld_feed_start($1, 'beginning')", &[&consumer])
+            .await
+            .unwrap();
+    }
+    let before = events_of(&owner, ticket).await;
+    assert_eq!(
+        before.len(),
+        3,
+        "created, its first message, changed: {before:?}"
+    );
+    (ticket, before)
+}
+
+/// A login as `role` to `dbname` (the embedded cluster trusts its socket).
+async fn login(pg: &EmbeddedPostgres, role: &str, dbname: &str) -> tokio_postgres::Client {
     let mut config = pg.config();
-    config.user(role);
+    config.user(role).dbname(dbname);
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     client
@@ -220,4 +237,82 @@ async fn events_of(client: &tokio_postgres::Client, ticket: i64) -> Vec<(i64, St
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
+}
+
+/// The same release on a database of its own (`DATABASE_URL`), whose owner
+/// may create roles, with no bootstrap (that is the embedded default's):
+/// V12 itself creates `livedesk_mailer` and gives it to the existing
+/// writers once, V13 gives it the mail sender's position, every event is
+/// kept.
+#[tokio::test]
+async fn a_database_url_database_of_the_release_before_v12_upgrades_when_its_owner_may_create_roles(
+) {
+    let dir = tempfile::Builder::new()
+        .prefix("livedesk-upgrade-url-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut options = EmbeddedOptions::new(dir.path());
+    options.unsafe_fast = true;
+    let mut pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+        .await
+        .unwrap()
+        .unwrap();
+    let admin = Database::new(pg.admin_config(), 1).unwrap();
+    let superuser = admin.client().await.unwrap();
+    superuser
+        .batch_execute("CREATE ROLE app_owner LOGIN CREATEROLE")
+        .await
+        .unwrap();
+    superuser
+        .batch_execute("CREATE DATABASE app OWNER app_owner")
+        .await
+        .unwrap();
+    drop(superuser);
+    let mut config = pg.admin_config();
+    config.user("app_owner").dbname("app");
+    let db = Database::new(config, 2).unwrap();
+    let (ticket, before) = the_release_before_v12(&pg, &admin, &db).await;
+    let exists = |client: tokio_postgres::Client| async move {
+        client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_mailer')",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    };
+    assert!(!exists(login(&pg, "app_owner", "app").await).await);
+
+    let report = migrations::run(&db).await.unwrap();
+    assert_eq!(report.migrations, 2, "V12 and V13");
+    assert!(report.rules);
+    let owner = db.client().await.unwrap();
+    assert_eq!(events_of(&owner, ticket).await, before);
+    for role in ["crm_sync", "mail_gateway"] {
+        let member: bool = owner
+            .query_one(
+                "SELECT pg_has_role($1, 'livedesk_mailer', 'MEMBER')",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(member, "{role} is given livedesk_mailer by V12");
+    }
+    let mailer: Option<String> = owner
+        .query_one(
+            "SELECT owner_role FROM feed_consumers WHERE name = 'mailer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mailer.as_deref(), Some("livedesk_mailer"));
+    drop(owner);
+    db.pool().close();
+    admin.pool().close();
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
 }
