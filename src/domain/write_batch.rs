@@ -247,9 +247,11 @@ async fn run_batch(db: &Database, metrics: &Metrics, mut jobs: Vec<Job>) -> Vec<
     jobs.sort_by_key(|job| job.call.ticket_id());
     let rows = match query(db, &jobs).await {
         Ok(rows) => rows,
-        // PostgreSQL refused the statement: the batch rolled back as a
-        // whole, nothing of it happened; each call is run on its own.
-        Err(Failed::Statement(e)) if e.as_db_error().is_some() => {
+        // PostgreSQL refused the statement (an ERROR: the session lives on):
+        // the batch rolled back as a whole, nothing of it happened; each
+        // call is run on its own. A FATAL one ends the session, maybe after
+        // the commit: that is the case below.
+        Err(Failed::Statement(e)) if refused_as_a_whole(&e) => {
             tracing::warn!(error = %e, calls = jobs.len(), "a write batch failed; its calls run on their own");
             return jobs;
         }
@@ -303,6 +305,14 @@ async fn run_batch(db: &Database, metrics: &Metrics, mut jobs: Vec<Job>) -> Vec<
         )));
     }
     alone
+}
+
+/// Whether the batch's statement failed with an ERROR, which rolls the
+/// batch back and leaves the session (not FATAL or PANIC, nor a lost
+/// connection, after which the commit's fate is unknown).
+fn refused_as_a_whole(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| db.parsed_severity() == Some(tokio_postgres::error::Severity::Error))
 }
 
 /// A successful row's answer, in the shape of the call.
