@@ -9,9 +9,20 @@
 -- of a long log reads each batch from the index and stops, instead of
 -- collecting every later event of the ticket and sorting them for every
 -- batch (which made a full replay quadratic: docs/benchmarks.md).
+--
+-- PL/pgSQL with one generic plan per connection: as a SQL function it was
+-- inlined into the server's prepared statement, whose generic plan the
+-- planner costs high for arrays of unknown length, so it planned the query
+-- afresh at every read: 0.30-0.34 ms a read, against 0.13 ms planned once
+-- (pgbench with array parameters, docs/benchmarks.md). The reads are at
+-- most p_limit rows (1,000); RETURN QUERY keeps them in work_mem, then on
+-- disk.
 CREATE OR REPLACE FUNCTION ld_event_frames(p_ticket_ids bigint[], p_after bigint[], p_limit int)
 RETURNS TABLE (ticket_id bigint, version bigint, frame text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT e.ticket_id, e.version,
            '{"type": "event", ' || substr(ld_event_json(e)::text, 2)
     FROM (SELECT c.tid, min(coalesce(c.after, 0)) AS after
@@ -24,7 +35,8 @@ LANGUAGE sql STABLE AS $$
         ORDER BY x.version
         LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END) e
     ORDER BY e.ticket_id, e.version
-    LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END
+    LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END;
+END
 $$;
 
 -- The subscribe snapshot and its version, from one snapshot (STABLE): the

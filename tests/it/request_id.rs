@@ -86,6 +86,11 @@ async fn the_requests_log_lines_carry_its_id_and_no_secret() {
         .finish();
     // This thread only: the test service runs on it.
     let _guard = tracing::subscriber::set_default(subscriber);
+    // The other tests' servers run the same callsites (the access line) on
+    // other threads at the same time, with no subscriber: an interest they
+    // cached as "never" while this one was being registered would hide the
+    // lines from it (failed once in a full run). Compute it again now.
+    tracing::callsite::rebuild_interest_cache();
     // The server's own composition: the span outermost, the access line inside.
     let service = actix_web::test::init_service(
         App::new()
