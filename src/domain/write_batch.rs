@@ -62,29 +62,41 @@ pub struct WriteBatcher {
 }
 
 /// One request's call, as `ld_write_batch` takes it.
-enum Call {
+struct Call {
+    ticket_id: i64,
+    actor: Agent,
+    what: What,
+}
+
+enum What {
     Patch {
-        ticket_id: i64,
-        actor: Agent,
         changes: String,
         if_match: Option<i64>,
     },
-    Message {
-        ticket_id: i64,
-        actor: Agent,
-        input: NewMessage,
-    },
+    Message(NewMessage),
 }
 
 impl Call {
-    fn ticket_id(&self) -> i64 {
-        match self {
-            Call::Patch { ticket_id, .. } | Call::Message { ticket_id, .. } => *ticket_id,
+    /// The call's name in `ld_write_batch`'s `p_op`.
+    fn op(&self) -> &'static str {
+        match self.what {
+            What::Patch { .. } => "patch",
+            What::Message(_) => "message",
         }
     }
 
-    fn is_customer_message(&self) -> bool {
-        matches!(self, Call::Message { input, .. } if input.kind == "customer")
+    fn patch(&self) -> Option<(&str, Option<i64>)> {
+        match &self.what {
+            What::Patch { changes, if_match } => Some((changes, *if_match)),
+            What::Message(_) => None,
+        }
+    }
+
+    fn message(&self) -> Option<&NewMessage> {
+        match &self.what {
+            What::Message(input) => Some(input),
+            What::Patch { .. } => None,
+        }
     }
 }
 
@@ -117,11 +129,13 @@ impl WriteBatcher {
         changes: &str,
         if_match: Option<i64>,
     ) -> Result<RawJson, DomainError> {
-        let call = Call::Patch {
+        let call = Call {
             ticket_id,
             actor: actor.clone(),
-            changes: changes.to_owned(),
-            if_match,
+            what: What::Patch {
+                changes: changes.to_owned(),
+                if_match,
+            },
         };
         match self.submit(call).await? {
             Answer::Ticket(ticket) => Ok(ticket),
@@ -137,12 +151,13 @@ impl WriteBatcher {
         actor: &Agent,
         input: NewMessage,
     ) -> Result<Posted, DomainError> {
-        let call = Call::Message {
+        let customer = input.kind == "customer";
+        let call = Call {
             ticket_id,
             actor: actor.clone(),
-            input,
+            what: What::Message(input),
         };
-        let answer = if call.is_customer_message() {
+        let answer = if customer {
             run_alone(&self.db, &call).await?
         } else {
             self.submit(call).await?
@@ -244,7 +259,7 @@ async fn run_batch(db: &Database, metrics: &Metrics, mut jobs: Vec<Job>) -> Vec<
     // Ticket order: two batches then take their tickets' row locks in the
     // same order and never wait for each other in a cycle. The sort is
     // stable, so calls on one ticket keep their order of arrival.
-    jobs.sort_by_key(|job| job.call.ticket_id());
+    jobs.sort_by_key(|job| job.call.ticket_id);
     let rows = match query(db, &jobs).await {
         Ok(rows) => rows,
         // PostgreSQL refused the statement (an ERROR: the session lives on):
@@ -323,9 +338,9 @@ fn success(
 ) -> Result<Answer, DomainError> {
     let result =
         result.ok_or_else(|| DomainError::Unexpected("a batched call answered nothing".into()))?;
-    Ok(match call {
-        Call::Patch { .. } => Answer::Ticket(RawJson(result)),
-        Call::Message { .. } => Answer::Posted(Posted {
+    Ok(match call.what {
+        What::Patch { .. } => Answer::Ticket(RawJson(result)),
+        What::Message(_) => Answer::Posted(Posted {
             created: created.unwrap_or(false),
             message: RawJson(result),
         }),
@@ -335,20 +350,18 @@ fn success(
 /// The call exactly as a request ran it before batches (and still does
 /// when a batch cannot answer it).
 async fn run_alone(db: &Database, call: &Call) -> Result<Answer, DomainError> {
-    match call {
-        Call::Patch {
-            ticket_id,
-            actor,
-            changes,
-            if_match,
-        } => tickets::patch(db, *ticket_id, actor, changes, *if_match)
-            .await
-            .map(Answer::Ticket),
-        Call::Message {
-            ticket_id,
-            actor,
-            input,
-        } => {
+    let Call {
+        ticket_id,
+        actor,
+        what,
+    } = call;
+    match what {
+        What::Patch { changes, if_match } => {
+            tickets::patch(db, *ticket_id, actor, changes, *if_match)
+                .await
+                .map(Answer::Ticket)
+        }
+        What::Message(input) => {
             let posted = messages::post(db, *ticket_id, actor, input).await?;
             if posted.created && input.kind != "customer" {
                 // Sent: the author's draft of that kind is done with. The
@@ -376,56 +389,33 @@ enum Failed {
 
 /// `ld_write_batch` with one array element per call.
 async fn query(db: &Database, jobs: &[Job]) -> Result<Vec<tokio_postgres::Row>, Failed> {
-    let mut op = Vec::with_capacity(jobs.len());
-    let mut ticket_id = Vec::with_capacity(jobs.len());
-    let mut actor = Vec::with_capacity(jobs.len());
-    let mut changes: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-    let mut if_match: Vec<Option<i64>> = Vec::with_capacity(jobs.len());
-    let mut kind: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-    let mut body: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-    let mut seen: Vec<Option<i64>> = Vec::with_capacity(jobs.len());
-    let mut client_id: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-    let mut email: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-    let mut name: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        match &job.call {
-            Call::Patch {
-                ticket_id: id,
-                actor: agent,
-                changes: c,
-                if_match: m,
-            } => {
-                op.push("patch");
-                ticket_id.push(*id);
-                actor.push(agent.id);
-                changes.push(Some(c.as_str()));
-                if_match.push(*m);
-                kind.push(None);
-                body.push(None);
-                seen.push(None);
-                client_id.push(None);
-                email.push(None);
-                name.push(None);
-            }
-            Call::Message {
-                ticket_id: id,
-                actor: agent,
-                input,
-            } => {
-                op.push("message");
-                ticket_id.push(*id);
-                actor.push(agent.id);
-                changes.push(None);
-                if_match.push(None);
-                kind.push(Some(input.kind.as_str()));
-                body.push(Some(input.body.as_str()));
-                seen.push(input.seen_message_id);
-                client_id.push(input.client_id.as_deref());
-                email.push(input.customer.as_ref().map(|c| c.email.as_str()));
-                name.push(input.customer.as_ref().and_then(|c| c.name.as_deref()));
-            }
-        }
-    }
+    let calls: Vec<&Call> = jobs.iter().map(|job| &job.call).collect();
+    let column = |f: fn(&Call) -> Option<&str>| calls.iter().map(|c| f(c)).collect::<Vec<_>>();
+    let op: Vec<&str> = calls.iter().map(|c| c.op()).collect();
+    let ticket_id: Vec<i64> = calls.iter().map(|c| c.ticket_id).collect();
+    let actor: Vec<i64> = calls.iter().map(|c| c.actor.id).collect();
+    let changes = column(|c| c.patch().map(|(changes, _)| changes));
+    let if_match: Vec<Option<i64>> = calls
+        .iter()
+        .map(|c| c.patch().and_then(|(_, m)| m))
+        .collect();
+    let kind = column(|c| c.message().map(|m| m.kind.as_str()));
+    let body = column(|c| c.message().map(|m| m.body.as_str()));
+    let seen: Vec<Option<i64>> = calls
+        .iter()
+        .map(|c| c.message().and_then(|m| m.seen_message_id))
+        .collect();
+    let client_id = column(|c| c.message().and_then(|m| m.client_id.as_deref()));
+    let email = column(|c| {
+        c.message()
+            .and_then(|m| m.customer.as_ref())
+            .map(|c| c.email.as_str())
+    });
+    let name = column(|c| {
+        c.message()
+            .and_then(|m| m.customer.as_ref())
+            .and_then(|c| c.name.as_deref())
+    });
     let client = db.client().await.map_err(Failed::Connection)?;
     let statement = client
         .prepare_cached(

@@ -18,16 +18,7 @@ const OLD_RULES: &str = include_str!("../fixtures/upgrade_v11/rules.sql");
 
 #[tokio::test]
 async fn a_data_folder_of_the_release_before_v12_upgrades_and_keeps_everything() {
-    let dir = tempfile::Builder::new()
-        .prefix("livedesk-upgrade-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut options = EmbeddedOptions::new(dir.path());
-    options.unsafe_fast = true;
-    let mut pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_dir, mut pg) = own_cluster("livedesk-upgrade-").await;
 
     // The old release: its bootstrap as the superuser, then as the owner the
     // tables up to V11, its rules and its data, as its start did.
@@ -51,19 +42,7 @@ async fn a_data_folder_of_the_release_before_v12_upgrades_and_keeps_everything()
 
     // Every row kept.
     assert_eq!(events_of(&owner, ticket).await, before);
-    // The writers keep the mail functions they had (revoking them from a
-    // service that sends no mail is the administrator's, docs/security.md).
-    for role in ["crm_sync", "mail_gateway"] {
-        let member: bool = owner
-            .query_one(
-                "SELECT pg_has_role($1, 'livedesk_mailer', 'MEMBER')",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert!(member, "{role} is given livedesk_mailer once");
-    }
+    both_writers_are_mailers(&owner).await;
     // The mail sender's position belongs to the mail roles at once (V13);
     // another consumer goes to the first role that starts it again.
     let owners: Vec<(String, Option<String>)> = owner
@@ -247,16 +226,7 @@ async fn events_of(client: &tokio_postgres::Client, ticket: i64) -> Vec<(i64, St
 #[tokio::test]
 async fn a_database_url_database_of_the_release_before_v12_upgrades_when_its_owner_may_create_roles(
 ) {
-    let dir = tempfile::Builder::new()
-        .prefix("livedesk-upgrade-url-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut options = EmbeddedOptions::new(dir.path());
-    options.unsafe_fast = true;
-    let mut pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_dir, mut pg) = own_cluster("livedesk-upgrade-url-").await;
     let admin = Database::new(pg.admin_config(), 1).unwrap();
     let superuser = admin.client().await.unwrap();
     superuser
@@ -272,34 +242,25 @@ async fn a_database_url_database_of_the_release_before_v12_upgrades_when_its_own
     config.user("app_owner").dbname("app");
     let db = Database::new(config, 2).unwrap();
     let (ticket, before) = the_release_before_v12(&pg, &admin, &db).await;
-    let exists = |client: tokio_postgres::Client| async move {
-        client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_mailer')",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-    };
-    assert!(!exists(login(&pg, "app_owner", "app").await).await);
+    let mailer_role: bool = admin
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'livedesk_mailer')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!mailer_role, "the old release had no livedesk_mailer");
 
     let report = migrations::run(&db).await.unwrap();
     assert_eq!(report.migrations, 2, "V12 and V13");
     assert!(report.rules);
     let owner = db.client().await.unwrap();
     assert_eq!(events_of(&owner, ticket).await, before);
-    for role in ["crm_sync", "mail_gateway"] {
-        let member: bool = owner
-            .query_one(
-                "SELECT pg_has_role($1, 'livedesk_mailer', 'MEMBER')",
-                &[&role],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert!(member, "{role} is given livedesk_mailer by V12");
-    }
+    both_writers_are_mailers(&owner).await;
     let mailer: Option<String> = owner
         .query_one(
             "SELECT owner_role FROM feed_consumers WHERE name = 'mailer'",
@@ -315,4 +276,37 @@ async fn a_database_url_database_of_the_release_before_v12_upgrades_when_its_own
     tokio::task::spawn_blocking(move || pg.stop())
         .await
         .unwrap();
+}
+
+/// A PostgreSQL of the test's own (the upgrade makes cluster-wide roles);
+/// the folder goes when the returned guard is dropped.
+async fn own_cluster(prefix: &str) -> (tempfile::TempDir, EmbeddedPostgres) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut options = EmbeddedOptions::new(dir.path());
+    options.unsafe_fast = true;
+    let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options))
+        .await
+        .unwrap()
+        .unwrap();
+    (dir, pg)
+}
+
+/// Both old writers are given `livedesk_mailer` once, so they keep the
+/// mail functions they had (revoking them from a service that sends no
+/// mail is the administrator's, docs/security.md).
+async fn both_writers_are_mailers(owner: &tokio_postgres::Client) {
+    for role in ["crm_sync", "mail_gateway"] {
+        let member: bool = owner
+            .query_one(
+                "SELECT pg_has_role($1, 'livedesk_mailer', 'MEMBER')",
+                &[&role],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(member, "{role} is given livedesk_mailer");
+    }
 }

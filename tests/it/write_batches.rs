@@ -207,14 +207,7 @@ async fn a_ticket_held_elsewhere_holds_up_no_other_write() {
         assert_eq!(status, 200, "{body}");
     }
     // Both held calls leave their batches (now or within their lock wait).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while app.metric("livedesk_write_batch_alone_total").await < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the held calls never left their batches"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    calls_left_their_batches(&app, 2, "the held calls never left their batches").await;
     holder.batch_execute("COMMIT").await.unwrap();
     let held = tokio::time::timeout(Duration::from_secs(10), held)
         .await
@@ -338,14 +331,7 @@ async fn a_request_answered_503_at_its_deadline_is_not_run_later() {
         .await;
     assert_eq!(status, 503, "{body}");
     // Past the batch's lock wait: the call has left its batch by now.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while app.metric("livedesk_write_batch_alone_total").await == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the call never left its batch"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    calls_left_their_batches(&app, 1, "the call never left its batch").await;
     holder.batch_execute("COMMIT").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let sql = app.sql().await;
@@ -355,4 +341,14 @@ async fn a_request_answered_503_at_its_deadline_is_not_run_later() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!((subject.as_str(), version), ("held", 1));
+}
+
+/// Wait (at most 10 s) until `at_least` batched calls were run again on
+/// their own (`livedesk_write_batch_alone_total`).
+async fn calls_left_their_batches(app: &TestApp, at_least: u64, otherwise: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.metric("livedesk_write_batch_alone_total").await < at_least {
+        assert!(std::time::Instant::now() < deadline, "{otherwise}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
