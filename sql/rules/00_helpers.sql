@@ -102,6 +102,19 @@ LANGUAGE sql STABLE AS $$
     FROM (SELECT coalesce(current_setting('livedesk.actor_agent_id', true), '') AS claimed) s
 $$;
 
+-- 23503 for a row that names a ticket or agent that does not exist, as the
+-- foreign key it replaces said it (V14: messages check their ticket and
+-- author in their insert trigger).
+CREATE OR REPLACE FUNCTION ld_fail_missing_key(p_table text, p_constraint text, p_column text,
+                                               p_value bigint, p_referenced text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'insert or update on table "%" violates foreign key constraint "%"', p_table, p_constraint
+        USING ERRCODE = 'foreign_key_violation', CONSTRAINT = p_constraint, TABLE = p_table,
+              DETAIL = format('Key (%s)=(%s) is not present in table "%s".', p_column, p_value, p_referenced);
+END
+$$;
+
 -- 23503 for a livedesk.actor_agent_id that names no agent: what the event
 -- log's foreign key said before V11.
 CREATE OR REPLACE FUNCTION ld_fail_unknown_actor(p_claimed text) RETURNS void

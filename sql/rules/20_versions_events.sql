@@ -253,10 +253,24 @@ DROP FUNCTION IF EXISTS ld_tickets_updated_event();
 -- message 10, and be missed by a colleague who had seen 10. (A lock taken for
 -- an `ON CONFLICT DO NOTHING` retry is released at commit: no side effect.)
 -- Any id given by the writer is replaced.
+--
+-- The ticket and the agent a message names are checked here too (V14: the
+-- foreign keys that did it cost a query each, and a KEY SHARE lock on the
+-- agent's row), with the keys' SQLSTATE 23503 and names. The ticket is
+-- read under its lock, so it cannot go away before the commit; tickets and
+-- agents are never deleted anyway (below).
 CREATE OR REPLACE FUNCTION ld_messages_commit_ordered_id() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     PERFORM 1 FROM tickets t WHERE t.id = NEW.ticket_id FOR NO KEY UPDATE;
+    IF NOT FOUND AND NEW.ticket_id IS NOT NULL THEN
+        PERFORM ld_fail_missing_key('messages', 'messages_ticket_id_fkey', 'ticket_id', NEW.ticket_id, 'tickets');
+    END IF;
+    IF NEW.author_agent_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = NEW.author_agent_id) THEN
+        PERFORM ld_fail_missing_key('messages', 'messages_author_agent_id_fkey', 'author_agent_id',
+                                    NEW.author_agent_id, 'agents');
+    END IF;
     NEW.id := nextval('messages_id_seq');
     RETURN NEW;
 END
@@ -284,3 +298,24 @@ CREATE OR REPLACE TRIGGER messages_10_append_only
 CREATE OR REPLACE TRIGGER ticket_events_10_append_only
     BEFORE UPDATE OR DELETE ON ticket_events
     FOR EACH ROW EXECUTE FUNCTION ld_refuse_change();
+
+-- Tickets and agents are never deleted: messages and events name them, and
+-- since V11 and V14 no foreign key stops a DELETE (agents are disabled
+-- instead, V7). Writers hold no DELETE right on either; this also stops
+-- the owner. 23503, as the keys answered a DELETE of a row they referred to.
+CREATE OR REPLACE FUNCTION ld_refuse_delete() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION '% are never deleted: their messages and events refer to them%', TG_TABLE_NAME,
+        CASE WHEN TG_TABLE_NAME = 'agents' THEN ' (disable an agent instead)' ELSE '' END
+        USING ERRCODE = 'foreign_key_violation', TABLE = TG_TABLE_NAME;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER tickets_01_kept
+    BEFORE DELETE ON tickets
+    FOR EACH ROW EXECUTE FUNCTION ld_refuse_delete();
+
+CREATE OR REPLACE TRIGGER agents_01_kept
+    BEFORE DELETE ON agents
+    FOR EACH ROW EXECUTE FUNCTION ld_refuse_delete();

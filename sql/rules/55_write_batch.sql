@@ -69,8 +69,14 @@ BEGIN
                                      p_customer_email[i], p_customer_name[i]) m;
                 -- Sent: the author's draft of that kind is done with (as
                 -- the route did after the post, one round trip less).
+                -- ld_draft_delete without its check that the ticket exists
+                -- (the message was just posted to it).
                 IF created AND p_kind[i] <> 'customer' THEN
-                    PERFORM ld_draft_delete(p_ticket_id[i], p_actor[i], p_kind[i]);
+                    DELETE FROM drafts x
+                    WHERE x.ticket_id = p_ticket_id[i] AND x.agent_id = p_actor[i] AND x.kind = p_kind[i];
+                    IF FOUND THEN
+                        PERFORM ld_presence_announce(ARRAY[p_ticket_id[i]]);
+                    END IF;
                 END IF;
             ELSE
                 RAISE EXCEPTION 'unknown call % in a write batch', p_op[i];

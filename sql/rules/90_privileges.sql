@@ -80,6 +80,12 @@ GRANT EXECUTE ON FUNCTION
     ld_ticket_tags(bigint),
     ld_ts(timestamptz)
 TO livedesk_writer;
+-- The functions the CHECK constraints of tickets and messages call (V14): a
+-- CHECK runs them as the role that writes the row.
+GRANT EXECUTE ON FUNCTION
+    ld_tickets_valid(text, text, text, text, jsonb, bigint),
+    ld_messages_valid(text, bigint, bigint, text, bigint, text)
+TO livedesk_writer;
 
 -- The durable feed (80_feed.sql; docs/direct-sql.md "The durable feed"):
 -- any writer may consume it; a consumer's position is moved only by the

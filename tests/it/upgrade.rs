@@ -1,6 +1,6 @@
 //! An upgrade as an operator meets it: a data folder made by the release
 //! before V12 (its roles, its tables, its rules, its data) started by this
-//! binary. The start must apply V12 and V13 and the current rules over the
+//! binary. The start must apply V12 to V14 and the current rules over the
 //! old ones, keep every row, keep what the old writers could do (mail
 //! included, docs/security.md), give the mail sender's feed position to the
 //! mail roles, and serve.
@@ -36,7 +36,8 @@ async fn a_data_folder_of_the_release_before_v12_upgrades_and_keeps_everything()
     // This binary's start: its bootstrap, then the migrations and rules.
     bootstrap::embedded(&admin).await.unwrap();
     let report = migrations::run(&db).await.unwrap();
-    assert_eq!(report.migrations, 2, "V12 and V13");
+    // V14 validates its two CHECK constraints against the old rows.
+    assert_eq!(report.migrations, 3, "V12, V13 and V14");
     assert!(report.rules, "the current rules replace the old ones");
     let owner = db.client().await.unwrap();
 
@@ -256,7 +257,8 @@ async fn a_database_url_database_of_the_release_before_v12_upgrades_when_its_own
     assert!(!mailer_role, "the old release had no livedesk_mailer");
 
     let report = migrations::run(&db).await.unwrap();
-    assert_eq!(report.migrations, 2, "V12 and V13");
+    // V14 validates its two CHECK constraints against the old rows.
+    assert_eq!(report.migrations, 3, "V12, V13 and V14");
     assert!(report.rules);
     let owner = db.client().await.unwrap();
     assert_eq!(events_of(&owner, ticket).await, before);
