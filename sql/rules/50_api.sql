@@ -145,11 +145,15 @@ $$;
 -- returns the stored message with created = false (LD400 if it was used on
 -- another ticket). Concurrent retries meet in ON CONFLICT DO NOTHING; the
 -- AFTER INSERT trigger (version, LD001, event) runs only for a real insert.
-CREATE OR REPLACE FUNCTION ld_post_message(p_ticket_id bigint, p_actor bigint, p_kind text, p_body text,
-                                p_seen_message_id bigint, p_client_id text,
-                                p_customer_email text, p_customer_name text)
-RETURNS TABLE (created boolean, message jsonb)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+--
+-- The work is in ld_post_message_row, which returns one row rather than a
+-- set: a write batch (55_write_batch.sql) calls it as a plain expression,
+-- without a set-returning function's executor and tuple store per message.
+CREATE OR REPLACE FUNCTION ld_post_message_row(p_ticket_id bigint, p_actor bigint, p_kind text, p_body text,
+                                               p_seen_message_id bigint, p_client_id text,
+                                               p_customer_email text, p_customer_name text,
+                                               OUT created boolean, OUT message jsonb)
+LANGUAGE plpgsql AS $$
 DECLARE
     m messages;
     v_customer bigint;
@@ -170,12 +174,17 @@ BEGIN
                 PERFORM ld_fail('LD400', 'this client_id was already used for another ticket',
                                 '{"field": "client_id"}');
             END IF;
-            RETURN QUERY SELECT false, ld_message_json(m);
+            created := false;
+            message := ld_message_json(m);
             RETURN;
         END IF;
     END IF;
 
-    v_ticket_customer := (ld_read_ticket(p_ticket_id)).customer_id;
+    -- ld_read_ticket, inlined (one PL/pgSQL call less per message).
+    SELECT t.customer_id INTO v_ticket_customer FROM tickets t WHERE t.id = p_ticket_id;
+    IF NOT FOUND THEN
+        PERFORM ld_fail_not_found('ticket', p_ticket_id);
+    END IF;
     IF p_body IS NULL OR p_body !~ '[^[:space:]]' THEN
         PERFORM ld_fail('LD400', 'the body must not be empty', '{"field": "body"}');
     END IF;
@@ -197,7 +206,7 @@ BEGIN
         PERFORM ld_fail('LD400', 'replies and notes need an agent', '{"field": "author"}');
     END IF;
 
-    PERFORM ld_set_actor(p_actor);
+    PERFORM set_config('livedesk.actor_agent_id', coalesce(p_actor::text, ''), true);
     INSERT INTO messages AS x (ticket_id, kind, author_agent_id, author_customer_id, body,
                                seen_message_id, client_id)
     VALUES (p_ticket_id, p_kind, p_actor, v_customer, p_body,
@@ -205,7 +214,8 @@ BEGIN
     ON CONFLICT (author_agent_id, client_id) WHERE client_id IS NOT NULL DO NOTHING
     RETURNING * INTO m;
     IF m.id IS NOT NULL THEN
-        RETURN QUERY SELECT true, ld_message_json(m);
+        created := true;
+        message := ld_message_json(m);
         RETURN;
     END IF;
 
@@ -215,7 +225,20 @@ BEGIN
         PERFORM ld_fail('LD400', 'this client_id was already used for another ticket',
                         '{"field": "client_id"}');
     END IF;
-    RETURN QUERY SELECT false, ld_message_json(m);
+    created := false;
+    message := ld_message_json(m);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION ld_post_message(p_ticket_id bigint, p_actor bigint, p_kind text, p_body text,
+                                p_seen_message_id bigint, p_client_id text,
+                                p_customer_email text, p_customer_name text)
+RETURNS TABLE (created boolean, message jsonb)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT r.created, r.message
+                 FROM ld_post_message_row(p_ticket_id, p_actor, p_kind, p_body, p_seen_message_id,
+                                          p_client_id, p_customer_email, p_customer_name) r;
 END
 $$;
 

@@ -40,6 +40,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp 
 DECLARE
     v_lock_timeout text := current_setting('lock_timeout');
     v_held bigint[] := '{}';
+    v_posted record;
 BEGIN
     PERFORM set_config('lock_timeout', greatest(p_lock_wait_ms, 1)::text || 'ms', true);
     FOR i IN 1 .. coalesce(array_length(p_op, 1), 0) LOOP
@@ -63,10 +64,11 @@ BEGIN
                 result := ld_patch_ticket(p_ticket_id[i], p_actor[i], p_changes[i]::jsonb,
                                           p_if_match[i])::text;
             ELSIF p_op[i] = 'message' THEN
-                SELECT m.created, m.message::text INTO created, result
-                FROM ld_post_message(p_ticket_id[i], p_actor[i], p_kind[i], p_body[i],
-                                     p_seen_message_id[i], p_client_id[i],
-                                     p_customer_email[i], p_customer_name[i]) m;
+                v_posted := ld_post_message_row(p_ticket_id[i], p_actor[i], p_kind[i], p_body[i],
+                                                p_seen_message_id[i], p_client_id[i],
+                                                p_customer_email[i], p_customer_name[i]);
+                created := v_posted.created;
+                result := v_posted.message::text;
                 -- Sent: the author's draft of that kind is done with (as
                 -- the route did after the post, one round trip less).
                 -- ld_draft_delete without its check that the ticket exists
