@@ -11,6 +11,7 @@
 -- bump (90_privileges.sql).
 --
 -- tickets triggers (BEFORE UPDATE ones fire in name order):
+--   tickets_01_kept            here: a ticket is never deleted (23503)
 --   tickets_10_version_check   30_version_check.sql (only when `version` is set)
 --   tickets_20_normalise_insert 35_custom_fields.sql (subject trim, field types;
 --                              on UPDATE tickets_30_change calls the same checks)
