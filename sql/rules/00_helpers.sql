@@ -103,8 +103,8 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- 23503 for a row that names a ticket or agent that does not exist, as the
--- foreign key it replaces said it (V14: messages check their ticket and
--- author in their insert trigger).
+-- foreign key it replaces said it (V14: messages_90_created checks a
+-- message's ticket and author).
 CREATE OR REPLACE FUNCTION ld_fail_missing_key(p_table text, p_constraint text, p_column text,
                                                p_value bigint, p_referenced text) RETURNS void
 LANGUAGE plpgsql AS $$

@@ -253,25 +253,13 @@ DROP FUNCTION IF EXISTS ld_tickets_updated_event();
 -- with ids drawn before the lock, a reply could get id 9, commit after
 -- message 10, and be missed by a colleague who had seen 10. (A lock taken for
 -- an `ON CONFLICT DO NOTHING` retry is released at commit: no side effect.)
--- Any id given by the writer is replaced.
---
--- The ticket and the agent a message names are checked here too (V14: the
--- foreign keys that did it cost a query each, and a KEY SHARE lock on the
--- agent's row), with the keys' SQLSTATE 23503 and names. The ticket is
--- read under its lock, so it cannot go away before the commit; tickets and
--- agents are never deleted anyway (below).
+-- Any id given by the writer is replaced. (The ticket and the author a
+-- message names are checked after the row, in messages_90_created, where the
+-- foreign keys that did it before V14 checked them.)
 CREATE OR REPLACE FUNCTION ld_messages_commit_ordered_id() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
     PERFORM 1 FROM tickets t WHERE t.id = NEW.ticket_id FOR NO KEY UPDATE;
-    IF NOT FOUND AND NEW.ticket_id IS NOT NULL THEN
-        PERFORM ld_fail_missing_key('messages', 'messages_ticket_id_fkey', 'ticket_id', NEW.ticket_id, 'tickets');
-    END IF;
-    IF NEW.author_agent_id IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = NEW.author_agent_id) THEN
-        PERFORM ld_fail_missing_key('messages', 'messages_author_agent_id_fkey', 'author_agent_id',
-                                    NEW.author_agent_id, 'agents');
-    END IF;
     NEW.id := nextval('messages_id_seq');
     RETURN NEW;
 END

@@ -38,6 +38,12 @@ $$;
 -- ld_emit and ld_wake inlined, and the bus mode read alone when the author
 -- is the actor: fewer PL/pgSQL calls and queries on the reply path (issue 14,
 -- docs/benchmarks.md).
+--
+-- First, what the foreign keys on ticket_id and author_agent_id checked
+-- before V14, at the same point (after the row passed NOT NULL, its CHECK
+-- and its unique indexes; never for a row ON CONFLICT DO NOTHING skipped)
+-- and with the same answer: 23503 naming the key. The ticket is the one the
+-- insert trigger locked, so the bump finds it; agents are never deleted.
 CREATE OR REPLACE FUNCTION ld_messages_created() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
@@ -49,7 +55,12 @@ DECLARE
 BEGIN
     UPDATE tickets SET child_changed = true WHERE id = NEW.ticket_id RETURNING version INTO v_version;
     IF v_version IS NULL THEN
-        PERFORM ld_fail_not_found('ticket', NEW.ticket_id);
+        PERFORM ld_fail_missing_key('messages', 'messages_ticket_id_fkey', 'ticket_id', NEW.ticket_id, 'tickets');
+    END IF;
+    IF NEW.author_agent_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = NEW.author_agent_id) THEN
+        PERFORM ld_fail_missing_key('messages', 'messages_author_agent_id_fkey', 'author_agent_id',
+                                    NEW.author_agent_id, 'agents');
     END IF;
     IF NEW.kind = 'reply' AND NEW.author_agent_id IS NOT NULL THEN
         v_replies := ld_unseen_replies(NEW.ticket_id, NEW.seen_message_id, NEW.author_agent_id, NEW.id);

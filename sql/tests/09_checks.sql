@@ -157,6 +157,16 @@ BEGIN
     PERFORM t_true(d ->> 'message' LIKE '%"messages_author_agent_id_fkey"', 'unknown author');
     PERFORM t_raises('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (NULL, ''note'', 1, ''hi'')',
                      '23502');
+    -- At the keys' point: after NOT NULL and the CHECK, as before V14 ...
+    d := t_raises('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (999999, ''reply'', 1, ''hi'')',
+                  '23514');
+    PERFORM t_true(d ->> 'message' LIKE '%"messages_reply_needs_seen_message_id"', 'the CHECK before the key');
+    -- ... and never for a row ON CONFLICT DO NOTHING skipped (a retry).
+    INSERT INTO messages (ticket_id, kind, author_agent_id, body, client_id) VALUES (t, 'note', 1, 'once', 'retry-1');
+    v := t_version(t);
+    INSERT INTO messages (ticket_id, kind, author_agent_id, body, client_id) VALUES (999999, 'note', 1, 'once', 'retry-1')
+    ON CONFLICT (author_agent_id, client_id) WHERE client_id IS NOT NULL DO NOTHING;
+    PERFORM t_eq((SELECT count(*) FROM messages WHERE client_id = 'retry-1'), 1::bigint, 'the retry did nothing');
     PERFORM t_eq(t_version(t), v, 'nothing written');
 
     -- Tickets and agents stay (even for the owner, and without messages).
@@ -167,3 +177,38 @@ BEGIN
     PERFORM t_check_log(t);
 END
 $$;
+
+-- A session cannot switch a rule off by putting its own operators and
+-- functions before pg_catalog on its search_path: the check functions name
+-- theirs with their schema (as the old constraints were stored resolved).
+CREATE SCHEMA evil;
+CREATE FUNCTION evil.yes(text, text) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE FUNCTION evil.yes(bigint, integer) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true';
+CREATE OPERATOR evil.~ (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.yes);
+CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.yes);
+CREATE OPERATOR evil.>= (LEFTARG = bigint, RIGHTARG = integer, FUNCTION = evil.yes);
+CREATE FUNCTION evil.char_length(text) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT 1';
+CREATE FUNCTION evil.jsonb_typeof(jsonb) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT ''object''';
+SET search_path = evil, pg_catalog, public;
+DO $$
+DECLARE
+    t bigint := (SELECT max(id) FROM public.tickets);
+    d jsonb;
+BEGIN
+    PERFORM t_eq('a' ~ 'b', true, 'the session does use its own ~');
+    d := t_raises(format('UPDATE tickets SET status = %L WHERE id = %s', 'done', t), '23514');
+    PERFORM t_true(d ->> 'message' LIKE '%"tickets_status_valid"', 'status under a hostile search_path');
+    d := t_raises(format('UPDATE tickets SET custom_fields = %L WHERE id = %s', '[]', t), '23514');
+    PERFORM t_true(d ->> 'message' LIKE '%"tickets_custom_fields_object"', 'custom fields');
+    d := t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (%s, ''note'', 1, %L)',
+                         t, E' \t'), '23514');
+    PERFORM t_true(d ->> 'message' LIKE '%"messages_body_not_blank"', 'body');
+    d := t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body, client_id) '
+                         'VALUES (%s, ''note'', 1, ''hi'', %L)', t, repeat('c', 201)), '23514');
+    PERFORM t_true(d ->> 'message' LIKE '%"messages_client_id_length"', 'client_id');
+    d := t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id) '
+                         'VALUES (%s, ''reply'', 1, ''hi'', -1)', t), '23514');
+    PERFORM t_true(d ->> 'message' LIKE '%"messages_seen_message_id_not_negative"', 'seen');
+END
+$$;
+RESET search_path;

@@ -18,6 +18,10 @@ pub const RULES: &[(&str, &str)] = &[
         "00_helpers.sql",
         include_str!("../../sql/rules/00_helpers.sql"),
     ),
+    (
+        "05_row_checks.sql",
+        include_str!("../../sql/rules/05_row_checks.sql"),
+    ),
     ("10_json.sql", include_str!("../../sql/rules/10_json.sql")),
     (
         "20_versions_events.sql",

@@ -61,6 +61,10 @@ const LANDED: &[(&str, &str)] = &[
         "V13__mail_consumer_to_mailers.sql",
         "160fe24d31ef45dfba5a43efd0f3ebe2a186806bd4c8ba8fe79eefe16b0188b6",
     ),
+    (
+        "V14__one_check_per_table.sql",
+        "f7c0ccb6c6acdc9a83ec252098cc7a50b5bf78276e7085842c6b487a981f643f",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {
