@@ -18,12 +18,14 @@ use bytestring::ByteString;
 use super::event_log::EventFrame;
 
 mod conn;
+mod direct;
 mod handoff;
 #[cfg(test)]
 mod tests;
 
-use conn::count;
+use conn::Offers;
 pub use conn::{ConnHandle, ConnId, Outbound, Overflow};
+pub use direct::{Registration, Sent};
 pub use handoff::{Handoff, HANDOFF_LIMIT};
 
 /// One connection on one ticket.
@@ -213,7 +215,7 @@ impl Hub {
     /// join asked for.
     pub fn fan_out_events(&self, read: &[(i64, i64)], events: Vec<EventFrame>) -> FanoutStats {
         let read: HashMap<i64, i64> = read.iter().copied().collect();
-        let mut stats = FanoutStats::default();
+        let mut offers = Offers::default();
         let mut state = self.lock();
         for EventFrame {
             ticket_id,
@@ -234,7 +236,7 @@ impl Hub {
                             version,
                             frame: frame.clone(),
                         };
-                        count(&mut stats, subscriber.conn.offer(item));
+                        offers.offer(&subscriber.conn, item);
                         subscriber.at = Some(version);
                     }
                     // Rows come in version order after the position, and
@@ -257,7 +259,7 @@ impl Hub {
                 );
                 if let Some(subscriber) = entry.subscribers.remove(&id) {
                     let item = Outbound::Reset { ticket_id, version };
-                    count(&mut stats, subscriber.conn.offer(item));
+                    offers.offer(&subscriber.conn, item);
                 }
             }
             if entry.delivered.is_none_or(|d| version > d) {
@@ -266,48 +268,43 @@ impl Hub {
             }
             forget_if_unwatched(&mut state.tickets, ticket_id);
         }
-        stats
+        offers.finish()
     }
 
     /// The database went back in time for this ticket (it is at `version`,
     /// below what was delivered, or it is a different history): every
     /// subscriber gets `reset`, and the hub forgets the ticket and its cursor.
     pub fn reset(&self, ticket_id: i64, version: i64) -> FanoutStats {
-        let mut stats = FanoutStats::default();
-        if let Some(entry) = self.lock().tickets.remove(&ticket_id) {
-            reset_entry(&mut stats, entry, ticket_id, version);
+        let mut offers = Offers::default();
+        let mut state = self.lock();
+        if let Some(entry) = state.tickets.remove(&ticket_id) {
+            for subscriber in entry.subscribers.values() {
+                offers.offer(&subscriber.conn, Outbound::Reset { ticket_id, version });
+            }
         }
-        stats
+        offers.finish()
     }
 
     /// Send a frame to every subscriber of a ticket (presence lists).
     pub fn fan_out_ticket_frame(&self, ticket_id: i64, frame: ByteString) -> FanoutStats {
-        let mut stats = FanoutStats::default();
+        let mut offers = Offers::default();
         let state = self.lock();
         if let Some(entry) = state.tickets.get(&ticket_id) {
             for subscriber in entry.subscribers.values() {
-                let item = Outbound::Frame(frame.clone());
-                count(&mut stats, subscriber.conn.offer(item));
+                offers.offer(&subscriber.conn, Outbound::Frame(frame.clone()));
             }
         }
-        stats
+        offers.finish()
     }
 
     /// Send a frame to every inbox subscriber.
     pub fn fan_out_inbox(&self, frame: ByteString) -> FanoutStats {
-        let mut stats = FanoutStats::default();
+        let mut offers = Offers::default();
         let state = self.lock();
         for conn in state.inbox.values() {
-            count(&mut stats, conn.offer(Outbound::Frame(frame.clone())));
+            offers.offer(conn, Outbound::Frame(frame.clone()));
         }
-        stats
-    }
-}
-
-fn reset_entry(stats: &mut FanoutStats, entry: TicketEntry, ticket_id: i64, version: i64) {
-    for subscriber in entry.subscribers.values() {
-        let item = Outbound::Reset { ticket_id, version };
-        count(stats, subscriber.conn.offer(item));
+        offers.finish()
     }
 }
 

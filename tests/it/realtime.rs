@@ -153,6 +153,102 @@ async fn subscribing_with_since_while_a_writer_runs_has_no_gap_or_duplicate(bus:
 }
 crate::both_buses!(subscribing_with_since_while_a_writer_runs_has_no_gap_or_duplicate);
 
+/// Live events reach a parked session's socket straight from its worker's
+/// hand-off, and go through the session's queue while it is busy (a
+/// subscribe's read, a client frame): the two paths must make one order.
+/// One client keeps its session busy at random moments (re-subscribing
+/// with `since` to the ticket it watches, subscribing to another ticket,
+/// sending presence and pings) while a writer changes the ticket every
+/// millisecond; every run of versions after a `subscribed` must be gapless,
+/// and watchers that only read must get every version once, in order.
+async fn events_keep_one_order_whether_a_session_is_parked_or_busy(bus: Bus) {
+    let app = TestApp::spawn_bus(bus).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "busy").await["id"].as_i64().unwrap();
+    let other = app.ticket(&token, "other").await["id"].as_i64().unwrap();
+    let mut watchers = Vec::new();
+    for _ in 0..8 {
+        let mut ws = WsClient::connect(&app.base, &token).await;
+        ws.subscribe(id, None).await;
+        ws.next_of("snapshot").await;
+        watchers.push(ws);
+    }
+    let mut busy = WsClient::connect(&app.base, &token).await;
+    let start = busy.subscribe(id, None).await["version"].as_i64().unwrap();
+    busy.next_of("snapshot").await;
+
+    const CHANGES: usize = 600;
+    let writer_sql = app.sql().await;
+    let writer = tokio::spawn(async move {
+        for n in 0..CHANGES {
+            subject_change(&writer_sql, id, n).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let last_version = start + CHANGES as i64;
+    // The client's view of the ticket: the version it has, reset by every
+    // `subscribed` (a resume starts again after its `since`).
+    let mut have = start;
+    let mut events = 0usize;
+    let mut subscribes = 0;
+    let mut step = 0u64;
+    while have < last_version {
+        step += 1;
+        // Read for a few milliseconds (varying), then do something.
+        let read_for = Duration::from_millis(1 + step * 7 % 11);
+        let deadline = tokio::time::Instant::now() + read_for;
+        while let Some(frame) = busy
+            .next_within(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            match (frame["type"].as_str(), frame["ticket_id"].as_i64()) {
+                (Some("event"), Some(t)) if t == id => {
+                    let version = frame["version"].as_i64().unwrap();
+                    assert_eq!(version, have + 1, "step {step}: gap or duplicate ({frame})");
+                    have = version;
+                    events += 1;
+                }
+                (Some("event"), _) => panic!("an event of a ticket nobody changed: {frame}"),
+                (Some("subscribed"), Some(t)) if t == id => {
+                    have = frame["version"].as_i64().unwrap();
+                }
+                (Some("error"), _) => panic!("step {step}: {frame}"),
+                _ => {}
+            }
+        }
+        assert!(step < 20_000, "stuck at version {have} of {last_version}");
+        match step % 4 {
+            // Resume at what it has (the subscribe budget is 50 at once).
+            0 if subscribes < 30 => {
+                subscribes += 1;
+                busy.send(json!({"type": "subscribe", "ticket_id": id, "since": have}))
+                    .await;
+            }
+            1 if subscribes < 30 => {
+                subscribes += 1;
+                busy.send(json!({"type": "subscribe", "ticket_id": other}))
+                    .await;
+            }
+            2 => {
+                busy.send(json!({"type": "presence", "ticket_id": id, "state": "typing"}))
+                    .await
+            }
+            _ => busy.send(json!({"type": "ping"})).await,
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(have, last_version);
+    assert!(
+        events >= CHANGES,
+        "only {events} events for {CHANGES} changes"
+    );
+    for mut ws in watchers {
+        let got = ws.events(id, CHANGES, LONG).await;
+        assert_versions(&got, start + 1, last_version);
+    }
+}
+crate::both_buses!(events_keep_one_order_whether_a_session_is_parked_or_busy);
+
 async fn killing_the_listen_connection_loses_nothing(bus: Bus) {
     let app = TestApp::spawn_bus(bus).await;
     let (_, token) = app.agent("Alice", "agent").await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use tokio::sync::{mpsc, Notify};
 
-use super::handoff::Handoff;
+use super::handoff::{Handoff, Item};
 use super::FanoutStats;
 
 /// Identifies a WebSocket connection within this process.
@@ -73,17 +73,6 @@ pub struct ConnHandle {
     pub handoff: Option<Arc<Handoff>>,
 }
 
-impl ConnHandle {
-    /// Queue without waiting (through the worker's hand-off when there is
-    /// one); on a full queue trip the overflow (once).
-    pub(super) fn offer(&self, item: Outbound) -> Delivery {
-        match &self.handoff {
-            Some(handoff) => handoff.push(&self.tx, &self.overflow, item),
-            None => try_queue(&self.tx, &self.overflow, item),
-        }
-    }
-}
-
 /// Put `item` in a connection's queue; on a full queue trip its overflow
 /// (once: later items are dropped, the session is closing).
 pub(super) fn try_queue(
@@ -116,5 +105,53 @@ pub(super) fn count(stats: &mut FanoutStats, delivery: Delivery) {
         Delivery::Queued => stats.queued += 1,
         Delivery::Overflowed => stats.overflowed += 1,
         Delivery::Dropped => {}
+    }
+}
+
+/// The items of one pass of the hub (one fan-out), grouped by the worker
+/// hand-off of each connection: a hand-off is locked and woken once per
+/// pass, not once per connection, so its task takes the whole pass at once
+/// instead of racing the hub for the lock item by item. Flushed with
+/// `finish` while the hub's lock is held, so every connection still gets
+/// its items in the order the hub made them.
+#[derive(Default)]
+pub(super) struct Offers {
+    stats: FanoutStats,
+    per_worker: Vec<(Arc<Handoff>, Vec<Item>)>,
+}
+
+impl Offers {
+    /// Add `item` for `conn` (straight into its queue when it has no
+    /// hand-off: the hub's unit tests).
+    pub(super) fn offer(&mut self, conn: &ConnHandle, item: Outbound) {
+        let Some(handoff) = &conn.handoff else {
+            count(&mut self.stats, try_queue(&conn.tx, &conn.overflow, item));
+            return;
+        };
+        if conn.overflow.is_tripped() {
+            return;
+        }
+        let item = Item {
+            conn: conn.id,
+            tx: conn.tx.clone(),
+            overflow: conn.overflow.clone(),
+            item,
+        };
+        match self
+            .per_worker
+            .iter_mut()
+            .find(|(worker, _)| Arc::ptr_eq(worker, handoff))
+        {
+            Some((_, items)) => items.push(item),
+            None => self.per_worker.push((handoff.clone(), vec![item])),
+        }
+    }
+
+    /// Hand every worker its items; what was queued and what overflowed.
+    pub(super) fn finish(mut self) -> FanoutStats {
+        for (handoff, items) in self.per_worker {
+            handoff.push_all(items, &mut self.stats);
+        }
+        self.stats
     }
 }

@@ -5,9 +5,10 @@
 //! across threads: a lock on that worker's run queue and, often, a system
 //! call to wake the worker. One change to 1,000 watchers paid that 1,000
 //! times before the first frame left (1–10 ms, docs/benchmarks.md). The hub
-//! now appends each frame to the worker's hand-off queue instead (one short
-//! lock, no wake-up after the first), and one task on that worker moves
-//! them into the sessions' own bounded queues with local wake-ups.
+//! now appends each pass's frames to the worker's hand-off queue instead
+//! (one lock and one wake-up per pass, `conn::Offers`), and one task on
+//! that worker writes them to the sockets of parked sessions (`direct`) or
+//! moves them into the sessions' own bounded queues with local wake-ups.
 //!
 //! Every item for a connection goes through its worker's hand-off, so the
 //! order the hub queued them in is the order the session sees. The
@@ -20,7 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 
-use super::conn::{Delivery, Outbound, Overflow};
+use super::conn::{ConnId, Delivery, Outbound, Overflow};
+use super::FanoutStats;
 use crate::metrics::Metrics;
 
 /// Items waiting for one worker's hand-off task at most (64 bytes each:
@@ -29,10 +31,11 @@ use crate::metrics::Metrics;
 pub const HANDOFF_LIMIT: usize = 64 * 1024;
 
 /// One item on its way to a connection's queue.
-struct Item {
-    tx: mpsc::Sender<Outbound>,
-    overflow: Arc<Overflow>,
-    item: Outbound,
+pub(super) struct Item {
+    pub(super) conn: ConnId,
+    pub(super) tx: mpsc::Sender<Outbound>,
+    pub(super) overflow: Arc<Overflow>,
+    pub(super) item: Outbound,
 }
 
 /// The hand-off queue of one actix worker thread.
@@ -77,39 +80,30 @@ impl Handoff {
         })
     }
 
-    /// Queue `item` for the connection; a full hand-off trips its overflow.
-    pub(super) fn push(
-        &self,
-        tx: &mpsc::Sender<Outbound>,
-        overflow: &Arc<Overflow>,
-        item: Outbound,
-    ) -> Delivery {
-        if overflow.is_tripped() {
-            return Delivery::Dropped;
-        }
-        {
-            let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-            if items.len() < HANDOFF_LIMIT {
-                items.push(Item {
-                    tx: tx.clone(),
-                    overflow: overflow.clone(),
-                    item,
-                });
-                drop(items);
-                // A stored permit when the task is busy: no wake-up lost,
-                // and no wake-up per item.
-                self.wake.notify_one();
-                return Delivery::Queued;
+    /// Queue a pass's items for this worker's connections under one lock
+    /// and one wake-up (`Offers`); each item counts like `push`'s.
+    pub(super) fn push_all(&self, items: Vec<Item>, stats: &mut FanoutStats) {
+        let mut queued = false;
+        let mut waiting = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        for item in items {
+            if item.overflow.is_tripped() {
+                continue;
+            }
+            if waiting.len() < HANDOFF_LIMIT {
+                waiting.push(item);
+                stats.queued += 1;
+                queued = true;
+            } else if item.overflow.trip() {
+                stats.overflowed += 1;
             }
         }
-        if overflow.trip() {
-            Delivery::Overflowed
-        } else {
-            Delivery::Dropped
+        drop(waiting);
+        if queued {
+            self.wake.notify_one();
         }
     }
 
-    /// Move queued items into their connections' queues, on this worker.
+    /// Write or queue the waiting items for their connections, on this worker.
     pub(super) async fn run(self: Arc<Self>) {
         let mut batch = Vec::new();
         loop {
@@ -118,7 +112,16 @@ impl Handoff {
                 &mut *self.items.lock().unwrap_or_else(|e| e.into_inner()),
                 &mut batch,
             );
-            for Item { tx, overflow, item } in batch.drain(..) {
+            for Item {
+                conn,
+                tx,
+                overflow,
+                item,
+            } in batch.drain(..)
+            {
+                let Err(item) = super::direct::try_write(conn, &tx, &overflow, item) else {
+                    continue;
+                };
                 if let Delivery::Overflowed = super::conn::try_queue(&tx, &overflow, item) {
                     self.metrics.ws_closed_slow.inc();
                 }

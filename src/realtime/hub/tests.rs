@@ -223,11 +223,19 @@ fn a_full_worker_handoff_overflows_the_connection_not_memory() {
     let (a, _rx_a) = conn_on(1, 4, &handoff);
     let (b, _rx_b) = conn_on(2, 4, &handoff);
     let frame = |n: usize| Outbound::Frame(ByteString::from(n.to_string()));
+    let mut offers = conn::Offers::default();
     for n in 0..HANDOFF_LIMIT {
-        assert!(matches!(a.offer(frame(n)), conn::Delivery::Queued));
+        offers.offer(&a, frame(n));
     }
-    assert!(matches!(b.offer(frame(0)), conn::Delivery::Overflowed));
+    offers.offer(&b, frame(0));
+    offers.offer(&b, frame(1));
+    let stats = offers.finish();
+    assert_eq!(stats.queued, HANDOFF_LIMIT as u64);
+    // b's first item trips its overflow (counted once), its second is dropped.
+    assert_eq!(stats.overflowed, 1);
     assert!(b.overflow.is_tripped());
     assert!(!a.overflow.is_tripped());
-    assert!(matches!(b.offer(frame(1)), conn::Delivery::Dropped));
+    let mut offers = conn::Offers::default();
+    offers.offer(&b, frame(2));
+    assert_eq!(offers.finish().queued, 0);
 }

@@ -15,7 +15,7 @@ use bytestring::ByteString;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-use super::hub::{ConnHandle, Handoff, Outbound};
+use super::hub::{ConnHandle, Handoff, Outbound, Registration, Sent};
 use super::protocol::{self, close, ClientFrame, PresenceState};
 use super::{ConnectionSlot, Realtime};
 use crate::domain::{Agent, DomainError, Rejection};
@@ -33,6 +33,15 @@ enum FrameBudget {
     Within,
     Over,
     Abuse,
+}
+
+/// What woke the session's loop.
+enum Wake {
+    Stop(Stop),
+    Message(Option<Result<AggregatedMessage, ProtocolError>>),
+    Item(Outbound),
+    Tick,
+    Flush,
 }
 
 enum Stop {
@@ -53,8 +62,9 @@ pub struct Session {
     rt: Realtime,
     handle: ConnHandle,
     rx: mpsc::Receiver<Outbound>,
-    /// Per subscribed ticket: the last version sent to the client.
-    subs: HashMap<i64, i64>,
+    /// Per subscribed ticket: the last version sent to the client (shared
+    /// with the worker's hand-off, which writes events while we are parked).
+    subs: Sent,
     /// Per subscribed ticket: presence wanted, and when it was last written.
     presence: HashMap<i64, PresenceSlot>,
     inbox: bool,
@@ -95,7 +105,7 @@ impl Session {
             rt,
             handle,
             rx,
-            subs: HashMap::new(),
+            subs: Sent::default(),
             presence: HashMap::new(),
             inbox: false,
             last_heard: Instant::now(),
@@ -126,6 +136,7 @@ impl Session {
         tick.tick().await;
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
         let mut stop = self.send(&mut ws, hello).await;
+        let registration = Registration::new(self.slot.id, ws.clone(), self.subs.clone());
         // What the loop waits on lives across iterations, so that a frame
         // registers no timer and no waiter: the two deadlines are reset
         // only when they move, the three one-shot signals are awaited once.
@@ -147,23 +158,39 @@ impl Session {
             if let Some(at) = flush_at.filter(|at| *at != flush.deadline()) {
                 flush.as_mut().reset(at);
             }
-            stop = tokio::select! {
+            // Parked: the worker's hand-off may write frames for us (`hub::direct`).
+            registration.park(true);
+            let wake = tokio::select! {
                 biased;
-                _ = &mut overflowed => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
-                _ = &mut shutting_down => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
-                _ = &mut revocation => Some(Stop::Close(close::REVOKED, "the agent was disabled or its token replaced: log in again")),
-                message = stream.next() => self.on_message(&mut ws, message).await,
-                Some(item) = self.rx.recv() => self.deliver(&mut ws, item).await,
-                _ = tick.tick() => self.write(ws.ping(b"")).await,
+                _ = &mut overflowed => Wake::Stop(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
+                _ = &mut shutting_down => Wake::Stop(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
+                _ = &mut revocation => Wake::Stop(Stop::Close(close::REVOKED, "the agent was disabled or its token replaced: log in again")),
+                message = stream.next() => Wake::Message(message),
+                Some(item) = self.rx.recv() => Wake::Item(item),
+                _ = tick.tick() => Wake::Tick,
                 _ = &mut silence => {
-                    Some(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
+                    Wake::Stop(Stop::Close(close::HEARTBEAT_TIMEOUT, "nothing heard within the heartbeat timeout"))
                 }
-                _ = &mut flush, if flush_at.is_some() => { self.flush_presence(); None }
+                _ = &mut flush, if flush_at.is_some() => Wake::Flush,
+            };
+            registration.park(false);
+            stop = match wake {
+                Wake::Stop(stop) => Some(stop),
+                Wake::Message(message) => self.on_message(&mut ws, message).await,
+                Wake::Item(item) => self.deliver(&mut ws, item).await,
+                Wake::Tick => self.write(ws.ping(b"")).await,
+                Wake::Flush => {
+                    self.flush_presence();
+                    None
+                }
             };
         }
+        // No direct write after this point; the socket handle goes back
+        // before the close (the response ends when every handle is gone).
+        drop(registration);
         self.rt
             .hub
-            .remove_connection(self.slot.id, self.subs.keys().copied());
+            .remove_connection(self.slot.id, self.subs.tickets());
         if !self.presence.is_empty() {
             self.rt.presence.remove(self.slot.id, None);
         }
@@ -277,7 +304,7 @@ impl Session {
                 if viewer {
                     self.rt.presence.remove(self.slot.id, Some(ticket_id));
                 }
-                if self.subs.remove(&ticket_id).is_none() && !viewer {
+                if self.subs.remove(ticket_id).is_none() && !viewer {
                     return self
                         .send(
                             ws,
@@ -334,7 +361,7 @@ impl Session {
             Outbound::Reset { ticket_id, version } => {
                 // Only a ticket still subscribed: an unsubscribe may have
                 // crossed the reset in the queue.
-                if self.subs.contains_key(&ticket_id) {
+                if self.subs.contains(ticket_id) {
                     self.reset(ws, ticket_id, version).await
                 } else {
                     None
@@ -345,7 +372,7 @@ impl Session {
                 version,
                 frame,
             } => {
-                let last = *self.subs.get(&ticket_id)?;
+                let last = self.subs.get(ticket_id)?;
                 if version <= last {
                     return None;
                 }
@@ -380,7 +407,7 @@ impl Session {
         ticket_id: i64,
         version: i64,
     ) -> Option<Stop> {
-        self.subs.remove(&ticket_id);
+        self.subs.remove(ticket_id);
         self.rt.hub.unsubscribe(ticket_id, self.slot.id);
         tracing::info!(ticket_id, version, "reset sent");
         self.send(ws, protocol::reset_frame(ticket_id, version))

@@ -23,7 +23,7 @@ impl Session {
         since: Option<i64>,
     ) -> Option<Stop> {
         let stop = self.try_subscribe(ws, ticket_id, since).await;
-        if !self.subs.contains_key(&ticket_id) {
+        if !self.subs.contains(ticket_id) {
             self.rt.hub.unsubscribe(ticket_id, self.slot.id);
         }
         stop
@@ -35,9 +35,7 @@ impl Session {
         ticket_id: i64,
         since: Option<i64>,
     ) -> Option<Stop> {
-        if !self.subs.contains_key(&ticket_id)
-            && self.subs.len() >= self.rt.settings.max_subscriptions
-        {
+        if !self.subs.contains(ticket_id) && self.subs.len() >= self.rt.settings.max_subscriptions {
             let message = format!(
                 "At most {} subscriptions per connection.",
                 self.rt.settings.max_subscriptions
@@ -62,7 +60,7 @@ impl Session {
                 .await;
         }
         // Register first: every event committed after our read below reaches us live.
-        self.subs.remove(&ticket_id);
+        self.subs.remove(ticket_id);
         self.rt.hub.subscribe(ticket_id, &self.handle);
         let result = match since {
             None => self.send_snapshot(ws, ticket_id).await,
@@ -155,7 +153,7 @@ impl Session {
         }
         self.subs.insert(ticket_id, since);
         let stop = self.replay(ws, ticket_id).await;
-        let version = self.subs.remove(&ticket_id);
+        let version = self.subs.remove(ticket_id);
         Ok(match stop {
             Some(stop) => Err(stop),
             None => Ok(version),
@@ -170,7 +168,7 @@ impl Session {
     /// forever.
     async fn replay(&mut self, ws: &mut actix_ws::Session, ticket_id: i64) -> Option<Stop> {
         loop {
-            let &after = self.subs.get(&ticket_id)?;
+            let after = self.subs.get(ticket_id)?;
             let (frames, more) = match event_log::read(&self.rt.db, &[ticket_id], &[after]).await {
                 Ok(read) => read,
                 Err(e) => {
@@ -183,7 +181,7 @@ impl Session {
             };
             let done = !more;
             for event in frames {
-                let expected = self.subs.get(&ticket_id).map_or(after, |v| *v) + 1;
+                let expected = self.subs.get(ticket_id).unwrap_or(after) + 1;
                 if event.version != expected {
                     tracing::warn!(
                         ticket_id,

@@ -1,0 +1,149 @@
+//! Writing a connection's frames from its worker's hand-off task.
+//!
+//! One change to 1,000 watchers woke 1,000 session tasks, each of which
+//! passed its frame on to actix-ws's channel, whose dispatcher task then
+//! wrote it to the socket: two task runs per frame, and on each worker no
+//! frame reached a socket before every session there had run
+//! (docs/benchmarks.md, "Direct writes"). When a session is parked in its
+//! loop with nothing queued, which is the usual case, the hand-off task now
+//! puts the frame into the socket's channel itself: one task run per frame.
+//!
+//! Everything else goes through the session as before, so the order of a
+//! connection's frames and the session's rules stay as they were: a session
+//! busy with a client frame, a read or a write; items already in its queue;
+//! a socket channel that is full; a `reset`; an event that is not exactly
+//! the next version the client has. Sessions and their hand-off share a
+//! worker thread, so "parked" cannot change while the hand-off writes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+
+use super::conn::{ConnId, Outbound, Overflow};
+
+/// The last version sent to the client, per subscribed ticket: shared by
+/// the session and its worker's hand-off (one thread, never borrowed across
+/// an await).
+#[derive(Debug, Clone, Default)]
+pub struct Sent(Rc<RefCell<HashMap<i64, i64>>>);
+
+impl Sent {
+    pub fn get(&self, ticket_id: i64) -> Option<i64> {
+        self.0.borrow().get(&ticket_id).copied()
+    }
+
+    pub fn insert(&self, ticket_id: i64, version: i64) {
+        self.0.borrow_mut().insert(ticket_id, version);
+    }
+
+    pub fn remove(&self, ticket_id: i64) -> Option<i64> {
+        self.0.borrow_mut().remove(&ticket_id)
+    }
+
+    pub fn contains(&self, ticket_id: i64) -> bool {
+        self.0.borrow().contains_key(&ticket_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.borrow().is_empty()
+    }
+
+    pub fn tickets(&self) -> Vec<i64> {
+        self.0.borrow().keys().copied().collect()
+    }
+}
+
+/// What the hand-off may use of a connection.
+struct Direct {
+    ws: RefCell<actix_ws::Session>,
+    sent: Sent,
+    parked: Cell<bool>,
+}
+
+thread_local! {
+    /// The connections of this worker whose sessions accept direct writes.
+    static DIRECT: RefCell<HashMap<ConnId, Rc<Direct>>> = RefCell::new(HashMap::new());
+}
+
+/// A session's registration on its worker: direct writes reach its socket
+/// only while it is parked. Dropping it (when the session stops, before it
+/// closes the socket) ends them and gives back the socket handle.
+pub struct Registration {
+    id: ConnId,
+    direct: Rc<Direct>,
+}
+
+impl Registration {
+    /// Register on the worker this is called on (the session's own).
+    pub fn new(id: ConnId, ws: actix_ws::Session, sent: Sent) -> Self {
+        let direct = Rc::new(Direct {
+            ws: RefCell::new(ws),
+            sent,
+            parked: Cell::new(false),
+        });
+        DIRECT.with(|map| map.borrow_mut().insert(id, direct.clone()));
+        Registration { id, direct }
+    }
+
+    /// The session waits in its loop with its state consistent (`true`),
+    /// or works on something (`false`): a read, a client frame, a write.
+    pub fn park(&self, parked: bool) {
+        self.direct.parked.set(parked);
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // `try_with`: a session dropped while the thread's locals are torn
+        // down has nothing left to unregister from.
+        let _ = DIRECT.try_with(|map| map.borrow_mut().remove(&self.id));
+    }
+}
+
+/// Write `item` to connection `id`'s socket now if its session is parked
+/// with nothing queued and the item needs none of its rules; otherwise
+/// give it back for the session's queue.
+pub(super) fn try_write(
+    id: ConnId,
+    tx: &mpsc::Sender<Outbound>,
+    overflow: &Overflow,
+    item: Outbound,
+) -> Result<(), Outbound> {
+    let direct = DIRECT.with(|map| map.borrow().get(&id).cloned());
+    let Some(direct) = direct else {
+        return Err(item);
+    };
+    if !direct.parked.get() || tx.capacity() != tx.max_capacity() || overflow.is_tripped() {
+        return Err(item);
+    }
+    match &item {
+        Outbound::Frame(frame) if write(&direct, frame) => Ok(()),
+        Outbound::Event {
+            ticket_id,
+            version,
+            frame,
+        } if direct.sent.get(*ticket_id) == Some(version - 1) && write(&direct, frame) => {
+            direct.sent.insert(*ticket_id, *version);
+            Ok(())
+        }
+        _ => Err(item),
+    }
+}
+
+/// Put a frame into the socket's channel if it has room now. Unconstrained:
+/// the hand-off writes a whole pass in one run of its task, past Tokio's
+/// per-run budget, which would otherwise make a channel with room look full.
+fn write(direct: &Direct, frame: &bytestring::ByteString) -> bool {
+    let mut ws = direct.ws.borrow_mut();
+    matches!(
+        tokio::task::unconstrained(ws.text(frame.clone())).now_or_never(),
+        Some(Ok(()))
+    )
+}
