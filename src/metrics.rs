@@ -18,6 +18,9 @@ pub struct Metrics {
     pub pool_available: IntGauge,
     pub ws_connections: IntGauge,
     pub ws_closed_slow: IntCounter,
+    /// Frames a worker's hand-off wrote to a parked session's socket itself
+    /// (the others went through the session's queue).
+    pub ws_direct_writes: IntCounter,
     pub listener_up: IntGauge,
     pub listener_reconnects: IntCounter,
     /// 1 while the logical bus's replication stream is up (always 0 on the
@@ -86,6 +89,10 @@ impl Metrics {
                 "ws_closed_slow_total",
                 "Connections closed with 1013 (queue full)",
             ),
+            ws_direct_writes: counter(
+                "ws_direct_writes_total",
+                "Frames written straight to a parked session's socket by its worker",
+            ),
             listener_up: gauge("listener_up", "1 while the LISTEN connection is up"),
             listener_reconnects: counter(
                 "listener_reconnects_total",
@@ -143,6 +150,7 @@ impl Metrics {
             Box::new(metrics.pool_available.clone()),
             Box::new(metrics.ws_connections.clone()),
             Box::new(metrics.ws_closed_slow.clone()),
+            Box::new(metrics.ws_direct_writes.clone()),
             Box::new(metrics.listener_up.clone()),
             Box::new(metrics.listener_reconnects.clone()),
             Box::new(metrics.stream_up.clone()),

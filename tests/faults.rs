@@ -652,6 +652,7 @@ async fn a_restored_older_copy_resets_subscribers(bus: Bus) {
     let (reset, before) = until_reset(&mut ws, id, Duration::from_secs(20)).await;
     let took = restored.elapsed();
     assert_eq!(reset["version"], 6, "{reset}");
+    assert_eq!(app.metric("livedesk_resets_total").await, 1);
     assert!(
         before.iter().all(|f| f["type"] != "event"),
         "no event before the reset: {before:?}"

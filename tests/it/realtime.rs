@@ -246,6 +246,10 @@ async fn events_keep_one_order_whether_a_session_is_parked_or_busy(bus: Bus) {
         let got = ws.events(id, CHANGES, LONG).await;
         assert_versions(&got, start + 1, last_version);
     }
+    // Most frames took the direct path (the order rules between the two
+    // paths are unit-tested in src/realtime/hub/tests.rs).
+    let direct = app.metric("livedesk_ws_direct_writes_total").await;
+    assert!(direct >= CHANGES as u64, "{direct} direct writes");
 }
 crate::both_buses!(events_keep_one_order_whether_a_session_is_parked_or_busy);
 

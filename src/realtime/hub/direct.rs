@@ -12,7 +12,8 @@
 //! connection's frames and the session's rules stay as they were: a session
 //! busy with a client frame, a read or a write; items already in its queue;
 //! a socket channel that is full; a `reset`; an event that is not exactly
-//! the next version the client has. Sessions and their hand-off share a
+//! the next version the client has; a session about to close (shutdown, the
+//! agent revoked), which its biased loop would have seen before its queue. Sessions and their hand-off share a
 //! worker thread, so "parked" cannot change while the hand-off writes.
 
 use std::cell::{Cell, RefCell};
@@ -21,6 +22,7 @@ use std::rc::Rc;
 
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::conn::{ConnId, Outbound, Overflow};
 
@@ -65,6 +67,10 @@ struct Direct {
     ws: RefCell<actix_ws::Session>,
     sent: Sent,
     parked: Cell<bool>,
+    /// Signals that make the session close (shutdown, the agent revoked):
+    /// once one fires, nothing more is written past the session, which
+    /// would have seen it before its queue (its `select!` is biased).
+    closing: [CancellationToken; 2],
 }
 
 thread_local! {
@@ -81,14 +87,24 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Register on the worker this is called on (the session's own).
-    pub fn new(id: ConnId, ws: actix_ws::Session, sent: Sent) -> Self {
+    /// Register on the worker this is called on (the session's own), with
+    /// the signals that close the session.
+    pub fn new(
+        id: ConnId,
+        ws: actix_ws::Session,
+        sent: Sent,
+        closing: [CancellationToken; 2],
+    ) -> Self {
         let direct = Rc::new(Direct {
             ws: RefCell::new(ws),
             sent,
             parked: Cell::new(false),
+            closing,
         });
-        DIRECT.with(|map| map.borrow_mut().insert(id, direct.clone()));
+        let before = DIRECT.with(|map| map.borrow_mut().insert(id, direct.clone()));
+        // Connection ids are unique per process (and one process serves
+        // each worker thread).
+        debug_assert!(before.is_none(), "connection {id} registered twice");
         Registration { id, direct }
     }
 
@@ -103,7 +119,15 @@ impl Drop for Registration {
     fn drop(&mut self) {
         // `try_with`: a session dropped while the thread's locals are torn
         // down has nothing left to unregister from.
-        let _ = DIRECT.try_with(|map| map.borrow_mut().remove(&self.id));
+        let _ = DIRECT.try_with(|map| {
+            let mut map = map.borrow_mut();
+            if map
+                .get(&self.id)
+                .is_some_and(|direct| Rc::ptr_eq(direct, &self.direct))
+            {
+                map.remove(&self.id);
+            }
+        });
     }
 }
 
@@ -120,7 +144,11 @@ pub(super) fn try_write(
     let Some(direct) = direct else {
         return Err(item);
     };
-    if !direct.parked.get() || tx.capacity() != tx.max_capacity() || overflow.is_tripped() {
+    if !direct.parked.get()
+        || tx.capacity() != tx.max_capacity()
+        || overflow.is_tripped()
+        || direct.closing.iter().any(CancellationToken::is_cancelled)
+    {
         return Err(item);
     }
     match &item {

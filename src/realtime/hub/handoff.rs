@@ -112,6 +112,7 @@ impl Handoff {
                 &mut *self.items.lock().unwrap_or_else(|e| e.into_inner()),
                 &mut batch,
             );
+            let mut direct = 0;
             for Item {
                 conn,
                 tx,
@@ -120,12 +121,14 @@ impl Handoff {
             } in batch.drain(..)
             {
                 let Err(item) = super::direct::try_write(conn, &tx, &overflow, item) else {
+                    direct += 1;
                     continue;
                 };
                 if let Delivery::Overflowed = super::conn::try_queue(&tx, &overflow, item) {
                     self.metrics.ws_closed_slow.inc();
                 }
             }
+            self.metrics.ws_direct_writes.inc_by(direct);
         }
     }
 }

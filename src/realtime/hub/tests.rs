@@ -239,3 +239,127 @@ fn a_full_worker_handoff_overflows_the_connection_not_memory() {
     offers.offer(&b, frame(2));
     assert_eq!(offers.finish().queued, 0);
 }
+
+/// A real actix-ws socket channel (it holds 32 frames), and the response
+/// body the dispatcher would write from.
+async fn socket() -> (actix_ws::Session, actix_web::body::BoxBody) {
+    use actix_web::FromRequest;
+    let (request, mut payload) = actix_web::test::TestRequest::default()
+        .insert_header(("upgrade", "websocket"))
+        .insert_header(("connection", "upgrade"))
+        .insert_header(("sec-websocket-version", "13"))
+        .insert_header(("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="))
+        .to_http_parts();
+    let payload = actix_web::web::Payload::from_request(&request, &mut payload)
+        .await
+        .unwrap();
+    let (response, session, _stream) = actix_ws::handle(&request, payload).unwrap();
+    (session, response.into_body())
+}
+
+/// The text frames the socket would carry now (server frames are unmasked).
+fn written(body: &mut actix_web::body::BoxBody) -> Vec<String> {
+    use actix_web::body::MessageBody;
+    use futures_util::FutureExt;
+    let mut bytes = Vec::new();
+    while let Some(Some(chunk)) =
+        futures_util::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_next(cx))
+            .now_or_never()
+    {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        assert_eq!(bytes[at], 0x81, "a final text frame");
+        let len = usize::from(bytes[at + 1]);
+        assert!(len < 126, "short frames only");
+        frames.push(String::from_utf8(bytes[at + 2..at + 2 + len].to_vec()).unwrap());
+        at += 2 + len;
+    }
+    frames
+}
+
+fn names(from: i64, to: i64) -> Vec<String> {
+    (from..=to).map(|v| format!("e{v}")).collect()
+}
+
+#[tokio::test]
+async fn direct_writes_never_overtake_the_sessions_queue() {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let metrics = Arc::new(crate::metrics::Metrics::new());
+            let handoff = Handoff::new(metrics.clone());
+            tokio::task::spawn_local(handoff.clone().run());
+            let hub = Hub::default();
+            let (a, mut rx) = conn_on(1, 64, &handoff);
+            let (ws, mut body) = socket().await;
+            let sent = Sent::default();
+            let closing = [
+                tokio_util::sync::CancellationToken::new(),
+                tokio_util::sync::CancellationToken::new(),
+            ];
+            let registration = Registration::new(a.id, ws, sent.clone(), closing.clone());
+            hub.subscribe(1, &a);
+            hub.join(1, a.id, 0);
+            sent.insert(1, 0);
+            registration.park(true);
+
+            // The socket's channel takes 32; the rest wait in the session's
+            // queue, in order, and later items follow them there.
+            hub.fan_out_events(&[(1, 0)], (1..=40).map(|v| ev(1, v)).collect());
+            tokio::task::yield_now().await;
+            assert_eq!(written(&mut body), names(1, 32));
+            assert_eq!(sent.get(1), Some(32));
+            // The socket has room again, but the queue is not empty: a
+            // viewer list must not overtake the events waiting there.
+            hub.fan_out_ticket_frame(1, ByteString::from("viewers"));
+            tokio::task::yield_now().await;
+            assert!(written(&mut body).is_empty());
+            let mut queued = names(33, 40);
+            queued.push("viewers".into());
+            assert_eq!(items(&mut rx), queued);
+            // (The session delivered them.)
+            sent.insert(1, 40);
+
+            // A busy session gets its items through its queue.
+            registration.park(false);
+            hub.fan_out_events(&[(1, 40)], vec![ev(1, 41)]);
+            tokio::task::yield_now().await;
+            assert_eq!(items(&mut rx), names(41, 41));
+            registration.park(true);
+            // Not the next version of what the client has (41 went through
+            // the queue, the session has not sent it): the session decides.
+            hub.fan_out_events(&[(1, 41)], vec![ev(1, 42)]);
+            tokio::task::yield_now().await;
+            assert_eq!(items(&mut rx), names(42, 42));
+            sent.insert(1, 42);
+            // The next version, parked, nothing queued: straight to the socket.
+            hub.fan_out_events(&[(1, 42)], vec![ev(1, 43)]);
+            tokio::task::yield_now().await;
+            assert_eq!(written(&mut body), names(43, 43));
+            assert!(items(&mut rx).is_empty());
+            // A session about to close (revoked) gets nothing more past it.
+            closing[1].cancel();
+            hub.fan_out_events(&[(1, 43)], vec![ev(1, 44)]);
+            tokio::task::yield_now().await;
+            assert!(written(&mut body).is_empty());
+            assert_eq!(items(&mut rx), names(44, 44));
+            // A reset always goes through the session.
+            hub.reset(1, 3);
+            tokio::task::yield_now().await;
+            assert_eq!(items(&mut rx), ["reset3"]);
+            assert_eq!(metrics.ws_direct_writes.get(), 33);
+
+            // Unregistered (the session stopped): through the queue.
+            drop(registration);
+            hub.subscribe(1, &a);
+            hub.join(1, a.id, 44);
+            hub.fan_out_ticket_frame(1, ByteString::from("later"));
+            tokio::task::yield_now().await;
+            assert_eq!(items(&mut rx), ["later"]);
+            assert!(written(&mut body).is_empty());
+        })
+        .await;
+}

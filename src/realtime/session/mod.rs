@@ -136,7 +136,12 @@ impl Session {
         tick.tick().await;
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
         let mut stop = self.send(&mut ws, hello).await;
-        let registration = Registration::new(self.slot.id, ws.clone(), self.subs.clone());
+        let registration = Registration::new(
+            self.slot.id,
+            ws.clone(),
+            self.subs.clone(),
+            [self.rt.shutdown.clone(), self.slot.revoked.clone()],
+        );
         // What the loop waits on lives across iterations, so that a frame
         // registers no timer and no waiter: the two deadlines are reset
         // only when they move, the three one-shot signals are awaited once.
@@ -409,6 +414,7 @@ impl Session {
     ) -> Option<Stop> {
         self.subs.remove(ticket_id);
         self.rt.hub.unsubscribe(ticket_id, self.slot.id);
+        self.rt.metrics.resets.inc();
         tracing::info!(ticket_id, version, "reset sent");
         self.send(ws, protocol::reset_frame(ticket_id, version))
             .await
