@@ -108,12 +108,17 @@ pub(super) fn count(stats: &mut FanoutStats, delivery: Delivery) {
     }
 }
 
+/// Items handed to a worker at once during a pass: the worker starts on
+/// them while the hub is still at work on the rest.
+const CHUNK: usize = 128;
+
 /// The items of one pass of the hub (one fan-out), grouped by the worker
 /// hand-off of each connection: a hand-off is locked and woken once per
-/// pass, not once per connection, so its task takes the whole pass at once
-/// instead of racing the hub for the lock item by item. Flushed with
-/// `finish` while the hub's lock is held, so every connection still gets
-/// its items in the order the hub made them.
+/// chunk of its items, not once per connection, so its task takes them by
+/// the hundred instead of racing the hub for the lock item by item, and
+/// starts while the hub still works on the rest. Flushed (`finish`) while
+/// the hub's lock is held, so every connection still gets its items in the
+/// order the hub made them.
 #[derive(Default)]
 pub(super) struct Offers {
     stats: FanoutStats,
@@ -131,26 +136,40 @@ impl Offers {
         if conn.overflow.is_tripped() {
             return;
         }
+        // The connection's id and overflow flag only: the worker's registry
+        // holds its queue (`direct`), which the hub need not touch.
         let item = Item {
             conn: conn.id,
-            tx: conn.tx.clone(),
             overflow: conn.overflow.clone(),
             item,
         };
-        match self
+        let at = match self
             .per_worker
-            .iter_mut()
-            .find(|(worker, _)| Arc::ptr_eq(worker, handoff))
+            .iter()
+            .position(|(worker, _)| Arc::ptr_eq(worker, handoff))
         {
-            Some((_, items)) => items.push(item),
-            None => self.per_worker.push((handoff.clone(), vec![item])),
+            Some(at) => at,
+            None => {
+                self.per_worker
+                    .push((handoff.clone(), Vec::with_capacity(CHUNK)));
+                self.per_worker.len() - 1
+            }
+        };
+        let (worker, items) = &mut self.per_worker[at];
+        items.push(item);
+        if items.len() >= CHUNK {
+            let chunk = std::mem::replace(items, Vec::with_capacity(CHUNK));
+            worker.push_all(chunk, &mut self.stats);
         }
     }
 
-    /// Hand every worker its items; what was queued and what overflowed.
+    /// Hand every worker the rest of its items; what was queued and what
+    /// overflowed.
     pub(super) fn finish(mut self) -> FanoutStats {
         for (handoff, items) in self.per_worker {
-            handoff.push_all(items, &mut self.stats);
+            if !items.is_empty() {
+                handoff.push_all(items, &mut self.stats);
+            }
         }
         self.stats
     }

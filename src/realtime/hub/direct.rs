@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{ConnId, Outbound, Overflow};
+use super::conn::{try_queue, ConnHandle, ConnId, Delivery, Outbound, Overflow};
 
 /// The last version sent to the client, per subscribed ticket: shared by
 /// the session and its worker's hand-off (one thread, never borrowed across
@@ -64,6 +64,8 @@ impl Sent {
 
 /// What the hand-off may use of a connection.
 struct Direct {
+    /// The session's own queue, for what is not written directly.
+    tx: mpsc::Sender<Outbound>,
     ws: RefCell<actix_ws::Session>,
     sent: Sent,
     parked: Cell<bool>,
@@ -90,12 +92,14 @@ impl Registration {
     /// Register on the worker this is called on (the session's own), with
     /// the signals that close the session.
     pub fn new(
-        id: ConnId,
+        conn: &ConnHandle,
         ws: actix_ws::Session,
         sent: Sent,
         closing: [CancellationToken; 2],
     ) -> Self {
+        let id = conn.id;
         let direct = Rc::new(Direct {
+            tx: conn.tx.clone(),
             ws: RefCell::new(ws),
             sent,
             parked: Cell::new(false),
@@ -131,19 +135,34 @@ impl Drop for Registration {
     }
 }
 
-/// Write `item` to connection `id`'s socket now if its session is parked
-/// with nothing queued and the item needs none of its rules; otherwise
-/// give it back for the session's queue.
-pub(super) fn try_write(
-    id: ConnId,
-    tx: &mpsc::Sender<Outbound>,
-    overflow: &Overflow,
-    item: Outbound,
-) -> Result<(), Outbound> {
+/// How the hand-off passed an item on.
+pub(super) enum Delivered {
+    /// Into the socket's channel.
+    Written,
+    /// Into the session's queue (or dropped: a session that has stopped,
+    /// or one already told to close).
+    Queued(Delivery),
+}
+
+/// Pass `item` on to connection `id`, on its worker: to its socket at once
+/// (`try_write`) or through its session's queue. A connection that is not
+/// registered here has a session that stopped: the item is dropped.
+pub(super) fn deliver(id: ConnId, overflow: &Overflow, item: Outbound) -> Delivered {
     let direct = DIRECT.with(|map| map.borrow().get(&id).cloned());
     let Some(direct) = direct else {
-        return Err(item);
+        return Delivered::Queued(Delivery::Dropped);
     };
+    match try_write(&direct, overflow, item) {
+        Ok(()) => Delivered::Written,
+        Err(item) => Delivered::Queued(try_queue(&direct.tx, overflow, item)),
+    }
+}
+
+/// Write `item` to the socket now if the session is parked with nothing
+/// queued and the item needs none of its rules; otherwise give it back for
+/// the session's queue.
+fn try_write(direct: &Direct, overflow: &Overflow, item: Outbound) -> Result<(), Outbound> {
+    let tx = &direct.tx;
     if !direct.parked.get()
         || tx.capacity() != tx.max_capacity()
         || overflow.is_tripped()
@@ -152,12 +171,12 @@ pub(super) fn try_write(
         return Err(item);
     }
     match &item {
-        Outbound::Frame(frame) if write(&direct, frame) => Ok(()),
+        Outbound::Frame(frame) if write(direct, frame) => Ok(()),
         Outbound::Event {
             ticket_id,
             version,
             frame,
-        } if direct.sent.get(*ticket_id) == Some(version - 1) && write(&direct, frame) => {
+        } if direct.sent.get(*ticket_id) == Some(version - 1) && write(direct, frame) => {
             direct.sent.insert(*ticket_id, *version);
             Ok(())
         }

@@ -6,7 +6,7 @@
 //! call to wake the worker. One change to 1,000 watchers paid that 1,000
 //! times before the first frame left (1–10 ms, docs/benchmarks.md). The hub
 //! now appends each pass's frames to the worker's hand-off queue instead
-//! (one lock and one wake-up per pass, `conn::Offers`), and one task on
+//! (one lock and one wake-up per chunk of a pass, `conn::Offers`), and one task on
 //! that worker writes them to the sockets of parked sessions (`direct`) or
 //! moves them into the sessions' own bounded queues with local wake-ups.
 //!
@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use super::conn::{ConnId, Delivery, Outbound, Overflow};
 use super::FanoutStats;
@@ -30,10 +30,10 @@ use crate::metrics::Metrics;
 /// connections are then as good as too slow.
 pub const HANDOFF_LIMIT: usize = 64 * 1024;
 
-/// One item on its way to a connection's queue.
+/// One item on its way to a connection (its socket or its session's
+/// queue, which the worker's registry holds: `direct`).
 pub(super) struct Item {
     pub(super) conn: ConnId,
-    pub(super) tx: mpsc::Sender<Outbound>,
     pub(super) overflow: Arc<Overflow>,
     pub(super) item: Outbound,
 }
@@ -115,17 +115,16 @@ impl Handoff {
             let mut direct = 0;
             for Item {
                 conn,
-                tx,
                 overflow,
                 item,
             } in batch.drain(..)
             {
-                let Err(item) = super::direct::try_write(conn, &tx, &overflow, item) else {
-                    direct += 1;
-                    continue;
-                };
-                if let Delivery::Overflowed = super::conn::try_queue(&tx, &overflow, item) {
-                    self.metrics.ws_closed_slow.inc();
+                match super::direct::deliver(conn, &overflow, item) {
+                    super::direct::Delivered::Written => direct += 1,
+                    super::direct::Delivered::Queued(Delivery::Overflowed) => {
+                        self.metrics.ws_closed_slow.inc()
+                    }
+                    super::direct::Delivered::Queued(_) => {}
                 }
             }
             self.metrics.ws_direct_writes.inc_by(direct);

@@ -137,7 +137,7 @@ impl Session {
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
         let mut stop = self.send(&mut ws, hello).await;
         let registration = Registration::new(
-            self.slot.id,
+            &self.handle,
             ws.clone(),
             self.subs.clone(),
             [self.rt.shutdown.clone(), self.slot.revoked.clone()],
