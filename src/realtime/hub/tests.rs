@@ -193,14 +193,7 @@ async fn the_worker_handoff_keeps_each_connections_order_and_its_overflow() {
             let (b, mut rx_b) = conn_on(2, 2, &handoff);
             // Registered on this worker, busy: everything goes through
             // their queues.
-            let mut registrations = Vec::new();
-            for c in [&a, &b] {
-                let (ws, body) = socket().await;
-                let closing = [Default::default(), Default::default()];
-                registrations.push((Registration::new(c, ws, Sent::default(), closing), body));
-                hub.subscribe(1, c);
-                hub.join(1, c.id, 0);
-            }
+            let mut registrations = busy_on(&hub, 1, [&a, &b]).await;
             hub.fan_out_ticket_frame(1, ByteString::from("viewers"));
             let stats = hub.fan_out_events(&[(1, 0)], (1..=4).map(|v| ev(1, v)).collect());
             // Queued to the hand-off: the connections' own queues are
@@ -250,6 +243,25 @@ fn a_full_worker_handoff_overflows_the_connection_not_memory() {
     let mut offers = conn::Offers::default();
     offers.offer(&b, frame(2));
     assert_eq!(offers.finish().queued, 0);
+}
+
+/// Register connections on this thread with real sockets, busy (not
+/// parked: everything goes through their queues), and join them to a
+/// ticket at version 0. Keep what it returns: it holds the sockets.
+async fn busy_on<const N: usize>(
+    hub: &Hub,
+    ticket_id: i64,
+    conns: [&ConnHandle; N],
+) -> Vec<(Registration, actix_web::body::BoxBody)> {
+    let mut registrations = Vec::new();
+    for conn in conns {
+        let (ws, body) = socket().await;
+        let closing = [Default::default(), Default::default()];
+        registrations.push((Registration::new(conn, ws, Sent::default(), closing), body));
+        hub.subscribe(ticket_id, conn);
+        hub.join(ticket_id, conn.id, 0);
+    }
+    registrations
 }
 
 /// A real actix-ws socket channel (it holds 32 frames), and the response
@@ -386,14 +398,7 @@ async fn a_pass_bigger_than_a_chunk_keeps_its_order() {
             let hub = Hub::default();
             let (a, mut rx) = conn_on(1, 1024, &handoff);
             let (b, mut rx_b) = conn_on(2, 1024, &handoff);
-            let mut registrations = Vec::new();
-            for c in [&a, &b] {
-                let (ws, body) = socket().await;
-                let closing = [Default::default(), Default::default()];
-                registrations.push((Registration::new(c, ws, Sent::default(), closing), body));
-                hub.subscribe(7, c);
-                hub.join(7, c.id, 0);
-            }
+            let _registrations = busy_on(&hub, 7, [&a, &b]).await;
             // 2 × 300 items for one worker: handed over in chunks while the
             // hub's pass goes on.
             let stats = hub.fan_out_events(&[(7, 0)], (1..=300).map(|v| ev(7, v)).collect());
