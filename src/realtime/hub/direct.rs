@@ -13,8 +13,9 @@
 //! busy with a client frame, a read or a write; items already in its queue;
 //! a socket channel that is full; a `reset`; an event that is not exactly
 //! the next version the client has; a session about to close (shutdown, the
-//! agent revoked), which its biased loop would have seen before its queue. Sessions and their hand-off share a
-//! worker thread, so "parked" cannot change while the hand-off writes.
+//! agent revoked), which its biased loop would have seen before its queue.
+//! Sessions and their hand-off share a worker thread, so "parked" cannot
+//! change while the hand-off writes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
