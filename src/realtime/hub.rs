@@ -6,9 +6,10 @@
 //! its next versions, so nobody else fills gaps.
 //!
 //! Each event is read from the database once and serialised once (by SQL);
-//! the same bytes are queued to every subscriber with `try_send`, so a slow
-//! connection never slows its neighbours: when its bounded queue is full it
-//! is told to close with 1013 and resume with `since`.
+//! the same bytes go to every subscriber without waiting (a direct write to
+//! a parked session's socket, or `try_send` into its queue: `handoff`), so
+//! a slow connection never slows its neighbours: when its bounded queue is
+//! full it is told to close with 1013 and resume with `since`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};

@@ -6,9 +6,10 @@
 //! call to wake the worker. One change to 1,000 watchers paid that 1,000
 //! times before the first frame left (1–10 ms, docs/benchmarks.md). The hub
 //! now appends each pass's frames to the worker's hand-off queue instead
-//! (one lock and one wake-up per chunk of a pass, `conn::Offers`), and one task on
-//! that worker writes them to the sockets of parked sessions (`direct`) or
-//! moves them into the sessions' own bounded queues with local wake-ups.
+//! (one lock and one wake-up per chunk of a pass, `conn::Offers`), and one
+//! task on that worker writes them to the sockets of parked sessions
+//! (`direct`) or moves them into the sessions' own bounded queues with
+//! local wake-ups.
 //!
 //! Every item for a connection goes through its worker's hand-off, so the
 //! order the hub queued them in is the order the session sees. The
