@@ -521,10 +521,9 @@ async fn sql_throughput(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -
             }
             let invoker = pgbench::run(env, "ticket-invoker", &script, 8, seconds);
             for f in SUBJECT_PATH_TRIGGERS {
-                sql.batch_execute(&format!(
-                "ALTER FUNCTION {f} SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp"
-            ))
-                .await?;
+                let pinned = "SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp";
+                sql.batch_execute(&format!("ALTER FUNCTION {f} {pinned}"))
+                    .await?;
             }
             let invoker = invoker?;
             eprintln!(
@@ -538,7 +537,6 @@ async fn sql_throughput(env: &BenchEnv, args: &BenchArgs, report: &mut Report) -
         // notification queue's lock. The row is flipped directly: no
         // livedesk process decodes during this pgbench run, and nothing
         // retains the messages (no slot is open). Put back right after.
-        let sql = env.sql().await?;
         sql.batch_execute("UPDATE bus_settings SET mode = 'logical' WHERE id = 1")
             .await?;
         let logical = pgbench::run(env, "ticket-logical", &script, 8, seconds);
