@@ -80,28 +80,6 @@ BEGIN
 END
 $$;
 
--- The acting agent of the current transaction, as one row a query can join
--- (a set-returning SQL function: the planner inlines it into the caller's
--- cached plan, so the busiest trigger reads it and the bus mode in one
--- query, 20_versions_events.sql): `claimed` is livedesk.actor_agent_id when
--- set, and `actor` the agent it names (NULL when it names none: not a
--- number, or no such agent; the cast is guarded because the planner also
--- evaluates it, for its estimates, whatever the CASE around it); else the
--- service agent linked to the writer role this session logged in as
--- (`livedesk writer add`), else NULL. session_user, not current_user:
--- inside SECURITY DEFINER code current_user is the owner.
-CREATE OR REPLACE FUNCTION ld_actor_row()
-RETURNS TABLE (actor bigint, claimed text)
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN s.claimed <> ''
-                THEN (SELECT a.id FROM agents a
-                      WHERE a.id = CASE WHEN s.claimed ~ '^[0-9]{1,18}$' THEN s.claimed::bigint END)
-                ELSE (SELECT w.agent_id FROM writers w WHERE w.role_name = session_user::text)
-           END,
-           s.claimed
-    FROM (SELECT coalesce(current_setting('livedesk.actor_agent_id', true), '') AS claimed) s
-$$;
-
 -- 23503 for a row that names a ticket or agent that does not exist, as the
 -- foreign key it replaces said it (V14: messages_90_created checks a
 -- message's ticket and author).
@@ -125,20 +103,37 @@ BEGIN
 END
 $$;
 
--- The acting agent (ld_actor_row), refusing an id that names no agent.
+-- The acting agent of the current transaction: livedesk.actor_agent_id
+-- when set (an id that names no agent, or is no number, is refused with
+-- 23503, as the event log's foreign key did before V11); else the service
+-- agent linked to the writer role this session logged in as (`livedesk
+-- writer add`); else NULL. session_user, not current_user: inside SECURITY
+-- DEFINER code current_user is the owner. One index lookup, on one table:
+-- the busiest trigger (ld_tickets_change) repeats these lines rather than
+-- call this, and a join of both lookups cost a change ~10 % more
+-- (docs/benchmarks.md).
 CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
+    v_claimed text := current_setting('livedesk.actor_agent_id', true);
     v_actor bigint;
-    v_claimed text;
 BEGIN
-    SELECT r.actor, r.claimed INTO v_actor, v_claimed FROM ld_actor_row() r;
-    IF v_actor IS NULL AND v_claimed <> '' THEN
-        PERFORM ld_fail_unknown_actor(v_claimed);
+    IF v_claimed IS NULL OR v_claimed = '' THEN
+        SELECT w.agent_id INTO v_actor FROM writers w WHERE w.role_name = session_user::text;
+    ELSE
+        SELECT a.id INTO v_actor FROM agents a
+        WHERE a.id = CASE WHEN v_claimed ~ '^[0-9]{1,18}$' THEN v_claimed::bigint END;
+        IF v_actor IS NULL THEN
+            PERFORM ld_fail_unknown_actor(v_claimed);
+        END IF;
     END IF;
     RETURN v_actor;
 END
 $$;
+
+-- Both lookups were one joinable row before (the busiest trigger joined it
+-- with the bus mode's row): gone.
+DROP FUNCTION IF EXISTS ld_actor_row();
 
 -- API functions record who acts, transaction-locally, for the triggers.
 CREATE OR REPLACE FUNCTION ld_set_actor(p_actor bigint) RETURNS void

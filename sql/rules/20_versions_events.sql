@@ -20,11 +20,37 @@
 --                              (seeing the final row), or keep the version of a no-op
 --   tickets_90_created_event   here (AFTER INSERT): ticket.created with the ticket
 
+-- The bus's mode, for the triggers: its body is the mode itself, a
+-- constant the planner folds into the triggers' cached plans, so a change
+-- reads no table for it (a query per change cost ~3 %, docs/benchmarks.md).
+-- bus_settings stays the one truth: bus_settings_10_mode below writes this
+-- function again from the row whenever the row changes, whoever changes
+-- it, and at every start. Replacing a function invalidates the cached plans
+-- that inlined it, in every session, so a writer's next statement follows a
+-- switch, as it did when it read the row. STABLE (it may change between
+-- statements) still inlines.
+CREATE OR REPLACE FUNCTION ld_bus_mode_follow_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE FUNCTION %I.ld_bus_mode() RETURNS text '
+                   'LANGUAGE sql STABLE PARALLEL SAFE AS %L',
+                   TG_TABLE_SCHEMA, format('SELECT %L::pg_catalog.text', NEW.mode));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER bus_settings_10_mode
+    AFTER INSERT OR UPDATE ON bus_settings
+    FOR EACH ROW EXECUTE FUNCTION ld_bus_mode_follow_row();
+
+-- Write ld_bus_mode() from the row now (a new database, and every start).
+UPDATE bus_settings SET mode = mode WHERE id = 1;
+
 -- Wake the livedesk processes for a new event: NOTIFY livedesk_events, or,
 -- when the database's bus is `logical`, a transactional logical-decoding
 -- message with the same payload (decoded at commit, in commit order; no
 -- NOTIFY, so the commit does not wait for the notification queue's lock).
--- The mode is read here, from the owner-only row, so a direct writer
+-- The mode comes from the owner-only row (ld_bus_mode), so a direct writer
 -- follows it too. The payload is tiny on purpose (NOTIFY payloads must stay
 -- under 8000 bytes; readers fetch the row).
 CREATE OR REPLACE FUNCTION ld_wake(p_ticket_id bigint, p_version bigint) RETURNS void
@@ -32,7 +58,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_payload text := json_build_object('ticket_id', p_ticket_id, 'version', p_version)::text;
 BEGIN
-    IF (SELECT b.mode FROM bus_settings b WHERE b.id = 1) = 'logical' THEN
+    IF ld_bus_mode() = 'logical' THEN
         PERFORM pg_logical_emit_message(true, 'livedesk_events', v_payload);
     ELSE
         PERFORM pg_notify('livedesk_events', v_payload);
@@ -110,7 +136,6 @@ CREATE OR REPLACE FUNCTION ld_tickets_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_changes jsonb := '{}'::jsonb;
-    v_bus text;
     v_actor bigint;
     v_claimed text;
 BEGIN
@@ -187,18 +212,21 @@ BEGIN
     END IF;
     NEW.version := OLD.version + 1;
     NEW.updated_at := now();
-    -- ld_emit, inlined (ld_actor and ld_wake too): the bus and the actor in
-    -- one query, fewer plpgsql calls and queries on the busiest path
-    -- (docs/benchmarks.md: each query here cost ~8 % of a change).
-    SELECT b.mode, r.actor, r.claimed INTO v_bus, v_actor, v_claimed
-    FROM bus_settings b, ld_actor_row() r
-    WHERE b.id = 1;
-    IF v_actor IS NULL AND v_claimed <> '' THEN
-        PERFORM ld_fail_unknown_actor(v_claimed);
+    -- ld_emit, inlined, and ld_actor (00_helpers.sql) and ld_wake too: fewer
+    -- plpgsql calls on the busiest path (docs/benchmarks.md).
+    v_claimed := current_setting('livedesk.actor_agent_id', true);
+    IF v_claimed IS NULL OR v_claimed = '' THEN
+        SELECT w.agent_id INTO v_actor FROM writers w WHERE w.role_name = session_user::text;
+    ELSE
+        SELECT a.id INTO v_actor FROM agents a
+        WHERE a.id = CASE WHEN v_claimed ~ '^[0-9]{1,18}$' THEN v_claimed::bigint END;
+        IF v_actor IS NULL THEN
+            PERFORM ld_fail_unknown_actor(v_claimed);
+        END IF;
     END IF;
     INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
     VALUES (NEW.id, NEW.version, 'ticket.updated', v_actor, jsonb_build_object('changes', v_changes));
-    IF v_bus = 'logical' THEN
+    IF ld_bus_mode() = 'logical' THEN
         PERFORM pg_logical_emit_message(true, 'livedesk_events',
                       json_build_object('ticket_id', NEW.id, 'version', NEW.version)::text);
     ELSE

@@ -35,9 +35,9 @@ END
 $$;
 
 -- The version bump, the duplicate-reply check and message.created. ld_bump_ticket,
--- ld_emit and ld_wake inlined, and the bus mode read alone when the author
--- is the actor: fewer PL/pgSQL calls and queries on the reply path (issue 14,
--- docs/benchmarks.md).
+-- ld_emit and ld_wake inlined, the bus mode a constant (ld_bus_mode), and
+-- ld_actor called only when no agent wrote it: fewer PL/pgSQL calls and
+-- queries on the reply path (issue 14, docs/benchmarks.md).
 --
 -- First, what the foreign keys on ticket_id and author_agent_id checked
 -- before V14, at the same point (after the row passed NOT NULL, its CHECK
@@ -49,9 +49,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp 
 DECLARE
     v_version bigint;
     v_replies jsonb;
-    v_bus text;
     v_actor bigint := NEW.author_agent_id;
-    v_claimed text;
 BEGIN
     UPDATE tickets SET child_changed = true WHERE id = NEW.ticket_id RETURNING version INTO v_version;
     IF v_version IS NULL THEN
@@ -74,19 +72,12 @@ BEGIN
     -- The actor: the agent who wrote it, else the session's (a customer
     -- message relayed by the owner's code or a service).
     IF v_actor IS NULL THEN
-        SELECT b.mode, r.actor, r.claimed INTO v_bus, v_actor, v_claimed
-        FROM bus_settings b, ld_actor_row() r
-        WHERE b.id = 1;
-        IF v_actor IS NULL AND v_claimed <> '' THEN
-            PERFORM ld_fail_unknown_actor(v_claimed);
-        END IF;
-    ELSE
-        SELECT b.mode INTO v_bus FROM bus_settings b WHERE b.id = 1;
+        v_actor := ld_actor();
     END IF;
     INSERT INTO ticket_events (ticket_id, version, kind, actor_agent_id, data)
     VALUES (NEW.ticket_id, v_version, 'message.created', v_actor,
             jsonb_build_object('message', ld_message_json(NEW)));
-    IF v_bus = 'logical' THEN
+    IF ld_bus_mode() = 'logical' THEN
         PERFORM pg_logical_emit_message(true, 'livedesk_events',
                       json_build_object('ticket_id', NEW.ticket_id, 'version', v_version)::text);
     ELSE

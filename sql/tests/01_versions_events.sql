@@ -158,3 +158,14 @@ END
 $$;
 
 SELECT 'ok' AS versions_events;
+
+-- The bus's mode as the triggers see it (ld_bus_mode, a constant) follows
+-- its row whoever writes it (bus_settings_10_mode), transactionally.
+SELECT t_eq(ld_bus_mode(), (SELECT mode FROM bus_settings WHERE id = 1), 'ld_bus_mode() is the row''s mode');
+BEGIN;
+UPDATE bus_settings SET mode = 'logical' WHERE id = 1;
+SELECT t_eq(ld_bus_mode(), 'logical', 'ld_bus_mode() follows an UPDATE of the row');
+ROLLBACK;
+SELECT t_eq(ld_bus_mode(), 'notify', 'and its rollback');
+
+SELECT 'ok' AS bus_mode;

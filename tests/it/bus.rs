@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::ws::{assert_versions, WsClient};
-use common::{bus_settings, cluster, fresh_database, TestApp};
+use common::{bus_settings, cluster, fresh_database, writer_role, TestApp};
 use futures_util::StreamExt;
 use livedesk::config::Bus;
 use livedesk::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -225,6 +225,70 @@ async fn processes_that_disagree_follow_the_last_one_started() {
         let events = ws.events(id, 300, LONG).await;
         assert_versions(&events, 2, 301);
     }
+}
+
+/// The triggers see the mode as a constant (`ld_bus_mode()`, written again
+/// from the row whenever it changes) folded into their cached plans. A
+/// writer's session that has already changed tickets must follow a switch
+/// at its next change, whoever switched: the owner's plain `UPDATE` of the
+/// row, then `ld_bus_set`. Its events name its service agent (the writers
+/// lookup) all along.
+#[tokio::test]
+async fn a_writers_session_follows_a_switch_at_its_next_change() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "switch").await["id"].as_i64().unwrap();
+    let (_, service_agent, writer) = writer_role(&app, "busswitch", false).await;
+    let owner = app.sql().await;
+    let (_listener, mut heard) = listen(&app.dbname, "livedesk_events").await;
+    let quiet = Duration::from_millis(500);
+
+    subject_change(&writer, id, 0).await;
+    let heard_version = |payload: String| {
+        let wake: serde_json::Value = serde_json::from_str(&payload).unwrap();
+        assert_eq!(wake["ticket_id"], id, "{payload}");
+        wake["version"].as_i64().unwrap()
+    };
+    let payload = tokio::time::timeout(LONG, heard.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(heard_version(payload), 2);
+
+    owner
+        .batch_execute("UPDATE bus_settings SET mode = 'logical' WHERE id = 1")
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        subject_change(&writer, id, n).await;
+    }
+    assert!(
+        tokio::time::timeout(quiet, heard.recv()).await.is_err(),
+        "no NOTIFY once the row says logical"
+    );
+
+    owner
+        .batch_execute("SELECT ld_bus_set('notify', 'test')")
+        .await
+        .unwrap();
+    subject_change(&writer, id, 4).await;
+    let payload = tokio::time::timeout(LONG, heard.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(heard_version(payload), 6);
+
+    let actors: Vec<Option<i64>> = owner
+        .query(
+            "SELECT actor_agent_id FROM ticket_events WHERE ticket_id = $1 AND version > 1 ORDER BY version",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(actors, vec![Some(service_agent); 5]);
 }
 
 /// Settings and a database as a role that may migrate and serve (a member
