@@ -33,6 +33,14 @@
 -- a duplicate tag or client_id without ON CONFLICT is 23505; a right a role
 -- does not hold is 42501.
 
+-- Some functions are data, written again by triggers on the tables they
+-- copy (ld_write_data_function below). Hold those tables still while the
+-- rules are applied: a transaction that changed them (`livedesk writer
+-- add`, another process's ld_bus_set) has committed before this one reads
+-- the catalog, and none commits until it is done, so no rewrite of those
+-- functions runs into this transaction's ("tuple concurrently updated").
+LOCK TABLE writers, bus_settings IN SHARE ROW EXCLUSIVE MODE;
+
 -- One place to raise a livedesk error with a JSON DETAIL the server parses.
 CREATE OR REPLACE FUNCTION ld_fail(p_code text, p_message text, p_detail jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -103,15 +111,66 @@ BEGIN
 END
 $$;
 
+-- Write (or rewrite) a one-expression SQL function whose body is data: the
+-- planner inlines such a function into the cached plans that call it and
+-- folds what it can, so the triggers read that data without a query per
+-- change (ld_writer_agent below, ld_bus_mode in 20_versions_events.sql).
+-- Each is written again, in the same transaction, by a trigger on the
+-- table it copies, whoever changes the table; replacing a function
+-- invalidates the cached plans that inlined it, in every session, so the
+-- next statement of any session sees the change, as a query would have.
+-- STABLE: it may change between statements (and still inlines). Owner
+-- code only: p_head and p_body are built by the callers, never from input.
+CREATE OR REPLACE FUNCTION ld_write_data_function(p_schema text, p_head text, p_body text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE FUNCTION %I.%s LANGUAGE sql STABLE PARALLEL SAFE AS %L',
+                   p_schema, p_head, p_body);
+END
+$$;
+
+-- The service agent a writer role acts as (`writers`, `livedesk writer
+-- add`), as data: a CASE over the writer roles. Beyond 64 of them the
+-- CASE would cost more than the index lookup it saves, so the body is that
+-- lookup instead (a query again, as before).
+CREATE OR REPLACE FUNCTION ld_writer_agents_follow_table() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_count int;
+    v_cases text;
+BEGIN
+    -- One writer of the function at a time: two transactions that changed
+    -- writers would otherwise replace it at once ("tuple concurrently
+    -- updated"). The second reads the table after the first has committed.
+    PERFORM pg_advisory_xact_lock(hashtextextended('livedesk.ld_writer_agent', 0));
+    SELECT count(*), string_agg(format('WHEN %L THEN %s', w.role_name, w.agent_id), ' ' ORDER BY w.role_name)
+    INTO v_count, v_cases
+    FROM writers w;
+    PERFORM ld_write_data_function(TG_TABLE_SCHEMA, 'ld_writer_agent(p_role text) RETURNS bigint',
+        CASE WHEN v_count = 0 THEN 'SELECT NULL::pg_catalog.int8'
+             WHEN v_count <= 64 THEN format('SELECT CASE p_role %s END', v_cases)
+             ELSE format('SELECT (SELECT w.agent_id FROM %I.writers w WHERE w.role_name OPERATOR(pg_catalog.=) p_role)',
+                         TG_TABLE_SCHEMA) END);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER writers_10_agents
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON writers
+    FOR EACH STATEMENT EXECUTE FUNCTION ld_writer_agents_follow_table();
+
+-- Write ld_writer_agent() from the table now (a new database, and every
+-- start): a statement-level trigger fires for a statement that changes no row.
+UPDATE writers SET agent_id = agent_id WHERE false;
+
 -- The acting agent of the current transaction: livedesk.actor_agent_id
 -- when set (an id that names no agent, or is no number, is refused with
 -- 23503, as the event log's foreign key did before V11); else the service
 -- agent linked to the writer role this session logged in as (`livedesk
--- writer add`); else NULL. session_user, not current_user: inside SECURITY
--- DEFINER code current_user is the owner. One index lookup, on one table:
--- the busiest trigger (ld_tickets_change) repeats these lines rather than
--- call this, and a join of both lookups cost a change ~10 % more
--- (docs/benchmarks.md).
+-- writer add`: ld_writer_agent, no query); else NULL. session_user, not
+-- current_user: inside SECURITY DEFINER code current_user is the owner.
+-- The busiest trigger (ld_tickets_change) repeats these lines rather than
+-- call this (docs/benchmarks.md).
 CREATE OR REPLACE FUNCTION ld_actor() RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -119,7 +178,7 @@ DECLARE
     v_actor bigint;
 BEGIN
     IF v_claimed IS NULL OR v_claimed = '' THEN
-        SELECT w.agent_id INTO v_actor FROM writers w WHERE w.role_name = session_user::text;
+        v_actor := ld_writer_agent(session_user::text);
     ELSE
         SELECT a.id INTO v_actor FROM agents a
         WHERE a.id = CASE WHEN v_claimed ~ '^[0-9]{1,18}$' THEN v_claimed::bigint END;

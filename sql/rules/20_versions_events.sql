@@ -20,21 +20,16 @@
 --                              (seeing the final row), or keep the version of a no-op
 --   tickets_90_created_event   here (AFTER INSERT): ticket.created with the ticket
 
--- The bus's mode, for the triggers: its body is the mode itself, a
--- constant the planner folds into the triggers' cached plans, so a change
--- reads no table for it (a query per change cost ~3 %, docs/benchmarks.md).
--- bus_settings stays the one truth: bus_settings_10_mode below writes this
--- function again from the row whenever the row changes, whoever changes
--- it, and at every start. Replacing a function invalidates the cached plans
--- that inlined it, in every session, so a writer's next statement follows a
--- switch, as it did when it read the row. STABLE (it may change between
--- statements) still inlines.
+-- The bus's mode, for the triggers, as data (ld_write_data_function,
+-- 00_helpers.sql): a function whose body is the mode, so a change reads no
+-- table for it (a query per change cost ~3 %, docs/benchmarks.md).
+-- bus_settings stays the one truth: bus_settings_10_mode writes the
+-- function again from the row whenever the row changes, whoever changes it.
 CREATE OR REPLACE FUNCTION ld_bus_mode_follow_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    EXECUTE format('CREATE OR REPLACE FUNCTION %I.ld_bus_mode() RETURNS text '
-                   'LANGUAGE sql STABLE PARALLEL SAFE AS %L',
-                   TG_TABLE_SCHEMA, format('SELECT %L::pg_catalog.text', NEW.mode));
+    PERFORM ld_write_data_function(TG_TABLE_SCHEMA, 'ld_bus_mode() RETURNS text',
+                                   format('SELECT %L::pg_catalog.text', NEW.mode));
     RETURN NULL;
 END
 $$;
@@ -216,7 +211,7 @@ BEGIN
     -- plpgsql calls on the busiest path (docs/benchmarks.md).
     v_claimed := current_setting('livedesk.actor_agent_id', true);
     IF v_claimed IS NULL OR v_claimed = '' THEN
-        SELECT w.agent_id INTO v_actor FROM writers w WHERE w.role_name = session_user::text;
+        v_actor := ld_writer_agent(session_user::text);
     ELSE
         SELECT a.id INTO v_actor FROM agents a
         WHERE a.id = CASE WHEN v_claimed ~ '^[0-9]{1,18}$' THEN v_claimed::bigint END;

@@ -169,3 +169,47 @@ ROLLBACK;
 SELECT t_eq(ld_bus_mode(), 'notify', 'and its rollback');
 
 SELECT 'ok' AS bus_mode;
+
+-- The writer roles' agents as the triggers see them (ld_writer_agent: data,
+-- a CASE up to 64 roles, the index lookup beyond) follow `writers`.
+DO $$
+DECLARE
+    a bigint;
+    b bigint;
+    t bigint;
+BEGIN
+    INSERT INTO agents (name, email, role) VALUES ('Svc A', 'svc_a@x.invalid', 'service') RETURNING id INTO a;
+    INSERT INTO agents (name, email, role) VALUES ('Svc B', 'svc_b@x.invalid', 'service') RETURNING id INTO b;
+    PERFORM t_eq(ld_writer_agent('svc_a'), NULL::bigint, 'not a writer yet');
+    INSERT INTO writers (role_name, agent_id) VALUES ('svc_a', a), ('svc_b', b);
+    PERFORM t_eq(ld_writer_agent('svc_a'), a, 'a new writer');
+    PERFORM t_eq(ld_writer_agent('svc_b'), b, 'another');
+    PERFORM t_eq(ld_writer_agent('svc_c'), NULL::bigint, 'a role that is no writer');
+    PERFORM t_true(pg_get_functiondef('ld_writer_agent'::regproc) LIKE '%CASE p_role%', 'a CASE for a few');
+    UPDATE writers SET agent_id = a WHERE role_name = 'svc_b';
+    PERFORM t_eq(ld_writer_agent('svc_b'), a, 'an UPDATE');
+    INSERT INTO writers (role_name, agent_id) SELECT 'svc_many_' || i, b FROM generate_series(1, 70) i;
+    PERFORM t_true(pg_get_functiondef('ld_writer_agent'::regproc) NOT LIKE '%CASE p_role%', 'a lookup for many');
+    PERFORM t_eq(ld_writer_agent('svc_many_70'), b, 'many writers');
+    PERFORM t_eq(ld_writer_agent('svc_a'), a, 'many writers, the first');
+    PERFORM t_eq(ld_writer_agent('svc_c'), NULL::bigint, 'many writers, no such role');
+    DELETE FROM writers WHERE role_name LIKE 'svc_many_%' OR role_name = 'svc_a';
+    PERFORM t_eq(ld_writer_agent('svc_a'), NULL::bigint, 'a removed writer');
+    PERFORM t_eq(ld_writer_agent('svc_b'), a, 'the one left');
+
+    -- A change by a session whose login role is a writer names its agent
+    -- (what ld_actor does without livedesk.actor_agent_id), also in a
+    -- session whose trigger has already planned the function's old body.
+    INSERT INTO tickets (subject) VALUES ('By a service') RETURNING id INTO t;
+    UPDATE tickets SET status = 'open' WHERE id = t;
+    UPDATE writers SET role_name = session_user WHERE role_name = 'svc_b';
+    UPDATE tickets SET status = 'pending' WHERE id = t;
+    DELETE FROM writers WHERE role_name = session_user;
+    UPDATE tickets SET status = 'resolved' WHERE id = t;
+    PERFORM t_eq((SELECT array_agg(actor_agent_id ORDER BY version) FROM ticket_events
+                  WHERE ticket_id = t AND version > 1), ARRAY[NULL, a, NULL]::bigint[],
+                 'actors: none, the session''s writer agent, none once removed');
+END
+$$;
+
+SELECT 'ok' AS writer_agents;

@@ -704,3 +704,43 @@ async fn a_superuser_owned_schema_is_handed_to_the_owner() {
     db.pool().close();
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
 }
+
+/// The triggers read a writer role's agent from `ld_writer_agent`, a
+/// function every change to `writers` writes again. Two transactions that
+/// change `writers` at once both commit: the second waits for the first,
+/// then writes a function that knows both roles.
+#[tokio::test]
+async fn writers_added_at_once_both_take_effect() {
+    let app = TestApp::spawn().await;
+    let (alice, _) = app.agent("Alice", "agent").await;
+    let (bob, _) = app.agent("Bob", "agent").await;
+    let first = app.sql().await;
+    let second = app.sql().await;
+    first
+        .batch_execute(&format!(
+            "BEGIN; INSERT INTO writers (role_name, agent_id) VALUES ('at_once_one', {})",
+            alice.id
+        ))
+        .await
+        .unwrap();
+    let sql = format!(
+        "INSERT INTO writers (role_name, agent_id) VALUES ('at_once_two', {})",
+        bob.id
+    );
+    let pending = tokio::spawn(async move { second.batch_execute(&sql).await.map(|_| second) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "the second waits for the first");
+    first.batch_execute("COMMIT").await.unwrap();
+    let second = pending.await.unwrap().unwrap();
+    let row = second
+        .query_one(
+            "SELECT ld_writer_agent('at_once_one'), ld_writer_agent('at_once_two')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1)),
+        (Some(alice.id), Some(bob.id))
+    );
+}
