@@ -39,6 +39,9 @@
 -- add`, another process's ld_bus_set) has committed before this one reads
 -- the catalog, and none commits until it is done, so no rewrite of those
 -- functions runs into this transaction's ("tuple concurrently updated").
+-- First, before any other table: ld_writer_add and ld_bus_set lock their
+-- table first too, so neither can hold a lock this transaction waits for
+-- while waiting for one of these (a deadlock).
 LOCK TABLE writers, bus_settings IN SHARE ROW EXCLUSIVE MODE;
 
 -- One place to raise a livedesk error with a JSON DETAIL the server parses.
@@ -111,46 +114,60 @@ BEGIN
 END
 $$;
 
--- Write (or rewrite) a one-expression SQL function whose body is data: the
--- planner inlines such a function into the cached plans that call it and
--- folds what it can, so the triggers read that data without a query per
--- change (ld_writer_agent below, ld_bus_mode in 20_versions_events.sql).
--- Each is written again, in the same transaction, by a trigger on the
--- table it copies, whoever changes the table; replacing a function
--- invalidates the cached plans that inlined it, in every session, so the
--- next statement of any session sees the change, as a query would have.
--- STABLE: it may change between statements (and still inlines). Owner
--- code only: p_head and p_body are built by the callers, never from input.
-CREATE OR REPLACE FUNCTION ld_write_data_function(p_schema text, p_head text, p_body text) RETURNS void
+-- Write (or rewrite) a function whose body is data: the planner inlines a
+-- one-expression SQL function into the cached plans that call it and folds
+-- what it can, so the triggers read that data without a query per change
+-- (ld_writer_agent below, ld_bus_mode in 20_versions_events.sql). Each is
+-- written again, in the same transaction, by a trigger on the table it
+-- copies, whoever changes the table. Replacing a function invalidates the
+-- cached plans that inlined it, in every session: a session sees the
+-- change from its next transaction (or its next lock on a table it has not
+-- touched yet in this one). STABLE: it may change between transactions.
+-- p_definition is the rest of CREATE FUNCTION after RETURNS, built by the
+-- callers from quoted values, never from input; a SQL-standard body
+-- (`LANGUAGE sql RETURN …`) is parsed here, under the caller's pinned
+-- search_path, not where it is inlined. Owner code only, and owner-only
+-- functions, also when one is made afresh.
+CREATE OR REPLACE FUNCTION ld_write_data_function(p_schema text, p_signature text, p_returns text,
+                                                  p_definition text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE format('CREATE OR REPLACE FUNCTION %I.%s LANGUAGE sql STABLE PARALLEL SAFE AS %L',
-                   p_schema, p_head, p_body);
+    EXECUTE format('CREATE OR REPLACE FUNCTION %I.%s RETURNS %s STABLE PARALLEL SAFE %s',
+                   p_schema, p_signature, p_returns, p_definition);
+    EXECUTE format('REVOKE ALL ON FUNCTION %I.%s FROM PUBLIC', p_schema, p_signature);
 END
 $$;
 
 -- The service agent a writer role acts as (`writers`, `livedesk writer
--- add`), as data: a CASE over the writer roles. Beyond 64 of them the
--- CASE would cost more than the index lookup it saves, so the body is that
--- lookup instead (a query again, as before).
+-- add`), as data: a CASE over the writer roles. Beyond 64 of them a CASE
+-- would cost more than the index lookup it saves, so the body is that
+-- lookup instead, in PL/pgSQL (whose plan a session keeps; a SQL body with
+-- a sub-select is not inlined and would be planned in every transaction).
+-- Changes to `writers` take turns here: two at once would both replace the
+-- function ("tuple concurrently updated"), and under REPEATABLE READ the
+-- second would rebuild it from a snapshot without the first's row, so only
+-- READ COMMITTED (the default) may change the table.
 CREATE OR REPLACE FUNCTION ld_writer_agents_follow_table() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     v_count int;
     v_cases text;
 BEGIN
-    -- One writer of the function at a time: two transactions that changed
-    -- writers would otherwise replace it at once ("tuple concurrently
-    -- updated"). The second reads the table after the first has committed.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'writers is changed in READ COMMITTED transactions only (this one is %)',
+            current_setting('transaction_isolation') USING ERRCODE = 'invalid_transaction_state';
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtextextended('livedesk.ld_writer_agent', 0));
-    SELECT count(*), string_agg(format('WHEN %L THEN %s', w.role_name, w.agent_id), ' ' ORDER BY w.role_name)
+    SELECT count(*), string_agg(format('WHEN %L THEN %s::pg_catalog.int8', w.role_name, w.agent_id), ' '
+                                ORDER BY w.role_name)
     INTO v_count, v_cases
     FROM writers w;
-    PERFORM ld_write_data_function(TG_TABLE_SCHEMA, 'ld_writer_agent(p_role text) RETURNS bigint',
-        CASE WHEN v_count = 0 THEN 'SELECT NULL::pg_catalog.int8'
-             WHEN v_count <= 64 THEN format('SELECT CASE p_role %s END', v_cases)
-             ELSE format('SELECT (SELECT w.agent_id FROM %I.writers w WHERE w.role_name OPERATOR(pg_catalog.=) p_role)',
-                         TG_TABLE_SCHEMA) END);
+    PERFORM ld_write_data_function(TG_TABLE_SCHEMA, 'ld_writer_agent(p_role text)', 'bigint',
+        CASE WHEN v_count = 0 THEN 'LANGUAGE sql RETURN NULL::pg_catalog.int8'
+             WHEN v_count <= 64 THEN format('LANGUAGE sql RETURN CASE p_role %s END', v_cases)
+             ELSE format('LANGUAGE plpgsql AS %L',
+                         format('BEGIN RETURN (SELECT w.agent_id FROM %I.writers w WHERE w.role_name = p_role); END',
+                                TG_TABLE_SCHEMA)) END);
     RETURN NULL;
 END
 $$;

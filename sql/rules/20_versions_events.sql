@@ -28,8 +28,8 @@
 CREATE OR REPLACE FUNCTION ld_bus_mode_follow_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 BEGIN
-    PERFORM ld_write_data_function(TG_TABLE_SCHEMA, 'ld_bus_mode() RETURNS text',
-                                   format('SELECT %L::pg_catalog.text', NEW.mode));
+    PERFORM ld_write_data_function(TG_TABLE_SCHEMA, 'ld_bus_mode()', 'text',
+                                   format('LANGUAGE sql RETURN %L::pg_catalog.text', NEW.mode));
     RETURN NULL;
 END
 $$;
@@ -83,6 +83,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp 
 DECLARE
     v_before text;
 BEGIN
+    -- The table before its row, in the order applying the rules takes them
+    -- (00_helpers.sql): a start during another's apply waits, never deadlocks.
+    LOCK TABLE bus_settings IN ROW EXCLUSIVE MODE;
     IF p_mode = 'logical' AND current_setting('wal_level') <> 'logical' THEN
         RAISE EXCEPTION 'the logical bus needs wal_level = logical (it is %)',
             current_setting('wal_level') USING ERRCODE = '55000';

@@ -51,15 +51,23 @@ DECLARE
     v_replies jsonb;
     v_actor bigint := NEW.author_agent_id;
     v_message jsonb;
+    v_unknown_agent boolean := false;
 BEGIN
     UPDATE tickets SET child_changed = true WHERE id = NEW.ticket_id RETURNING version INTO v_version;
     IF v_version IS NULL THEN
         PERFORM ld_fail_missing_key('messages', 'messages_ticket_id_fkey', 'ticket_id', NEW.ticket_id, 'tickets');
     END IF;
-    -- The event's message, whose author is read here once: an agent's id
-    -- that names no agent leaves it null (no query of its own to check).
+    -- The event's message, whose author is read here once: when the agent
+    -- is the author shown, an id that names no agent leaves it null (no
+    -- query of its own to check). A customer's message relayed by an agent
+    -- shows the customer, so that agent is looked up on its own.
     v_message := ld_message_json(NEW);
-    IF NEW.author_agent_id IS NOT NULL AND v_message -> 'author' = 'null'::jsonb THEN
+    IF NEW.author_customer_id IS NULL THEN
+        v_unknown_agent := NEW.author_agent_id IS NOT NULL AND v_message -> 'author' = 'null'::jsonb;
+    ELSIF NEW.author_agent_id IS NOT NULL THEN
+        v_unknown_agent := NOT EXISTS (SELECT 1 FROM agents a WHERE a.id = NEW.author_agent_id);
+    END IF;
+    IF v_unknown_agent THEN
         PERFORM ld_fail_missing_key('messages', 'messages_author_agent_id_fkey', 'author_agent_id',
                                     NEW.author_agent_id, 'agents');
     END IF;

@@ -128,6 +128,9 @@ DECLARE
     v_agent agents;
     v_group text := CASE WHEN p_read_only THEN 'livedesk_reader' ELSE 'livedesk_writer' END;
 BEGIN
+    -- writers before agents, in the order applying the rules locks them
+    -- (00_helpers.sql): a writer added during an apply waits, never deadlocks.
+    LOCK TABLE writers IN ROW EXCLUSIVE MODE;
     IF p_name IS NULL OR p_name !~ '^[a-z][a-z0-9_]{0,62}$' OR p_name LIKE 'livedesk%' OR p_name LIKE 'pg\_%' THEN
         PERFORM ld_fail('LD400', format('%s is not a writer name: use lower-case letters, digits and _, '
                                         'starting with a letter, not livedesk* or pg_*',
@@ -196,6 +199,7 @@ $$;
 CREATE OR REPLACE FUNCTION ld_writer_remove(p_name text) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 BEGIN
+    LOCK TABLE writers IN ROW EXCLUSIVE MODE;  -- as in ld_writer_add
     IF NOT EXISTS (SELECT 1 FROM writers w WHERE w.role_name = p_name) THEN
         PERFORM ld_fail('LD404', format('no writer is named %s', coalesce(to_jsonb(p_name)::text, 'null')),
                         jsonb_build_object('resource', 'writer'));

@@ -212,4 +212,10 @@ BEGIN
 END
 $$;
 
+-- Only READ COMMITTED may change writers: a REPEATABLE READ transaction
+-- would write the function from a snapshot without a concurrent change.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT t_raises('INSERT INTO writers (role_name, agent_id) VALUES (''svc_rr'', 1)', '25000');
+ROLLBACK;
+
 SELECT 'ok' AS writer_agents;

@@ -155,6 +155,13 @@ BEGIN
     d := t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (%s, ''note'', 999999, ''hi'')', t),
                   '23503');
     PERFORM t_true(d ->> 'message' LIKE '%"messages_author_agent_id_fkey"', 'unknown author');
+    -- A customer's message relayed by an agent: the agent is checked too
+    -- (the message shows the customer, not the agent).
+    INSERT INTO customers (email) VALUES ('relayed@customer.invalid');
+    d := t_raises(format('INSERT INTO messages (ticket_id, kind, author_customer_id, author_agent_id, body) '
+                         'VALUES (%s, ''customer'', (SELECT min(id) FROM customers), 999999, ''hi'')', t),
+                  '23503');
+    PERFORM t_true(d ->> 'message' LIKE '%"messages_author_agent_id_fkey"', 'unknown relaying agent');
     PERFORM t_raises('INSERT INTO messages (ticket_id, kind, author_agent_id, body) VALUES (NULL, ''note'', 1, ''hi'')',
                      '23502');
     -- At the keys' point: after NOT NULL and the CHECK, as before V14 ...

@@ -744,3 +744,50 @@ async fn writers_added_at_once_both_take_effect() {
         (Some(alice.id), Some(bob.id))
     );
 }
+
+/// Applying the rules locks `writers` and `bus_settings` first, and later
+/// other tables (a trigger on `agents`) and the bus row. `livedesk writer
+/// add` (agents, then writers) and a starting process's `ld_bus_set` (the
+/// row, then the table) lock their table first too, so while an apply
+/// runs they wait for it instead of deadlocking with it (40P01).
+#[tokio::test]
+async fn a_writer_add_or_a_bus_switch_waits_for_an_apply_without_deadlock() {
+    let app = TestApp::spawn().await;
+    let apply = app.sql().await;
+    // `livedesk writer add` runs as a role that may create roles.
+    let writer_add = common::connect_as(&app.dbname, "livedesk").await;
+    let bus_set = app.sql().await;
+    // What an apply holds from its first statement (sql/rules/00_helpers.sql).
+    apply
+        .batch_execute("BEGIN; LOCK TABLE writers, bus_settings IN SHARE ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // Roles are cluster-wide: a name no other test uses.
+    let added = tokio::spawn(async move {
+        writer_add
+            .query_one(
+                "SELECT ld_writer_add('apply_wait_writer', 'not-a-verifier', false)::text",
+                &[],
+            )
+            .await
+            .map(|_| ())
+    });
+    let switched = tokio::spawn(async move {
+        bus_set
+            .query_one("SELECT ld_bus_set('notify', 'test')", &[])
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!added.is_finished() && !switched.is_finished(), "both wait");
+    // What the apply takes later: a trigger on agents, the bus row.
+    apply
+        .batch_execute(
+            "LOCK TABLE agents IN SHARE ROW EXCLUSIVE MODE; \
+             UPDATE bus_settings SET mode = mode WHERE id = 1; COMMIT",
+        )
+        .await
+        .unwrap();
+    added.await.unwrap().unwrap();
+    switched.await.unwrap().unwrap();
+}
