@@ -232,13 +232,14 @@ async fn processes_that_disagree_follow_the_last_one_started() {
 /// writer's session that has already changed tickets must follow a switch
 /// at its next change, whoever switched: the owner's plain `UPDATE` of the
 /// row, then `ld_bus_set`. Its events name its service agent (the writers
-/// lookup) all along.
+/// lookup, data as well) until another session links the role to another
+/// agent.
 #[tokio::test]
 async fn a_writers_session_follows_a_switch_at_its_next_change() {
     let app = TestApp::spawn().await;
-    let (_, token) = app.agent("Alice", "agent").await;
+    let (alice, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "switch").await["id"].as_i64().unwrap();
-    let (_, service_agent, writer) = writer_role(&app, "busswitch", false).await;
+    let (role, service_agent, writer) = writer_role(&app, "busswitch", false).await;
     let owner = app.sql().await;
     let (_listener, mut heard) = listen(&app.dbname, "livedesk_events").await;
     let quiet = Duration::from_millis(500);
@@ -289,6 +290,26 @@ async fn a_writers_session_follows_a_switch_at_its_next_change() {
         .map(|row| row.get(0))
         .collect();
     assert_eq!(actors, vec![Some(service_agent); 5]);
+
+    // The same for the writer's agent (`ld_writer_agent`, data too): relinked
+    // by another session, it names the new agent from the next change on.
+    owner
+        .execute(
+            "UPDATE writers SET agent_id = $1 WHERE role_name = $2",
+            &[&alice.id, &role],
+        )
+        .await
+        .unwrap();
+    subject_change(&writer, id, 5).await;
+    let actor: Option<i64> = owner
+        .query_one(
+            "SELECT actor_agent_id FROM ticket_events WHERE ticket_id = $1 AND version = 7",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(actor, Some(alice.id));
 }
 
 /// Settings and a database as a role that may migrate and serve (a member
