@@ -256,6 +256,14 @@ async fn a_writers_session_follows_a_switch_at_its_next_change() {
         .unwrap();
     assert_eq!(heard_version(payload), 2);
 
+    // A slot of our own shows the logical messages the writer emits.
+    let decoder = common::connect_as(&app.dbname, "livedesk").await;
+    decoder
+        .batch_execute(
+            "SELECT pg_create_logical_replication_slot('switch_check', 'test_decoding', true)",
+        )
+        .await
+        .unwrap();
     owner
         .batch_execute("UPDATE bus_settings SET mode = 'logical' WHERE id = 1")
         .await
@@ -267,6 +275,15 @@ async fn a_writers_session_follows_a_switch_at_its_next_change() {
         tokio::time::timeout(quiet, heard.recv()).await.is_err(),
         "no NOTIFY once the row says logical"
     );
+    let emitted = decoder
+        .query(
+            "SELECT data FROM pg_logical_slot_get_changes('switch_check', NULL, NULL) \
+             WHERE data LIKE 'message: transactional: 1 prefix: livedesk_events%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(emitted.len(), 3, "a logical message per change instead");
 
     owner
         .batch_execute("SELECT ld_bus_set('notify', 'test')")
