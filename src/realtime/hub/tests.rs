@@ -180,15 +180,21 @@ fn conn_on(
     (handle, rx)
 }
 
+/// A worker's hand-off with its task running on this `LocalSet`, its
+/// metrics, and a hub to fan out with.
+fn running_handoff() -> (Arc<crate::metrics::Metrics>, Arc<Handoff>, Hub) {
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let handoff = Handoff::new(metrics.clone());
+    tokio::task::spawn_local(handoff.clone().run());
+    (metrics, handoff, Hub::default())
+}
+
 #[tokio::test]
 async fn the_worker_handoff_keeps_each_connections_order_and_its_overflow() {
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
-            let metrics = Arc::new(crate::metrics::Metrics::new());
-            let handoff = Handoff::new(metrics.clone());
-            tokio::task::spawn_local(handoff.clone().run());
-            let hub = Hub::default();
+            let (metrics, handoff, hub) = running_handoff();
             let (a, mut rx_a) = conn_on(1, 64, &handoff);
             let (b, mut rx_b) = conn_on(2, 2, &handoff);
             // Registered on this worker, busy: everything goes through
@@ -313,10 +319,7 @@ async fn direct_writes_never_overtake_the_sessions_queue() {
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
-            let metrics = Arc::new(crate::metrics::Metrics::new());
-            let handoff = Handoff::new(metrics.clone());
-            tokio::task::spawn_local(handoff.clone().run());
-            let hub = Hub::default();
+            let (metrics, handoff, hub) = running_handoff();
             let (a, mut rx) = conn_on(1, 64, &handoff);
             let (ws, mut body) = socket().await;
             let sent = Sent::default();
@@ -393,9 +396,7 @@ async fn a_pass_bigger_than_a_chunk_keeps_its_order() {
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
-            let handoff = Handoff::new(Arc::new(crate::metrics::Metrics::new()));
-            tokio::task::spawn_local(handoff.clone().run());
-            let hub = Hub::default();
+            let (_, handoff, hub) = running_handoff();
             let (a, mut rx) = conn_on(1, 1024, &handoff);
             let (b, mut rx_b) = conn_on(2, 1024, &handoff);
             let _registrations = busy_on(&hub, 7, [&a, &b]).await;
