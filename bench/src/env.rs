@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use livedesk::db::embedded::{find_bin_dir, EmbeddedOptions, EmbeddedPostgres};
 use livedesk::db::{migrations, Database};
-use livedesk::domain::agents;
+use livedesk::domain::{agents, writers};
 
 /// A running cluster, a server process, and agents with tokens.
 pub struct BenchEnv {
@@ -22,8 +22,14 @@ pub struct BenchEnv {
     pub base: String,
     pub server_pid: u32,
     pub tokens: Vec<(i64, String)>,
+    /// The role pgbench's direct writes run as: a writer made with
+    /// `livedesk writer add`, as another service would be.
+    pub writer: String,
     _dir: tempfile::TempDir,
 }
+
+/// The role [`BenchEnv::start`] makes for the direct-SQL scenarios.
+const BENCH_WRITER: &str = "bench_writer";
 
 impl BenchEnv {
     /// Start everything; `agents` agents are created with tokens.
@@ -42,9 +48,12 @@ impl BenchEnv {
         let pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(options)).await??;
         let admin = Database::new(pg.admin_config(), 1)?;
         livedesk::db::bootstrap::embedded(&admin).await?;
-        admin.pool().close();
         let db = Database::new(pg.config(), 16)?;
         migrations::run(&db).await?;
+        // The password is not needed: the embedded cluster trusts local
+        // connections (docs/configuration.md).
+        let (writer, _password) = writers::add(&admin, BENCH_WRITER, false).await?;
+        admin.pool().close();
         let mut tokens = Vec::new();
         for n in 0..agent_count {
             let (agent, token) = agents::add(
@@ -67,6 +76,7 @@ impl BenchEnv {
             base,
             server_pid,
             tokens,
+            writer: writer.name,
             _dir: dir,
         };
         env.wait_healthy().await?;
@@ -85,11 +95,22 @@ impl BenchEnv {
         bail!("the livedesk server did not become healthy")
     }
 
-    /// A libpq key=value string for pgbench and psql.
+    /// A libpq key=value string for pgbench: the bench's writer role, so
+    /// direct writes meet the privileges a real service has.
     pub fn conninfo(&self) -> String {
+        self.conninfo_as(&self.writer)
+    }
+
+    /// The same as the cluster's superuser (what may switch the triggers'
+    /// `SECURITY DEFINER` off for a comparison).
+    pub fn superuser_conninfo(&self) -> String {
+        self.conninfo_as("livedesk")
+    }
+
+    fn conninfo_as(&self, user: &str) -> String {
         let (dir, port) = self.pg.socket();
         format!(
-            "host={} port={port} user=livedesk dbname=livedesk",
+            "host={} port={port} user={user} dbname=livedesk",
             dir.display()
         )
     }

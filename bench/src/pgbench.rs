@@ -19,8 +19,21 @@ pub struct Run {
     pub transactions: u64,
 }
 
-/// Run a custom script with `clients` clients for `seconds`.
+/// Run a custom script with `clients` clients for `seconds`, as the
+/// bench's writer role.
 pub fn run(env: &BenchEnv, name: &str, script: &str, clients: u32, seconds: u32) -> Result<Run> {
+    run_as(&env.conninfo(), env, name, script, clients, seconds)
+}
+
+/// The same, connected with `conninfo`.
+pub fn run_as(
+    conninfo: &str,
+    env: &BenchEnv,
+    name: &str,
+    script: &str,
+    clients: u32,
+    seconds: u32,
+) -> Result<Run> {
     let path = std::env::temp_dir().join(format!("livedesk-bench-{name}.sql"));
     std::fs::write(&path, script)?;
     let output = Command::new(env.bin_dir.join("pgbench"))
@@ -37,7 +50,7 @@ pub fn run(env: &BenchEnv, name: &str, script: &str, clients: u32, seconds: u32)
             "-f",
         ])
         .arg(&path)
-        .arg(env.conninfo())
+        .arg(conninfo)
         .output()
         .context("run pgbench")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -91,11 +104,18 @@ SELECT coalesce(max(id), 0) AS seen FROM messages WHERE ticket_id = :first + :id
 INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id) VALUES (:first + :id - 1, 'reply', :agent, 'bench reply', :seen);
 ";
 
-/// Create the plain table the baseline updates.
+/// Create the plain table the baseline updates, writable by the bench's
+/// writer role (the baseline runs as the same role as the ticket path).
 pub async fn prepare_plain(env: &BenchEnv, rows: i64) -> Result<()> {
     let sql = env.sql().await?;
     sql.batch_execute("DROP TABLE IF EXISTS bench_plain; CREATE TABLE bench_plain (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, subject text)")
         .await?;
+    // The role's name is the bench's own constant, not input.
+    sql.batch_execute(&format!(
+        "GRANT SELECT, UPDATE ON bench_plain TO {}",
+        env.writer
+    ))
+    .await?;
     sql.execute(
         "INSERT INTO bench_plain (id) SELECT generate_series(1, $1::bigint)",
         &[&rows],
