@@ -791,3 +791,142 @@ async fn a_writer_add_or_a_bus_switch_waits_for_an_apply_without_deadlock() {
     added.await.unwrap().unwrap();
     switched.await.unwrap().unwrap();
 }
+
+/// The same with a real apply of every rule file (what a process does when
+/// it starts a new release), raced by what runs beside it in production: a
+/// writer role changing its ticket, `livedesk writer add` and `remove`, and
+/// a starting process's bus switch, all in loops for as long as the apply
+/// runs, several applies in a row. Nothing may fail (a deadlock, 40P01, is a
+/// failure), and afterwards every role maps to its agent and the writer's
+/// changes are all in the log, each naming its agent.
+#[tokio::test]
+async fn real_rule_applies_raced_by_writers_role_changes_and_bus_switches() {
+    use livedesk::db::migrations;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let app = TestApp::spawn().await;
+    let (_, writer_agent, writer) = writer_role(&app, false).await;
+    let ticket: i64 = writer
+        .query_one(
+            "INSERT INTO tickets (subject) VALUES ('raced by applies') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let owner = app.sql().await;
+    let admin = Database::new(cluster().admin_config(&app.dbname), 2).unwrap();
+    let applying = Arc::new(AtomicBool::new(true));
+    let changes = tokio::spawn({
+        let applying = applying.clone();
+        async move {
+            let mut made = 0i64;
+            while applying.load(Ordering::Acquire) {
+                writer
+                    .execute(
+                        "UPDATE tickets SET subject = $2 WHERE id = $1",
+                        &[&ticket, &format!("change {made}")],
+                    )
+                    .await
+                    .unwrap_or_else(|e| {
+                        panic!("a writer's change failed during an apply: {}", why(&e))
+                    });
+                made += 1;
+            }
+            made
+        }
+    });
+    let roles = tokio::spawn({
+        let (applying, admin) = (applying.clone(), admin.clone());
+        let prefix = format!("apply_race_{}", std::process::id());
+        async move {
+            let mut kept = Vec::new();
+            let mut n = 0;
+            while applying.load(Ordering::Acquire) {
+                let name = format!("{prefix}_{n}");
+                let (added, _) = livedesk::domain::writers::add(&admin, &name, false)
+                    .await
+                    .unwrap_or_else(|e| panic!("writer add failed during an apply: {e:?}"));
+                // Every other one is removed again.
+                if n % 2 == 0 {
+                    kept.push((name, added.agent.id));
+                } else {
+                    livedesk::domain::writers::remove(&admin, &name)
+                        .await
+                        .unwrap_or_else(|e| panic!("writer remove failed during an apply: {e:?}"));
+                }
+                n += 1;
+            }
+            kept
+        }
+    });
+    let switches = tokio::spawn({
+        let applying = applying.clone();
+        let bus = app.sql().await;
+        async move {
+            let mut made = 0;
+            while applying.load(Ordering::Acquire) {
+                bus.query_one("SELECT ld_bus_set('notify', 'test')", &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("a bus switch failed during an apply: {}", why(&e)));
+                made += 1;
+            }
+            made
+        }
+    });
+    for _ in 0..4 {
+        owner
+            .batch_execute("UPDATE rules_applied SET sha256 = 'an older release'")
+            .await
+            .unwrap();
+        let report = migrations::run(&app.db).await.unwrap();
+        assert!(report.rules, "the rules were applied again");
+    }
+    applying.store(false, Ordering::Release);
+    let made = changes.await.unwrap();
+    let kept = roles.await.unwrap();
+    let switched = switches.await.unwrap();
+    assert!(
+        made > 0 && kept.len() > 1 && switched > 0,
+        "each ran during the applies: {made} changes, {} roles kept, {switched} switches",
+        kept.len()
+    );
+    for (name, agent) in &kept {
+        let mapped: Option<i64> = owner
+            .query_one("SELECT ld_writer_agent($1)", &[name])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(mapped, Some(*agent), "{name} maps to its agent");
+    }
+    let row = owner
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE actor_agent_id = $2), \
+                    max(version) - min(version) + 1 \
+             FROM ticket_events WHERE ticket_id = $1 AND kind = 'ticket.updated'",
+            &[&ticket, &writer_agent],
+        )
+        .await
+        .unwrap();
+    let (events, named, span): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (events, named, span),
+        (made, made, made),
+        "every change logged once, gapless, naming the writer's agent"
+    );
+    for (name, _) in kept {
+        livedesk::domain::writers::remove(&admin, &name)
+            .await
+            .unwrap();
+    }
+    admin.pool().close();
+}
+
+/// A statement's SQLSTATE and PostgreSQL's message, for a failure's panic.
+fn why(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
