@@ -139,10 +139,12 @@ END
 $$;
 
 -- The service agent a writer role acts as (`writers`, `livedesk writer
--- add`), as data: a CASE over the writer roles. Beyond 64 of them a CASE
--- would cost more than the index lookup it saves, so the body is that
--- lookup instead, in PL/pgSQL (whose plan a session keeps; a SQL body with
--- a sub-select is not inlined and would be planned in every transaction).
+-- add`), as data: a CASE over the writer roles. Beyond 128 of them the body
+-- is the index lookup instead, in PL/pgSQL (whose plan a session keeps; a
+-- SQL body with a sub-select is not inlined and would be planned in every
+-- transaction): measured as a trigger calls it, a CASE costs ~17 ns a role
+-- tried (1.2 µs for the 64th, 2.2 µs for the 128th), the lookup ~3.5 µs
+-- however many roles there are (docs/benchmarks.md, "Writer roles' agents").
 -- Changes to `writers` take turns here: two at once would both replace the
 -- function ("tuple concurrently updated"), and under REPEATABLE READ the
 -- second would rebuild it from a snapshot without the first's row, so only
@@ -164,7 +166,7 @@ BEGIN
     FROM writers w;
     PERFORM ld_write_data_function(TG_TABLE_SCHEMA, 'ld_writer_agent(p_role text)', 'bigint',
         CASE WHEN v_count = 0 THEN 'LANGUAGE sql RETURN NULL::pg_catalog.int8'
-             WHEN v_count <= 64 THEN format('LANGUAGE sql RETURN CASE p_role %s END', v_cases)
+             WHEN v_count <= 128 THEN format('LANGUAGE sql RETURN CASE p_role %s END', v_cases)
              ELSE format('LANGUAGE plpgsql AS %L',
                          format('BEGIN RETURN (SELECT w.agent_id FROM %I.writers w WHERE w.role_name = p_role); END',
                                 TG_TABLE_SCHEMA)) END);

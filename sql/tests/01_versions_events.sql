@@ -171,7 +171,7 @@ SELECT t_eq(ld_bus_mode(), 'notify', 'and its rollback');
 SELECT 'ok' AS bus_mode;
 
 -- The writer roles' agents as the triggers see them (ld_writer_agent: data,
--- a CASE up to 64 roles, the index lookup beyond) follow `writers`.
+-- a CASE up to 128 roles, the index lookup beyond) follow `writers`.
 DO $$
 DECLARE
     a bigint;
@@ -188,9 +188,14 @@ BEGIN
     PERFORM t_true(pg_get_functiondef('ld_writer_agent'::regproc) LIKE '%CASE p_role%', 'a CASE for a few');
     UPDATE writers SET agent_id = a WHERE role_name = 'svc_b';
     PERFORM t_eq(ld_writer_agent('svc_b'), a, 'an UPDATE');
-    INSERT INTO writers (role_name, agent_id) SELECT 'svc_many_' || i, b FROM generate_series(1, 70) i;
-    PERFORM t_true(pg_get_functiondef('ld_writer_agent'::regproc) NOT LIKE '%CASE p_role%', 'a lookup for many');
-    PERFORM t_eq(ld_writer_agent('svc_many_70'), b, 'many writers');
+    INSERT INTO writers (role_name, agent_id) SELECT 'svc_many_' || i, b FROM generate_series(1, 125) i;
+    PERFORM t_true(pg_get_functiondef('ld_writer_agent'::regproc) LIKE '%CASE p_role%', 'a CASE for 127');
+    PERFORM t_eq(ld_writer_agent('svc_many_125'), b, 'the CASE''s last roles');
+    INSERT INTO writers (role_name, agent_id) VALUES ('svc_many_126', b);
+    PERFORM t_true(pg_get_functiondef('ld_writer_agent'::regproc) LIKE '%CASE p_role%', 'a CASE for 128');
+    INSERT INTO writers (role_name, agent_id) VALUES ('svc_many_127', b);
+    PERFORM t_true(pg_get_functiondef('ld_writer_agent'::regproc) NOT LIKE '%CASE p_role%', 'a lookup for 129');
+    PERFORM t_eq(ld_writer_agent('svc_many_127'), b, 'many writers');
     PERFORM t_eq(ld_writer_agent('svc_a'), a, 'many writers, the first');
     PERFORM t_eq(ld_writer_agent('svc_c'), NULL::bigint, 'many writers, no such role');
     DELETE FROM writers WHERE role_name LIKE 'svc_many_%' OR role_name = 'svc_a';
