@@ -3,12 +3,14 @@
 //! lost, the listener reconnects with backoff and asks for a catch-up read of
 //! every watched ticket, so nothing committed meanwhile is missed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 
-use super::Realtime;
+use super::{bus, Realtime};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// `application_name` of the LISTEN connection, to find it in `pg_stat_activity`.
@@ -37,6 +39,29 @@ pub fn event_of(payload: &str) -> Option<(i64, i64)> {
         .map(|p| (p.ticket_id, p.version))
 }
 
+/// Read the database's bus mode (`bus_settings`, which only the owner
+/// writes) and follow it; false when it could not be read.
+async fn follow_the_databases_bus(
+    rt: &Realtime,
+    client: &tokio_postgres::Client,
+    limit: Duration,
+) -> bool {
+    match tokio::time::timeout(limit, bus::read_mode(client)).await {
+        Ok(Ok(mode)) => {
+            rt.follow_bus(mode);
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot read the database's event bus");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("reading the database's event bus got no answer in time");
+            false
+        }
+    }
+}
+
 /// Keep a LISTEN connection up until shutdown.
 pub async fn run(rt: Realtime) {
     let mut backoff = Duration::from_millis(50);
@@ -57,11 +82,19 @@ pub async fn run(rt: Realtime) {
         match connected {
             Ok((client, mut connection)) => {
                 let relay = rt.clone();
+                // A `livedesk_bus` notification only says "read the mode
+                // again": anyone may NOTIFY on any channel, so its payload
+                // is not believed (the loop below reads `bus_settings`).
+                let bus_changed = Arc::new(Notify::new());
+                let heard = bus_changed.clone();
                 let mut driver = tokio::spawn(async move {
                     let mut messages =
                         futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                     while let Some(message) = messages.next().await {
                         match message {
+                            Ok(AsyncMessage::Notification(n)) if n.channel() == bus::CHANNEL => {
+                                heard.notify_one()
+                            }
                             Ok(AsyncMessage::Notification(n)) => {
                                 relay.on_notification(n.channel(), n.payload())
                             }
@@ -98,15 +131,7 @@ pub async fn run(rt: Realtime) {
                         };
                         super::rewind::observe(&rt, seen, connected_before);
                         // The bus may have been switched while we were away.
-                        match tokio::time::timeout(limit, super::bus::read_mode(&client)).await {
-                            Ok(Ok(mode)) => rt.follow_bus(mode),
-                            Ok(Err(e)) => {
-                                tracing::warn!(error = %e, "cannot read the database's event bus")
-                            }
-                            Err(_) => tracing::warn!(
-                                "reading the database's event bus got no answer in time"
-                            ),
-                        }
+                        follow_the_databases_bus(&rt, &client, limit).await;
                         rt.set_listener_up(true);
                         if connected_before {
                             rt.metrics.listener_reconnects.inc();
@@ -125,6 +150,12 @@ pub async fn run(rt: Realtime) {
                             tokio::select! {
                                 _ = &mut driver => break,
                                 _ = rt.bus_stop.cancelled() => break,
+                                _ = bus_changed.notified() => {
+                                    if !follow_the_databases_bus(&rt, &client, limit).await {
+                                        // A reconnect reads it again.
+                                        break;
+                                    }
+                                }
                                 _ = tokio::time::sleep(half) => {
                                     let probe = tokio::time::timeout(half.min(limit), client.simple_query("SELECT 1"));
                                     if !matches!(probe.await, Ok(Ok(_))) {

@@ -184,8 +184,10 @@ impl Realtime {
         self.bus.subscribe()
     }
 
-    /// Follow the database's bus (read at a LISTEN (re)connect, or announced
-    /// on `livedesk_bus` by a process that started with another one).
+    /// Follow the database's bus, as read from `bus_settings` at a LISTEN
+    /// (re)connect and whenever `livedesk_bus` announces a switch (by a
+    /// process that started with another bus). Never from the announcement
+    /// itself: anyone may NOTIFY on any channel.
     pub fn follow_bus(&self, mode: Bus) {
         let changed = self.bus.send_if_modified(|now| {
             let changed = *now != mode;
@@ -230,10 +232,6 @@ impl Realtime {
             "livedesk_events" => match listener::ticket_of(payload) {
                 Some(ticket_id) => self.wake_for(ticket_id, None),
                 None => tracing::warn!(payload, "ignoring a malformed livedesk_events payload"),
-            },
-            bus::CHANNEL => match Bus::parse(payload) {
-                Some(mode) => self.follow_bus(mode),
-                None => tracing::warn!(payload, "ignoring a malformed livedesk_bus payload"),
             },
             "livedesk_presence" => {
                 if let Ok(ticket_id) = payload.trim().parse::<i64>() {

@@ -591,6 +591,60 @@ async fn a_forged_logical_message_is_harmless() {
     assert_eq!(slots(&app.sql().await).await, vec![(true, true)]);
 }
 
+/// A writer's forged `livedesk_bus` announcement (NOTIFY needs no right) is
+/// only a reason to read `bus_settings` again: a process on the logical bus
+/// keeps its stream when told "notify", one on NOTIFY opens none when told
+/// "logical", and both deliver the next real change at once. (Before,
+/// the payload was believed: the logical process dropped its stream and
+/// delivered nothing until the next reconnect.)
+#[tokio::test]
+async fn a_forged_bus_announcement_is_not_followed() {
+    for (bus, forged) in [(Bus::Logical, "notify"), (Bus::Notify, "logical")] {
+        let app = TestApp::spawn_bus(bus).await;
+        let (_, token) = app.agent("Alice", "agent").await;
+        let ticket = app.ticket(&token, "Refund").await;
+        let t = ticket["id"].as_i64().unwrap();
+        let v = ticket["version"].as_i64().unwrap();
+        let mut ws = WsClient::connect(&app.base, &token).await;
+        ws.subscribe(t, Some(v)).await;
+        let (_, _, w) = common::writer_role(&app, "fb", false).await;
+        let sql = app.sql().await;
+        let slots_before = slots(&sql).await;
+        w.batch_execute(&format!("NOTIFY livedesk_bus, '{forged}'"))
+            .await
+            .unwrap();
+        w.execute("SELECT pg_notify('livedesk_bus', $1)", &[&forged])
+            .await
+            .unwrap();
+        // Time for the process to act on it, as it did before the fix.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            mode(&sql).await,
+            bus.as_str(),
+            "the database's mode is untouched"
+        );
+        assert_eq!(
+            slots(&sql).await,
+            slots_before,
+            "{}: no stream dropped or opened",
+            bus.as_str()
+        );
+        w.batch_execute(&format!(
+            "UPDATE tickets SET priority = 'high' WHERE id = {t}"
+        ))
+        .await
+        .unwrap();
+        let events = ws.events(t, 1, Duration::from_secs(5)).await;
+        assert_eq!(
+            events.len(),
+            1,
+            "{}: the next change is delivered",
+            bus.as_str()
+        );
+        assert_eq!(events[0]["version"], v + 1);
+    }
+}
+
 /// With `DATABASE_URL` over TCP and `sslmode=verify-full`, the replication
 /// connection checks the server's certificate like the pool does (`db::tls`)
 /// (issuer and host name) and is encrypted.
