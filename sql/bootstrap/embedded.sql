@@ -60,3 +60,28 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Advisory locks. PostgreSQL lets any role take any key, and livedesk's
+-- turns have fixed keys (migrations, the one mail sender, one email's
+-- delivery, changes to `writers`): a writer role holding one for ever
+-- would stall server starts, mail and `livedesk writer add` (found by a
+-- review on 7 December). Only the owner of pg_catalog's functions (a
+-- superuser) can take them from PUBLIC, in this database: the owner
+-- keeps them, and so does the mail gateway's group (its sender takes
+-- turns with a session lock). The unlock functions stay public: they only
+-- release one's own locks. With DATABASE_URL, a superuser runs the same
+-- (docs/security.md, "Advisory locks").
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN
+        SELECT p.oid::regprocedure AS name FROM pg_proc p
+        WHERE p.pronamespace = 'pg_catalog'::regnamespace
+          AND p.proname ~ '^pg_(try_)?advisory_(xact_)?lock(_shared)?$'
+    LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', r.name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO livedesk_owner, livedesk_mailer', r.name);
+    END LOOP;
+END
+$$;

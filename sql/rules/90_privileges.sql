@@ -37,6 +37,20 @@ END
 $$;
 GRANT USAGE ON SCHEMA public TO livedesk_writer, livedesk_reader;
 
+-- Advisory locks are PUBLIC's by default, and a writer holding one of
+-- livedesk's keys for ever stalls starts, mail and `writer add`. Only a
+-- superuser can take them away (sql/bootstrap/embedded.sql does, for the
+-- embedded default); with DATABASE_URL this warns until one has.
+DO $$
+BEGIN
+    IF has_function_privilege('livedesk_writer', 'pg_catalog.pg_advisory_lock(bigint)', 'EXECUTE') THEN
+        RAISE WARNING 'writer roles may take advisory locks in database %, and could hold livedesk''s '
+                      'for ever: ask a superuser to revoke them from PUBLIC (docs/security.md, '
+                      '"Advisory locks")', current_database();
+    END IF;
+END
+$$;
+
 -- Reading (§4): both groups; agents without their token digests.
 GRANT SELECT ON customers, tickets, messages, ticket_tags, field_definitions, ticket_events
     TO livedesk_writer, livedesk_reader;

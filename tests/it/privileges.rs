@@ -930,3 +930,48 @@ fn why(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// A writer cannot take advisory locks, so it cannot hold livedesk's turns
+/// (the migrations' key, the mail sender's, a writer change's) for ever; the
+/// mail gateway's role keeps `pg_try_advisory_lock` for its sender's turn,
+/// and anyone may still unlock (only their own).
+#[tokio::test]
+async fn a_writer_cannot_take_advisory_locks() {
+    let app = TestApp::spawn().await;
+    let (_, _, writer) = writer_role(&app, false).await;
+    for function in [
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "pg_advisory_xact_lock",
+        "pg_advisory_xact_lock_shared",
+        "pg_try_advisory_xact_lock",
+        "pg_try_advisory_xact_lock_shared",
+    ] {
+        // The migrations' key, and the two-key form.
+        for args in ["x'6c646d696772'::bigint", "1, 2"] {
+            let call = format!("BEGIN; SELECT {function}({args})");
+            assert_eq!(refused(&writer, &call).await, "42501", "{call}");
+        }
+    }
+    writer
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    let (_, _, mailer) = common::mail_role(&app, "lockm").await;
+    let taken: bool = mailer
+        .query_one("SELECT pg_try_advisory_lock(x'6c646d61696c'::bigint)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(taken, "the mail gateway takes the sender's turn");
+    // Which is how a real one stands by: the server's sender waits for it.
+    let owner = app.sql().await;
+    let free: bool = owner
+        .query_one("SELECT pg_try_advisory_lock(x'6c646d61696c'::bigint)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!free, "the owner sees the turn taken");
+}
