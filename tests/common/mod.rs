@@ -507,6 +507,35 @@ async fn role(app: &TestApp, prefix: &str, kind: Role) -> (String, i64, tokio_po
     (name, writer.agent.id, client)
 }
 
+/// Where the forged-message tests start: an agent watching a fresh ticket
+/// over a WebSocket (subscribed at its first version), and a writer role's
+/// connection to forge with.
+pub struct Watched {
+    pub ticket: i64,
+    pub version: i64,
+    pub ws: ws::WsClient,
+    pub writer: tokio_postgres::Client,
+}
+
+/// Set up [`Watched`] on `app` (the writer's name made unique from `prefix`).
+pub async fn watched_ticket(app: &TestApp, prefix: &str) -> Watched {
+    let (_, token) = app.agent("Alice", "agent").await;
+    let ticket = app.ticket(&token, "Refund").await;
+    let (id, version) = (
+        ticket["id"].as_i64().unwrap(),
+        ticket["version"].as_i64().unwrap(),
+    );
+    let mut ws = ws::WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, Some(version)).await;
+    let (_, _, writer) = writer_role(app, prefix, false).await;
+    Watched {
+        ticket: id,
+        version,
+        ws,
+        writer,
+    }
+}
+
 /// A connection to a test database as any role.
 pub async fn connect_as(dbname: &str, user: &str) -> tokio_postgres::Client {
     let (client, connection) = cluster()

@@ -549,13 +549,12 @@ async fn no_free_wal_sender_is_named_at_start() {
 #[tokio::test]
 async fn a_forged_logical_message_is_harmless() {
     let app = TestApp::spawn_bus(Bus::Logical).await;
-    let (_, token) = app.agent("Alice", "agent").await;
-    let ticket = app.ticket(&token, "Refund").await;
-    let t = ticket["id"].as_i64().unwrap();
-    let v = ticket["version"].as_i64().unwrap();
-    let mut ws = WsClient::connect(&app.base, &token).await;
-    ws.subscribe(t, Some(v)).await;
-    let (_, _, w) = common::writer_role(&app, "f", false).await;
+    let common::Watched {
+        ticket: t,
+        version: v,
+        mut ws,
+        writer: w,
+    } = common::watched_ticket(&app, "f").await;
     for payload in [
         serde_json::json!({"ticket_id": t, "version": v + 3}).to_string(),
         serde_json::json!({"ticket_id": t, "version": -1}).to_string(),
@@ -601,13 +600,12 @@ async fn a_forged_logical_message_is_harmless() {
 async fn a_forged_bus_announcement_is_not_followed() {
     for (bus, forged) in [(Bus::Logical, "notify"), (Bus::Notify, "logical")] {
         let app = TestApp::spawn_bus(bus).await;
-        let (_, token) = app.agent("Alice", "agent").await;
-        let ticket = app.ticket(&token, "Refund").await;
-        let t = ticket["id"].as_i64().unwrap();
-        let v = ticket["version"].as_i64().unwrap();
-        let mut ws = WsClient::connect(&app.base, &token).await;
-        ws.subscribe(t, Some(v)).await;
-        let (_, _, w) = common::writer_role(&app, "fb", false).await;
+        let common::Watched {
+            ticket: t,
+            version: v,
+            mut ws,
+            writer: w,
+        } = common::watched_ticket(&app, "fb").await;
         let sql = app.sql().await;
         let slots_before = slots(&sql).await;
         w.batch_execute(&format!("NOTIFY livedesk_bus, '{forged}'"))

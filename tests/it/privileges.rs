@@ -10,7 +10,6 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::ws::WsClient;
 use common::{cluster, TestApp};
 use livedesk::db::Database;
 use serde_json::json;
@@ -384,13 +383,12 @@ async fn a_reader_can_read_and_nothing_else() {
 #[tokio::test]
 async fn a_forged_notify_is_harmless() {
     let app = TestApp::spawn().await;
-    let (_, token) = app.agent("Alice", "agent").await;
-    let ticket = app.ticket(&token, "Refund").await;
-    let t = ticket["id"].as_i64().unwrap();
-    let v = ticket["version"].as_i64().unwrap();
-    let mut ws = WsClient::connect(&app.base, &token).await;
-    ws.subscribe(t, Some(v)).await;
-    let (_, _, w) = writer_role(&app, false).await;
+    let common::Watched {
+        ticket: t,
+        version: v,
+        mut ws,
+        writer: w,
+    } = common::watched_ticket(&app, "w").await;
     for payload in [
         json!({"ticket_id": t, "version": v + 3}).to_string(),
         json!({"ticket_id": t, "version": -1}).to_string(),
