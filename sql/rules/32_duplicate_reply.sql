@@ -2,7 +2,8 @@
 --
 -- An agent's reply states the last message its author saw
 -- (seen_message_id, 0 = none; the CHECK messages_reply_needs_seen_message_id
--- makes it required). Under the ticket's lock, so concurrent replies are
+-- makes it required; it may not be newer than the ticket's newest
+-- message). Under the ticket's lock, so concurrent replies are
 -- serialised, a reply is refused when the ticket already has a reply by
 -- another agent with a larger id: its author has not seen it. Message ids
 -- follow commit order within a ticket (20_versions_events.sql), so a reply
@@ -72,6 +73,18 @@ BEGIN
                                     NEW.author_agent_id, 'agents');
     END IF;
     IF NEW.kind = 'reply' AND NEW.author_agent_id IS NOT NULL THEN
+        -- A reply cannot have seen past the ticket's newest message: a
+        -- larger seen_message_id would hide every colleague's reply from
+        -- the check below (found by a review on 7 December: 9e18 passed).
+        -- One probe of messages (ticket_id, id); the ticket is locked, and
+        -- its message ids follow commit order.
+        IF NEW.seen_message_id > 0 AND NEW.seen_message_id > coalesce(
+               (SELECT max(m.id) FROM messages m WHERE m.ticket_id = NEW.ticket_id AND m.id < NEW.id), 0) THEN
+            PERFORM ld_fail('LD400',
+                format('seen_message_id %s is newer than the newest message of ticket %s',
+                       NEW.seen_message_id, NEW.ticket_id),
+                '{"field": "seen_message_id"}');
+        END IF;
         v_replies := ld_unseen_replies(NEW.ticket_id, NEW.seen_message_id, NEW.author_agent_id, NEW.id);
         IF v_replies IS NOT NULL THEN
             PERFORM ld_fail('LD001',

@@ -64,6 +64,27 @@ BEGIN
                           VALUES (%s, %L, 1, %L, %s)', t, 'reply', 'Hi', m_alice2), 'LD001');
     PERFORM t_eq((SELECT jsonb_agg((x ->> 'id')::bigint) FROM jsonb_array_elements(d -> 'detail' -> 'replies') x),
                  jsonb_build_array(m_bob), 'only the colleague''s reply');
+    -- seen_message_id cannot be newer than the ticket's newest message: a
+    -- claim to have seen past it would hide every unseen reply (Carol
+    -- again, who has seen none of them). Refused with the field, stores
+    -- nothing; a message of another ticket newer than this one's newest
+    -- too. (Her honest claim, 0, is refused by LD001 above.)
+    v := t_version(t);
+    d := t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id)
+                          VALUES (%s, %L, 4, %L, 9000000000000000000)', t, 'reply', 'Hi'), 'LD400');
+    PERFORM t_eq(d -> 'detail' ->> 'field', 'seen_message_id', 'a seen id past the newest message');
+    d := t_raises(format('SELECT * FROM ld_post_message(%s, 4, %L, %L, 9000000000000000000, NULL, NULL, NULL)',
+                         t, 'reply', 'Hi'), 'LD400');
+    PERFORM t_eq(d -> 'detail' ->> 'field', 'seen_message_id', 'API: a seen id past the newest message');
+    PERFORM ld_post_message((ld_create_ticket(1, 'Newer', NULL, NULL, NULL, NULL) ->> 'id')::bigint,
+                            1, 'note', 'a newer message elsewhere', NULL, NULL, NULL, NULL);
+    d := t_raises(format('INSERT INTO messages (ticket_id, kind, author_agent_id, body, seen_message_id)
+                          VALUES (%s, %L, 4, %L, %s)', t, 'reply', 'Hi',
+                         (SELECT max(id) FROM messages)), 'LD400');
+    PERFORM t_eq(t_version(t), v, 'refused seen ids do not bump');
+    PERFORM t_eq((SELECT count(*) FROM messages WHERE ticket_id = t AND author_agent_id = 4), 0::bigint,
+                 'refused seen ids store nothing');
+
     -- A reply on another ticket never blocks.
     PERFORM ld_post_message((ld_create_ticket(1, 'Other', NULL, NULL, NULL, NULL) ->> 'id')::bigint,
                             2, 'reply', 'elsewhere', 0, NULL, NULL, NULL);

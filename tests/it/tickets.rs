@@ -221,6 +221,52 @@ async fn reply_race_exactly_one_wins_each_round_and_the_loser_sees_it() {
     assert_eq!(replies, 400);
 }
 
+/// A reply may not claim to have seen past the ticket's newest message:
+/// with a larger `seen_message_id` no colleague's reply would count as
+/// unseen, and the duplicate-reply rule would be off (found by a review on
+/// 7 December: 9e18 was accepted). Refused as a bad field, nothing changed;
+/// the honest claims keep their answers.
+#[tokio::test]
+async fn a_reply_cannot_claim_to_have_seen_past_the_newest_message() {
+    let app = TestApp::spawn().await;
+    let (_, token_a) = app.agent("Alice", "agent").await;
+    let (_, token_b) = app.agent("Bob", "agent").await;
+    let id = app.ticket(&token_a, "claims").await["id"].as_i64().unwrap();
+    let (status, alice) = reply(&app, &token_a, id, 0, "Refunded.").await;
+    assert_eq!(status, 201, "{alice}");
+    let (status, refusal) = reply(&app, &token_b, id, 0, "We will refund.").await;
+    assert_eq!((status, error_code(&refusal)), (409, "duplicate_reply"));
+    // A newer message elsewhere: its id is past this ticket's newest too.
+    let other = app.ticket(&token_a, "elsewhere").await["id"]
+        .as_i64()
+        .unwrap();
+    let (_, newer) = reply(&app, &token_a, other, 0, "elsewhere").await;
+    let sql = app.sql().await;
+    let before = fingerprint(&sql).await;
+    for seen in [9_000_000_000_000_000_000, newer["id"].as_i64().unwrap()] {
+        let (status, body) = reply(&app, &token_b, id, seen, "We will refund.").await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, "invalid_field"),
+            "{seen}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("seen_message_id"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        fingerprint(&sql).await,
+        before,
+        "refused claims change nothing"
+    );
+    let (status, body) = reply(&app, &token_b, id, alice["id"].as_i64().unwrap(), "Done.").await;
+    assert_eq!(status, 201, "{body}");
+}
+
 #[tokio::test]
 async fn duplicate_reply_rule_for_direct_sql_writers() {
     let app = TestApp::spawn().await;
