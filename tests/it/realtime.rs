@@ -628,6 +628,26 @@ async fn flooding_frames_gets_rate_limited_then_closed() {
         }
     }
     assert!(limited, "an error frame before the close");
+    // Binary frames and WebSocket pings count too (before, they were
+    // answered one by one without end): closed with 1008 like text.
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    for flood in [
+        Message::Binary(vec![1u8].into()),
+        Message::Ping(vec![].into()),
+    ] {
+        let mut ws = WsClient::connect(&app.base, &token).await;
+        for _ in 0..200 {
+            if ws.stream.send(flood.clone()).await.is_err() {
+                break;
+            }
+        }
+        assert_eq!(
+            ws.closed(LONG).await,
+            Ended::Closed(Some(1008)),
+            "a flood of {flood:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -233,19 +233,31 @@ impl Session {
             Some(Err(_)) => return Some(Stop::Close(1002, "protocol error")),
         };
         self.last_heard = Instant::now();
+        if let AggregatedMessage::Close(reason) = message {
+            return Some(Stop::Echo(reason));
+        }
+        // Every frame counts against the budget, binary and control frames
+        // too (each costs an answer or a wake-up).
+        match self.count_frame() {
+            FrameBudget::Within => {}
+            FrameBudget::Over => {
+                return match message {
+                    AggregatedMessage::Text(_) | AggregatedMessage::Binary(_) => {
+                        let frame = protocol::error_frame(
+                            "rate_limited",
+                            "Too many frames; this one was ignored.",
+                            None,
+                        );
+                        self.send(ws, frame).await
+                    }
+                    // Pings past the budget go unanswered.
+                    _ => None,
+                };
+            }
+            FrameBudget::Abuse => return Some(Stop::Close(close::POLICY, "too many frames")),
+        }
         match message {
-            AggregatedMessage::Text(text) => match self.count_frame() {
-                FrameBudget::Within => self.on_frame(ws, &text).await,
-                FrameBudget::Over => {
-                    let frame = protocol::error_frame(
-                        "rate_limited",
-                        "Too many frames; this one was ignored.",
-                        None,
-                    );
-                    self.send(ws, frame).await
-                }
-                FrameBudget::Abuse => Some(Stop::Close(close::POLICY, "too many frames")),
-            },
+            AggregatedMessage::Text(text) => self.on_frame(ws, &text).await,
             AggregatedMessage::Binary(_) => {
                 self.send(
                     ws,
@@ -255,7 +267,8 @@ impl Session {
             }
             AggregatedMessage::Ping(bytes) => self.write(ws.pong(&bytes)).await,
             AggregatedMessage::Pong(_) => None,
-            AggregatedMessage::Close(reason) => Some(Stop::Echo(reason)),
+            // Answered above.
+            AggregatedMessage::Close(_) => None,
         }
     }
 
