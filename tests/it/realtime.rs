@@ -632,10 +632,7 @@ async fn flooding_frames_gets_rate_limited_then_closed() {
     // answered one by one without end): closed with 1008 like text.
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    for flood in [
-        Message::Binary(vec![1u8].into()),
-        Message::Ping(vec![].into()),
-    ] {
+    for flood in [Message::Binary(vec![1u8]), Message::Ping(vec![])] {
         let mut ws = WsClient::connect(&app.base, &token).await;
         for _ in 0..200 {
             if ws.stream.send(flood.clone()).await.is_err() {
