@@ -536,3 +536,31 @@ async fn an_address_past_its_budget_waits_for_its_429() {
         started.elapsed()
     );
 }
+
+/// `/healthz` asks the database at every answer, so it is charged to the
+/// address's budget like any unauthenticated request (contract §5a): a
+/// flood from one address gets 429 in the error shape, past the budget,
+/// without a query each (found by a review: 200 answers in 0.07 s).
+#[tokio::test]
+async fn healthz_is_charged_to_the_addresss_budget() {
+    let mut settings = test_settings();
+    settings.rate_per_address = 5;
+    let app = TestApp::spawn_with(settings).await;
+    let url = format!("{}/healthz", app.base);
+    // The harness's own start-up checks spent some of the budget: let it
+    // fill up again (5 at once, 5 a second).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let (status, body) = send(app.http.get(&url)).await;
+        if status == 429 {
+            assert_eq!(error_code(&body), "rate_limited", "{body}");
+        }
+        statuses.push(status);
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(ok + limited, 30, "{statuses:?}");
+    assert!((5..=10).contains(&ok) && limited >= 20, "{statuses:?}");
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+}
