@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use livedesk::db::embedded::{find_bin_dir, EmbeddedOptions, EmbeddedPostgres};
+use livedesk::db::embedded::{find_bin_dir, EmbeddedOptions, EmbeddedPostgres, SUPERUSER};
 use livedesk::db::{migrations, Database};
 use livedesk::domain::{agents, writers};
 
@@ -104,7 +104,7 @@ impl BenchEnv {
     /// The same as the cluster's superuser (what may switch the triggers'
     /// `SECURITY DEFINER` off for a comparison).
     pub fn superuser_conninfo(&self) -> String {
-        self.conninfo_as("livedesk")
+        self.conninfo_as(SUPERUSER)
     }
 
     fn conninfo_as(&self, user: &str) -> String {

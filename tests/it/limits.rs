@@ -12,6 +12,16 @@ use common::{error_code, send, test_settings, TestApp};
 use livedesk::domain::agents;
 use serde_json::json;
 
+/// A server whose address budget is `rate` a second, once that budget is
+/// full again: the harness's start-up polls of `/healthz` are charged to it.
+async fn spawn_with_address_budget(rate: u32) -> TestApp {
+    let mut settings = test_settings();
+    settings.rate_per_address = rate;
+    let app = TestApp::spawn_with(settings).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app
+}
+
 /// Poll `/api/me` until it answers `status` (panics after `limit`).
 async fn until_status(app: &TestApp, token: &str, status: u16, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -117,9 +127,7 @@ async fn a_token_past_its_rate_gets_429_with_retry_after() {
 #[tokio::test]
 async fn a_flood_of_bad_tokens_does_not_starve_a_good_one() {
     const RATE_PER_ADDRESS: u32 = 20;
-    let mut settings = test_settings();
-    settings.rate_per_address = RATE_PER_ADDRESS;
-    let app = TestApp::spawn_with(settings).await;
+    let app = spawn_with_address_budget(RATE_PER_ADDRESS).await;
     let (_, token) = app.agent("Alice", "agent").await;
     let id = app.ticket(&token, "Refund").await["id"].as_i64().unwrap();
     // Every bad token of the flood is checked against the address's budget
@@ -468,9 +476,7 @@ async fn a_subscribe_loop_is_rate_limited() {
 /// address's budget.
 #[tokio::test]
 async fn a_good_token_is_not_locked_out_by_a_flood_from_its_address() {
-    let mut settings = test_settings();
-    settings.rate_per_address = 5;
-    let app = TestApp::spawn_with(settings).await;
+    let app = spawn_with_address_budget(5).await;
     let (_, token) = app.agent("Alice", "agent").await;
     assert_eq!(app.get("/api/me", &token).await.0, 200);
     let stop = Instant::now() + Duration::from_millis(6500);
@@ -507,9 +513,7 @@ async fn a_good_token_is_not_locked_out_by_a_flood_from_its_address() {
 /// thousands), while a good token from the same address is answered at once.
 #[tokio::test]
 async fn an_address_past_its_budget_waits_for_its_429() {
-    let mut settings = test_settings();
-    settings.rate_per_address = 2;
-    let app = TestApp::spawn_with(settings).await;
+    let app = spawn_with_address_budget(2).await;
     let (_, token) = app.agent("Alice", "agent").await;
     assert_eq!(app.get("/api/me", &token).await.0, 200);
     let mut refused = None;
@@ -543,13 +547,8 @@ async fn an_address_past_its_budget_waits_for_its_429() {
 /// without a query each (found by a review: 200 answers in 0.07 s).
 #[tokio::test]
 async fn healthz_is_charged_to_the_addresss_budget() {
-    let mut settings = test_settings();
-    settings.rate_per_address = 5;
-    let app = TestApp::spawn_with(settings).await;
+    let app = spawn_with_address_budget(5).await;
     let url = format!("{}/healthz", app.base);
-    // The harness's own start-up checks spent some of the budget: let it
-    // fill up again (5 at once, 5 a second).
-    tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut statuses = Vec::new();
     for _ in 0..30 {
         let (status, body) = send(app.http.get(&url)).await;

@@ -233,47 +233,42 @@ impl Session {
             Some(Err(_)) => return Some(Stop::Close(1002, "protocol error")),
         };
         self.last_heard = Instant::now();
-        if let AggregatedMessage::Close(reason) = message {
-            return Some(Stop::Echo(reason));
-        }
         // Every frame counts against the budget, binary and control frames
-        // too (each costs an answer or a wake-up).
-        match self.count_frame() {
-            FrameBudget::Within => {}
-            FrameBudget::Over => {
-                return match message {
-                    AggregatedMessage::Text(_) | AggregatedMessage::Binary(_) => {
-                        let frame = protocol::error_frame(
-                            "rate_limited",
-                            "Too many frames; this one was ignored.",
-                            None,
-                        );
-                        self.send(ws, frame).await
-                    }
-                    // Pings past the budget go unanswered.
-                    _ => None,
-                };
+        // too (each costs an answer or a wake-up); a Close is always answered.
+        let budget = match message {
+            AggregatedMessage::Close(_) => FrameBudget::Within,
+            _ => self.count_frame(),
+        };
+        match (budget, message) {
+            (FrameBudget::Abuse, _) => Some(Stop::Close(close::POLICY, "too many frames")),
+            (FrameBudget::Over, AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)) => {
+                let frame = protocol::error_frame(
+                    "rate_limited",
+                    "Too many frames; this one was ignored.",
+                    None,
+                );
+                self.send(ws, frame).await
             }
-            FrameBudget::Abuse => return Some(Stop::Close(close::POLICY, "too many frames")),
-        }
-        match message {
-            AggregatedMessage::Text(text) => self.on_frame(ws, &text).await,
-            AggregatedMessage::Binary(_) => {
+            // Pings and pongs past the budget go unanswered.
+            (FrameBudget::Over, _) => None,
+            (FrameBudget::Within, AggregatedMessage::Text(text)) => self.on_frame(ws, &text).await,
+            (FrameBudget::Within, AggregatedMessage::Binary(_)) => {
                 self.send(
                     ws,
                     protocol::error_frame("unsupported_frame", "Frames must be JSON text.", None),
                 )
                 .await
             }
-            AggregatedMessage::Ping(bytes) => self.write(ws.pong(&bytes)).await,
-            AggregatedMessage::Pong(_) => None,
-            // Answered above.
-            AggregatedMessage::Close(_) => None,
+            (FrameBudget::Within, AggregatedMessage::Ping(bytes)) => {
+                self.write(ws.pong(&bytes)).await
+            }
+            (FrameBudget::Within, AggregatedMessage::Pong(_)) => None,
+            (FrameBudget::Within, AggregatedMessage::Close(reason)) => Some(Stop::Echo(reason)),
         }
     }
 
-    /// Error frames past the per-second limit, a close past twice the limit.
-    /// Count a client frame against the per-second budget.
+    /// Count a client frame against the per-second budget: error frames
+    /// past the limit, a close past twice the limit.
     fn count_frame(&mut self) -> FrameBudget {
         let limit = self.rt.settings.max_frames_per_second;
         if self.window.0.elapsed() >= Duration::from_secs(1) {
