@@ -48,6 +48,9 @@ pub struct Metrics {
     /// Batched calls run again on their own (a row lock held elsewhere, an
     /// error that is not a refusal, a batch that failed as a whole).
     pub write_batch_alone: IntCounter,
+    /// Database pings `/healthz` sent (one answers every check of the same
+    /// half second).
+    pub health_pings: IntCounter,
 }
 
 /// The conflict rules, as `livedesk_conflicts_total` labels.
@@ -138,6 +141,10 @@ impl Metrics {
                 "write_batch_alone_total",
                 "Batched calls run again on their own",
             ),
+            health_pings: counter(
+                "health_pings_total",
+                "Database pings sent for /healthz (one answers the checks of half a second)",
+            ),
             registry,
         };
         for rule in CONFLICT_RULES {
@@ -165,6 +172,7 @@ impl Metrics {
             Box::new(metrics.write_batches.clone()),
             Box::new(metrics.write_batch_calls.clone()),
             Box::new(metrics.write_batch_alone.clone()),
+            Box::new(metrics.health_pings.clone()),
         ];
         for collector in collectors {
             let _ = metrics.registry.register(collector);

@@ -32,6 +32,8 @@ pub struct AppState {
     pub auth: Arc<auth::Authenticator>,
     /// PATCH and message writes, committed in batches under load.
     pub writes: WriteBatcher,
+    /// The database's health for `/healthz`, one ping per half second.
+    pub health: routes::health::SharedPing,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
     ) -> Self {
         let auth = Arc::new(auth::Authenticator::new(&settings));
         let writes = WriteBatcher::start(db.clone(), metrics.clone());
+        let health = routes::health::SharedPing::new(db.clone(), metrics.health_pings.clone());
         AppState {
             db,
             settings,
@@ -51,6 +54,7 @@ impl AppState {
             realtime,
             auth,
             writes,
+            health,
         }
     }
 }
