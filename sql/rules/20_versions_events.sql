@@ -16,6 +16,8 @@
 --   tickets_20_normalise_insert 35_custom_fields.sql (subject trim, field types;
 --                              on UPDATE tickets_30_change calls the same checks)
 --   tickets_25_assignee_rule   31_assignee.sql (only when a set assignee changes)
+--   tickets_26_assignee_enabled 31_assignee.sql (only when the assignee is set or
+--                              changes; also on INSERT): never a disabled agent
 --   tickets_30_change          here, the last one: bump and write ticket.updated
 --                              (seeing the final row), or keep the version of a no-op
 --   tickets_90_created_event   here (AFTER INSERT): ticket.created with the ticket

@@ -47,6 +47,43 @@ CREATE OR REPLACE TRIGGER tickets_25_assignee_rule
     WHEN (OLD.assignee_id IS NOT NULL AND NEW.assignee_id IS DISTINCT FROM OLD.assignee_id)
     EXECUTE FUNCTION ld_tickets_assignee_rule();
 
+-- A ticket is assigned only to an enabled agent: a disabled one cannot sign
+-- in to work it (contract §5a), and GET /api/agents, the list agents assign
+-- from, leaves it out. Checked only when the assignee is set or changes, by
+-- any writer: a ticket already assigned to an agent who is disabled later
+-- keeps that assignee until someone changes it. The agent's row is read FOR
+-- SHARE, so a disable (an UPDATE of that row) and an assignment take turns:
+-- an assignment that waited for a disable sees it and is refused, and a
+-- disable waits for an assignment in flight (no ticket is given to an agent
+-- disabled a moment before). An id that names no agent is left to the
+-- foreign key (23503).
+CREATE OR REPLACE FUNCTION ld_tickets_assignee_enabled() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_disabled_at timestamptz;
+BEGIN
+    SELECT a.disabled_at INTO v_disabled_at FROM agents a WHERE a.id = NEW.assignee_id FOR SHARE;
+    IF v_disabled_at IS NOT NULL THEN
+        PERFORM ld_fail('LD400', format('agent %s is disabled: a ticket cannot be assigned to it',
+                                        NEW.assignee_id),
+                        '{"field": "assignee_id"}');
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER tickets_26_assignee_enabled
+    BEFORE UPDATE ON tickets
+    FOR EACH ROW
+    WHEN (NEW.assignee_id IS NOT NULL AND NEW.assignee_id IS DISTINCT FROM OLD.assignee_id)
+    EXECUTE FUNCTION ld_tickets_assignee_enabled();
+
+CREATE OR REPLACE TRIGGER tickets_26_assignee_enabled_insert
+    BEFORE INSERT ON tickets
+    FOR EACH ROW
+    WHEN (NEW.assignee_id IS NOT NULL)
+    EXECUTE FUNCTION ld_tickets_assignee_enabled();
+
 -- The sanctioned SQL path to (re)assign: p_expected_assignee is the
 -- assignee the caller saw (NULL = "unassigned"); another current one is
 -- LD002. Already assigned to p_new_assignee: no change, no event.

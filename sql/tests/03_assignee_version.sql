@@ -106,4 +106,41 @@ BEGIN
 END
 $$;
 
+-- A ticket is never given to a disabled agent, by any path; a ticket that
+-- already names one keeps it until it changes.
+DO $$
+DECLARE
+    t bigint;
+    v bigint;
+    d jsonb;
+    dave bigint;
+BEGIN
+    INSERT INTO agents (name, email) VALUES ('Dave', 'dave@example.com') RETURNING id INTO dave;
+    INSERT INTO tickets (subject) VALUES ('For Dave') RETURNING id INTO t;
+    PERFORM set_config('livedesk.actor_agent_id', '1', true);
+    UPDATE tickets SET assignee_id = dave WHERE id = t;
+    UPDATE agents SET disabled_at = now() WHERE id = dave;
+    -- Other fields still change; the assignee stays.
+    UPDATE tickets SET status = 'open' WHERE id = t;
+    PERFORM t_eq((SELECT assignee_id FROM tickets WHERE id = t), dave, 'kept after the disable');
+    -- Unassigning is fine; assigning again is not, by any path.
+    v := t_version(t);
+    PERFORM ld_assign(t, dave, NULL, 1);
+    d := t_raises(format('UPDATE tickets SET assignee_id = %s WHERE id = %s', dave, t), 'LD400');
+    PERFORM t_eq(d -> 'detail', '{"field": "assignee_id"}'::jsonb, 'LD400 names the field');
+    PERFORM t_raises(format('UPDATE tickets SET assignee_id = %s, version = %s WHERE id = %s', dave, v + 1, t), 'LD400');
+    PERFORM t_raises(format('SELECT ld_assign(%s, NULL, %s, 1)', t, dave), 'LD400');
+    PERFORM t_raises(format('INSERT INTO tickets (subject, assignee_id) VALUES (%L, %s)', 'New', dave), 'LD400');
+    PERFORM t_eq((SELECT assignee_id FROM tickets WHERE id = t), NULL::bigint, 'not assigned');
+    PERFORM t_eq(t_version(t), v + 1, 'only the unassignment bumped');
+    -- Enabled again: assignable again.
+    UPDATE agents SET disabled_at = NULL WHERE id = dave;
+    PERFORM ld_assign(t, NULL, dave, 1);
+    PERFORM t_eq((SELECT assignee_id FROM tickets WHERE id = t), dave, 'assigned once enabled');
+    -- An id that names no agent is still the foreign key's refusal.
+    PERFORM t_raises(format('UPDATE tickets SET assignee_id = 999999, version = %s WHERE id = %s', t_version(t), t), '23503');
+    PERFORM t_check_log(t);
+END
+$$;
+
 SELECT 'ok' AS assignee_version;

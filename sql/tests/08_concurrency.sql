@@ -150,6 +150,26 @@ BEGIN
     PERFORM t_eq(t_result('b'), 'false', 'concurrent retry is not created');
     PERFORM t_eq((SELECT count(*) FROM messages WHERE client_id = 'cid-1'), 1::bigint, 'one message');
 
+    -- A disable and an assignment of the same agent take turns. A disables
+    -- Bob (2) and holds it; B's assignment to Bob waits, then is refused.
+    PERFORM dblink_exec('b', format('UPDATE tickets SET assignee_id = NULL, version = %s WHERE id = %s', t_version(t), t));
+    PERFORM dblink_exec('a', 'BEGIN');
+    PERFORM dblink_exec('a', 'UPDATE agents SET disabled_at = now() WHERE id = 2');
+    PERFORM dblink_send_query('b', format('SELECT t_try(%L)', format('SELECT ld_assign(%s, NULL, 2, 1)', t)));
+    PERFORM t_wait_blocked(pb, pa);
+    PERFORM dblink_exec('a', 'COMMIT');
+    PERFORM t_eq(t_result('b'), 'LD400', 'an assignment that waited for the disable is refused');
+    PERFORM t_eq((SELECT assignee_id FROM tickets WHERE id = t), NULL::bigint, 'not given to a disabled agent');
+    -- A assigns Bob (enabled again) and holds it; B's disable waits for it.
+    PERFORM dblink_exec('b', 'UPDATE agents SET disabled_at = NULL WHERE id = 2');
+    PERFORM dblink_exec('a', 'BEGIN');
+    PERFORM * FROM dblink('a', format('SELECT ld_assign(%s, NULL, 2, 1)::text', t)) AS (x text);
+    PERFORM dblink_send_query('b', 'SELECT t_try(''UPDATE agents SET disabled_at = now() WHERE id = 2'')');
+    PERFORM t_wait_blocked(pb, pa);
+    PERFORM dblink_exec('a', 'COMMIT');
+    PERFORM t_eq(t_result('b'), 'ok', 'the disable went ahead after the assignment');
+    PERFORM dblink_exec('b', 'UPDATE agents SET disabled_at = NULL WHERE id = 2');
+
     PERFORM t_check_log(t);
     PERFORM dblink_disconnect('a');
     PERFORM dblink_disconnect('b');

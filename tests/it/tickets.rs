@@ -963,6 +963,21 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             400,
         ),
         (M::GET, "/api/tickets?limit=abc".into(), String::new(), 400),
+        // Page sizes out of range are refused, not cut to fit.
+        (M::GET, "/api/tickets?limit=0".into(), String::new(), 400),
+        (M::GET, "/api/tickets?limit=201".into(), String::new(), 400),
+        (
+            M::GET,
+            format!("/api/tickets/{id}/events?limit=1001"),
+            String::new(),
+            400,
+        ),
+        (
+            M::GET,
+            format!("/api/tickets/{id}/events?limit=-1"),
+            String::new(),
+            400,
+        ),
         (
             M::GET,
             "/api/tickets?assignee=somebody".into(),
@@ -1092,4 +1107,47 @@ async fn message_ids_follow_commit_order_within_a_ticket() {
     sorted.sort_unstable();
     assert_eq!(ids.len(), 120);
     assert_eq!(ids, sorted, "message ids in commit (version) order");
+}
+
+/// A ticket is not given to a disabled agent (found by a review: PATCH
+/// assigned one): 400 `invalid_field` naming `assignee_id`, nothing
+/// changed; a ticket that already names the agent keeps it, and other
+/// fields still change.
+#[tokio::test]
+async fn a_ticket_is_not_assigned_to_a_disabled_agent() {
+    let app = TestApp::spawn().await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let (bob, _) = app.agent("Bob", "agent").await;
+    let ticket = app.ticket(&token, "Printer on fire").await;
+    let id = ticket["id"].as_i64().unwrap();
+    let path = format!("/api/tickets/{id}");
+    let assign = json!({"changes": {"assignee_id": {"from": null, "to": bob.id}}});
+    let (status, body) = app.patch(&path, &token, assign.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    livedesk::domain::agents::set_disabled(&app.db, &bob.email, true)
+        .await
+        .unwrap();
+    let (status, body) = app
+        .patch(
+            &path,
+            &token,
+            json!({"changes": {"status": {"from": "new", "to": "open"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["assignee"]["id"], bob.id, "kept: {body}");
+    let unassign = json!({"changes": {"assignee_id": {"from": bob.id, "to": null}}});
+    assert_eq!(app.patch(&path, &token, unassign).await.0, 200);
+    let version = app.get(&path, &token).await.1["ticket"]["version"].clone();
+
+    let (status, body) = app.patch(&path, &token, assign).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (400, "invalid_field"),
+        "{body}"
+    );
+    assert_eq!(body["error"]["field"], "assignee_id", "{body}");
+    let (_, now) = app.get(&path, &token).await;
+    assert_eq!(now["ticket"]["version"], version, "nothing changed");
+    assert_eq!(now["ticket"]["assignee"], Value::Null);
 }

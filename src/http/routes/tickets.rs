@@ -30,6 +30,7 @@ pub async fn list(
     agent: Agent,
     filter: web::Query<TicketFilter>,
 ) -> Result<HttpResponse, ApiError> {
+    page_limit(filter.limit, TICKETS_PAGE_MAX)?;
     let page = tickets::list(&state.db, &agent, &filter).await?;
     Ok(raw_json(StatusCode::OK, page))
 }
@@ -98,6 +99,23 @@ pub struct MessagesQuery {
 
 /// The largest page of `GET /api/tickets/{id}/messages` (contract §5).
 const MESSAGES_PAGE_MAX: i32 = 200;
+/// The largest page of `GET /api/tickets` (docs/contract-notes.md).
+const TICKETS_PAGE_MAX: i32 = 200;
+/// The largest page of `GET /api/tickets/{id}/events` (docs/contract-notes.md).
+const EVENTS_PAGE_MAX: i32 = 1000;
+
+/// A page size asked for: absent (the default) or 1..=`max`; any other
+/// value is 400 `invalid_field`, not cut to fit: an event page has no
+/// next-page marker, and a cut page would look like the end of the log.
+fn page_limit(limit: Option<i32>, max: i32) -> Result<(), ApiError> {
+    match limit {
+        Some(limit) if !(1..=max).contains(&limit) => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("limit must be between 1 and {max}."),
+        )),
+        _ => Ok(()),
+    }
+}
 
 /// `GET /api/tickets/{id}/messages?before=&limit=`: older messages, oldest
 /// first, with `messages_before` pointing at the next older page (or null).
@@ -122,13 +140,8 @@ pub async fn messages(
     id: web::Path<i64>,
     query: web::Query<MessagesQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    page_limit(query.limit, MESSAGES_PAGE_MAX)?;
     let limit = query.limit.unwrap_or(50);
-    if !(1..=MESSAGES_PAGE_MAX).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("limit must be between 1 and {MESSAGES_PAGE_MAX}."),
-        ));
-    }
     if query.before.is_some_and(|b| b < 1) {
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -310,6 +323,7 @@ pub async fn events(
     id: web::Path<i64>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    page_limit(query.limit, EVENTS_PAGE_MAX)?;
     let events = tickets::events(&state.db, *id, query.since, query.limit).await?;
     Ok(raw_json(StatusCode::OK, events))
 }
