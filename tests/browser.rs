@@ -385,7 +385,7 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         kinds,
         [
             "customer", "note", "reply", "reply", "reply", "customer", "reply", "customer",
-            "reply", "reply"
+            "reply", "reply", "customer", "customer", "reply", "note", "reply"
         ],
         "{output}"
     );
@@ -401,12 +401,17 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     assert_eq!(messages[3]["author"]["id"], alice.id, "{output}");
     assert_eq!(messages[4]["author"]["id"], bob.id, "{output}");
     assert_eq!(messages[6]["author"]["id"], bob.id, "{output}");
-    // A's draft, restored after a reload, a ticket switch and on another device, then sent.
     // The customer's second message, acknowledged by scrolling, and B's reply.
     assert_eq!(messages[8]["author"]["id"], bob.id, "{output}");
+    // A held send shows everything unseen: A's reply, two customer
+    // messages, B's reply sent anyway; then A's note whose answer was lost.
     assert_eq!(messages[9]["author"]["id"], alice.id, "{output}");
+    assert_eq!(messages[12]["author"]["id"], bob.id, "{output}");
+    assert_eq!(messages[13]["author"]["id"], alice.id, "{output}");
+    // A's draft, restored after a reload, a ticket switch and on another device, then sent.
+    assert_eq!(messages[14]["author"]["id"], alice.id, "{output}");
     assert!(
-        messages[9]["body"]
+        messages[14]["body"]
             .as_str()
             .unwrap_or_default()
             .ends_with("if you send the invoice."),

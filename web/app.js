@@ -16,6 +16,7 @@
  *   notifications-panel    the list of notifications (links to the tickets)
  *   inbox-unread           "N new" badge next to the inbox heading
  *   me-name                the logged-in agent's name
+ *   app-banner             a message above the console (an ignored login link)
  *   conn-state             connection indicator; data-state = connecting|live|reconnecting|offline
  *   inbox-list             the list of inbox rows
  *   inbox-row-<id>         one inbox row (a link); data-status
@@ -85,50 +86,77 @@ const STATE_TEXT = {
   offline: 'Offline',
 };
 
-/** `#token=…` in the URL: keep it for the session and remove it from the URL. */
-function takeTokenFromFragment() {
-  const m = /^#(?:.*&)?token=([^&]+)/.exec(location.hash);
+/** A login fragment: the whole fragment, never part of a route. */
+const CREDENTIAL_FRAGMENT = /^#(token|login)=([^&]+)$/;
+
+/**
+ * A credential in the URL (`#token=…`, or a one-time `#login=…` link as
+ * printed at first start and by the demo), removed from the URL at once:
+ * {token} or {login}, or null.
+ */
+function fragmentCredential() {
+  const m = CREDENTIAL_FRAGMENT.exec(location.hash);
   if (!m) return null;
-  const token = decodeURIComponent(m[1]);
-  sessionStorage.setItem(TOKEN_KEY, token);
   history.replaceState(null, '', location.pathname + location.search);
-  return token;
+  return { [m[1]]: decodeURIComponent(m[2]) };
+}
+
+/** The token of a credential; a login code is spent for one (null when spent, expired or offline). */
+async function tokenOf(credential) {
+  if (credential.token) return credential.token;
+  try {
+    return (await LivedeskClient.login(credential.login)).token;
+  } catch {
+    return null; // the login form says what to do
+  }
 }
 
 /**
- * `#login=…` in the URL: a one-time login link (printed at first start and
- * by the demo). Spend it for a token, keep that for the session, and remove
- * the code from the URL. A spent or expired link shows the login form.
+ * Log in with a credential from the URL, or with this tab's session. A link
+ * never switches a tab that is logged in to another agent: a page that can
+ * set this tab's URL (an opener, a link) would otherwise make the agent
+ * write replies and drafts as someone else without noticing. The link is
+ * dropped unspent and the agent is told; logging out first lets it work.
  */
-async function takeLoginFromFragment() {
-  const m = /^#(?:.*&)?login=([^&]+)/.exec(location.hash);
-  if (!m) return;
-  history.replaceState(null, '', location.pathname + location.search);
-  try {
-    const { token } = await LivedeskClient.login(decodeURIComponent(m[1]));
-    sessionStorage.setItem(TOKEN_KEY, token);
-  } catch {
-    // Spent, expired or offline: the login form below says what to do.
+async function logIn() {
+  const credential = fragmentCredential();
+  const stored = sessionStorage.getItem(TOKEN_KEY);
+  if (credential && stored && credential.token !== stored) {
+    if (!session) await start(stored);
+    showBanner(
+      'A login link was opened in this tab while you are logged in: it was ignored, and you are still logged in as yourself. ' +
+        'To use it, log out first, then open it again.',
+    );
+    return;
   }
+  const token = credential ? await tokenOf(credential) : stored;
+  if (!token) return showLogin();
+  sessionStorage.setItem(TOKEN_KEY, token);
+  if (!session) await start(token);
 }
 
 async function boot() {
-  await takeLoginFromFragment();
-  takeTokenFromFragment();
   window.addEventListener('hashchange', onHashChange);
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) await start(token);
-  else showLogin();
+  await logIn();
 }
 
 function onHashChange() {
-  if (takeTokenFromFragment()) {
-    // A login link opened in this tab: switch to that agent.
-    endSession();
-    start(sessionStorage.getItem(TOKEN_KEY));
+  if (CREDENTIAL_FRAGMENT.test(location.hash)) {
+    logIn();
     return;
   }
   if (session) route();
+}
+
+/** A message above the console (e.g. an ignored login link), until dismissed. */
+function showBanner(text) {
+  if (!session) return;
+  replaceChildren(
+    session.banner,
+    h('span', {}, text),
+    h('button', { type: 'button', class: 'btn btn-small', onclick: () => (session.banner.hidden = true) }, 'Dismiss'),
+  );
+  session.banner.hidden = false;
 }
 
 // ------------------------------------------------------------------ login
@@ -277,6 +305,7 @@ function buildShell() {
   document.addEventListener('keydown', onKey);
   session.offs.push(() => document.removeEventListener('keydown', onKey));
   session.ticketPane = h('section', { class: 'ticket-pane', id: 'ticket-pane', tabindex: '-1', 'aria-label': 'Ticket' });
+  session.banner = h('p', { class: 'app-banner', role: 'alert', hidden: true, dataset: { testid: 'app-banner' } });
 
   replaceChildren(
     root,
@@ -289,6 +318,7 @@ function buildShell() {
       h('div', { class: 'me' }, session.notifications.el, avatar(me, { size: 'sm' }), h('span', { dataset: { testid: 'me-name' } }, me.name)),
       h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'logout' }, onclick: () => logout() }, 'Log out'),
     ),
+    session.banner,
     h('main', { class: 'layout' }, h('div', { class: 'inbox-pane' }, session.inbox.el), session.ticketPane),
   );
 }

@@ -31,7 +31,8 @@ export class Composer {
     Object.assign(this, { client, id, me, thread, presence, onHeld, currentTicket, isDestroyed });
     this.held = null; // {reason: 'reply'|'customer', messages}
     this.typingTimer = null;
-    this.draftClientId = null;
+    /** The last send that got no answer: {clientId, kind, body}. Only the same kind and body retry with its client_id. */
+    this.attempt = null;
     this.sending = false;
     this.savedDraft = null; // {kind, body, seen} as stored on the server, as far as we know
     this.draftChain = Promise.resolve();
@@ -143,21 +144,30 @@ export class Composer {
   // ---------------------------------------------------------------- sending
 
   /**
-   * Send the draft. `seenOverride` is used by "Send anyway" (the newest of
-   * the messages that were shown in the notice).
+   * Send the draft, stating as seen exactly what the agent has seen
+   * (`Thread.seenId()`: everything before the first message not yet
+   * acknowledged), so the database refuses a reply past a colleague's
+   * unseen one (409 duplicate_reply).
    */
-  async send(seenOverride) {
+  async send() {
     const body = this.bodyInput.value;
     if (!body.trim() || this.sending) return;
     const kind = this.kindSelect.value;
-    if (kind === 'reply' && seenOverride === undefined) {
-      // Console rule: a customer message the agent has not read holds the reply.
-      const customer = [...this.thread.unseen.values()].filter((m) => m.kind === 'customer');
-      if (customer.length) return this.showHeld('customer', customer);
+    if (kind === 'reply') {
+      // Console rule: a customer message the agent has not read holds the
+      // reply. The notice shows everything not seen yet, a colleague's reply
+      // too: "Send anyway" counts all of it as read.
+      const unseen = [...this.thread.unseen.values()];
+      if (unseen.some((m) => m.kind === 'customer')) return this.showHeld('customer', unseen);
     }
-    if (!this.draftClientId) this.draftClientId = randomId();
-    const msg = { kind, body, client_id: this.draftClientId };
-    if (kind === 'reply') msg.seen_message_id = Math.max(this.thread.seenId(), seenOverride || 0);
+    // A retry of a send that got no answer keeps its client_id (the server
+    // returns the message if the first one went through); an edited body or
+    // another kind is a new message, with a new client_id.
+    const retry = this.attempt && this.attempt.kind === kind && this.attempt.body === body;
+    const clientId = retry ? this.attempt.clientId : randomId();
+    const msg = { kind, body, client_id: clientId };
+    if (kind === 'reply') msg.seen_message_id = this.thread.seenId();
+    this.attempt = { clientId, kind, body };
     this.sending = true;
     this.sendButton.disabled = true;
     this.composerError.hidden = true;
@@ -165,20 +175,15 @@ export class Composer {
       await this.beforeSend();
       const m = await this.client.postMessage(this.id, msg);
       this.thread.addMessage(m);
-      if (seenOverride) this.thread.acknowledge([...this.thread.unseen.keys()].filter((id) => id <= seenOverride));
-      this.bodyInput.value = '';
-      this.draftClientId = null;
-      this.hideHeld();
-      clearTimeout(this.typingTimer);
-      this.presence.setTyping(false);
-      this.afterSend();
-      this.bodyInput.focus();
+      this.sent();
     } catch (e) {
       if (e instanceof ApiError && e.code === 'duplicate_reply') {
         const replies = e.details.replies || [];
         this.showHeld('reply', replies);
         this.onHeld({ ticket: this.currentTicket(), replies });
       } else {
+        // No answer (or another error): it may still have been stored; its
+        // live event says so (`onOwnMessage`), before or after this.
         this.composerError.textContent = `Not sent (your draft is kept): ${e.message}`;
         this.composerError.hidden = false;
       }
@@ -186,6 +191,36 @@ export class Composer {
       this.sending = false;
       this.sendButton.disabled = false;
     }
+    const arrived = this.attempt && this.thread.ownMessage(this.attempt.clientId);
+    if (arrived) this.onOwnMessage(arrived);
+  }
+
+  /** The draft went out: clear the composer. */
+  sent() {
+    this.bodyInput.value = '';
+    this.attempt = null;
+    this.composerError.hidden = true;
+    this.hideHeld();
+    clearTimeout(this.typingTimer);
+    this.presence.setTyping(false);
+    this.afterSend();
+    this.bodyInput.focus();
+  }
+
+  /**
+   * One of my messages arrived live. If it is the send that got no answer,
+   * it did go through: unchanged, the composer is cleared as if answered;
+   * edited since, the edit stays in the composer and is a new message.
+   */
+  onOwnMessage(m) {
+    if (!this.attempt || !m || m.client_id !== this.attempt.clientId || this.sending) return;
+    if (this.bodyInput.value === this.attempt.body && this.kindSelect.value === this.attempt.kind) {
+      this.sent();
+      return;
+    }
+    this.attempt = null;
+    this.composerError.textContent = 'Your earlier version was sent after all (it is in the thread). Sending now adds a new message.';
+    this.composerError.hidden = false;
   }
 
   /**
@@ -244,7 +279,7 @@ export class Composer {
   discardDraft() {
     const shown = (this.held && this.held.messages) || [];
     this.bodyInput.value = '';
-    this.draftClientId = null;
+    this.attempt = null;
     this.hideHeld();
     this.thread.acknowledge(shown.map((m) => m.id));
     this.presence.setTyping(false);
@@ -252,11 +287,17 @@ export class Composer {
     this.bodyInput.focus();
   }
 
+  /**
+   * The agent read what was shown and sends as it is. Only what was shown
+   * counts as seen: a message that arrived while the notice was open is
+   * still unseen, so a customer's holds the send again and a colleague's
+   * reply makes the database refuse it.
+   */
   sendAnyway() {
     const shown = (this.held && this.held.messages) || [];
-    const newest = Math.max(this.thread.seenId(), ...shown.map((r) => r.id));
     this.thread.acknowledge(shown.map((m) => m.id));
-    return this.send(newest);
+    this.hideHeld();
+    return this.send();
   }
 
   // ---------------------------------------------------------------- drafts

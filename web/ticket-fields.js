@@ -421,7 +421,12 @@ export class FieldsSidebar {
     try {
       const res = await this.view.client.changeTags(this.view.id, add, remove);
       if (res && res.version >= this.view.ticket.version) {
-        this.view.replaceTicket({ ...this.view.ticket, tags: res.tags, version: res.version });
+        // The answer carries the tags only. Its version is ours only when no
+        // other change came in between; otherwise those changes' events (on
+        // their way, in order) bring the rest of the ticket and the version,
+        // and taking the version now would make them look old and be dropped.
+        const version = res.version === this.view.ticket.version + 1 ? res.version : this.view.ticket.version;
+        this.view.replaceTicket({ ...this.view.ticket, tags: res.tags, version });
         this.renderTags();
       }
       return true;

@@ -2,9 +2,11 @@
 // earlier messages", and what the agent has acknowledged. It exists because
 // "seen" is the heart of the duplicate-reply rule (story 7) and needs one
 // owner: a colleague's or customer's message that arrives while the agent
-// has a draft (or the tab is hidden) is marked "New while you were writing"
-// and stays unacknowledged until the agent scrolls it into view with the
-// window focused, or presses the notice. Replies are sent with
+// has a draft (or the tab is hidden) is marked "New while you were writing";
+// one that lands below the part of the thread the agent is reading (they
+// scrolled up) is marked "New, not on screen yet". Either stays
+// unacknowledged until the agent scrolls it into view with the window
+// focused, or presses the notice. Replies are sent with
 // seen_message_id = the newest message before the first unacknowledged one
 // (`seenId()`), so the database's duplicate-reply rule (LD001) holds the send.
 
@@ -26,6 +28,8 @@ export class Thread {
     this.messages = new Map();
     /** Messages from others that arrived while the agent had a draft, not yet acknowledged: id -> message. */
     this.unseen = new Map();
+    /** Of those, the ones that arrived while the agent was not writing but landed off screen. */
+    this.offScreen = new Set();
     this.messagesBefore = null;
     this.programmaticScroll = 0;
     // The list keeps list semantics; the live region is its wrapper (a role on
@@ -46,6 +50,7 @@ export class Thread {
   reset() {
     this.messages.clear();
     this.unseen.clear();
+    this.offScreen.clear();
     this.messagesBefore = null;
   }
 
@@ -61,6 +66,12 @@ export class Thread {
     return this.maxMessageId();
   }
 
+  /** My message with this client_id, if it is in the thread. */
+  ownMessage(clientId) {
+    for (const m of this.messages.values()) if (this.isMine(m) && m.client_id === clientId) return m;
+    return null;
+  }
+
   isMine(m) {
     return !!(m && m.author && m.author.type === 'agent' && m.author.id === this.me.id);
   }
@@ -72,10 +83,14 @@ export class Thread {
   addMessage(m, { render = true, live = false } = {}) {
     if (!m || this.messages.has(m.id)) return;
     this.messages.set(m.id, m);
-    const needsAck = live && !this.isMine(m) && m.kind !== 'note' && (this.hasDraft() || document.visibilityState === 'hidden');
-    if (needsAck) this.unseen.set(m.id, m);
-    if (!render) return;
+    // Below the part of the thread the agent is reading (scrolled up), a
+    // message is not on screen: it has not been seen, draft or not.
     const near = this.isNearBottom();
+    const writing = this.hasDraft() || document.visibilityState === 'hidden';
+    const needsAck = live && !this.isMine(m) && m.kind !== 'note' && (writing || !near);
+    if (needsAck) this.unseen.set(m.id, m);
+    if (needsAck && !writing) this.offScreen.add(m.id);
+    if (!render) return;
     const el = this.messageEl(m);
     this.el.querySelector('.empty')?.remove();
     // Insert in id order (usually at the end).
@@ -139,10 +154,11 @@ export class Thread {
     const author = m.author || {};
     const kindLabel = { customer: 'Customer', reply: 'Reply', note: 'Internal note' }[m.kind] || m.kind;
     const unseen = this.unseen.has(m.id);
+    const mark = this.offScreen.has(m.id) ? 'New, not on screen yet' : 'New while you were writing';
     return h(
       'li',
       { class: ['message', `message-${m.kind}`, unseen ? 'message-unseen' : null], dataset: { testid: `message-${m.id}`, kind: m.kind, id: m.id }, 'aria-label': `${kindLabel} from ${author.name || 'unknown'}` },
-      unseen ? h('p', { class: 'unseen-mark' }, 'New while you were writing') : null,
+      unseen ? h('p', { class: 'unseen-mark' }, mark) : null,
       h(
         'div',
         { class: 'message-head' },
@@ -161,6 +177,7 @@ export class Thread {
     let changed = false;
     for (const id of list) {
       if (!this.unseen.delete(id)) continue;
+      this.offScreen.delete(id);
       changed = true;
       const el = this.el.querySelector(`[data-id="${id}"]`);
       if (el) {
@@ -184,9 +201,10 @@ export class Thread {
       return;
     }
     const who = [...new Set([...this.unseen.values()].map((m) => (m.author && m.author.name) || 'Someone'))].join(' and ');
+    const when = [...this.unseen.keys()].every((id) => this.offScreen.has(id)) ? 'below, not seen yet' : 'while you were writing';
     replaceChildren(
       this.unseenNotice,
-      h('span', {}, `${n} new ${n === 1 ? 'message' : 'messages'} from ${who} while you were writing.`),
+      h('span', {}, `${n} new ${n === 1 ? 'message' : 'messages'} from ${who} ${when}.`),
       h('button', { type: 'button', class: 'btn btn-small', onclick: () => this.showUnseen() }, n === 1 ? 'Show it' : 'Show them'),
     );
     this.unseenNotice.hidden = false;

@@ -241,7 +241,10 @@ export class TicketView {
     const by = ev.actor && ev.actor.id !== this.me.id ? ev.actor.name : null;
     switch (ev.kind) {
       case 'message.created':
-        if (data.message) this.thread.addMessage(data.message, { live: true });
+        if (data.message) {
+          this.thread.addMessage(data.message, { live: true });
+          if (this.thread.isMine(data.message)) this.composer.onOwnMessage(data.message);
+        }
         this.bumpVersion(ev.version);
         break;
       case 'tags.changed':
