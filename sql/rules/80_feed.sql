@@ -189,12 +189,30 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT nullif(btrim(ld_trim(p), '<>'), '')
 $$;
 
+-- The address of the customer who wrote a received email (lower-cased), or
+-- NULL (not a customer's message).
+CREATE OR REPLACE FUNCTION ld_mail_sender(p_known mail_messages) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT lower(c.email) FROM messages x JOIN customers c ON c.id = x.author_customer_id
+    WHERE x.id = p_known.livedesk_message_id AND p_known.direction = 'in'
+$$;
+
 -- One received email: a customer message on the ticket that one of
 -- p_references (oldest first, the direct parent last) belongs to, or else a
 -- new email ticket. The same Message-ID delivered twice creates nothing the
 -- second time (created = false, same ticket and message). A customer writing
 -- back on a pending, resolved or closed ticket opens it again. The actor is
 -- the writer's service agent.
+--
+-- Whose email may land on a ticket (found by a review: anyone who knew one
+-- of a customer's Message-IDs, from a CC, a mailing list or a forward,
+-- wrote into that customer's ticket, and the agents' next reply went to the
+-- customer answering it): a reference threads when it names one of
+-- livedesk's own replies (a random Message-ID only their recipients know),
+-- or any email of a ticket whose customer is the sender. Any other email
+-- opens a ticket of its own. And a Message-ID already received from another
+-- sender is not a redelivery: that email is kept, under the Message-ID
+-- qualified by its sender (so that its own redeliveries are still found).
 CREATE OR REPLACE FUNCTION ld_mail_receive(p_message_id text, p_references text[], p_from_email text,
                                            p_from_name text, p_subject text, p_body text)
 RETURNS jsonb
@@ -213,6 +231,12 @@ BEGIN
     -- Two deliveries of one email at once: the second waits, then finds the first.
     PERFORM pg_advisory_xact_lock(hashtextextended('livedesk.mail:' || v_mid, 0));
     SELECT * INTO v_known FROM mail_messages m WHERE m.message_id = v_mid;
+    IF FOUND AND ld_mail_sender(v_known) IS DISTINCT FROM lower(btrim(p_from_email))
+       AND v_known.direction = 'in' THEN
+        v_mid := left(v_mid, 950) || '/from/' || md5(lower(btrim(p_from_email)));
+        PERFORM pg_advisory_xact_lock(hashtextextended('livedesk.mail:' || v_mid, 0));
+        SELECT * INTO v_known FROM mail_messages m WHERE m.message_id = v_mid;
+    END IF;
     IF FOUND THEN
         RETURN jsonb_build_object('created', false, 'ticket_id', v_known.ticket_id,
                                   'message_id', v_known.livedesk_message_id, 'new_ticket', false);
@@ -221,6 +245,9 @@ BEGIN
     SELECT m.ticket_id INTO v_ticket
     FROM unnest(p_references) WITH ORDINALITY AS r(id, n)
     JOIN mail_messages m ON m.message_id = ld_mail_id(r.id)
+    JOIN tickets t ON t.id = m.ticket_id
+    LEFT JOIN customers c ON c.id = t.customer_id
+    WHERE m.direction = 'out' OR lower(c.email) = lower(btrim(p_from_email))
     ORDER BY r.n DESC LIMIT 1;
 
     IF v_ticket IS NOT NULL THEN

@@ -65,15 +65,19 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         .map(|a| a.trim().to_string())
         .filter(|a| a.contains('@'))
         .ok_or_else(|| MailError::Data("the From: address is not an email address".into()))?;
+    // One line: an encoded name may carry a line break (`=?utf-8?q?Eve=0AJones?=`).
     let from_name = from
         .name()
-        .map(|n| n.trim().to_string())
+        .map(super::one_line)
         .filter(|n| !n.is_empty() && n.chars().count() <= 200);
 
+    // An unusable Message-ID (over RFC 5322's line length, or with a NUL,
+    // which PostgreSQL's text refuses) is replaced by the message's digest,
+    // as a missing one is.
     let message_id = match message
         .message_id()
         .map(str::trim)
-        .filter(|id| !id.is_empty())
+        .filter(|id| !id.is_empty() && id.len() <= 998 && !id.contains('\0'))
     {
         Some(id) => id.trim_matches(|c| c == '<' || c == '>').to_string(),
         None => format!(
@@ -86,12 +90,17 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
 
     let subject = message
         .subject()
-        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+        .map(|s| {
+            s.replace('\0', "")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .filter(|s| !s.is_empty());
 
     let text = message
         .body_text(0)
-        .map(|t| t.replace("\r\n", "\n"))
+        .map(|t| t.replace("\r\n", "\n").replace('\0', ""))
         .unwrap_or_default();
     let attachments: Vec<(String, usize)> = message
         .attachments()
@@ -105,6 +114,14 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         .collect();
 
     let bounce = bounce(&message);
+    // The earlier thread is cut from an answer only: a new email (a forward,
+    // a first message quoting a log) is all the ticket will have of it.
+    let text = text.trim();
+    let words = if references.is_empty() {
+        text
+    } else {
+        strip_quoted(text).trim()
+    };
     Ok(Inbound {
         bounce,
         message_id,
@@ -112,7 +129,7 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         from_email,
         from_name,
         subject,
-        body: body(strip_quoted(text.trim()).trim(), &attachments),
+        body: body(words, &attachments),
         attachments,
     })
 }
@@ -144,7 +161,13 @@ fn bounce(message: &mail_parser::Message<'_>) -> Option<Bounce> {
         );
         match (kind.0.as_str(), kind.1.as_str()) {
             ("message", "delivery-status" | "global-delivery-status") => {
-                reason = reason.or_else(|| diagnostic(&String::from_utf8_lossy(part.contents())));
+                let report = String::from_utf8_lossy(part.contents());
+                // "delayed" (still retrying), "delivered", "relayed",
+                // "expanded": not a failure, so not a bounce of the reply.
+                if !failed(&report) {
+                    return None;
+                }
+                reason = reason.or_else(|| diagnostic(&report));
             }
             ("message", "rfc822" | "global") => {
                 if let Some(id) = part.message().and_then(|m| m.message_id()) {
@@ -186,6 +209,21 @@ fn diagnostic(report: &str) -> Option<String> {
         Some(value)
     };
     field("Diagnostic-Code:").or_else(|| field("Status:").map(|s| format!("status {s}")))
+}
+
+/// Whether a delivery-status report says a delivery failed: an `Action:
+/// failed` field, or no `Action:` field at all (a report that names none is
+/// taken at its word as a bounce).
+fn failed(report: &str) -> bool {
+    let actions: Vec<&str> = report
+        .lines()
+        .filter_map(|l| {
+            l.get(..7)
+                .filter(|head| head.eq_ignore_ascii_case("action:"))
+                .map(|_| l[7..].trim())
+        })
+        .collect();
+    actions.is_empty() || actions.iter().any(|a| a.eq_ignore_ascii_case("failed"))
 }
 
 /// Message-IDs of a header (one or a list), without angle brackets.

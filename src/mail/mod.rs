@@ -17,3 +17,15 @@ pub mod settings;
 pub use connect::MailDatabase;
 pub use error::MailError;
 pub use settings::{MailCommand, MailSettings};
+
+/// A name as one header line: control characters (a CR or LF from an
+/// email's encoded name, or typed into an agent's or customer's name)
+/// become spaces. A header must not take a line break, and lettre panics
+/// on one in a display name.
+pub(crate) fn one_line(name: &str) -> String {
+    name.split(|c: char| c.is_control())
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -232,7 +232,15 @@ impl Sender {
                 tracing::debug!(message_id, status = %outgoing.status, "reply already handled");
                 return Ok(());
             }
-            let email = match self.build(&outgoing) {
+            // A panic while building one email (a value lettre cannot
+            // write) fails that reply only: it must never stop the sender,
+            // which would re-read the same event and stop again at every start.
+            let built =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(&outgoing)))
+                    .unwrap_or_else(|_| {
+                        Err("the email could not be written (a header value is not usable)".into())
+                    });
+            let email = match built {
                 Ok(email) => email,
                 Err(reason) => {
                     tracing::error!(message_id, %reason, "reply cannot be sent");
@@ -298,10 +306,11 @@ impl Sender {
                 outgoing.to.email
             )
         })?;
-        let to = Mailbox::new(outgoing.to.name.clone(), to_address);
-        let from_name = match (&outgoing.from_name, &self.from.name) {
+        let to = Mailbox::new(outgoing.to.name.as_deref().map(super::one_line), to_address);
+        let agent = outgoing.from_name.as_deref().map(super::one_line);
+        let from_name = match (agent, &self.from.name) {
             (Some(agent), Some(team)) => Some(format!("{agent} ({team})")),
-            (Some(agent), None) => Some(agent.clone()),
+            (Some(agent), None) => Some(agent),
             (None, team) => team.clone(),
         };
         let from = Mailbox::new(from_name, self.from.email.clone());
@@ -311,15 +320,16 @@ impl Sender {
             .to(to)
             .subject(outgoing.subject.clone())
             .message_id(Some(format!("<{}>", outgoing.mail_message_id)));
-        if let Some(parent) = &outgoing.in_reply_to {
+        if let Some(parent) = outgoing.in_reply_to.as_deref().filter(|id| usable_id(id)) {
             builder = builder.in_reply_to(format!("<{parent}>"));
         }
-        if !outgoing.references.is_empty() {
-            let references: Vec<String> = outgoing
-                .references
-                .iter()
-                .map(|id| format!("<{id}>"))
-                .collect();
+        let references: Vec<String> = outgoing
+            .references
+            .iter()
+            .filter(|id| usable_id(id))
+            .map(|id| format!("<{id}>"))
+            .collect();
+        if !references.is_empty() {
             builder = builder.references(references.join(" "));
         }
         builder
@@ -394,6 +404,16 @@ pub fn lettre_url(url: &str) -> String {
         Some(rest) => format!("smtp://{rest}?tls=required"),
         None => url.to_string(),
     }
+}
+
+/// A Message-ID (from a received email) that can go into `In-Reply-To` and
+/// `References` as it is: no whitespace, control characters or brackets.
+fn usable_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 900
+        && !id
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
 }
 
 #[cfg(test)]

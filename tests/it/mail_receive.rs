@@ -262,29 +262,87 @@ async fn a_duplicate_delivery_writes_nothing_and_an_answer_threads_back() {
     };
     assert_eq!(counts, (1, 1));
 
+    // Somebody else who knows her Message-ID (a CC, a forward) answers it:
+    // that opens a ticket of its own, never a message on hers.
+    let first_email =
+        "AM6PR05MB6104A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6@AM6PR05MB6104.eurprd05.prod.outlook.com";
+    let somebody = String::from_utf8(fixture("gmail_reply.eml"))
+        .unwrap()
+        .replace(
+            "livedesk.41.97.5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f@example.com",
+            first_email,
+        );
+    let (code, stderr) = receive(&url, somebody.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let per_ticket = |sql: tokio_postgres::Client| async move {
+        sql.query(
+            "SELECT t.id, count(m.id), t.status FROM tickets t JOIN messages m ON m.ticket_id = t.id GROUP BY t.id ORDER BY t.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, i64>(1), r.get::<_, String>(2)))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        per_ticket(app.sql().await).await,
+        [(1, "new".to_string()), (1, "new".to_string())],
+        "another sender's answer is a ticket of its own"
+    );
+
     // The customer answers herself (References names her first email): the
     // answer lands on the same ticket, which opens again if it was resolved.
     sql.batch_execute("UPDATE tickets SET status = 'resolved'")
         .await
         .unwrap();
-    let answer = String::from_utf8(fixture("gmail_reply.eml"))
-        .unwrap()
-        .replace(
-            "livedesk.41.97.5f0c1d2e3a4b4c5d8e9f0a1b2c3d4e5f@example.com",
-            "AM6PR05MB6104A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6@AM6PR05MB6104.eurprd05.prod.outlook.com",
-        );
+    let answer = somebody
+        .replace("joerg.mueller@gmail.example", "Petra.Novak@contoso.example")
+        .replace("Message-ID: <", "Message-ID: <petra.");
     let (code, stderr) = receive(&url, answer.as_bytes());
     assert_eq!(code, 0, "{stderr}");
-    let row = sql
-        .query_one(
-            "SELECT count(DISTINCT m.ticket_id), count(*), max(t.status) FROM messages m JOIN tickets t ON t.id = m.ticket_id",
-            &[],
+    assert_eq!(
+        per_ticket(app.sql().await).await,
+        [(2, "open".to_string()), (1, "resolved".to_string())],
+        "threaded onto her ticket, which opened again"
+    );
+}
+
+/// A Message-ID that another sender used first is not a redelivery: the
+/// second sender's email is kept (found by a review: it was dropped as
+/// "already received", exit 0, and the MTA deleted it). Its own
+/// redelivery is still one.
+#[tokio::test]
+async fn a_message_id_reused_by_another_sender_is_not_a_duplicate() {
+    let app = TestApp::spawn().await;
+    let (url, _) = gateway(&app).await;
+    let email = |from: &str, body: &str| {
+        format!(
+            "From: {from}\r\nSubject: Hello\r\nMessage-ID: <same-1@example.org>\r\n\r\n{body}\r\n"
         )
+    };
+    let first = email("mallory@evil.example", "first");
+    let second = email(
+        "alice@victim.example",
+        "my account was hacked, lock it now!",
+    );
+    assert_eq!(receive(&url, first.as_bytes()).0, 0);
+    let (code, stderr) = receive(&url, second.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("already received"), "{stderr}");
+    let (code, stderr) = receive(&url, second.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("already received"), "{stderr}");
+    let bodies: Vec<String> = app
+        .sql()
         .await
-        .unwrap();
-    assert_eq!(row.get::<_, i64>(0), 1, "threaded onto the ticket");
-    assert_eq!(row.get::<_, i64>(1), 2);
-    assert_eq!(row.get::<_, String>(2), "open");
+        .query("SELECT body FROM messages ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(bodies, ["first", "my account was hacked, lock it now!"]);
 }
 
 #[tokio::test]

@@ -761,6 +761,72 @@ async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothi
     stop.cancel();
 }
 
+/// A line break in a customer's name (an encoded `From:` name such as
+/// `=?utf-8?q?Eve=0AJones?=`) or in an agent's name goes out as a space. It
+/// made lettre panic in the sender, which then stopped every reply to every
+/// customer, at every restart (found by a review).
+#[tokio::test]
+async fn a_line_break_in_a_name_is_sent_as_a_space_and_stops_nothing() {
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(0);
+    let (url, _) = writer_url(&app, "mailer").await;
+    let stop = start_sender(&app, &url, &smtp_url).await;
+    let gateway = MailDatabase::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tickets = Vec::new();
+    for (from, id) in [
+        ("=?utf-8?q?Eve=0D=0AJones?= <eve@example.org>", "eve.1"),
+        ("Sam Smith <sam@example.org>", "sam.1"),
+    ] {
+        let raw = format!(
+            "From: {from}\r\nSubject: Help\r\nMessage-ID: <{id}@example.org>\r\n\r\nHi\r\n"
+        );
+        let mail = inbound::parse(raw.as_bytes()).unwrap();
+        tickets.push(inbound::store(&gateway, &mail).await.unwrap().ticket_id);
+    }
+    let (carol, token) = app.agent("Carol", "agent").await;
+    app.sql()
+        .await
+        .execute(
+            "UPDATE agents SET name = E'Carol\\nBcc: x@evil.test' WHERE id = $1",
+            &[&carol.id],
+        )
+        .await
+        .unwrap();
+    for ticket in &tickets {
+        let seen = last_message(&app, *ticket).await;
+        let (status, _) = app
+            .post(
+                &format!("/api/tickets/{ticket}/messages"),
+                &token,
+                json!({"kind": "reply", "body": "Hello!", "seen_message_id": seen}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    let got = smtp.wait_for(2).await;
+    let to: Vec<&str> = got.iter().map(|d| d.to[0].as_str()).collect();
+    assert_eq!(to, ["eve@example.org", "sam@example.org"]);
+    for delivered in &got {
+        let message = parsed(&delivered.raw);
+        let from = message.from().and_then(|a| a.first()).unwrap();
+        assert_eq!(
+            from.name(),
+            Some("Carol Bcc: x@evil.test (Example Support)")
+        );
+        assert!(message.header("Bcc").is_none());
+    }
+    let eve = parsed(&got[0].raw);
+    assert_eq!(
+        eve.to().and_then(|a| a.first()).unwrap().name(),
+        Some("Eve Jones")
+    );
+    stop.cancel();
+}
+
 #[tokio::test]
 async fn one_sender_is_active_and_a_standby_takes_over_when_it_stops() {
     let app = TestApp::spawn().await;
