@@ -213,8 +213,15 @@ $$;
 -- opens a ticket of its own. And a Message-ID already received from another
 -- sender is not a redelivery: that email is kept, under the Message-ID
 -- qualified by its sender (so that its own redeliveries are still found).
+--
+-- p_auto: the email says it was sent by a machine (an out-of-office answer,
+-- a list: RFC 3834's Auto-Submitted, Precedence; src/mail/inbound.rs). It
+-- is kept like any other, but does not open a pending, resolved or closed
+-- ticket again: nobody is waiting for an answer to it.
+DROP FUNCTION IF EXISTS ld_mail_receive(text, text[], text, text, text, text);
 CREATE OR REPLACE FUNCTION ld_mail_receive(p_message_id text, p_references text[], p_from_email text,
-                                           p_from_name text, p_subject text, p_body text)
+                                           p_from_name text, p_subject text, p_body text,
+                                           p_auto boolean DEFAULT false)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
@@ -255,7 +262,8 @@ BEGIN
         FROM ld_post_message(v_ticket, v_actor, 'customer', p_body, NULL, NULL, p_from_email, p_from_name) p;
         PERFORM ld_set_actor(v_actor);
         UPDATE tickets t SET status = 'open'
-        WHERE t.id = v_ticket AND t.status IN ('pending', 'resolved', 'closed');
+        WHERE t.id = v_ticket AND t.status IN ('pending', 'resolved', 'closed')
+          AND NOT coalesce(p_auto, false);
     ELSE
         v_ticket := (ld_create_ticket(v_actor, left(nullif(ld_trim(p_subject), ''), 500), 'email',
                                       p_from_email, p_from_name, p_body) ->> 'id')::bigint;

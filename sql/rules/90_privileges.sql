@@ -127,7 +127,7 @@ BEGIN
         GRANT USAGE ON SCHEMA public TO livedesk_mailer;
         GRANT EXECUTE ON FUNCTION
             ld_mail_feed_start(text, text),
-            ld_mail_receive(text, text[], text, text, text, text),
+            ld_mail_receive(text, text[], text, text, text, text, boolean),
             ld_mail_prepare(bigint, text),
             ld_mail_sent(bigint),
             ld_mail_failed(bigint, text, boolean),

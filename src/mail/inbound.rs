@@ -37,6 +37,9 @@ pub struct Inbound {
     /// A delivery status notification (a bounce): the Message-ID of the
     /// message that could not be delivered, and why.
     pub bounce: Option<Bounce>,
+    /// Sent by a machine (an out-of-office answer, a list): kept, but it
+    /// opens no closed ticket again (`machine_sent`).
+    pub auto: bool,
 }
 
 /// What a bounce says.
@@ -114,6 +117,7 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         .collect();
 
     let bounce = bounce(&message);
+    let auto = machine_sent(&message);
     // The earlier thread is cut from an answer only: a new email (a forward,
     // a first message quoting a log) is all the ticket will have of it.
     let text = text.trim();
@@ -131,6 +135,7 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         subject,
         body: body(words, &attachments),
         attachments,
+        auto,
     })
 }
 
@@ -209,6 +214,21 @@ fn diagnostic(report: &str) -> Option<String> {
         Some(value)
     };
     field("Diagnostic-Code:").or_else(|| field("Status:").map(|s| format!("status {s}")))
+}
+
+/// Whether a machine sent the email, as the headers of autoresponders and
+/// lists say: RFC 3834's `Auto-Submitted` other than `no`; `Precedence:
+/// auto_reply`, `bulk` or `junk`; `X-Autoreply`, `X-Autorespond`.
+fn machine_sent(message: &mail_parser::Message<'_>) -> bool {
+    let value = |name: &'static str| {
+        message
+            .header_raw(name)
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    value("Auto-Submitted").is_some_and(|v| !v.is_empty() && !v.starts_with("no"))
+        || value("Precedence").is_some_and(|v| matches!(v.as_str(), "auto_reply" | "bulk" | "junk"))
+        || value("X-Autoreply").is_some()
+        || value("X-Autorespond").is_some()
 }
 
 /// Whether a delivery-status report says a delivery failed: an `Action:
@@ -295,6 +315,9 @@ pub fn strip_quoted(text: &str) -> &str {
 }
 
 /// The stored body: the text (cut at MAX_BODY_BYTES), then the attachments.
+/// How many attachments an email's text lists by name.
+const LISTED_ATTACHMENTS: usize = 100;
+
 fn body(text: &str, attachments: &[(String, usize)]) -> String {
     let mut body = if text.len() > MAX_BODY_BYTES {
         let mut end = MAX_BODY_BYTES;
@@ -309,9 +332,19 @@ fn body(text: &str, attachments: &[(String, usize)]) -> String {
         if !body.is_empty() {
             body.push_str("\n\n");
         }
+        // Bounded like the text: at most LISTED_ATTACHMENTS names, each cut
+        // to 200 characters (an email with thousands of attachments stored
+        // megabytes of list past the text's limit: found by a review).
         body.push_str("Attachments (not stored):");
-        for (name, size) in attachments {
+        for (name, size) in attachments.iter().take(LISTED_ATTACHMENTS) {
+            let name: String = super::one_line(name).chars().take(200).collect();
             body.push_str(&format!("\n- {name} ({})", human_size(*size)));
+        }
+        if attachments.len() > LISTED_ATTACHMENTS {
+            body.push_str(&format!(
+                "\n- … and {} more",
+                attachments.len() - LISTED_ATTACHMENTS
+            ));
         }
     }
     if body.is_empty() {
@@ -361,7 +394,7 @@ pub async fn store(client: &Client, mail: &Inbound) -> Result<Received, MailErro
     }
     let row = client
         .query_one(
-            "SELECT ld_mail_receive($1, $2, $3, $4, $5, $6)::text",
+            "SELECT ld_mail_receive($1, $2, $3, $4, $5, $6, $7)::text",
             &[
                 &mail.message_id,
                 &mail.references,
@@ -369,6 +402,7 @@ pub async fn store(client: &Client, mail: &Inbound) -> Result<Received, MailErro
                 &mail.from_name,
                 &mail.subject,
                 &mail.body,
+                &mail.auto,
             ],
         )
         .await?;
@@ -401,6 +435,56 @@ In-Reply-To: <parent@x>\r\nReferences: <root@x> <parent@x>\r\n\r\nHello\r\n";
         assert_eq!(mail.from_name.as_deref(), Some("Dana"));
         assert_eq!(mail.subject.as_deref(), Some("Re: Привет"));
         assert_eq!(mail.body, "Hello");
+    }
+
+    /// Found by a review: a line break in an encoded name, a forward's
+    /// quoted content on a new ticket, a NUL byte, an overlong Message-ID.
+    #[test]
+    fn names_are_one_line_and_a_new_email_keeps_its_quotes() {
+        let raw = b"From: =?utf-8?q?Eve=0D=0AJones?= <eve@example.com>\r\nSubject: Fwd: invoice\r\n\
+Message-ID: <fwd-1@example.com>\r\n\r\nSee below.\r\n\r\n-----Original Message-----\r\nFrom: Billing\r\n\r\n\
+Invoice 42: 120 EUR\x00\r\n";
+        let mail = parse(raw).unwrap();
+        assert_eq!(mail.from_name.as_deref(), Some("Eve Jones"));
+        assert!(mail.body.ends_with("Invoice 42: 120 EUR"), "{}", mail.body);
+        let long_id = format!(
+            "From: a@example.com\r\nMessage-ID: <{}@x>\r\n\r\nHi\r\n",
+            "i".repeat(1000)
+        );
+        let mail = parse(long_id.as_bytes()).unwrap();
+        assert!(
+            mail.message_id.starts_with("sha256-"),
+            "{}",
+            mail.message_id
+        );
+    }
+
+    #[test]
+    fn a_delay_notice_is_not_a_bounce() {
+        let report = |action: &str| {
+            format!(
+                "From: MAILER-DAEMON@mx.example\r\nMessage-ID: <dsn-{action}@mx.example>\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nNotice\r\n\
+--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n\r\n\
+Final-Recipient: rfc822; c@example.org\r\nAction: {action}\r\nStatus: 4.4.1\r\n\r\n\
+--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: <livedesk.1.2.abc@example.com>\r\n\r\n--b--\r\n"
+            )
+        };
+        assert!(parse(report("delayed").as_bytes())
+            .unwrap()
+            .bounce
+            .is_none());
+        let failed = parse(report("failed").as_bytes()).unwrap().bounce.unwrap();
+        assert_eq!(failed.original, "livedesk.1.2.abc@example.com");
+    }
+
+    #[test]
+    fn the_attachment_list_is_bounded() {
+        let many: Vec<(String, usize)> = (0..5000).map(|i| (format!("{i}.png"), 10)).collect();
+        let text = body("Hi", &many);
+        assert!(text.len() < 5000, "{}", text.len());
+        assert!(text.ends_with("… and 4900 more"), "{text}");
     }
 
     #[test]

@@ -306,6 +306,23 @@ async fn a_duplicate_delivery_writes_nothing_and_an_answer_threads_back() {
         [(2, "open".to_string()), (1, "resolved".to_string())],
         "threaded onto her ticket, which opened again"
     );
+
+    // Her out-of-office answer (RFC 3834) is kept, but opens nothing again
+    // (found by a review: autoresponders reopened resolved tickets).
+    sql.batch_execute("UPDATE tickets SET status = 'resolved'")
+        .await
+        .unwrap();
+    let away = answer.replace(
+        "Message-ID: <petra.",
+        "Auto-Submitted: auto-replied\r\nMessage-ID: <away.",
+    );
+    let (code, stderr) = receive(&url, away.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        per_ticket(app.sql().await).await,
+        [(3, "resolved".to_string()), (1, "resolved".to_string())],
+        "kept on her ticket, which stays resolved"
+    );
 }
 
 /// A Message-ID that another sender used first is not a redelivery: the
