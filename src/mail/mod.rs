@@ -13,6 +13,7 @@ pub mod feed;
 pub mod inbound;
 pub mod outbound;
 pub mod settings;
+pub mod waiting;
 
 pub use connect::MailDatabase;
 pub use error::MailError;

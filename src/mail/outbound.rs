@@ -2,14 +2,17 @@
 //! reply on an email ticket to the ticket's customer over SMTP.
 //!
 //! Exactly once, as far as SMTP allows: the outgoing Message-ID is recorded
-//! (`ld_mail_prepare`) before the first attempt; when the server accepts the
-//! message the send is recorded (`ld_mail_sent`) and only then is the feed
-//! acknowledged. A worker restarted after a crash reads the unacknowledged
-//! events again, finds the send recorded and does not send again. The one
-//! window left — a crash between the server's "250 OK" and the record — can
-//! resend, with the same Message-ID, which mail clients treat as the same
-//! message. One sender is active per database at a time (an advisory lock),
-//! so `serve --mail` may run on every process.
+//! (`ld_mail_prepare`, status `pending`) before the first attempt; when the
+//! server accepts the message the send is recorded (`ld_mail_sent`), and
+//! the feed is acknowledged after the first attempt. A worker restarted
+//! after a crash reads the unacknowledged events again and loads the
+//! replies still `pending`, finds a recorded send and does not send again.
+//! The one window left — a crash between the server's "250 OK" and the
+//! record — can resend, with the same Message-ID, which mail clients treat
+//! as the same message. A temporary failure puts the reply in `Waiting`:
+//! retried with backoff, ahead of later replies to the same customer, while
+//! other customers' replies go on. One sender is active per database at a
+//! time (an advisory lock), so `serve --mail` may run on every process.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -23,6 +26,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::feed::{self, Start};
+use super::waiting::Waiting;
 use super::{MailDatabase, MailError, MailSettings};
 
 /// The feed consumer the sender reads as.
@@ -183,21 +187,38 @@ impl Sender {
         }
         self.within(feed::start_for_mail(&client, CONSUMER, Start::Now))
             .await?;
-        tracing::info!("mail sender: sending replies on email tickets");
+        // Replies a sender before this one left waiting (pending): in order, due now.
+        let pending = self.within(pending_replies(&client)).await?;
+        let mut waiting = Waiting::load(pending, self.settings.retry());
+        tracing::info!(
+            waiting = waiting.due().len(),
+            "mail sender: sending replies on email tickets"
+        );
         loop {
+            for message_id in waiting.due() {
+                if stop.is_cancelled() {
+                    return Err(MailError::Stopped);
+                }
+                self.attempt(&client, message_id, &mut waiting).await?;
+            }
             let events = self.within(feed::read(&client, CONSUMER, BATCH)).await?;
             if events.is_empty() {
-                if sleep_or_stop(stop, self.settings.poll()).await {
+                let idle = waiting
+                    .next_due()
+                    .map(|due| due.saturating_duration_since(tokio::time::Instant::now()))
+                    .map_or(self.settings.poll(), |wait| wait.min(self.settings.poll()));
+                if sleep_or_stop(stop, idle).await {
                     return Ok(());
                 }
                 continue;
             }
-            // A delivered reply is acknowledged at once (with everything
-            // before it); other events only at the end of the batch.
+            // A reply is acknowledged (with everything before it) once it
+            // was tried: sent, failed for good, or waiting (pending, which a
+            // restarted sender loads again); other events at the end of the batch.
             let mut unacked = None;
             for event in &events {
                 if let Some(message_id) = reply_id(&event.event) {
-                    self.deliver(&client, message_id, stop).await?;
+                    self.attempt(&client, message_id, &mut waiting).await?;
                     self.within(feed::ack(&client, CONSUMER, event.ticket_id, event.version))
                         .await?;
                     unacked = None;
@@ -212,72 +233,86 @@ impl Sender {
         }
     }
 
-    /// Send one reply unless it was sent (or failed for good); retries
-    /// temporary SMTP failures with backoff until it goes through.
-    async fn deliver(
+    /// Try one reply once, unless it was sent or failed for good, or an
+    /// older reply to the same customer is still waiting (then it waits
+    /// behind it). A temporary SMTP failure puts it in `waiting`, retried
+    /// with backoff; other customers' replies do not wait for it.
+    async fn attempt(
         &self,
         client: &Client,
         message_id: i64,
-        stop: &CancellationToken,
+        waiting: &mut Waiting,
     ) -> Result<(), MailError> {
-        let mut backoff = self.settings.retry();
-        loop {
-            let Some(outgoing) = self
-                .within(prepare(client, message_id, &self.domain))
-                .await?
-            else {
-                return Ok(());
-            };
-            if outgoing.status != "pending" {
-                tracing::debug!(message_id, status = %outgoing.status, "reply already handled");
+        let Some(outgoing) = self
+            .within(prepare(client, message_id, &self.domain))
+            .await?
+        else {
+            waiting.remove(message_id);
+            return Ok(());
+        };
+        if outgoing.status != "pending" {
+            tracing::debug!(message_id, status = %outgoing.status, "reply already handled");
+            waiting.remove(message_id);
+            return Ok(());
+        }
+        let recipient = outgoing.to.email.to_lowercase();
+        if waiting.holds(message_id, &recipient) {
+            tracing::info!(
+                message_id,
+                "reply waits behind an older one to the same customer"
+            );
+            let backoff = waiting.backoff(message_id).unwrap_or(self.settings.retry());
+            waiting.push(message_id, &recipient, Duration::ZERO, backoff);
+            return Ok(());
+        }
+        // A panic while building one email (a value lettre cannot
+        // write) fails that reply only: it must never stop the sender,
+        // which would re-read the same event and stop again at every start.
+        let built =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(&outgoing)))
+                .unwrap_or_else(|_| {
+                    Err("the email could not be written (a header value is not usable)".into())
+                });
+        let email = match built {
+            Ok(email) => email,
+            Err(reason) => {
+                tracing::error!(message_id, %reason, "reply cannot be sent");
+                self.within(failed(client, message_id, &reason, true))
+                    .await?;
+                waiting.remove(message_id);
                 return Ok(());
             }
-            // A panic while building one email (a value lettre cannot
-            // write) fails that reply only: it must never stop the sender,
-            // which would re-read the same event and stop again at every start.
-            let built =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(&outgoing)))
-                    .unwrap_or_else(|_| {
-                        Err("the email could not be written (a header value is not usable)".into())
-                    });
-            let email = match built {
-                Ok(email) => email,
-                Err(reason) => {
-                    tracing::error!(message_id, %reason, "reply cannot be sent");
-                    self.within(failed(client, message_id, &reason, true))
-                        .await?;
-                    return Ok(());
-                }
-            };
-            match self.transport.send(email).await {
-                Ok(response) => {
-                    self.within(async {
-                        Ok(client
-                            .execute("SELECT ld_mail_sent($1)", &[&message_id])
-                            .await?)
-                    })
+        };
+        match self.transport.send(email).await {
+            Ok(response) => {
+                self.within(async {
+                    Ok(client
+                        .execute("SELECT ld_mail_sent($1)", &[&message_id])
+                        .await?)
+                })
+                .await?;
+                tracing::info!(message_id, ticket_id = outgoing.ticket_id,
+                               mail_message_id = %outgoing.mail_message_id,
+                               code = %response.code(), "reply sent");
+                waiting.remove(message_id);
+                Ok(())
+            }
+            Err(e) if e.is_permanent() => {
+                tracing::error!(message_id, error = %e, "the SMTP server refused the reply for good");
+                self.within(failed(client, message_id, &e.to_string(), true))
                     .await?;
-                    tracing::info!(message_id, ticket_id = outgoing.ticket_id,
-                                   mail_message_id = %outgoing.mail_message_id,
-                                   code = %response.code(), "reply sent");
-                    return Ok(());
-                }
-                Err(e) if e.is_permanent() => {
-                    tracing::error!(message_id, error = %e, "the SMTP server refused the reply for good");
-                    self.within(failed(client, message_id, &e.to_string(), true))
-                        .await?;
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(message_id, error = %e, attempt = outgoing.attempts + 1,
-                                   retry_in_ms = backoff.as_millis() as u64, "reply not sent yet");
-                    self.within(failed(client, message_id, &e.to_string(), false))
-                        .await?;
-                    if sleep_or_stop(stop, backoff).await {
-                        return Err(MailError::Stopped);
-                    }
-                    backoff = (backoff * 2).min(self.settings.retry_max());
-                }
+                waiting.remove(message_id);
+                Ok(())
+            }
+            Err(e) => {
+                let backoff = waiting.backoff(message_id).unwrap_or(self.settings.retry());
+                tracing::warn!(message_id, error = %e, attempt = outgoing.attempts + 1,
+                               retry_in_ms = backoff.as_millis() as u64, "reply not sent yet");
+                self.within(failed(client, message_id, &e.to_string(), false))
+                    .await?;
+                let next = (backoff * 2).min(self.settings.retry_max());
+                waiting.push(message_id, &recipient, backoff, next);
+                Ok(())
             }
         }
     }
@@ -349,6 +384,18 @@ fn reply_id(event: &serde_json::Value) -> Option<i64> {
         return None;
     }
     message.get("id")?.as_i64()
+}
+
+/// The replies left pending (tried, not yet sent nor failed for good), oldest first.
+async fn pending_replies(client: &Client) -> Result<Vec<i64>, MailError> {
+    let rows = client
+        .query(
+            "SELECT livedesk_message_id FROM mail_messages \
+             WHERE direction = 'out' AND status = 'pending' ORDER BY created_at, livedesk_message_id",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().filter_map(|r| r.get(0)).collect())
 }
 
 async fn prepare(

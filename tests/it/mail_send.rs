@@ -11,7 +11,7 @@ use crate::common;
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ struct Smtp {
     delivered: Arc<Mutex<Vec<Delivered>>>,
     fail_first: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
+    /// While set, mail to `full@…` is answered "452 mailbox full" (try later).
+    full: Arc<AtomicBool>,
     current: Vec<u8>,
     to: Vec<String>,
 }
@@ -57,10 +59,15 @@ impl Handler for Smtp {
     }
 
     /// Greylisting, the everyday temporary failure: "450, try again later".
-    /// And a mailbox that does not exist: "550 no such user", for good.
+    /// A mailbox that does not exist: "550 no such user", for good. A full
+    /// one (while `full` is set): "452, try again later".
     fn rcpt(&mut self, to: &str) -> Response {
         if to.starts_with("nobody@") {
             return Response::custom(550, "5.1.1 No such user here".into());
+        }
+        if to.starts_with("full@") && self.full.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Response::custom(452, "4.2.2 Mailbox full, try again later".into());
         }
         if self
             .fail_first
@@ -91,6 +98,7 @@ impl Smtp {
             delivered: Arc::default(),
             fail_first: Arc::new(AtomicUsize::new(fail_first)),
             refused: Arc::default(),
+            full: Arc::new(AtomicBool::new(true)),
             current: Vec::new(),
             to: Vec::new(),
         };
@@ -824,6 +832,69 @@ async fn a_line_break_in_a_name_is_sent_as_a_space_and_stops_nothing() {
         eve.to().and_then(|a| a.first()).unwrap().name(),
         Some("Eve Jones")
     );
+    stop.cancel();
+}
+
+/// A customer whose mailbox answers "try again later" holds up only their
+/// own later replies, which go out after it and in order, never another
+/// customer's (found by a review: one full mailbox held every reply of
+/// every customer). The waiting replies survive a sender's restart.
+#[tokio::test]
+async fn a_full_mailbox_holds_up_only_its_own_customers_replies() {
+    let app = TestApp::spawn().await;
+    let (smtp, smtp_url) = Smtp::start(0);
+    let (url, _) = writer_url(&app, "mailer").await;
+    let stop = start_sender(&app, &url, &smtp_url).await;
+    let gateway = MailDatabase::from_url(&url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tickets = Vec::new();
+    for from in ["full@example.org", "fine@example.org"] {
+        let raw = format!(
+            "From: {from}\r\nSubject: Hello from {from}\r\nMessage-ID: <{from}.1@example.org>\r\n\r\nHi\r\n"
+        );
+        let mail = inbound::parse(raw.as_bytes()).unwrap();
+        tickets.push(inbound::store(&gateway, &mail).await.unwrap().ticket_id);
+    }
+    let (_, carol) = app.agent("Carol", "agent").await;
+    for (ticket, body) in [
+        (tickets[0], "first to full"),
+        (tickets[0], "second to full"),
+        (tickets[1], "to fine"),
+    ] {
+        let seen = last_message(&app, ticket).await;
+        let (status, _) = app
+            .post(
+                &format!("/api/tickets/{ticket}/messages"),
+                &carol,
+                json!({"kind": "reply", "body": body, "seen_message_id": seen}),
+            )
+            .await;
+        assert_eq!(status, 201);
+    }
+    // The other customer's reply goes out while the full mailbox is retried.
+    let got = smtp.wait_for(1).await;
+    assert_eq!(got[0].to, vec!["fine@example.org".to_string()]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(smtp.refused.load(Ordering::SeqCst) >= 2, "retried");
+    assert_eq!(smtp.delivered().len(), 1, "nothing to the full mailbox yet");
+    // The waiting replies are in the database, not only in the sender: a
+    // sender started after this one stops takes them over.
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop = start_sender(&app, &url, &smtp_url).await;
+    // The mailbox has room again: both replies, in the order written.
+    smtp.full.store(false, Ordering::SeqCst);
+    let got = smtp.wait_for(3).await;
+    let to_full: Vec<String> = got[1..]
+        .iter()
+        .map(|d| parsed(&d.raw).body_text(0).unwrap().trim().to_string())
+        .collect();
+    assert_eq!(to_full, ["first to full", "second to full"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.delivered().len(), 3, "each once");
     stop.cancel();
 }
 
