@@ -318,8 +318,12 @@ BEGIN
             AND (x.direction = 'in' OR x.status = 'sent')
             AND x.created_at <= v_out.created_at
           ORDER BY x.created_at DESC, x.message_id DESC LIMIT 20) r;
+    -- The parent: the customer's newest email on the ticket (not a bounce
+    -- report's, nor another sender's answer to one of our replies).
     SELECT x.message_id INTO v_parent FROM mail_messages x
+    JOIN messages y ON y.id = x.livedesk_message_id
     WHERE x.ticket_id = t.id AND x.direction = 'in' AND x.created_at <= v_out.created_at
+      AND y.author_customer_id = t.customer_id
     ORDER BY x.created_at DESC, x.message_id DESC LIMIT 1;
 
     RETURN jsonb_build_object(

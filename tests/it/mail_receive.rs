@@ -558,4 +558,35 @@ async fn a_bounce_of_a_sent_reply_is_noted_on_its_ticket_not_a_ticket_of_its_own
         .unwrap()
         .get(0);
     assert_eq!(subject, "Undelivered Mail Returned to Sender");
+
+    // Alice's next reply answers the customer's email, not the bounce
+    // report (found by a review: In-Reply-To named the report).
+    let newest: i64 = sql
+        .query_one(
+            "SELECT max(id) FROM messages WHERE ticket_id = $1",
+            &[&ticket],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (status, again) = app
+        .post(
+            &format!("/api/tickets/{ticket}/messages"),
+            &alice,
+            serde_json::json!({"kind": "reply", "body": "Fixed the address.", "seen_message_id": newest}),
+        )
+        .await;
+    assert_eq!(status, 201, "{again}");
+    let parent: String = sql
+        .query_one(
+            "SELECT ld_mail_prepare($1, 'example.com') ->> 'in_reply_to'",
+            &[&again["id"].as_i64().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        parent,
+        "AM6PR05MB6104A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6@AM6PR05MB6104.eurprd05.prod.outlook.com"
+    );
 }
