@@ -704,8 +704,19 @@ async fn embedded_default_serve_with_mail_and_receive_as_mail_gateway() {
     assert!(status.success(), "{status:?}");
 }
 
-#[tokio::test]
-async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothing() {
+/// A server, an SMTP server and a running sender as a mail role, with one
+/// email ticket per `From:` value (in order), received as the gateway.
+struct EmailTickets {
+    app: TestApp,
+    smtp: Smtp,
+    url: String,
+    smtp_url: String,
+    stop: CancellationToken,
+    gateway_agent: i64,
+    tickets: Vec<i64>,
+}
+
+async fn email_tickets(senders: &[&str]) -> EmailTickets {
     let app = TestApp::spawn().await;
     let (smtp, smtp_url) = Smtp::start(0);
     let (url, gateway_agent) = writer_url(&app, "mailer").await;
@@ -716,24 +727,50 @@ async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothi
         .await
         .unwrap();
     let mut tickets = Vec::new();
-    for from in ["nobody@example.org", "someone@example.org"] {
+    for (n, from) in senders.iter().enumerate() {
         let raw = format!(
-            "From: {from}\r\nSubject: Hello from {from}\r\nMessage-ID: <{from}.1@example.org>\r\n\r\nHi\r\n"
+            "From: {from}\r\nSubject: Hello from {n}\r\nMessage-ID: <ticket.{n}@example.org>\r\n\r\nHi\r\n"
         );
         let mail = inbound::parse(raw.as_bytes()).unwrap();
         tickets.push(inbound::store(&gateway, &mail).await.unwrap().ticket_id);
     }
+    EmailTickets {
+        app,
+        smtp,
+        url,
+        smtp_url,
+        stop,
+        gateway_agent,
+        tickets,
+    }
+}
+
+/// An agent's reply on a ticket, having seen its newest message.
+async fn reply(app: &TestApp, token: &str, ticket: i64, body: &str) {
+    let seen = last_message(app, ticket).await;
+    let (status, answer) = app
+        .post(
+            &format!("/api/tickets/{ticket}/messages"),
+            token,
+            json!({"kind": "reply", "body": body, "seen_message_id": seen}),
+        )
+        .await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+#[tokio::test]
+async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothing() {
+    let EmailTickets {
+        app,
+        smtp,
+        stop,
+        gateway_agent,
+        tickets,
+        ..
+    } = email_tickets(&["nobody@example.org", "someone@example.org"]).await;
     let (_, carol) = app.agent("Carol", "agent").await;
     for ticket in &tickets {
-        let seen = last_message(&app, *ticket).await;
-        let (status, _) = app
-            .post(
-                &format!("/api/tickets/{ticket}/messages"),
-                &carol,
-                json!({"kind": "reply", "body": "Hello!", "seen_message_id": seen}),
-            )
-            .await;
-        assert_eq!(status, 201);
+        reply(&app, &carol, *ticket, "Hello!").await;
     }
     // The second reply goes through; the first is not retried.
     let got = smtp.wait_for(1).await;
@@ -775,26 +812,17 @@ async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothi
 /// customer, at every restart (found by a review).
 #[tokio::test]
 async fn a_line_break_in_a_name_is_sent_as_a_space_and_stops_nothing() {
-    let app = TestApp::spawn().await;
-    let (smtp, smtp_url) = Smtp::start(0);
-    let (url, _) = writer_url(&app, "mailer").await;
-    let stop = start_sender(&app, &url, &smtp_url).await;
-    let gateway = MailDatabase::from_url(&url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut tickets = Vec::new();
-    for (from, id) in [
-        ("=?utf-8?q?Eve=0D=0AJones?= <eve@example.org>", "eve.1"),
-        ("Sam Smith <sam@example.org>", "sam.1"),
-    ] {
-        let raw = format!(
-            "From: {from}\r\nSubject: Help\r\nMessage-ID: <{id}@example.org>\r\n\r\nHi\r\n"
-        );
-        let mail = inbound::parse(raw.as_bytes()).unwrap();
-        tickets.push(inbound::store(&gateway, &mail).await.unwrap().ticket_id);
-    }
+    let EmailTickets {
+        app,
+        smtp,
+        stop,
+        tickets,
+        ..
+    } = email_tickets(&[
+        "=?utf-8?q?Eve=0D=0AJones?= <eve@example.org>",
+        "Sam Smith <sam@example.org>",
+    ])
+    .await;
     let (carol, token) = app.agent("Carol", "agent").await;
     app.sql()
         .await
@@ -805,15 +833,7 @@ async fn a_line_break_in_a_name_is_sent_as_a_space_and_stops_nothing() {
         .await
         .unwrap();
     for ticket in &tickets {
-        let seen = last_message(&app, *ticket).await;
-        let (status, _) = app
-            .post(
-                &format!("/api/tickets/{ticket}/messages"),
-                &token,
-                json!({"kind": "reply", "body": "Hello!", "seen_message_id": seen}),
-            )
-            .await;
-        assert_eq!(status, 201);
+        reply(&app, &token, *ticket, "Hello!").await;
     }
     let got = smtp.wait_for(2).await;
     let to: Vec<&str> = got.iter().map(|d| d.to[0].as_str()).collect();
@@ -841,38 +861,22 @@ async fn a_line_break_in_a_name_is_sent_as_a_space_and_stops_nothing() {
 /// every customer). The waiting replies survive a sender's restart.
 #[tokio::test]
 async fn a_full_mailbox_holds_up_only_its_own_customers_replies() {
-    let app = TestApp::spawn().await;
-    let (smtp, smtp_url) = Smtp::start(0);
-    let (url, _) = writer_url(&app, "mailer").await;
-    let stop = start_sender(&app, &url, &smtp_url).await;
-    let gateway = MailDatabase::from_url(&url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut tickets = Vec::new();
-    for from in ["full@example.org", "fine@example.org"] {
-        let raw = format!(
-            "From: {from}\r\nSubject: Hello from {from}\r\nMessage-ID: <{from}.1@example.org>\r\n\r\nHi\r\n"
-        );
-        let mail = inbound::parse(raw.as_bytes()).unwrap();
-        tickets.push(inbound::store(&gateway, &mail).await.unwrap().ticket_id);
-    }
+    let EmailTickets {
+        app,
+        smtp,
+        url,
+        smtp_url,
+        stop,
+        tickets,
+        ..
+    } = email_tickets(&["full@example.org", "fine@example.org"]).await;
     let (_, carol) = app.agent("Carol", "agent").await;
     for (ticket, body) in [
         (tickets[0], "first to full"),
         (tickets[0], "second to full"),
         (tickets[1], "to fine"),
     ] {
-        let seen = last_message(&app, ticket).await;
-        let (status, _) = app
-            .post(
-                &format!("/api/tickets/{ticket}/messages"),
-                &carol,
-                json!({"kind": "reply", "body": body, "seen_message_id": seen}),
-            )
-            .await;
-        assert_eq!(status, 201);
+        reply(&app, &carol, ticket, body).await;
     }
     // The other customer's reply goes out while the full mailbox is retried.
     let got = smtp.wait_for(1).await;
