@@ -16,8 +16,6 @@
 --   tickets_20_normalise_insert 35_custom_fields.sql (subject trim, field types;
 --                              on UPDATE tickets_30_change calls the same checks)
 --   tickets_25_assignee_rule   31_assignee.sql (only when a set assignee changes)
---   tickets_26_assignee_enabled 31_assignee.sql (only when the assignee is set or
---                              changes; also on INSERT): never a disabled agent
 --   tickets_30_change          here, the last one: bump and write ticket.updated
 --                              (seeing the final row), or keep the version of a no-op
 --   tickets_90_created_event   here (AFTER INSERT): ticket.created with the ticket
@@ -183,6 +181,9 @@ BEGIN
             jsonb_build_object('from', OLD.customer_id, 'to', NEW.customer_id));
     END IF;
     IF NEW.assignee_id IS DISTINCT FROM OLD.assignee_id THEN
+        IF NEW.assignee_id IS NOT NULL THEN
+            PERFORM ld_check_assignee_enabled(NEW.assignee_id);  -- 31_assignee.sql
+        END IF;
         v_changes := v_changes || jsonb_build_object('assignee_id',
             jsonb_build_object('from', OLD.assignee_id, 'to', NEW.assignee_id));
     END IF;
@@ -247,6 +248,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp 
 BEGIN
     NEW.version := 1;
     NEW.child_changed := false;
+    IF NEW.assignee_id IS NOT NULL THEN
+        PERFORM ld_check_assignee_enabled(NEW.assignee_id);  -- 31_assignee.sql
+    END IF;
     RETURN NEW;
 END
 $$;

@@ -49,40 +49,33 @@ CREATE OR REPLACE TRIGGER tickets_25_assignee_rule
 
 -- A ticket is assigned only to an enabled agent: a disabled one cannot sign
 -- in to work it (contract §5a), and GET /api/agents, the list agents assign
--- from, leaves it out. Checked only when the assignee is set or changes, by
--- any writer: a ticket already assigned to an agent who is disabled later
--- keeps that assignee until someone changes it. The agent's row is read FOR
--- SHARE, so a disable (an UPDATE of that row) and an assignment take turns:
--- an assignment that waited for a disable sees it and is refused, and a
--- disable waits for an assignment in flight (no ticket is given to an agent
--- disabled a moment before). An id that names no agent is left to the
--- foreign key (23503).
-CREATE OR REPLACE FUNCTION ld_tickets_assignee_enabled() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+-- from, leaves it out. Checked by the change and insert triggers
+-- (ld_tickets_change, ld_tickets_insert in 20_versions_events.sql) only when
+-- the assignee is set or changes, for every writer: a ticket already
+-- assigned to an agent who is disabled later keeps that assignee until
+-- someone changes it. (Not a trigger of its own: a trigger's WHEN is
+-- compiled again at every statement, like a CHECK, a cost on every ticket
+-- change.) The agent's row is read FOR SHARE, so a disable (an UPDATE of
+-- that row) and an assignment take turns: an assignment that waited for a
+-- disable sees it and is refused, and a disable waits for an assignment in
+-- flight. An id that names no agent is left to the foreign key (23503).
+CREATE OR REPLACE FUNCTION ld_check_assignee_enabled(p_agent_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
 DECLARE
     v_disabled_at timestamptz;
 BEGIN
-    SELECT a.disabled_at INTO v_disabled_at FROM agents a WHERE a.id = NEW.assignee_id FOR SHARE;
+    SELECT a.disabled_at INTO v_disabled_at FROM agents a WHERE a.id = p_agent_id FOR SHARE;
     IF v_disabled_at IS NOT NULL THEN
         PERFORM ld_fail('LD400', format('agent %s is disabled: a ticket cannot be assigned to it',
-                                        NEW.assignee_id),
+                                        p_agent_id),
                         '{"field": "assignee_id"}');
     END IF;
-    RETURN NEW;
 END
 $$;
 
-CREATE OR REPLACE TRIGGER tickets_26_assignee_enabled
-    BEFORE UPDATE ON tickets
-    FOR EACH ROW
-    WHEN (NEW.assignee_id IS NOT NULL AND NEW.assignee_id IS DISTINCT FROM OLD.assignee_id)
-    EXECUTE FUNCTION ld_tickets_assignee_enabled();
-
-CREATE OR REPLACE TRIGGER tickets_26_assignee_enabled_insert
-    BEFORE INSERT ON tickets
-    FOR EACH ROW
-    WHEN (NEW.assignee_id IS NOT NULL)
-    EXECUTE FUNCTION ld_tickets_assignee_enabled();
+DROP TRIGGER IF EXISTS tickets_26_assignee_enabled ON tickets;
+DROP TRIGGER IF EXISTS tickets_26_assignee_enabled_insert ON tickets;
+DROP FUNCTION IF EXISTS ld_tickets_assignee_enabled();
 
 -- The sanctioned SQL path to (re)assign: p_expected_assignee is the
 -- assignee the caller saw (NULL = "unassigned"); another current one is
