@@ -145,18 +145,26 @@ impl WsClient {
 
     /// Read until the server closes; the close code.
     pub async fn closed(&mut self, limit: Duration) -> Ended {
+        self.closed_after(limit).await.1
+    }
+
+    /// Read until the server closes: how many text frames came before the
+    /// close, and the close code.
+    pub async fn closed_after(&mut self, limit: Duration) -> (usize, Ended) {
         let deadline = tokio::time::Instant::now() + limit;
+        let mut frames = 0;
         loop {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Err(_) => return Ended::Timeout,
-                Ok(None) => return Ended::Closed(None),
+                Err(_) => return (frames, Ended::Timeout),
+                Ok(None) => return (frames, Ended::Closed(None)),
                 Ok(Some(Err(e))) => {
                     eprintln!("websocket error while waiting for the close: {e}");
-                    return Ended::Closed(None);
+                    return (frames, Ended::Closed(None));
                 }
                 Ok(Some(Ok(Message::Close(frame)))) => {
-                    return Ended::Closed(frame.map(|f| u16::from(f.code)))
+                    return (frames, Ended::Closed(frame.map(|f| u16::from(f.code))))
                 }
+                Ok(Some(Ok(Message::Text(_)))) => frames += 1,
                 Ok(Some(Ok(_))) => {}
             }
         }

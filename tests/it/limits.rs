@@ -369,6 +369,43 @@ async fn every_exported_metric_is_documented() {
 
 /// A disabled agent's WebSockets close with 4001 on every process within
 /// 5 s; a replaced token's too; an agent holds at most 20 connections.
+/// A disabled agent's socket closes with 4001 also in the middle of a long
+/// replay, which writes without going back to the loop that watches for
+/// revocation (found by a review: a disabled agent read on for minutes).
+#[tokio::test]
+async fn a_disabled_agent_is_cut_off_in_the_middle_of_a_replay() {
+    use common::ws::{Ended, WsClient};
+    const CHANGES: i64 = 20_000;
+    let app = TestApp::spawn().await;
+    let (alice, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "A long history").await["id"]
+        .as_i64()
+        .unwrap();
+    // ~20 MB of history: more than the sockets' buffers hold.
+    app.sql()
+        .await
+        .batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN 1..{CHANGES} LOOP \
+             UPDATE tickets SET subject = i || repeat('x', 400) WHERE id = {id}; \
+             END LOOP; END $$"
+        ))
+        .await
+        .unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, Some(0)).await;
+    // The client reads nothing for a second: the replay waits on full buffers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    agents::set_disabled(&app.db, &alice.email, true)
+        .await
+        .unwrap();
+    let (frames, ended) = ws.closed_after(Duration::from_secs(20)).await;
+    assert_eq!(ended, Ended::Closed(Some(4001)), "after {frames} frames");
+    assert!(
+        (frames as i64) < CHANGES / 2,
+        "the replay stopped at the revocation: {frames} of {CHANGES} events came"
+    );
+}
+
 #[tokio::test]
 async fn websockets_of_a_disabled_agent_close_with_4001_on_every_process() {
     use common::ws::{Ended, WsClient};

@@ -24,6 +24,9 @@ use crate::domain::{Agent, DomainError, Rejection};
 /// cannot hold up a shutdown (which must finish within 5 s).
 const CLOSE_WRITE: Duration = Duration::from_secs(2);
 
+/// The close reason of 4001.
+const REVOKED_REASON: &str = "the agent was disabled or its token replaced: log in again";
+
 /// Presence writes per (connection, ticket) are at most this frequent.
 const PRESENCE_MIN_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -169,7 +172,7 @@ impl Session {
                 biased;
                 _ = &mut overflowed => Wake::Stop(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
                 _ = &mut shutting_down => Wake::Stop(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
-                _ = &mut revocation => Wake::Stop(Stop::Close(close::REVOKED, "the agent was disabled or its token replaced: log in again")),
+                _ = &mut revocation => Wake::Stop(Stop::Close(close::REVOKED, REVOKED_REASON)),
                 message = stream.next() => Wake::Message(message),
                 Some(item) = self.rx.recv() => Wake::Item(item),
                 _ = tick.tick() => Wake::Tick,
@@ -440,6 +443,12 @@ impl Session {
     where
         F: std::future::Future<Output = Result<(), actix_ws::Closed>>,
     {
+        // A revoked agent gets nothing more, also in the middle of a long
+        // replay, where the loop that watches for revocation does not run
+        // (found by a review: a disabled agent read on for minutes).
+        if self.slot.revoked.is_cancelled() {
+            return Some(Stop::Close(close::REVOKED, REVOKED_REASON));
+        }
         // Fast path: the socket's channel has room (the usual case), so no
         // timer or watcher is set up for this write.
         let mut write = std::pin::pin!(write);
@@ -451,6 +460,7 @@ impl Session {
             result = write => result.err().map(|_| Stop::Gone),
             _ = overflow.wait() => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
             _ = self.rt.shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
+            _ = self.slot.revoked.cancelled() => Some(Stop::Close(close::REVOKED, REVOKED_REASON)),
             _ = tokio::time::sleep(self.rt.settings.presence_ttl()) => Some(Stop::Gone),
         }
     }
