@@ -169,7 +169,7 @@ fn bounce(message: &mail_parser::Message<'_>) -> Option<Bounce> {
                 let report = String::from_utf8_lossy(part.contents());
                 // "delayed" (still retrying), "delivered", "relayed",
                 // "expanded": not a failure, so not a bounce of the reply.
-                if !failed(&report) {
+                if !reports_failure(&report) {
                     return None;
                 }
                 reason = reason.or_else(|| diagnostic(&report));
@@ -234,7 +234,7 @@ fn machine_sent(message: &mail_parser::Message<'_>) -> bool {
 /// Whether a delivery-status report says a delivery failed: an `Action:
 /// failed` field, or no `Action:` field at all (a report that names none is
 /// taken at its word as a bounce).
-fn failed(report: &str) -> bool {
+fn reports_failure(report: &str) -> bool {
     let actions: Vec<&str> = report
         .lines()
         .filter_map(|l| {

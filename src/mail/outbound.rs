@@ -190,10 +190,7 @@ impl Sender {
         // Replies a sender before this one left waiting (pending): in order, due now.
         let pending = self.within(pending_replies(&client)).await?;
         let mut waiting = Waiting::load(pending, self.settings.retry());
-        tracing::info!(
-            waiting = waiting.due().len(),
-            "mail sender: sending replies on email tickets"
-        );
+        tracing::info!("mail sender: sending replies on email tickets");
         loop {
             for message_id in waiting.due() {
                 if stop.is_cancelled() {
@@ -261,7 +258,7 @@ impl Sender {
                 message_id,
                 "reply waits behind an older one to the same customer"
             );
-            let backoff = waiting.backoff(message_id).unwrap_or(self.settings.retry());
+            let backoff = waiting.backoff(message_id);
             waiting.push(message_id, &recipient, Duration::ZERO, backoff);
             return Ok(());
         }
@@ -305,7 +302,7 @@ impl Sender {
                 Ok(())
             }
             Err(e) => {
-                let backoff = waiting.backoff(message_id).unwrap_or(self.settings.retry());
+                let backoff = waiting.backoff(message_id);
                 tracing::warn!(message_id, error = %e, attempt = outgoing.attempts + 1,
                                retry_in_ms = backoff.as_millis() as u64, "reply not sent yet");
                 self.within(failed(client, message_id, &e.to_string(), false))

@@ -23,10 +23,13 @@ struct Entry {
     backoff: Duration,
 }
 
-/// The waiting replies, oldest first.
-#[derive(Debug, Default)]
+/// The waiting replies, oldest first: one entry per reply `pending` in the
+/// database, no more.
+#[derive(Debug)]
 pub struct Waiting {
     entries: Vec<Entry>,
+    /// The wait after a reply's first temporary failure.
+    first_backoff: Duration,
 }
 
 impl Waiting {
@@ -34,6 +37,7 @@ impl Waiting {
     pub fn load(message_ids: impl IntoIterator<Item = i64>, first_backoff: Duration) -> Self {
         let now = Instant::now();
         Waiting {
+            first_backoff,
             entries: message_ids
                 .into_iter()
                 .map(|message_id| Entry {
@@ -79,11 +83,11 @@ impl Waiting {
     }
 
     /// The wait to use after this reply's next temporary failure.
-    pub fn backoff(&self, message_id: i64) -> Option<Duration> {
+    pub fn backoff(&self, message_id: i64) -> Duration {
         self.entries
             .iter()
             .find(|e| e.message_id == message_id)
-            .map(|e| e.backoff)
+            .map_or(self.first_backoff, |e| e.backoff)
     }
 
     /// The reply went out, or failed for good: the next one of its
@@ -126,7 +130,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_recipient_waits_behind_its_own_older_reply_only() {
-        let mut waiting = Waiting::default();
+        let mut waiting = Waiting::load([], 50 * MS);
+        assert_eq!(
+            waiting.backoff(1),
+            50 * MS,
+            "not waiting yet: the first wait"
+        );
         waiting.push(1, "full@example.org", 100 * MS, 200 * MS);
         // A newer reply to the same customer waits; another customer's does not.
         assert!(waiting.holds(2, "full@example.org"));
@@ -135,7 +144,7 @@ mod tests {
         assert_eq!(waiting.due(), Vec::<i64>::new(), "2 waits behind 1");
         tokio::time::sleep(110 * MS).await;
         assert_eq!(waiting.due(), vec![1]);
-        assert_eq!(waiting.backoff(1), Some(200 * MS));
+        assert_eq!(waiting.backoff(1), 200 * MS);
         waiting.remove(1);
         assert_eq!(waiting.due(), vec![2]);
         waiting.remove(2);
