@@ -320,6 +320,20 @@ pub struct Settings {
     #[arg(long, env = "LIVEDESK_RATE_PER_ADDRESS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..), global = true)]
     pub rate_per_address: u32,
 
+    /// Ticket subscribes per second one agent may make on a process, over
+    /// all its connections (ten times as many at once); past it a subscribe
+    /// is refused `rate_limited` with its `ticket_id`. Each costs a snapshot
+    /// or a backlog read.
+    #[arg(long, env = "LIVEDESK_AGENT_SUBSCRIBES_PER_SECOND", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub agent_subscribes_per_second: u32,
+
+    /// Presence changes per second one agent may make on a process, over all
+    /// its connections and tickets (five times as many at once); past it the
+    /// changes wait, and the latest state of each is written when the budget
+    /// allows (never lost, only later).
+    #[arg(long, env = "LIVEDESK_AGENT_PRESENCE_PER_SECOND", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..), global = true)]
+    pub agent_presence_per_second: u32,
+
     /// The event bus (extension): `notify` (NOTIFY livedesk_events, the
     /// default) or `logical` (logical decoding over a replication
     /// connection; needs wal_level = logical and the REPLICATION attribute).

@@ -51,6 +51,11 @@ pub struct Metrics {
     /// Database pings `/healthz` sent (one answers every check of the same
     /// half second).
     pub health_pings: IntCounter,
+    /// Subscribes refused `unavailable` because too many snapshots were
+    /// being built at once for too long (`realtime::budget`).
+    pub snapshots_busy: IntCounter,
+    /// Presence writes put off by an agent's presence budget (written later).
+    pub presence_deferred: IntCounter,
 }
 
 /// The conflict rules, as `livedesk_conflicts_total` labels.
@@ -145,6 +150,14 @@ impl Metrics {
                 "health_pings_total",
                 "Database pings sent for /healthz (one answers the checks of half a second)",
             ),
+            snapshots_busy: counter(
+                "snapshots_busy_total",
+                "Subscribes refused unavailable: no snapshot slot within the wait",
+            ),
+            presence_deferred: counter(
+                "presence_deferred_total",
+                "Presence writes put off by an agent's presence budget",
+            ),
             registry,
         };
         for rule in CONFLICT_RULES {
@@ -173,6 +186,8 @@ impl Metrics {
             Box::new(metrics.write_batch_calls.clone()),
             Box::new(metrics.write_batch_alone.clone()),
             Box::new(metrics.health_pings.clone()),
+            Box::new(metrics.snapshots_busy.clone()),
+            Box::new(metrics.presence_deferred.clone()),
         ];
         for collector in collectors {
             let _ = metrics.registry.register(collector);

@@ -258,7 +258,10 @@ fn spawn_server_env(
         command
             .env("LIVEDESK_RATE_PER_TOKEN", "1000000")
             .env("LIVEDESK_BURST_PER_TOKEN", "1000000")
-            .env("LIVEDESK_RATE_PER_ADDRESS", "1000000");
+            .env("LIVEDESK_RATE_PER_ADDRESS", "1000000")
+            // Thousands of sockets of a few agents subscribe at once.
+            .env("LIVEDESK_AGENT_SUBSCRIBES_PER_SECOND", "1000000")
+            .env("LIVEDESK_AGENT_PRESENCE_PER_SECOND", "1000000");
     }
     let child = command
         .env(

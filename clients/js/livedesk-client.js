@@ -100,6 +100,19 @@ const GAP_BACKOFF_MIN_MS = 250;
 const GAP_BACKOFF_MAX_MS = 30000;
 /** After this many re-subscribes with `since` that did not get past the same version: take a fresh snapshot. */
 const GAP_ATTEMPTS_BEFORE_SNAPSHOT = 3;
+/**
+ * Subscribes sent and not answered yet (`subscribed` or an `error` naming the
+ * ticket), at most: a client following hundreds of tickets re-subscribes them
+ * a few at a time after a reconnect, within the server's subscribe budgets
+ * (docs/protocol.md, "Budgets"), rather than all at once and losing those
+ * past the budget.
+ */
+const SUBSCRIBE_WINDOW = 8;
+/** After a subscribe refused `rate_limited` or `unavailable`, the queue waits this long, doubling while refusals go on. */
+const REFUSED_PAUSE_MIN_MS = 1000;
+const REFUSED_PAUSE_MAX_MS = 30000;
+/** Subscribe refusals that end the attempt (the others are retried: `rate_limited`, `unavailable`). */
+const FINAL_REFUSALS = new Set(['not_found', 'invalid_field', 'too_many_subscriptions', 'forbidden', 'invalid_frame']);
 
 export class LivedeskClient {
   /**
@@ -119,6 +132,12 @@ export class LivedeskClient {
     /** @type {Map<number, {handlers: object, version: number|null, presence: string, resyncing: boolean}>} */
     this._subs = new Map();
     this._inboxHandlers = new Set();
+    /** Tickets whose subscribe waits to be sent (in order), and those sent but not answered yet. */
+    this._subscribeQueue = new Set();
+    this._subscribesInFlight = new Set();
+    this._queuePausedUntil = 0;
+    this._queuePauseMs = 0;
+    this._queueTimer = null;
 
     this._ws = null;
     this._state = ConnectionState.OFFLINE;
@@ -404,6 +423,7 @@ export class LivedeskClient {
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     this._stopHeartbeat();
+    this._forgetSubscribes();
     const ws = this._ws;
     this._ws = null;
     if (ws) {
@@ -449,6 +469,7 @@ export class LivedeskClient {
     if (ws !== this._ws) return;
     this._ws = null;
     this._stopHeartbeat();
+    this._forgetSubscribes();
     for (const sub of this._subs.values()) sub.subscribed = false;
     if (!this._wanted) return;
     if (ev.code === 4001) {
@@ -504,6 +525,7 @@ export class LivedeskClient {
             /* ignore */
           }
         }
+        this._forgetSubscribes();
         for (const sub of this._subs.values()) sub.subscribed = false;
         this._scheduleReconnect();
         return;
@@ -531,6 +553,8 @@ export class LivedeskClient {
       case 'hello':
         return this._onHello(f);
       case 'subscribed': {
+        this._queuePauseMs = 0;
+        this._subscribeAnswered(Number(f.ticket_id), false);
         const sub = this._subs.get(Number(f.ticket_id));
         if (!sub) return;
         sub.subscribed = true;
@@ -570,17 +594,25 @@ export class LivedeskClient {
         if (Array.isArray(f.fields)) this._emit('fields', f.fields);
         return;
       case 'error': {
-        // A refused subscribe leaves the ticket unsubscribed (protocol.md):
-        // `since` beyond the ticket's version means the database went back in
-        // time (treated like `reset`); `unavailable` and a rate-limited
-        // subscribe are retried with backoff.
-        const sub = f.ticket_id !== undefined ? this._subs.get(Number(f.ticket_id)) : null;
+        // A refused subscribe (protocol.md): `since` beyond the ticket's
+        // version means the database went back in time (treated like
+        // `reset`); `unavailable` and `rate_limited` go back in the queue,
+        // which pauses (backed off) before sending more. The refusals name
+        // their ticket; one without (an old server) cannot be matched.
+        const id = f.ticket_id !== undefined && f.ticket_id !== null ? Number(f.ticket_id) : null;
+        const sub = id !== null ? this._subs.get(id) : null;
+        const retry = f.code === 'unavailable' || f.code === 'rate_limited';
+        if (id !== null && this._subscribesInFlight.has(id) && (retry || FINAL_REFUSALS.has(f.code))) {
+          this._subscribeAnswered(id, retry);
+        }
         if (sub && f.code === 'invalid_field' && sub.version !== null) {
-          this._onReset({ type: 'reset', ticket_id: Number(f.ticket_id), version: null });
-        } else if (sub && (f.code === 'unavailable' || f.code === 'rate_limited')) {
-          // Not subscribed (or not re-subscribed): try again later, backed off.
-          sub.subscribed = false;
-          this._scheduleResync(Number(f.ticket_id), sub);
+          this._onReset({ type: 'reset', ticket_id: id, version: null });
+        } else if (sub && f.code === 'unavailable') {
+          sub.subscribed = false; // an `unavailable` subscribe drops the subscription
+        } else if (id !== null && f.code === 'rate_limited' && !this._subscribeQueue.has(id)) {
+          // Past the frame budget a `presence` or `unsubscribe` was dropped:
+          // say it again after a pause (what is true then).
+          setTimeout(() => this._restate(id), REFUSED_PAUSE_MIN_MS);
         }
         return this._emit('server-error', f);
       }
@@ -597,18 +629,88 @@ export class LivedeskClient {
     this._attempt = 0;
     this._setState(ConnectionState.LIVE);
     this._startHeartbeat();
+    this._forgetSubscribes();
     for (const [id, sub] of this._subs) {
       this._clearGapTimer(sub); // this re-subscribe is the attempt (the count is kept)
-      this._sendSubscribe(id, sub);
+      this._subscribeQueue.add(id);
     }
+    this._pumpSubscribes();
     if (this._inboxHandlers.size) this._send({ type: 'subscribe_inbox' });
     this._emit('hello', f);
   }
 
+  /**
+   * Subscribe (again) to a ticket: queued, and sent when fewer than
+   * SUBSCRIBE_WINDOW subscribes wait for their answer, with `since` = the
+   * version applied by then. One already in flight is sent again after its
+   * answer (what it asked for may be out of date).
+   */
   _sendSubscribe(id, sub) {
-    const frame = { type: 'subscribe', ticket_id: id };
-    if (sub.version !== null && sub.version !== undefined) frame.since = sub.version;
-    this._send(frame);
+    if (this._subscribesInFlight.has(id)) {
+      sub.subscribeAgain = true;
+      return;
+    }
+    this._subscribeQueue.add(id);
+    this._pumpSubscribes();
+  }
+
+  /** Send queued subscribes while the window has room and the queue is not paused. */
+  _pumpSubscribes() {
+    clearTimeout(this._queueTimer);
+    this._queueTimer = null;
+    if (this._state !== ConnectionState.LIVE) return;
+    const wait = this._queuePausedUntil - Date.now();
+    if (wait > 0) {
+      if (this._subscribeQueue.size) this._queueTimer = setTimeout(() => this._pumpSubscribes(), wait);
+      return;
+    }
+    for (const id of this._subscribeQueue) {
+      if (this._subscribesInFlight.size >= SUBSCRIBE_WINDOW) return;
+      this._subscribeQueue.delete(id);
+      const sub = this._subs.get(id);
+      if (!sub) continue;
+      const frame = { type: 'subscribe', ticket_id: id };
+      if (sub.version !== null && sub.version !== undefined) frame.since = sub.version;
+      if (!this._send(frame)) {
+        this._subscribeQueue.add(id);
+        return;
+      }
+      sub.subscribeAgain = false;
+      this._subscribesInFlight.add(id);
+    }
+  }
+
+  /** A subscribe was answered; `retry`: it was refused for now (send it again after a pause). */
+  _subscribeAnswered(id, retry) {
+    if (!this._subscribesInFlight.delete(id)) return;
+    const sub = this._subs.get(id);
+    if (sub && (retry || sub.subscribeAgain)) {
+      sub.subscribeAgain = false;
+      this._subscribeQueue.add(id);
+    }
+    if (retry) {
+      this._queuePauseMs = Math.min(REFUSED_PAUSE_MAX_MS, Math.max(REFUSED_PAUSE_MIN_MS, this._queuePauseMs * 2));
+      const pause = this._queuePauseMs / 2 + Math.random() * (this._queuePauseMs / 2);
+      this._queuePausedUntil = Math.max(this._queuePausedUntil, Date.now() + pause);
+    }
+    this._pumpSubscribes();
+  }
+
+  /** Send again what a dropped frame said about a ticket: my presence, or that I left it. */
+  _restate(id) {
+    const sub = this._subs.get(id);
+    if (!sub) this._send({ type: 'unsubscribe', ticket_id: id });
+    else if (sub.subscribed && !this._subscribesInFlight.has(id)) this._send({ type: 'presence', ticket_id: id, state: sub.presence });
+  }
+
+  /** The connection is gone: nothing is in flight any more, and `hello` queues every ticket again. */
+  _forgetSubscribes() {
+    clearTimeout(this._queueTimer);
+    this._queueTimer = null;
+    this._subscribeQueue.clear();
+    this._subscribesInFlight.clear();
+    this._queuePausedUntil = 0;
+    this._queuePauseMs = 0;
   }
 
   _onEvent(ev, { fromHttp = false } = {}) {
@@ -744,6 +846,7 @@ export class LivedeskClient {
       gapTimer: null,
       gapAt: null,
       gapAttempts: 0,
+      subscribeAgain: false,
     };
     this._subs.set(id, sub);
     this._sendSubscribe(id, sub);
@@ -757,6 +860,7 @@ export class LivedeskClient {
     if (!sub) return;
     this._clearGapTimer(sub);
     this._subs.delete(id);
+    this._subscribeQueue.delete(id);
     this._send({ type: 'unsubscribe', ticket_id: id });
   }
 

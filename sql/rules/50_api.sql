@@ -92,7 +92,8 @@ END
 $$;
 
 -- A page of a ticket's messages, oldest first: the newest p_limit (1-200,
--- default 50) with an id below p_before (NULL = from the newest), and
+-- default 50) with an id below p_before (NULL = from the newest), fewer
+-- when their bodies pass 1 MiB (at least one message), and
 -- "messages_before": the id to pass as p_before for the page before it, or
 -- null when there is none (contract §5).
 CREATE OR REPLACE FUNCTION ld_message_page(p_ticket_id bigint, p_before bigint, p_limit int)
@@ -100,17 +101,26 @@ RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_limit int := least(greatest(coalesce(p_limit, 50), 1), 200);
+    -- A page also stops at 1 MiB of bodies (the newest message always comes):
+    -- 50 notes of 256 KiB made 13 MB snapshots, built as often as a client
+    -- re-subscribed. octet_length reads a stored body's size, not the body.
+    v_bytes bigint := 1048576;
     v_ids bigint[];
     v_before bigint;
 BEGIN
     SELECT array_agg(x.id ORDER BY x.id DESC) INTO v_ids
-    FROM (SELECT m.id FROM messages m
-          WHERE m.ticket_id = p_ticket_id AND (p_before IS NULL OR m.id < p_before)
-          ORDER BY m.id DESC
-          LIMIT v_limit + 1) x;
-    IF cardinality(v_ids) > v_limit THEN
-        v_ids := v_ids[1:v_limit];
-        v_before := v_ids[v_limit];
+    FROM (SELECT m.id,
+                 row_number() OVER w AS n,
+                 sum(octet_length(m.body)) OVER w AS bytes
+          FROM (SELECT id, body FROM messages
+                WHERE ticket_id = p_ticket_id AND (p_before IS NULL OR id < p_before)
+                ORDER BY id DESC
+                LIMIT v_limit) m
+          WINDOW w AS (ORDER BY m.id DESC)) x
+    WHERE x.n = 1 OR x.bytes <= v_bytes;
+    IF EXISTS (SELECT 1 FROM messages m
+               WHERE m.ticket_id = p_ticket_id AND m.id < v_ids[cardinality(v_ids)]) THEN
+        v_before := v_ids[cardinality(v_ids)];
     END IF;
     RETURN jsonb_build_object(
         'messages', (SELECT coalesce(jsonb_agg(ld_message_json(m) ORDER BY m.id), '[]'::jsonb)

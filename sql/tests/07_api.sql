@@ -202,6 +202,50 @@ BEGIN
 END
 $$;
 
+-- A page of messages stops at 50 (or the limit asked) and at 1 MiB of
+-- bodies, whichever comes first; messages_before leads to the rest.
+DO $$
+DECLARE
+    t bigint := (ld_create_ticket(1, 'pages', NULL, NULL, NULL, NULL) ->> 'id')::bigint;
+    big bigint := (ld_create_ticket(1, 'large notes', NULL, NULL, NULL, NULL) ->> 'id')::bigint;
+    j jsonb;
+    ids bigint[];
+BEGIN
+    FOR i IN 1..60 LOOP
+        PERFORM ld_post_message(t, 1, 'note', 'n' || i, NULL, NULL, NULL, NULL);
+    END LOOP;
+    ids := ARRAY(SELECT id FROM messages WHERE ticket_id = t ORDER BY id);
+    j := ld_get_ticket(t);
+    PERFORM t_eq(jsonb_array_length(j -> 'messages'), 50, 'the newest 50');
+    PERFORM t_eq((j ->> 'messages_before')::bigint, ids[11], 'before: the oldest shown');
+    j := ld_list_messages(t, ids[11], NULL);
+    PERFORM t_eq(jsonb_array_length(j -> 'messages'), 10, 'the ten older ones');
+    PERFORM t_true(j -> 'messages_before' = 'null'::jsonb, 'nothing before the first page');
+    j := ld_list_messages(t, NULL, 60);
+    PERFORM t_eq(jsonb_array_length(j -> 'messages'), 60, 'a limit of 60: all');
+    PERFORM t_true(j -> 'messages_before' = 'null'::jsonb, 'all of them: no page before');
+
+    -- Eight notes of 200,000 bytes: five fit in 1 MiB, then the other three
+    -- (a body's stored size is read, not its compressed one).
+    FOR i IN 1..8 LOOP
+        PERFORM ld_post_message(big, 1, 'note', repeat(chr(96 + i), 200000), NULL, NULL, NULL, NULL);
+    END LOOP;
+    ids := ARRAY(SELECT id FROM messages WHERE ticket_id = big ORDER BY id);
+    j := ld_get_ticket(big);
+    PERFORM t_eq(jsonb_array_length(j -> 'messages'), 5, 'a snapshot stops at 1 MiB of bodies');
+    PERFORM t_eq((j -> 'messages' -> 4 ->> 'id')::bigint, ids[8], 'the newest is in it');
+    PERFORM t_eq((j ->> 'messages_before')::bigint, ids[4], 'before: the oldest shown');
+    PERFORM t_eq((SELECT frame::jsonb -> 'messages' FROM ld_snapshot_frame(big)), j -> 'messages',
+                 'the WebSocket snapshot is the same page');
+    j := ld_list_messages(big, ids[4], 200);
+    PERFORM t_eq(jsonb_array_length(j -> 'messages'), 3, 'the rest');
+    PERFORM t_true(j -> 'messages_before' = 'null'::jsonb, 'and nothing before them');
+    j := ld_list_messages(big, ids[8], 1);
+    PERFORM t_eq((j -> 'messages' -> 0 ->> 'id')::bigint, ids[7], 'a limit of one');
+    PERFORM t_eq((j ->> 'messages_before')::bigint, ids[7], 'one by one');
+END
+$$;
+
 -- Timestamps do not depend on the writer's session time zone.
 SET TimeZone = 'America/New_York';
 DO $$

@@ -8,6 +8,7 @@
 //! wake-up (listener or stream down, database restart) costs a catch-up
 //! read, never an event.
 
+pub mod budget;
 pub mod bus;
 pub mod event_log;
 pub mod fetcher;
@@ -68,6 +69,8 @@ pub struct Inner {
     /// Open connections by agent: the per-agent cap, and 4001 closes when a
     /// token stops working (`revocation`).
     pub revocation: revocation::Registry,
+    /// What one agent may cost this process, and the snapshot slots.
+    pub budgets: budget::Budgets,
 }
 
 /// How long sessions get to send their close frames at shutdown.
@@ -98,6 +101,7 @@ impl Realtime {
     ) -> Result<Realtime, bus::BusError> {
         bus::prepare(&db, &settings).await?;
         let (bus, _) = tokio::sync::watch::channel(settings.bus);
+        let budgets = budget::Budgets::new(&settings);
         let presence =
             presence::Presence::start(db.clone(), settings.clone(), metrics.clone()).await;
         let realtime = Realtime {
@@ -119,6 +123,7 @@ impl Realtime {
                 next_connection: AtomicU64::new(1),
                 connections: AtomicUsize::new(0),
                 revocation: revocation::Registry::default(),
+                budgets,
             }),
         };
         let tasks = vec![

@@ -43,6 +43,18 @@ pub enum ClientFrame {
     Ping {},
 }
 
+impl ClientFrame {
+    /// The ticket the frame is about, if any (named in a refusal).
+    pub fn ticket_id(&self) -> Option<i64> {
+        match self {
+            ClientFrame::Subscribe { ticket_id, .. }
+            | ClientFrame::Unsubscribe { ticket_id }
+            | ClientFrame::Presence { ticket_id, .. } => Some(*ticket_id),
+            _ => None,
+        }
+    }
+}
+
 /// What an agent is doing on a ticket, from most to least active.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

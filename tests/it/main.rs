@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod agent_budgets;
 mod bus;
 mod db_tls;
 mod docs_sql;

@@ -96,6 +96,52 @@ async fn a_colleague_sees_viewing_typing_idle_and_gone() {
     presence_until(&mut bob, id, WAIT, |v| state_of(v, a.id).is_none()).await;
 }
 
+/// A service (a chat widget relaying replies) follows a ticket unseen: its
+/// subscribe makes no viewer, its presence frame is refused `forbidden`,
+/// and it still gets every event. Found by a review: a chat widget showed
+/// as a colleague "typing".
+#[tokio::test]
+async fn a_service_follows_a_ticket_without_showing_as_a_viewer() {
+    let app = TestApp::spawn().await;
+    let (a, token_a) = app.agent("Alice", "agent").await;
+    let (_, widget) = app.agent("Widget", "service").await;
+    let id = app.ticket(&token_a, "chat").await["id"].as_i64().unwrap();
+    let mut service = WsClient::connect(&app.base, &widget).await;
+    service.subscribe(id, None).await;
+    service.next_of("snapshot").await;
+    service
+        .send(json!({"type": "presence", "ticket_id": id, "state": "typing"}))
+        .await;
+    let refused = service.next_of("error").await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["ticket_id"], id);
+
+    // Alice arrives after the service: she alone is on the ticket, and
+    // stays alone while the service is subscribed.
+    let mut alice = WsClient::connect(&app.base, &token_a).await;
+    alice.subscribe(id, None).await;
+    let snapshot = alice.next_of("snapshot").await;
+    assert_eq!(snapshot["presence"], json!([]), "{snapshot}");
+    let viewers = presence_until(&mut alice, id, WAIT, |v| !v.is_empty()).await;
+    assert_eq!(viewers.len(), 1, "{viewers:?}");
+    assert_eq!(viewers[0]["agent"]["id"], a.id);
+    let (_, full) = app.get(&format!("/api/tickets/{id}"), &token_a).await;
+    assert_eq!(full["presence"].as_array().unwrap().len(), 1, "{full}");
+
+    // The service still gets the change.
+    let (status, body) = app
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &token_a,
+            json!({"changes": {"status": {"from": "new", "to": "open"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events = service.events(id, 1, WAIT).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["changes"]["status"]["to"], "open");
+}
+
 #[tokio::test]
 async fn two_tabs_of_one_agent_are_one_avatar_with_the_most_active_state() {
     let app = TestApp::spawn().await;

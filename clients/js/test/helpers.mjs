@@ -28,15 +28,17 @@ export const usingNativeWebSocket = Boolean(globalThis.WebSocket);
 
 /**
  * A WebSocket constructor that records every connection the client opens
- * (time, URL), every frame it sends and every close it sees, for the
+ * (time, URL) and the socket itself (`log.sockets`, to cut a connection),
+ * every frame it sends and every close it sees, for the
  * assertions about resume, backoff and "never reconnects".
  */
 export function recordingWebSocket() {
-  const log = { opened: [], sent: [], closes: [] };
+  const log = { opened: [], sent: [], closes: [], sockets: [] };
   class RecordingWebSocket extends NativeWS {
     constructor(url) {
       super(url);
       log.opened.push({ at: Date.now(), url: String(url) });
+      log.sockets.push(this);
       this.addEventListener('close', (ev) => log.closes.push({ at: Date.now(), code: ev.code }));
     }
     send(data) {

@@ -76,6 +76,8 @@ pub struct Session {
     /// Subscribes cost a snapshot each: a subscribe/unsubscribe loop is
     /// answered `rate_limited` past this budget (contract §5a).
     subscribes: governor::DefaultDirectRateLimiter,
+    /// Presence writes wait until then: the agent's presence budget is spent.
+    presence_held: Option<Instant>,
 }
 
 /// Subscribes per second per connection, and the burst above it (a console
@@ -113,6 +115,7 @@ impl Session {
             inbox: false,
             last_heard: Instant::now(),
             window: (Instant::now(), 0),
+            presence_held: None,
             subscribes: governor::RateLimiter::direct(
                 governor::Quota::per_second(
                     std::num::NonZeroU32::new(SUBSCRIBES_PER_SECOND)
@@ -244,7 +247,17 @@ impl Session {
         };
         match (budget, message) {
             (FrameBudget::Abuse, _) => Some(Stop::Close(close::POLICY, "too many frames")),
-            (FrameBudget::Over, AggregatedMessage::Text(_) | AggregatedMessage::Binary(_)) => {
+            (FrameBudget::Over, AggregatedMessage::Text(text)) => {
+                // Named when it can be, so that a client retries that one.
+                let ticket_id = protocol::parse(&text).ok().and_then(|f| f.ticket_id());
+                let frame = protocol::error_frame(
+                    "rate_limited",
+                    "Too many frames; this one was ignored.",
+                    ticket_id,
+                );
+                self.send(ws, frame).await
+            }
+            (FrameBudget::Over, AggregatedMessage::Binary(_)) => {
                 let frame = protocol::error_frame(
                     "rate_limited",
                     "Too many frames; this one was ignored.",
@@ -299,16 +312,22 @@ impl Session {
         match frame {
             ClientFrame::Ping {} => self.send(ws, r#"{"type":"pong"}"#.into()).await,
             ClientFrame::Subscribe { ticket_id, since } => {
-                if self.subscribes.check().is_err() {
+                // The connection's budget, then the agent's over all its
+                // connections (`budget`): a refused subscribe names its
+                // ticket, so that the client retries that one.
+                let refusal = if self.subscribes.check().is_err() {
+                    Some("Too many subscribes: slow down and try again in a second.")
+                } else if !self.rt.budgets.subscribe(self.agent.id) {
+                    Some("Too many subscribes by this agent over all its connections: slow down and try again in a second.")
+                } else {
+                    None
+                };
+                if let Some(message) = refusal {
                     self.rt.metrics.rate_limited.inc();
                     return self
                         .send(
                             ws,
-                            protocol::error_frame(
-                                "rate_limited",
-                                "Too many subscribes: slow down and try again in a second.",
-                                Some(ticket_id),
-                            ),
+                            protocol::error_frame("rate_limited", message, Some(ticket_id)),
                         )
                         .await;
                 }
@@ -316,10 +335,7 @@ impl Session {
             }
             ClientFrame::Unsubscribe { ticket_id } => {
                 // After a `reset` only the viewer is left: unsubscribing removes it.
-                let viewer = self.presence.remove(&ticket_id).is_some();
-                if viewer {
-                    self.rt.presence.remove(self.slot.id, Some(ticket_id));
-                }
+                let viewer = self.drop_viewer(ticket_id);
                 if self.subs.remove(ticket_id).is_none() && !viewer {
                     return self
                         .send(
@@ -346,6 +362,18 @@ impl Session {
                 None
             }
             ClientFrame::Presence { ticket_id, state } => {
+                if self.agent.is_service() {
+                    return self
+                        .send(
+                            ws,
+                            protocol::error_frame(
+                                "forbidden",
+                                "Service tokens are not shown as viewers: presence is for agents.",
+                                Some(ticket_id),
+                            ),
+                        )
+                        .await;
+                }
                 match self.presence.get_mut(&ticket_id) {
                     Some(slot) => slot.wanted = state,
                     None => {
@@ -465,13 +493,33 @@ impl Session {
         }
     }
 
-    /// Write presence states that changed, at most once per interval each.
+    /// Stop showing this connection as a viewer of the ticket; whether it was one.
+    fn drop_viewer(&mut self, ticket_id: i64) -> bool {
+        let viewer = self.presence.remove(&ticket_id).is_some();
+        if viewer {
+            self.rt.presence.remove(self.slot.id, Some(ticket_id));
+        }
+        viewer
+    }
+
+    /// Write presence states that changed, at most once per interval each
+    /// and within the agent's presence budget: past it the changes wait (the
+    /// latest state of each is written when the budget allows).
     fn flush_presence(&mut self) {
         let now = Instant::now();
+        if self.presence_held.is_some_and(|until| until > now) {
+            return;
+        }
+        self.presence_held = None;
         for (ticket_id, slot) in &mut self.presence {
             if slot.written != Some(slot.wanted)
                 && now.duration_since(slot.at) >= PRESENCE_MIN_INTERVAL
             {
+                if let Err(until) = self.rt.budgets.presence(self.agent.id) {
+                    self.rt.metrics.presence_deferred.inc();
+                    self.presence_held = Some(until);
+                    return;
+                }
                 self.rt
                     .presence
                     .set(self.slot.id, *ticket_id, self.agent.id, slot.wanted);
@@ -482,11 +530,13 @@ impl Session {
     }
 
     fn next_presence_flush(&self) -> Option<Instant> {
-        self.presence
+        let due = self
+            .presence
             .values()
             .filter(|s| s.written != Some(s.wanted))
             .map(|s| s.at + PRESENCE_MIN_INTERVAL)
-            .min()
+            .min()?;
+        Some(self.presence_held.map_or(due, |until| until.max(due)))
     }
 }
 

@@ -59,11 +59,30 @@ impl Session {
                 )
                 .await;
         }
+        // A snapshot waits for one of the process's snapshot slots, in turn
+        // (`budget`); past the wait the subscribe is refused, nothing held.
+        let slot = match since {
+            Some(_) => None,
+            None => match self.rt.budgets.snapshot_slot().await {
+                Some(slot) => Some(slot),
+                None => {
+                    self.rt.metrics.snapshots_busy.inc();
+                    self.subs.remove(ticket_id);
+                    self.drop_viewer(ticket_id);
+                    let frame = protocol::error_frame(
+                        "unavailable",
+                        "The server is busy building other snapshots; retry in a moment.",
+                        Some(ticket_id),
+                    );
+                    return self.send(ws, frame).await;
+                }
+            },
+        };
         // Register first: every event committed after our read below reaches us live.
         self.subs.remove(ticket_id);
         self.rt.hub.subscribe(ticket_id, &self.handle);
         let result = match since {
-            None => self.send_snapshot(ws, ticket_id).await,
+            None => self.send_snapshot(ws, ticket_id, slot).await,
             Some(since) => self.send_backlog(ws, ticket_id, since).await,
         };
         let version = match result {
@@ -74,9 +93,7 @@ impl Session {
             Err(e) => {
                 // Refused: the ticket is not watched by this connection any more
                 // (even if it was before this frame), presence included.
-                if self.presence.remove(&ticket_id).is_some() {
-                    self.rt.presence.remove(self.slot.id, Some(ticket_id));
-                }
+                self.drop_viewer(ticket_id);
                 return self.send(ws, domain_error_frame(&e, ticket_id)).await;
             }
         };
@@ -84,6 +101,11 @@ impl Session {
         // `Gone`: a reset took the ticket while we read; it is in our queue.
         if self.rt.hub.join(ticket_id, self.slot.id, version) == Join::Read {
             self.rt.work.read([ticket_id]);
+        }
+        // Services (a chat widget, the mail gateway) follow tickets unseen:
+        // colleagues' avatars are agents.
+        if self.agent.is_service() {
+            return None;
         }
         self.presence.entry(ticket_id).or_insert(PresenceSlot {
             wanted: PresenceState::Viewing,
@@ -99,9 +121,10 @@ impl Session {
         &mut self,
         ws: &mut actix_ws::Session,
         ticket_id: i64,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Result<Option<i64>, Stop>, DomainError> {
-        // Read, then give the connection back before writing to the socket:
-        // a slow client must not hold a pooled connection.
+        // Read, then give the connection and the snapshot slot back before
+        // writing to the socket: a slow client must hold neither.
         let read = async {
             let client = self.rt.db.client().await?;
             let statement = client
@@ -111,6 +134,7 @@ impl Session {
             Ok::<_, DbError>((row.get(0), row.get(1)))
         };
         let (version, frame): (i64, String) = self.rt.db.within(read).await?;
+        drop(slot);
         if let Some(stop) = self
             .send(ws, protocol::subscribed_frame(ticket_id, version))
             .await

@@ -1,0 +1,138 @@
+//! What one agent may cost a process, whatever number of connections it
+//! spreads the work over, and how many snapshots the process builds at once.
+//!
+//! The per-connection limits (subscribes 5/s, frames 200/s) multiply by the
+//! agent's connections (20): a review stalled a process for everyone with one
+//! agent re-subscribing to a ticket of large notes over 20 connections, and
+//! made ~2,700 presence writes a second with idle/viewing flips. These
+//! budgets are per agent, and the snapshot slots bound the work of all
+//! agents together, so that snapshots never hold the whole pool.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::Settings;
+
+/// Subscribes an agent may make at once above its rate, in seconds of rate.
+const SUBSCRIBE_BURST_SECONDS: u32 = 10;
+
+/// Presence changes an agent may make at once above its rate, in seconds of rate.
+const PRESENCE_BURST_SECONDS: u32 = 5;
+
+/// Past this many agents remembered, the ones whose budget is full again
+/// are forgotten (a full budget is the same as none).
+const KEYS_MAX: usize = 10_000;
+
+/// The per-agent budgets and the snapshot slots of one process.
+pub struct Budgets {
+    subscribes: DefaultKeyedRateLimiter<i64>,
+    presence: DefaultKeyedRateLimiter<i64>,
+    clock: DefaultClock,
+    snapshots: Arc<Semaphore>,
+    snapshot_wait: Duration,
+}
+
+impl Budgets {
+    /// Budgets from the settings; a quarter of the pool (at least two) may
+    /// build snapshots at once, and a subscribe waits for a slot at most as
+    /// long as for the database itself.
+    pub fn new(settings: &Settings) -> Budgets {
+        let quota = |per_second: u32, burst_seconds: u32| {
+            let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(per_second.saturating_mul(burst_seconds))
+                .unwrap_or(NonZeroU32::MIN);
+            Quota::per_second(rate).allow_burst(burst)
+        };
+        Budgets {
+            subscribes: RateLimiter::keyed(quota(
+                settings.agent_subscribes_per_second,
+                SUBSCRIBE_BURST_SECONDS,
+            )),
+            presence: RateLimiter::keyed(quota(
+                settings.agent_presence_per_second,
+                PRESENCE_BURST_SECONDS,
+            )),
+            clock: DefaultClock::default(),
+            snapshots: Arc::new(Semaphore::new(snapshot_slots(settings.pool_size))),
+            snapshot_wait: settings.db_timeout(),
+        }
+    }
+
+    /// Charge one subscribe to `agent`; false when its budget is spent.
+    pub fn subscribe(&self, agent: i64) -> bool {
+        if self.subscribes.len() > KEYS_MAX {
+            self.subscribes.retain_recent();
+        }
+        self.subscribes.check_key(&agent).is_ok()
+    }
+
+    /// Charge one presence write to `agent`; when its budget is spent, the
+    /// moment the next one is allowed.
+    pub fn presence(&self, agent: i64) -> Result<(), Instant> {
+        if self.presence.len() > KEYS_MAX {
+            self.presence.retain_recent();
+        }
+        self.presence
+            .check_key(&agent)
+            .map_err(|not_until| Instant::now() + not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// A slot to build one snapshot in, waited for in turn (first come,
+    /// first served); `None` when none came free within the wait.
+    pub async fn snapshot_slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(self.snapshot_wait, self.snapshots.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+}
+
+/// Snapshots built at once: a quarter of the pool, at least two, so that
+/// HTTP requests and event reads always find connections.
+fn snapshot_slots(pool_size: u16) -> usize {
+    (usize::from(pool_size) / 4).max(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_subscribes_are_shared_by_its_connections_and_others_are_untouched() {
+        let mut settings = Settings::defaults();
+        settings.agent_subscribes_per_second = 2;
+        let budgets = Budgets::new(&settings);
+        let allowed = (0..100).filter(|_| budgets.subscribe(7)).count();
+        assert_eq!(allowed, 20, "a burst of ten seconds' worth, then refusals");
+        assert!(budgets.subscribe(8), "another agent has its own budget");
+    }
+
+    #[test]
+    fn a_spent_presence_budget_says_when_to_try_again() {
+        let mut settings = Settings::defaults();
+        settings.agent_presence_per_second = 4;
+        let budgets = Budgets::new(&settings);
+        for _ in 0..20 {
+            assert!(budgets.presence(1).is_ok());
+        }
+        let again = budgets.presence(1).expect_err("the burst is spent");
+        let wait = again.saturating_duration_since(Instant::now());
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(250),
+            "one change per 250 ms: {wait:?}"
+        );
+    }
+
+    #[test]
+    fn snapshot_slots_leave_most_of_the_pool_to_everything_else() {
+        assert_eq!(snapshot_slots(1), 2);
+        assert_eq!(snapshot_slots(16), 4);
+        assert_eq!(snapshot_slots(100), 25);
+    }
+}

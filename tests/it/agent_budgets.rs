@@ -1,0 +1,310 @@
+//! What one agent may cost a process over all its connections, and the
+//! snapshot slots (docs/protocol.md, "Budgets"): found by a review, one agent
+//! with 20 connections stalled a process for everyone within every
+//! per-connection limit.
+#![allow(clippy::unwrap_used)]
+
+use crate::common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use common::ws::WsClient;
+use common::{test_settings, TestApp};
+use serde_json::json;
+
+/// Send every frame, then a ping; the frames that came before the pong.
+async fn answers(ws: &mut WsClient, frames: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    for frame in frames {
+        ws.send(frame.clone()).await;
+    }
+    ws.send(json!({"type": "ping"})).await;
+    let mut seen = Vec::new();
+    loop {
+        let frame = ws.next().await;
+        if frame["type"] == "pong" {
+            return seen;
+        }
+        seen.push(frame);
+    }
+}
+
+/// Three connections of one agent share its subscribe budget (a burst of
+/// ten seconds' worth): 30 subscribes within the per-connection budget, 20
+/// served; each refusal names its ticket. A colleague's subscribes are not
+/// charged to it. Fails without the per-agent budget (30 served).
+#[tokio::test]
+async fn an_agents_connections_share_one_subscribe_budget() {
+    let mut settings = test_settings();
+    settings.agent_subscribes_per_second = 2;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, alice) = app.agent("Alice", "agent").await;
+    let (_, bob) = app.agent("Bob", "agent").await;
+    let mut tickets = Vec::new();
+    for i in 0..10 {
+        tickets.push(
+            app.ticket(&alice, &format!("T{i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let subscribes: Vec<_> = tickets
+        .iter()
+        .map(|id| json!({"type": "subscribe", "ticket_id": id}))
+        .collect();
+
+    let started = Instant::now();
+    let (mut served, mut refused) = (0, 0);
+    for _ in 0..3 {
+        let mut ws = WsClient::connect(&app.base, &alice).await;
+        let mut named = HashSet::new();
+        for frame in answers(&mut ws, &subscribes).await {
+            match frame["type"].as_str() {
+                Some("subscribed") => served += 1,
+                Some("error") => {
+                    assert_eq!(frame["code"], "rate_limited", "{frame}");
+                    assert!(
+                        named.insert(frame["ticket_id"].as_i64().unwrap()),
+                        "{frame}"
+                    );
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    let allowed = 20 + 2 * started.elapsed().as_secs_f64().ceil() as i32;
+    assert_eq!(served + refused, 30);
+    assert!(
+        (20..=allowed).contains(&served),
+        "{served} served, {refused} refused (at most {allowed})"
+    );
+
+    let mut ws = WsClient::connect(&app.base, &bob).await;
+    let served_bob = answers(&mut ws, &subscribes[..5])
+        .await
+        .iter()
+        .filter(|f| f["type"] == "subscribed")
+        .count();
+    assert_eq!(served_bob, 5, "a colleague has a budget of their own");
+}
+
+/// The current state of Alice on each ticket, as a bystander is shown it.
+async fn alices_states(
+    bystander: &mut WsClient,
+    alice: i64,
+    states: &mut HashMap<i64, String>,
+    limit: Duration,
+) {
+    while let Some(frame) = bystander.next_within(limit).await {
+        if frame["type"] != "presence" {
+            continue;
+        }
+        let ticket = frame["ticket_id"].as_i64().unwrap();
+        let viewer = frame["viewers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["agent"]["id"] == alice)
+            .map(|v| v["state"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        // Two connections of Alice on a ticket show as one viewer or two;
+        // here each ticket has one connection of hers.
+        if let Some(state) = viewer.first() {
+            states.insert(ticket, state.clone());
+        }
+    }
+}
+
+/// Presence flips over two connections and ten tickets wait for the agent's
+/// presence budget: the writes stay within it, and once the flips stop the
+/// last state of every ticket is written (later, never lost). Fails without
+/// the budget: each (connection, ticket) writes every 200 ms.
+#[tokio::test]
+async fn a_presence_flood_waits_for_the_agents_budget_and_the_last_state_wins() {
+    let mut settings = test_settings();
+    settings.agent_presence_per_second = 5;
+    settings.max_frames_per_second = 100_000;
+    let app = TestApp::spawn_with(settings).await;
+    let (alice_agent, alice) = app.agent("Alice", "agent").await;
+    let (_, bob) = app.agent("Bob", "agent").await;
+    let mut tickets = Vec::new();
+    for i in 0..10 {
+        tickets.push(
+            app.ticket(&bob, &format!("T{i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let mut bystander = WsClient::connect(&app.base, &bob).await;
+    for id in &tickets {
+        bystander.subscribe(*id, None).await;
+    }
+    // Bob's own viewer rows are written before the count starts.
+    let mut states = HashMap::new();
+    alices_states(
+        &mut bystander,
+        alice_agent.id,
+        &mut states,
+        Duration::from_millis(800),
+    )
+    .await;
+    let before = app.metric("livedesk_presence_writes_total").await;
+
+    let started = Instant::now();
+    let mut connections = Vec::new();
+    for half in tickets.chunks(5) {
+        let mut ws = WsClient::connect(&app.base, &alice).await;
+        for id in half {
+            ws.subscribe(*id, None).await;
+        }
+        connections.push((ws, half.to_vec()));
+    }
+    for round in 0..40 {
+        let state = if round % 2 == 0 { "typing" } else { "idle" };
+        for (ws, half) in &mut connections {
+            for id in half.iter() {
+                ws.send(json!({"type": "presence", "ticket_id": id, "state": state}))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The last word: typing everywhere.
+    for (ws, half) in &mut connections {
+        for id in half.iter() {
+            ws.send(json!({"type": "presence", "ticket_id": id, "state": "typing"}))
+                .await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline
+        && !tickets
+            .iter()
+            .all(|id| states.get(id).map(String::as_str) == Some("typing"))
+    {
+        alices_states(
+            &mut bystander,
+            alice_agent.id,
+            &mut states,
+            Duration::from_millis(200),
+        )
+        .await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for id in &tickets {
+        assert_eq!(
+            states.get(id).map(String::as_str),
+            Some("typing"),
+            "ticket {id}: the last state is shown ({states:?})"
+        );
+    }
+    // Pings keep the connections alive; the count settles.
+    for (ws, _) in &mut connections {
+        ws.send(json!({"type": "ping"})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = app.metric("livedesk_presence_writes_total").await - before;
+    let allowed = 25 + (5.0 * elapsed).ceil() as u64 + 1;
+    assert!(
+        writes <= allowed,
+        "{writes} presence writes in {elapsed:.1} s (budget: 25 at once, 5 a second: {allowed})"
+    );
+    assert!(app.metric("livedesk_presence_deferred_total").await > 0);
+}
+
+/// Snapshots being built never hold the whole pool: with a pool of 4 (two
+/// snapshot slots) and six subscribes whose reads are stuck behind a lock,
+/// an HTTP change is answered while they wait; once the lock goes, every
+/// subscribe gets its snapshot. Fails without the slots (the PATCH waits
+/// for the lock too).
+#[tokio::test]
+async fn snapshots_being_built_leave_connections_to_everything_else() {
+    let mut settings = test_settings();
+    settings.pool_size = 4;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let watched = app.ticket(&token, "Watched").await["id"].as_i64().unwrap();
+    let other = app.ticket(&token, "Other").await;
+    let mut connections = Vec::new();
+    for _ in 0..6 {
+        connections.push(WsClient::connect(&app.base, &token).await);
+    }
+
+    let locker = app.sql().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let locked_at = Instant::now();
+    for ws in &mut connections {
+        ws.send(json!({"type": "subscribe", "ticket_id": watched}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = app
+        .patch(
+            &format!("/api/tickets/{}", other["id"]),
+            &token,
+            json!({"changes": {"subject": {"from": "Other", "to": "Changed meanwhile"}}}),
+        )
+        .await;
+    let answered = locked_at.elapsed();
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(2000).saturating_sub(locked_at.elapsed())).await;
+    assert!(
+        answered < Duration::from_millis(1500),
+        "the PATCH waited {answered:?} for the snapshots' lock"
+    );
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    for ws in &mut connections {
+        loop {
+            let frame = ws.next().await;
+            assert_ne!(frame["type"], "error", "{frame}");
+            if frame["type"] == "snapshot" {
+                assert_eq!(frame["ticket"]["id"], watched, "{frame}");
+                break;
+            }
+        }
+    }
+    assert_eq!(app.metric("livedesk_snapshots_busy_total").await, 0);
+}
+
+/// A frame past the connection's frame budget is refused with the ticket it
+/// names, so that a client re-subscribing many tickets at once knows which
+/// subscribes to send again (the JS client lost those past ~50). Presence
+/// frames for tickets not subscribed: answered at once, so that the 15
+/// fall in one second of budget however slow the machine.
+#[tokio::test]
+async fn a_frame_past_the_frame_budget_is_refused_by_its_ticket() {
+    let mut settings = test_settings();
+    settings.max_frames_per_second = 10;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    for id in 1..=15 {
+        ws.send(json!({"type": "presence", "ticket_id": id, "state": "typing"}))
+            .await;
+    }
+    let mut answered = Vec::new();
+    for _ in 1..=15 {
+        let frame = ws.next().await;
+        assert_eq!(frame["type"], "error", "{frame}");
+        let ticket = frame["ticket_id"]
+            .as_i64()
+            .expect("the refusal names its ticket");
+        answered.push((ticket, frame["code"].as_str().unwrap().to_string()));
+    }
+    let expected: Vec<(i64, String)> = (1..=15)
+        .map(|id| {
+            let code = if id <= 10 {
+                "not_subscribed"
+            } else {
+                "rate_limited"
+            };
+            (id, code.to_string())
+        })
+        .collect();
+    assert_eq!(answered, expected);
+}
