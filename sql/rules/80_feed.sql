@@ -329,6 +329,7 @@ BEGIN
     RETURN jsonb_build_object(
         'message_id', m.id, 'ticket_id', t.id, 'mail_message_id', v_out.message_id,
         'status', v_out.status, 'attempts', v_out.attempts,
+        'pending_ms', floor(extract(epoch FROM clock_timestamp() - v_out.created_at) * 1000)::bigint,
         'to', jsonb_build_object('email', c.email, 'name', c.name),
         'from_name', (SELECT a.name FROM agents a WHERE a.id = m.author_agent_id),
         'subject', CASE WHEN t.subject ~* '^re:' THEN t.subject ELSE 'Re: ' || t.subject END,

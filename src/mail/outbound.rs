@@ -65,6 +65,9 @@ pub struct Outgoing {
     pub mail_message_id: String,
     pub status: String,
     pub attempts: i32,
+    /// How long ago the first attempt was prepared, in milliseconds.
+    #[serde(default)]
+    pub pending_ms: i64,
     pub to: Recipient,
     pub from_name: Option<String>,
     pub subject: String,
@@ -301,6 +304,18 @@ impl Sender {
                 waiting.remove(message_id);
                 Ok(())
             }
+            Err(e) if self.gives_up(&outgoing) => {
+                let reason = format!(
+                    "still not delivered after {} of retries; the last answer: {e}",
+                    spoken_period(self.settings.give_up())
+                );
+                tracing::error!(message_id, attempts = outgoing.attempts + 1, %reason,
+                                "giving up on the reply");
+                self.within(failed(client, message_id, &reason, true))
+                    .await?;
+                waiting.remove(message_id);
+                Ok(())
+            }
             Err(e) => {
                 let backoff = waiting.backoff(message_id);
                 tracing::warn!(message_id, error = %e, attempt = outgoing.attempts + 1,
@@ -312,6 +327,13 @@ impl Sender {
                 Ok(())
             }
         }
+    }
+
+    /// Whether a reply has been retried long enough: a temporary failure
+    /// then fails it for good (the agents are told), as an MTA bounces mail
+    /// it could not deliver for days, rather than retrying for ever.
+    fn gives_up(&self, outgoing: &Outgoing) -> bool {
+        u128::try_from(outgoing.pending_ms).unwrap_or(0) >= self.settings.give_up().as_millis()
     }
 
     /// One exchange with PostgreSQL, within the database budget: a database
@@ -368,6 +390,17 @@ impl Sender {
             .header(ContentType::TEXT_PLAIN)
             .body(outgoing.body.clone())
             .map_err(|e| e.to_string())
+    }
+}
+
+/// A retry period as people say it: "5 days", "36 hours", "90 seconds".
+fn spoken_period(period: Duration) -> String {
+    let seconds = period.as_secs();
+    match seconds {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 2 * 3_600 => format!("{} hours", s / 3_600),
+        s if s >= 2 * 60 => format!("{} minutes", s / 60),
+        _ => format!("{:.1} seconds", period.as_secs_f64()),
     }
 }
 
@@ -472,5 +505,13 @@ mod tests {
         );
         assert_eq!(lettre_url("smtps://u:p@mx:465"), "smtps://u:p@mx:465");
         assert_eq!(lettre_url("smtp://mx:25"), "smtp://mx:25");
+    }
+
+    #[test]
+    fn retry_periods_read_as_people_say_them() {
+        assert_eq!(spoken_period(Duration::from_secs(5 * 86_400)), "5 days");
+        assert_eq!(spoken_period(Duration::from_secs(36 * 3_600)), "36 hours");
+        assert_eq!(spoken_period(Duration::from_secs(600)), "10 minutes");
+        assert_eq!(spoken_period(Duration::from_millis(1_500)), "1.5 seconds");
     }
 }

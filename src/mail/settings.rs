@@ -44,6 +44,13 @@ pub struct MailSettings {
     #[arg(long, env = "LIVEDESK_MAIL_RETRY_MAX_MS", default_value_t = 300_000)]
     pub mail_retry_max_ms: u64,
 
+    /// How long a reply is retried after temporary failures (a full mailbox,
+    /// a server down) before it fails for good and the agents are told on
+    /// the ticket, in milliseconds (default 5 days, as Postfix's
+    /// `maximal_queue_lifetime`).
+    #[arg(long, env = "LIVEDESK_MAIL_GIVE_UP_MS", default_value_t = 432_000_000)]
+    pub mail_give_up_ms: u64,
+
     /// How often the sender looks for new replies when idle, in milliseconds.
     #[arg(long, env = "LIVEDESK_MAIL_POLL_MS", default_value_t = 1_000)]
     pub mail_poll_ms: u64,
@@ -53,6 +60,11 @@ impl MailSettings {
     /// The first retry delay (at least 10 ms).
     pub fn retry(&self) -> Duration {
         Duration::from_millis(self.mail_retry_ms.max(10))
+    }
+
+    /// How long temporary failures are retried.
+    pub fn give_up(&self) -> Duration {
+        Duration::from_millis(self.mail_give_up_ms)
     }
 
     /// The longest retry delay.

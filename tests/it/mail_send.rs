@@ -156,14 +156,19 @@ fn settings(smtp_url: &str) -> MailSettings {
         mail_database_url: None,
         mail_retry_ms: 50,
         mail_retry_max_ms: 400,
+        mail_give_up_ms: 432_000_000,
         mail_poll_ms: 50,
     }
 }
 
 /// Start the sender as the writer role; returns once its feed position exists.
 async fn start_sender(app: &TestApp, url: &str, smtp_url: &str) -> CancellationToken {
-    let sender =
-        outbound::Sender::new(MailDatabase::from_url(url).unwrap(), settings(smtp_url)).unwrap();
+    start_sender_with(app, url, settings(smtp_url)).await
+}
+
+/// The same, with these settings.
+async fn start_sender_with(app: &TestApp, url: &str, settings: MailSettings) -> CancellationToken {
+    let sender = outbound::Sender::new(MailDatabase::from_url(url).unwrap(), settings).unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(sender.run(stop.clone()));
     let sql = app.sql().await;
@@ -717,10 +722,20 @@ struct EmailTickets {
 }
 
 async fn email_tickets(senders: &[&str]) -> EmailTickets {
+    email_tickets_with(senders, |_| {}).await
+}
+
+/// The same, with the sender's settings changed by `adjust`.
+async fn email_tickets_with(
+    senders: &[&str],
+    adjust: impl FnOnce(&mut MailSettings),
+) -> EmailTickets {
     let app = TestApp::spawn().await;
     let (smtp, smtp_url) = Smtp::start(0);
     let (url, gateway_agent) = writer_url(&app, "mailer").await;
-    let stop = start_sender(&app, &url, &smtp_url).await;
+    let mut sender_settings = settings(&smtp_url);
+    adjust(&mut sender_settings);
+    let stop = start_sender_with(&app, &url, sender_settings).await;
     let gateway = MailDatabase::from_url(&url)
         .unwrap()
         .connect()
@@ -899,6 +914,90 @@ async fn a_full_mailbox_holds_up_only_its_own_customers_replies() {
     assert_eq!(to_full, ["first to full", "second to full"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.delivered().len(), 3, "each once");
+    stop.cancel();
+}
+
+/// A mailbox that stays full is not retried for ever: past the give-up
+/// period the reply fails for good, the agents are told on the ticket with
+/// the last answer, and the customer's next reply is tried on its own.
+/// (Before, a temporary failure was retried without end.)
+#[tokio::test]
+async fn a_reply_undelivered_past_the_give_up_period_fails_for_good_and_is_told() {
+    let EmailTickets {
+        app,
+        smtp,
+        stop,
+        gateway_agent,
+        tickets,
+        ..
+    } = email_tickets_with(&["full@example.org"], |s| s.mail_give_up_ms = 1_500).await;
+    let (_, carol) = app.agent("Carol", "agent").await;
+    reply(&app, &carol, tickets[0], "first").await;
+    let sql = app.sql().await;
+    let started = std::time::Instant::now();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(15) {
+        last = sql
+            .query_opt(
+                "SELECT status, attempts, coalesce(last_error, '') FROM mail_messages \
+                 WHERE direction = 'out' ORDER BY livedesk_message_id LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, i32>(1),
+                    r.get::<_, String>(2),
+                )
+            });
+        if last.as_ref().is_some_and(|(s, _, _)| s == "failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (state, attempts, error) = last.unwrap();
+    assert_eq!(state, "failed", "{attempts} attempts, {error}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "given up too early"
+    );
+    assert!(attempts >= 2, "retried first: {attempts}");
+    assert!(
+        error.contains("still not delivered after 1.5 seconds"),
+        "{error}"
+    );
+    assert!(error.contains("Mailbox full"), "{error}");
+    let note = sql
+        .query_one(
+            "SELECT author_agent_id, body FROM messages WHERE ticket_id = $1 AND kind = 'note'",
+            &[&tickets[0]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(note.get::<_, Option<i64>>(0), Some(gateway_agent));
+    let body: String = note.get(1);
+    assert!(
+        body.contains("could not be emailed to full@example.org"),
+        "{body}"
+    );
+    assert!(body.contains("still not delivered"), "{body}");
+
+    // No more attempts at it; the mailbox has room again and the next
+    // reply goes out alone.
+    let refused = smtp.refused.load(Ordering::SeqCst);
+    smtp.full.store(false, Ordering::SeqCst);
+    reply(&app, &carol, tickets[0], "second").await;
+    let got = smtp.wait_for(1).await;
+    assert_eq!(parsed(&got[0].raw).body_text(0).unwrap().trim(), "second");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        smtp.delivered().len(),
+        1,
+        "the failed reply is not sent after all"
+    );
+    assert_eq!(smtp.refused.load(Ordering::SeqCst), refused);
     stop.cancel();
 }
 
