@@ -38,7 +38,7 @@ pub async fn run(settings: &Settings, command: MailCommand) -> Result<(), MailEr
                 eprintln!(
                     "livedesk: {} <{}> → ticket {} ({}, message {})",
                     parsed.message_id,
-                    parsed.from_email,
+                    parsed.customer_email,
                     received.ticket_id,
                     if received.new_ticket {
                         "new ticket"

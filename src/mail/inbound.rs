@@ -27,8 +27,11 @@ pub struct Inbound {
     pub message_id: String,
     /// `References` then `In-Reply-To`: oldest first, the direct parent last.
     pub references: Vec<String>,
-    pub from_email: String,
-    pub from_name: Option<String>,
+    /// The customer: whom replies go to. `Reply-To:` when it names one
+    /// address other than `From:`'s (a contact form sends from `noreply@…`
+    /// with the customer there), else `From:`.
+    pub customer_email: String,
+    pub customer_name: Option<String>,
     pub subject: Option<String>,
     /// The text (HTML turned to text), then the list of attachments.
     pub body: String,
@@ -68,8 +71,27 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         .map(|a| a.trim().to_string())
         .filter(|a| a.contains('@'))
         .ok_or_else(|| MailError::Data("the From: address is not an email address".into()))?;
+    // Replies go where the author asks (RFC 5322 §3.6.2): one Reply-To
+    // address other than From's is the customer, with its own name (a
+    // form's From name is the website's). Several addresses: From.
+    let reply_to = message.reply_to().and_then(|list| {
+        let mut usable = list
+            .iter()
+            .filter(|a| a.address().is_some_and(|x| x.trim().contains('@')));
+        let first = usable.next()?;
+        usable.next().is_none().then_some(first)
+    });
+    let (customer, customer_email) = match reply_to {
+        Some(to) => match to.address().map(str::trim) {
+            Some(address) if !address.eq_ignore_ascii_case(&from_email) => {
+                (to, address.to_string())
+            }
+            _ => (from, from_email),
+        },
+        None => (from, from_email),
+    };
     // One line: an encoded name may carry a line break (`=?utf-8?q?Eve=0AJones?=`).
-    let from_name = from
+    let customer_name = customer
         .name()
         .map(super::one_line)
         .filter(|n| !n.is_empty() && n.chars().count() <= 200);
@@ -130,8 +152,8 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         bounce,
         message_id,
         references,
-        from_email,
-        from_name,
+        customer_email,
+        customer_name,
         subject,
         body: body(words, &attachments),
         attachments,
@@ -398,8 +420,8 @@ pub async fn store(client: &Client, mail: &Inbound) -> Result<Received, MailErro
             &[
                 &mail.message_id,
                 &mail.references,
-                &mail.from_email,
-                &mail.from_name,
+                &mail.customer_email,
+                &mail.customer_name,
                 &mail.subject,
                 &mail.body,
                 &mail.auto,
@@ -431,10 +453,47 @@ In-Reply-To: <parent@x>\r\nReferences: <root@x> <parent@x>\r\n\r\nHello\r\n";
         let mail = parse(raw).unwrap();
         assert_eq!(mail.message_id, "abc@mail.example.com");
         assert_eq!(mail.references, vec!["root@x", "parent@x", "parent@x"]);
-        assert_eq!(mail.from_email, "dana@example.com");
-        assert_eq!(mail.from_name.as_deref(), Some("Dana"));
+        assert_eq!(mail.customer_email, "dana@example.com");
+        assert_eq!(mail.customer_name.as_deref(), Some("Dana"));
         assert_eq!(mail.subject.as_deref(), Some("Re: Привет"));
         assert_eq!(mail.body, "Hello");
+    }
+
+    /// A contact form sends from its own address with the customer in
+    /// `Reply-To:`: the customer is the Reply-To address, with its name (not
+    /// the form's). The same address as From, or several, change nothing.
+    #[test]
+    fn one_reply_to_address_other_than_from_is_the_customer() {
+        let form =
+            b"From: Website <noreply@shop.example>\r\nReply-To: Jane Roe <Jane@Example.org>\r\n\
+Subject: Contact form\r\nMessage-ID: <form-1@shop.example>\r\n\r\nWhere is my order?\r\n";
+        let mail = parse(form).unwrap();
+        assert_eq!(mail.customer_email, "Jane@Example.org");
+        assert_eq!(mail.customer_name.as_deref(), Some("Jane Roe"));
+
+        let unnamed = b"From: Website <noreply@shop.example>\r\nReply-To: jane@example.org\r\n\
+Message-ID: <form-2@shop.example>\r\n\r\nHi\r\n";
+        let mail = parse(unnamed).unwrap();
+        assert_eq!(mail.customer_email, "jane@example.org");
+        assert_eq!(mail.customer_name, None, "not the website's name");
+
+        let same = b"From: Dana <dana@example.com>\r\nReply-To: DANA@example.com\r\n\
+Message-ID: <s@x>\r\n\r\nHi\r\n";
+        let mail = parse(same).unwrap();
+        assert_eq!(mail.customer_email, "dana@example.com");
+        assert_eq!(mail.customer_name.as_deref(), Some("Dana"));
+
+        let several =
+            b"From: Dana <dana@example.com>\r\nReply-To: a@example.org, b@example.org\r\n\
+Message-ID: <m@x>\r\n\r\nHi\r\n";
+        assert_eq!(parse(several).unwrap().customer_email, "dana@example.com");
+
+        let no_address = b"From: Dana <dana@example.com>\r\nReply-To: undisclosed-recipients:;\r\n\
+Message-ID: <n@x>\r\n\r\nHi\r\n";
+        assert_eq!(
+            parse(no_address).unwrap().customer_email,
+            "dana@example.com"
+        );
     }
 
     /// Found by a review: a line break in an encoded name, a forward's
@@ -445,7 +504,7 @@ In-Reply-To: <parent@x>\r\nReferences: <root@x> <parent@x>\r\n\r\nHello\r\n";
 Message-ID: <fwd-1@example.com>\r\n\r\nSee below.\r\n\r\n-----Original Message-----\r\nFrom: Billing\r\n\r\n\
 Invoice 42: 120 EUR\x00\r\n";
         let mail = parse(raw).unwrap();
-        assert_eq!(mail.from_name.as_deref(), Some("Eve Jones"));
+        assert_eq!(mail.customer_name.as_deref(), Some("Eve Jones"));
         assert!(mail.body.ends_with("Invoice 42: 120 EUR"), "{}", mail.body);
         let long_id = format!(
             "From: a@example.com\r\nMessage-ID: <{}@x>\r\n\r\nHi\r\n",

@@ -69,8 +69,8 @@ fn real_world_shapes_are_decoded() {
         outlook.subject.as_deref(),
         Some("Invoice INV-2023-1147 charged twice")
     );
-    assert_eq!(outlook.from_email, "petra.novak@contoso.example");
-    assert_eq!(outlook.from_name.as_deref(), Some("Novak, Petra"));
+    assert_eq!(outlook.customer_email, "petra.novak@contoso.example");
+    assert_eq!(outlook.customer_name.as_deref(), Some("Novak, Petra"));
     assert!(
         outlook.body.contains("(2 x 149.00 EUR)"),
         "{}",
@@ -86,7 +86,7 @@ fn real_world_shapes_are_decoded() {
         .ends_with("Attachments (not stored):\n- Statement November.pdf (2.0 KB)"));
 
     let gmail = inbound::parse(&fixture("gmail_reply.eml")).unwrap();
-    assert_eq!(gmail.from_name.as_deref(), Some("Jörg Müller"));
+    assert_eq!(gmail.customer_name.as_deref(), Some("Jörg Müller"));
     assert_eq!(gmail.subject.as_deref(), Some("Re: Grüße aus München"));
     // The quoted history under "Am … schrieb …:" is cut: the ticket has it.
     assert_eq!(gmail.body, "Danke schön, die Erstattung ist angekommen! ✅");
@@ -96,7 +96,7 @@ fn real_world_shapes_are_decoded() {
     );
 
     let apple = inbound::parse(&fixture("apple_mail.eml")).unwrap();
-    assert_eq!(apple.from_name.as_deref(), Some("Anaïs Dubois"));
+    assert_eq!(apple.customer_name.as_deref(), Some("Anaïs Dubois"));
     assert_eq!(
         apple.subject.as_deref(),
         Some("L’application plante au démarrage")
@@ -116,7 +116,7 @@ fn real_world_shapes_are_decoded() {
         cp1251.subject.as_deref(),
         Some("Не приходит письмо с паролем")
     );
-    assert_eq!(cp1251.from_name.as_deref(), Some("Сергей Иванов"));
+    assert_eq!(cp1251.customer_name.as_deref(), Some("Сергей Иванов"));
     assert!(cp1251.body.contains("Логин — ivanov."), "{}", cp1251.body);
 
     let koi8 = inbound::parse(&fixture("koi8r.eml")).unwrap();
@@ -323,6 +323,53 @@ async fn a_duplicate_delivery_writes_nothing_and_an_answer_threads_back() {
         [(3, "resolved".to_string()), (1, "resolved".to_string())],
         "kept on her ticket, which stays resolved"
     );
+}
+
+/// A contact form sends every request from its own `noreply@` address with
+/// the customer in `Reply-To:`: each customer gets their ticket (not one
+/// `noreply` customer for all, as before 7 December), and a customer's
+/// answer from their own mailbox threads onto theirs.
+#[tokio::test]
+async fn a_contact_forms_reply_to_is_the_customer() {
+    let app = TestApp::spawn().await;
+    let (url, _) = gateway(&app).await;
+    let sql = app.sql().await;
+    for (n, customer) in ["Jane Roe <jane@example.org>", "Sam Poe <sam@example.org>"]
+        .iter()
+        .enumerate()
+    {
+        let form = format!(
+            "From: Shop website <noreply@shop.example>\r\nReply-To: {customer}\r\n\
+             Subject: Contact form\r\nMessage-ID: <form-{n}@shop.example>\r\n\r\nWhere is my order?\r\n"
+        );
+        let (code, stderr) = receive(&url, form.as_bytes());
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let customers = |sql: tokio_postgres::Client| async move {
+        sql.query(
+            "SELECT c.email, c.name, count(m.id) FROM tickets t JOIN customers c ON c.id = t.customer_id \
+             JOIN messages m ON m.ticket_id = t.id GROUP BY t.id, c.email, c.name ORDER BY t.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, i64>(2)))
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        customers(app.sql().await).await,
+        [
+            ("jane@example.org".to_string(), "Jane Roe".to_string(), 1),
+            ("sam@example.org".to_string(), "Sam Poe".to_string(), 1)
+        ]
+    );
+    let answer = "From: Jane Roe <jane@example.org>\r\nSubject: Re: Contact form\r\n\
+                  Message-ID: <jane-1@example.org>\r\nIn-Reply-To: <form-0@shop.example>\r\n\r\nAny news?\r\n";
+    let (code, stderr) = receive(&url, answer.as_bytes());
+    assert_eq!(code, 0, "{stderr}");
+    let counts: Vec<i64> = customers(sql).await.iter().map(|c| c.2).collect();
+    assert_eq!(counts, [2, 1], "her answer is on her ticket");
 }
 
 /// A Message-ID that another sender used first is not a redelivery: the
