@@ -51,9 +51,10 @@ pub struct Metrics {
     /// Database pings `/healthz` sent (one answers every check of the same
     /// half second).
     pub health_pings: IntCounter,
-    /// Subscribes refused `unavailable` because too many snapshots were
-    /// being built at once for too long (`realtime::budget`).
-    pub snapshots_busy: IntCounter,
+    /// Snapshots and replay pages that found no read slot within the wait
+    /// (`realtime::budget`): the subscribe was refused, or the replaying
+    /// connection closed to resume later.
+    pub read_slots_busy: IntCounter,
     /// Presence writes put off by an agent's presence budget (written later).
     pub presence_deferred: IntCounter,
 }
@@ -150,9 +151,9 @@ impl Metrics {
                 "health_pings_total",
                 "Database pings sent for /healthz (one answers the checks of half a second)",
             ),
-            snapshots_busy: counter(
-                "snapshots_busy_total",
-                "Subscribes refused unavailable: no snapshot slot within the wait",
+            read_slots_busy: counter(
+                "read_slots_busy_total",
+                "Snapshots and replay pages that found no read slot within the wait",
             ),
             presence_deferred: counter(
                 "presence_deferred_total",
@@ -186,7 +187,7 @@ impl Metrics {
             Box::new(metrics.write_batch_calls.clone()),
             Box::new(metrics.write_batch_alone.clone()),
             Box::new(metrics.health_pings.clone()),
-            Box::new(metrics.snapshots_busy.clone()),
+            Box::new(metrics.read_slots_busy.clone()),
             Box::new(metrics.presence_deferred.clone()),
         ];
         for collector in collectors {

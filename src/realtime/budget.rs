@@ -1,12 +1,13 @@
 //! What one agent may cost a process, whatever number of connections it
-//! spreads the work over, and how many snapshots the process builds at once.
+//! spreads the work over, and how many heavy reads (snapshots, replay
+//! pages) the process runs at once.
 //!
 //! The per-connection limits (subscribes 5/s, frames 200/s) multiply by the
 //! agent's connections (20): a review stalled a process for everyone with one
 //! agent re-subscribing to a ticket of large notes over 20 connections, and
 //! made ~2,700 presence writes a second with idle/viewing flips. These
-//! budgets are per agent, and the snapshot slots bound the work of all
-//! agents together, so that snapshots never hold the whole pool.
+//! budgets are per agent, and the read slots bound the work of all agents
+//! together, so that snapshots and replays never hold the whole pool.
 
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
@@ -29,19 +30,19 @@ const PRESENCE_BURST_SECONDS: u32 = 5;
 /// are forgotten (a full budget is the same as none).
 const KEYS_MAX: usize = 10_000;
 
-/// The per-agent budgets and the snapshot slots of one process.
+/// The per-agent budgets and the read slots of one process.
 pub struct Budgets {
     subscribes: DefaultKeyedRateLimiter<i64>,
     presence: DefaultKeyedRateLimiter<i64>,
     clock: DefaultClock,
-    snapshots: Arc<Semaphore>,
-    snapshot_wait: Duration,
+    reads: Arc<Semaphore>,
+    read_wait: Duration,
 }
 
 impl Budgets {
     /// Budgets from the settings; a quarter of the pool (at least two) may
-    /// build snapshots at once, and a subscribe waits for a slot at most as
-    /// long as for the database itself.
+    /// run heavy reads at once, and a read waits for a slot at most as long
+    /// as for the database itself.
     pub fn new(settings: &Settings) -> Budgets {
         let quota = |per_second: u32, burst_seconds: u32| {
             let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
@@ -59,8 +60,8 @@ impl Budgets {
                 PRESENCE_BURST_SECONDS,
             )),
             clock: DefaultClock::default(),
-            snapshots: Arc::new(Semaphore::new(snapshot_slots(settings.pool_size))),
-            snapshot_wait: settings.db_timeout(),
+            reads: Arc::new(Semaphore::new(read_slots(settings.pool_size))),
+            read_wait: settings.db_timeout(),
         }
     }
 
@@ -83,19 +84,20 @@ impl Budgets {
             .map_err(|not_until| Instant::now() + not_until.wait_time_from(self.clock.now()))
     }
 
-    /// A slot to build one snapshot in, waited for in turn (first come,
-    /// first served); `None` when none came free within the wait.
-    pub async fn snapshot_slot(&self) -> Option<OwnedSemaphorePermit> {
-        tokio::time::timeout(self.snapshot_wait, self.snapshots.clone().acquire_owned())
+    /// A slot for one heavy read (a snapshot, a page of a replay), waited
+    /// for in turn (first come, first served); `None` when none came free
+    /// within the wait.
+    pub async fn read_slot(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(self.read_wait, self.reads.clone().acquire_owned())
             .await
             .ok()
             .and_then(Result::ok)
     }
 }
 
-/// Snapshots built at once: a quarter of the pool, at least two, so that
-/// HTTP requests and event reads always find connections.
-fn snapshot_slots(pool_size: u16) -> usize {
+/// Heavy reads at once: a quarter of the pool, at least two, so that HTTP
+/// requests and live fan-out always find connections.
+fn read_slots(pool_size: u16) -> usize {
     (usize::from(pool_size) / 4).max(2)
 }
 
@@ -130,9 +132,9 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_slots_leave_most_of_the_pool_to_everything_else() {
-        assert_eq!(snapshot_slots(1), 2);
-        assert_eq!(snapshot_slots(16), 4);
-        assert_eq!(snapshot_slots(100), 25);
+    fn read_slots_leave_most_of_the_pool_to_everything_else() {
+        assert_eq!(read_slots(1), 2);
+        assert_eq!(read_slots(16), 4);
+        assert_eq!(read_slots(100), 25);
     }
 }

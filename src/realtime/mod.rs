@@ -69,7 +69,7 @@ pub struct Inner {
     /// Open connections by agent: the per-agent cap, and 4001 closes when a
     /// token stops working (`revocation`).
     pub revocation: revocation::Registry,
-    /// What one agent may cost this process, and the snapshot slots.
+    /// What one agent may cost this process, and the read slots.
     pub budgets: budget::Budgets,
 }
 

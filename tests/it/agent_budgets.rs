@@ -1,5 +1,5 @@
 //! What one agent may cost a process over all its connections, and the
-//! snapshot slots (docs/protocol.md, "Budgets"): found by a review, one agent
+//! read slots (docs/protocol.md, "Budgets"): found by a review, one agent
 //! with 20 connections stalled a process for everyone within every
 //! per-connection limit.
 #![allow(clippy::unwrap_used)]
@@ -213,13 +213,16 @@ async fn a_presence_flood_waits_for_the_agents_budget_and_the_last_state_wins() 
     assert!(app.metric("livedesk_presence_deferred_total").await > 0);
 }
 
-/// Snapshots being built never hold the whole pool: with a pool of 4 (two
-/// snapshot slots) and six subscribes whose reads are stuck behind a lock,
-/// an HTTP change is answered while they wait; once the lock goes, every
-/// subscribe gets its snapshot. Fails without the slots (the PATCH waits
-/// for the lock too).
-#[tokio::test]
-async fn snapshots_being_built_leave_connections_to_everything_else() {
+/// Heavy reads never hold the whole pool: with a pool of 4 (two read
+/// slots), six subscribes whose reads are stuck behind a lock on `table`
+/// leave connections to HTTP (`request` is answered while they wait); once
+/// the lock goes, every subscribe gets what it asked for. Fails without the
+/// slots (the request waits for the lock too).
+async fn heavy_reads_leave_connections_to_everything_else(
+    table: &str,
+    since: Option<i64>,
+    request: fn(&TestApp, &str, &serde_json::Value) -> reqwest::RequestBuilder,
+) {
     let mut settings = test_settings();
     settings.pool_size = 4;
     let app = TestApp::spawn_with(settings).await;
@@ -233,42 +236,79 @@ async fn snapshots_being_built_leave_connections_to_everything_else() {
 
     let locker = app.sql().await;
     locker
-        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"
+        ))
         .await
         .unwrap();
     let locked_at = Instant::now();
     for ws in &mut connections {
-        ws.send(json!({"type": "subscribe", "ticket_id": watched}))
-            .await;
+        let mut frame = json!({"type": "subscribe", "ticket_id": watched});
+        if let Some(since) = since {
+            frame["since"] = since.into();
+        }
+        ws.send(frame).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, body) = app
-        .patch(
-            &format!("/api/tickets/{}", other["id"]),
-            &token,
-            json!({"changes": {"subject": {"from": "Other", "to": "Changed meanwhile"}}}),
-        )
-        .await;
+    let (status, body) = common::send(request(&app, &token, &other)).await;
     let answered = locked_at.elapsed();
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(2000).saturating_sub(locked_at.elapsed())).await;
     assert!(
         answered < Duration::from_millis(1500),
-        "the PATCH waited {answered:?} for the snapshots' lock"
+        "the request waited {answered:?} for the lock the subscribes wait for"
     );
     locker.batch_execute("COMMIT").await.unwrap();
 
+    let wanted = if since.is_some() { "event" } else { "snapshot" };
     for ws in &mut connections {
         loop {
             let frame = ws.next().await;
             assert_ne!(frame["type"], "error", "{frame}");
-            if frame["type"] == "snapshot" {
-                assert_eq!(frame["ticket"]["id"], watched, "{frame}");
+            if frame["type"] == wanted {
+                assert_eq!(
+                    frame["ticket_id"]
+                        .as_i64()
+                        .or(frame["ticket"]["id"].as_i64()),
+                    Some(watched),
+                    "{frame}"
+                );
                 break;
             }
         }
     }
-    assert_eq!(app.metric("livedesk_snapshots_busy_total").await, 0);
+    assert_eq!(app.metric("livedesk_read_slots_busy_total").await, 0);
+}
+
+#[tokio::test]
+async fn snapshots_being_built_leave_connections_to_everything_else() {
+    heavy_reads_leave_connections_to_everything_else("messages", None, |app, token, other| {
+        app.req(
+            reqwest::Method::PATCH,
+            &format!("/api/tickets/{}", other["id"]),
+            token,
+        )
+        .json(&json!({"changes": {"subject": {"from": "Other", "to": "Changed meanwhile"}}}))
+    })
+    .await;
+}
+
+/// The same for replays (`subscribe` with `since`): each page of a replay
+/// is read in a slot.
+#[tokio::test]
+async fn replays_leave_connections_to_everything_else() {
+    heavy_reads_leave_connections_to_everything_else(
+        "ticket_events",
+        Some(0),
+        |app, token, other| {
+            app.req(
+                reqwest::Method::GET,
+                &format!("/api/tickets/{}", other["id"]),
+                token,
+            )
+        },
+    )
+    .await;
 }
 
 /// A frame past the connection's frame budget is refused with the ticket it

@@ -59,14 +59,14 @@ impl Session {
                 )
                 .await;
         }
-        // A snapshot waits for one of the process's snapshot slots, in turn
+        // A snapshot waits for one of the process's read slots, in turn
         // (`budget`); past the wait the subscribe is refused, nothing held.
         let slot = match since {
             Some(_) => None,
-            None => match self.rt.budgets.snapshot_slot().await {
+            None => match self.rt.budgets.read_slot().await {
                 Some(slot) => Some(slot),
                 None => {
-                    self.rt.metrics.snapshots_busy.inc();
+                    self.rt.metrics.read_slots_busy.inc();
                     self.subs.remove(ticket_id);
                     self.drop_viewer(ticket_id);
                     let frame = protocol::error_frame(
@@ -123,7 +123,7 @@ impl Session {
         ticket_id: i64,
         slot: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Result<Option<i64>, Stop>, DomainError> {
-        // Read, then give the connection and the snapshot slot back before
+        // Read, then give the connection and the read slot back before
         // writing to the socket: a slow client must hold neither.
         let read = async {
             let client = self.rt.db.client().await?;
@@ -193,7 +193,19 @@ impl Session {
     async fn replay(&mut self, ws: &mut actix_ws::Session, ticket_id: i64) -> Option<Stop> {
         loop {
             let after = self.subs.get(ticket_id)?;
-            let (frames, more) = match event_log::read(&self.rt.db, &[ticket_id], &[after]).await {
+            // Each page in a read slot, given back before its frames are
+            // written: 20 connections replaying long histories must not
+            // hold the whole pool (`budget`).
+            let Some(slot) = self.rt.budgets.read_slot().await else {
+                self.rt.metrics.read_slots_busy.inc();
+                return Some(Stop::Close(
+                    close::SERVER_ERROR,
+                    "the server is busy: resume with since in a moment",
+                ));
+            };
+            let read = event_log::read(&self.rt.db, &[ticket_id], &[after]).await;
+            drop(slot);
+            let (frames, more) = match read {
                 Ok(read) => read,
                 Err(e) => {
                     tracing::warn!(error = %e, ticket_id, "replay failed");
