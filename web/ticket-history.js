@@ -38,8 +38,9 @@ export class HistoryPanel {
       let since = 0;
       for (;;) {
         const page = await this.view.client.listEvents(this.view.id, { since, limit: 500 });
+        // A page may stop short of the limit (8 MiB): the end is an empty page.
+        if (page.length === 0) break;
         all.push(...page);
-        if (page.length < 500) break;
         since = page[page.length - 1].version;
       }
       if (this.view.destroyed) return;

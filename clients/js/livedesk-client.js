@@ -325,7 +325,9 @@ export class LivedeskClient {
   }
 
   /**
-   * GET /api/tickets/{id}/events — in version order.
+   * GET /api/tickets/{id}/events — in version order. A page stops at
+   * `limit` events or 8 MiB, whichever comes first: page on with `since` =
+   * the last version until a page comes back empty.
    * @param {number} id
    * @param {{since?: number, limit?: number}} [opts]
    * @returns {Promise<object[]>} the events
@@ -780,9 +782,14 @@ export class LivedeskClient {
       for (;;) {
         if (this._subs.get(id) !== sub || sub.version === null) return;
         const since = sub.version;
-        const events = await this.listEvents(id, { since, limit: EVENTS_PAGE });
+        const page = await this.request('GET', `/api/tickets/${encodeURIComponent(id)}/events`, {
+          query: { since, limit: EVENTS_PAGE },
+        });
+        const events = (page && page.events) || [];
         for (const ev of events) this._onEvent(ev, { fromHttp: true });
-        if (events.length < EVENTS_PAGE || sub.version === since) return;
+        // A page may stop short of the limit (8 MiB): `more` says whether it was the end.
+        const more = page && typeof page.more === 'boolean' ? page.more : events.length >= EVENTS_PAGE;
+        if (!more || sub.version === since) return;
       }
     };
     catchUp()

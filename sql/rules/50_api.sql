@@ -253,16 +253,36 @@ END
 $$;
 
 -- GET /api/tickets/{id}/events: versions after p_since, ascending.
+-- A page stops at `limit` events or 8 MiB of JSON, whichever comes first
+-- (one event always): a thousand notes of 256 KiB made a 256 MB answer, built
+-- at once in a backend, 50 times a second per token. "more" says whether
+-- later events exist, so a short page is never taken for the end.
 CREATE OR REPLACE FUNCTION ld_list_events(p_ticket_id bigint, p_since bigint, p_limit int) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp AS $$
+DECLARE
+    v_limit int := least(greatest(coalesce(p_limit, 100), 1), 1000);
+    v_since bigint := coalesce(p_since, 0);
+    v_budget int := 8388608;
+    v_bytes int := 0;
+    v_parts text[] := '{}';
+    v_json text;
+    e ticket_events;
 BEGIN
     PERFORM ld_read_ticket(p_ticket_id);
-    RETURN jsonb_build_object('events', (
-        SELECT coalesce(jsonb_agg(ld_event_json(e) ORDER BY e.version), '[]'::jsonb)
-        FROM (SELECT * FROM ticket_events x
-              WHERE x.ticket_id = p_ticket_id AND x.version > coalesce(p_since, 0)
-              ORDER BY x.version
-              LIMIT least(greatest(coalesce(p_limit, 100), 1), 1000)) e));
+    FOR e IN SELECT * FROM ticket_events x
+             WHERE x.ticket_id = p_ticket_id AND x.version > v_since
+             ORDER BY x.version
+             LIMIT v_limit
+    LOOP
+        v_json := ld_event_json(e)::text;
+        EXIT WHEN v_bytes > 0 AND v_bytes + octet_length(v_json) > v_budget;
+        v_parts := v_parts || v_json;
+        v_bytes := v_bytes + octet_length(v_json);
+        v_since := e.version;
+    END LOOP;
+    RETURN jsonb_build_object(
+        'events', ('[' || array_to_string(v_parts, ',') || ']')::jsonb,
+        'more', EXISTS (SELECT 1 FROM ticket_events x WHERE x.ticket_id = p_ticket_id AND x.version > v_since));
 END
 $$;
 

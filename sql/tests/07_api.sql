@@ -166,7 +166,7 @@ BEGIN
     j := ld_list_events(t, 2, 1);
     PERFORM t_eq((SELECT array_agg((x ->> 'version')::int) FROM jsonb_array_elements(j -> 'events') x),
                  ARRAY[3], 'since and limit');
-    PERFORM t_eq(ld_list_events(t, 4, 10), '{"events": []}'::jsonb, 'nothing after the last version');
+    PERFORM t_eq(ld_list_events(t, 4, 10), '{"events": [], "more": false}'::jsonb, 'nothing after the last version');
     PERFORM t_raises('SELECT ld_list_events(5555, 0, 10)', 'LD404');
 
     -- ld_event_frames: several cursors, (ticket, version) order, a total limit.
@@ -243,6 +243,46 @@ BEGIN
     j := ld_list_messages(big, ids[8], 1);
     PERFORM t_eq((j -> 'messages' -> 0 ->> 'id')::bigint, ids[7], 'a limit of one');
     PERFORM t_eq((j ->> 'messages_before')::bigint, ids[7], 'one by one');
+END
+$$;
+
+-- An events page stops at the limit or at 8 MiB of JSON (one event always),
+-- and "more" says whether later events exist.
+DO $$
+DECLARE
+    t bigint := (ld_create_ticket(1, 'events', NULL, NULL, NULL, NULL) ->> 'id')::bigint;
+    j jsonb;
+    v bigint;
+    seen bigint := 0;
+    pages int := 0;
+BEGIN
+    FOR i IN 1..40 LOOP
+        PERFORM ld_post_message(t, 1, 'note', repeat(chr(97 + i % 26), 250000), NULL, NULL, NULL, NULL);
+    END LOOP;
+    v := ld_ticket_version(t);
+    j := ld_list_events(t, 0, 1000);
+    PERFORM t_true(jsonb_array_length(j -> 'events') < 40, 'a page stops at 8 MiB');
+    PERFORM t_true(octet_length((j -> 'events')::text) <= 8388608, 'within 8 MiB');
+    PERFORM t_eq(j -> 'more', 'true'::jsonb, 'more after a short page');
+    -- Paging on with since reaches every version once.
+    LOOP
+        j := ld_list_events(t, seen, 1000);
+        pages := pages + 1;
+        FOR i IN 0 .. jsonb_array_length(j -> 'events') - 1 LOOP
+            PERFORM t_eq((j -> 'events' -> i ->> 'version')::bigint, seen + 1, 'gapless');
+            seen := seen + 1;
+        END LOOP;
+        EXIT WHEN NOT (j ->> 'more')::boolean;
+    END LOOP;
+    PERFORM t_eq(seen, v, 'every version');
+    PERFORM t_true(pages >= 2, 'in several pages');
+    j := ld_list_events(t, 0, 2);
+    PERFORM t_eq(jsonb_array_length(j -> 'events'), 2, 'the limit');
+    PERFORM t_eq(j -> 'more', 'true'::jsonb, 'more after a full page');
+    j := ld_list_events(t, v, 100);
+    PERFORM t_eq(j, '{"events": [], "more": false}'::jsonb, 'nothing after the last');
+    j := ld_list_events(t, v - 1, 100);
+    PERFORM t_eq(j -> 'more', 'false'::jsonb, 'the last page');
 END
 $$;
 

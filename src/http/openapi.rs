@@ -448,8 +448,12 @@ pub struct MessagePage {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventList {
-    /// In version order.
+    /// In version order. A page stops at `limit` events or 8 MiB of JSON,
+    /// whichever comes first (one event always).
     pub events: Vec<Event>,
+    /// Later events exist: ask again with `since` = the last version here
+    /// (livedesk extension; a short page is not the end while this is true).
+    pub more: bool,
 }
 
 /// `POST /api/tickets/{id}/tags`.

@@ -148,7 +148,19 @@ async fn a_ticket_is_created_read_listed_and_its_history_kept() {
         ["ticket.created", "message.created", "message.created"]
     );
     assert_eq!(events[2]["actor"]["id"], service.id);
+    assert!(!events_page_more(&app, &token, id, "since=0").await);
+    assert!(events_page_more(&app, &token, id, "since=0&limit=2").await);
+    assert!(!events_page_more(&app, &token, id, "since=2&limit=1").await);
     let _ = alice;
+}
+
+/// The `more` of an events page: whether later events exist.
+async fn events_page_more(app: &TestApp, token: &str, id: i64, query: &str) -> bool {
+    let (status, page) = app
+        .get(&format!("/api/tickets/{id}/events?{query}"), token)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["more"].as_bool().unwrap()
 }
 
 #[tokio::test]
