@@ -111,6 +111,8 @@ const SUBSCRIBE_WINDOW = 8;
 /** After a subscribe refused `rate_limited` or `unavailable`, the queue waits this long, doubling while refusals go on. */
 const REFUSED_PAUSE_MIN_MS = 1000;
 const REFUSED_PAUSE_MAX_MS = 30000;
+/** A subscribe unanswered this long (an answer lost to an older server's unnamed refusal) is sent again. */
+const SUBSCRIBE_ANSWER_MS = 20000;
 /** Subscribe refusals that end the attempt (the others are retried: `rate_limited`, `unavailable`). */
 const FINAL_REFUSALS = new Set(['not_found', 'invalid_field', 'too_many_subscriptions', 'forbidden', 'invalid_frame']);
 
@@ -134,7 +136,8 @@ export class LivedeskClient {
     this._inboxHandlers = new Set();
     /** Tickets whose subscribe waits to be sent (in order), and those sent but not answered yet. */
     this._subscribeQueue = new Set();
-    this._subscribesInFlight = new Set();
+    /** @type {Map<number, number>} ticket → when its subscribe was sent */
+    this._subscribesInFlight = new Map();
     this._queuePausedUntil = 0;
     this._queuePauseMs = 0;
     this._queueTimer = null;
@@ -533,6 +536,7 @@ export class LivedeskClient {
         return;
       }
       this._send({ type: 'ping' });
+      if (this._subscribesInFlight.size) this._pumpSubscribes();
     }, every);
   }
 
@@ -661,6 +665,13 @@ export class LivedeskClient {
     clearTimeout(this._queueTimer);
     this._queueTimer = null;
     if (this._state !== ConnectionState.LIVE) return;
+    const now = Date.now();
+    for (const [id, sentAt] of this._subscribesInFlight) {
+      if (now - sentAt > SUBSCRIBE_ANSWER_MS) {
+        this._subscribesInFlight.delete(id);
+        this._subscribeQueue.add(id);
+      }
+    }
     const wait = this._queuePausedUntil - Date.now();
     if (wait > 0) {
       if (this._subscribeQueue.size) this._queueTimer = setTimeout(() => this._pumpSubscribes(), wait);
@@ -678,7 +689,7 @@ export class LivedeskClient {
         return;
       }
       sub.subscribeAgain = false;
-      this._subscribesInFlight.add(id);
+      this._subscribesInFlight.set(id, Date.now());
     }
   }
 
@@ -690,10 +701,12 @@ export class LivedeskClient {
       sub.subscribeAgain = false;
       this._subscribeQueue.add(id);
     }
-    if (retry) {
+    // One pause per burst of refusals (the window's other subscribes are
+    // refused at the same moment): it doubles only when refusals go on after it.
+    if (retry && Date.now() >= this._queuePausedUntil) {
       this._queuePauseMs = Math.min(REFUSED_PAUSE_MAX_MS, Math.max(REFUSED_PAUSE_MIN_MS, this._queuePauseMs * 2));
       const pause = this._queuePauseMs / 2 + Math.random() * (this._queuePauseMs / 2);
-      this._queuePausedUntil = Math.max(this._queuePausedUntil, Date.now() + pause);
+      this._queuePausedUntil = Date.now() + pause;
     }
     this._pumpSubscribes();
   }
