@@ -633,13 +633,15 @@ export class LivedeskClient {
     this.agent = f.agent || null;
     this._heartbeatMs = Number(f.heartbeat_ms) || DEFAULT_HEARTBEAT_MS;
     this._attempt = 0;
-    this._setState(ConnectionState.LIVE);
-    this._startHeartbeat();
+    // Queue every ticket before going live: a `state` listener that
+    // subscribes then joins this queue instead of being sent twice.
     this._forgetSubscribes();
     for (const [id, sub] of this._subs) {
       this._clearGapTimer(sub); // this re-subscribe is the attempt (the count is kept)
       this._subscribeQueue.add(id);
     }
+    this._setState(ConnectionState.LIVE);
+    this._startHeartbeat();
     this._pumpSubscribes();
     if (this._inboxHandlers.size) this._send({ type: 'subscribe_inbox' });
     this._emit('hello', f);
@@ -880,8 +882,9 @@ export class LivedeskClient {
     if (!sub) return;
     this._clearGapTimer(sub);
     this._subs.delete(id);
-    this._subscribeQueue.delete(id);
-    this._send({ type: 'unsubscribe', ticket_id: id });
+    // A subscribe that never left the queue has nothing to undo on the server.
+    const neverSent = this._subscribeQueue.delete(id) && !sub.subscribed && !this._subscribesInFlight.has(id);
+    if (!neverSent) this._send({ type: 'unsubscribe', ticket_id: id });
   }
 
   /** The last version applied for a subscribed ticket, or null. */

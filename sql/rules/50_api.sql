@@ -93,7 +93,7 @@ $$;
 
 -- A page of a ticket's messages, oldest first: the newest p_limit (1-200,
 -- default 50) with an id below p_before (NULL = from the newest), fewer
--- when their bodies pass 1 MiB (at least one message), and
+-- when their JSON passes 1 MiB (at least one message), and
 -- "messages_before": the id to pass as p_before for the page before it, or
 -- null when there is none (contract §5).
 CREATE OR REPLACE FUNCTION ld_message_page(p_ticket_id bigint, p_before bigint, p_limit int)
@@ -101,31 +101,36 @@ RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_limit int := least(greatest(coalesce(p_limit, 50), 1), 200);
-    -- A page also stops at 1 MiB of bodies (the newest message always comes):
-    -- 50 notes of 256 KiB made 13 MB snapshots, built as often as a client
-    -- re-subscribed. octet_length reads a stored body's size, not the body.
-    v_bytes bigint := 1048576;
-    v_ids bigint[];
-    v_before bigint;
+    -- A page also stops at 1 MiB of messages as JSON (the newest message
+    -- always comes): 50 notes of 256 KiB made 13 MB snapshots, built as
+    -- often as a client re-subscribed. Measured as sent, escapes included
+    -- (a control character is 6 bytes in JSON: a review made 6 MB pages
+    -- of "1 MiB" of bodies). Each message is built once, newest first.
+    v_budget int := 1048576;
+    v_bytes int := 0;
+    v_parts text[] := '{}';
+    v_json text;
+    v_oldest bigint;
+    m messages;
 BEGIN
-    SELECT array_agg(x.id ORDER BY x.id DESC) INTO v_ids
-    FROM (SELECT m.id,
-                 row_number() OVER w AS n,
-                 sum(octet_length(m.body)) OVER w AS bytes
-          FROM (SELECT id, body FROM messages
-                WHERE ticket_id = p_ticket_id AND (p_before IS NULL OR id < p_before)
-                ORDER BY id DESC
-                LIMIT v_limit) m
-          WINDOW w AS (ORDER BY m.id DESC)) x
-    WHERE x.n = 1 OR x.bytes <= v_bytes;
-    IF EXISTS (SELECT 1 FROM messages m
-               WHERE m.ticket_id = p_ticket_id AND m.id < v_ids[cardinality(v_ids)]) THEN
-        v_before := v_ids[cardinality(v_ids)];
-    END IF;
+    FOR m IN SELECT * FROM messages x
+             WHERE x.ticket_id = p_ticket_id AND (p_before IS NULL OR x.id < p_before)
+             ORDER BY x.id DESC
+             LIMIT v_limit
+    LOOP
+        v_json := ld_message_json(m)::text;
+        EXIT WHEN v_bytes > 0 AND v_bytes + octet_length(v_json) > v_budget;
+        v_parts := v_parts || v_json;
+        v_bytes := v_bytes + octet_length(v_json);
+        v_oldest := m.id;
+    END LOOP;
     RETURN jsonb_build_object(
-        'messages', (SELECT coalesce(jsonb_agg(ld_message_json(m) ORDER BY m.id), '[]'::jsonb)
-                     FROM messages m WHERE m.id = ANY (coalesce(v_ids, '{}'))),
-        'messages_before', v_before);
+        'messages', ('[' || array_to_string(ARRAY(SELECT v_parts[i]
+                                                   FROM generate_subscripts(v_parts, 1) AS i
+                                                   ORDER BY i DESC), ',') || ']')::jsonb,
+        'messages_before', CASE WHEN EXISTS (SELECT 1 FROM messages x
+                                             WHERE x.ticket_id = p_ticket_id AND x.id < v_oldest)
+                                THEN v_oldest END);
 END
 $$;
 

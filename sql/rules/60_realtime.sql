@@ -21,21 +21,37 @@ CREATE OR REPLACE FUNCTION ld_event_frames(p_ticket_ids bigint[], p_after bigint
 RETURNS TABLE (ticket_id bigint, version bigint, frame text)
 LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
+DECLARE
+    v_bytes bigint := 0;
+    r record;
 BEGIN
-    RETURN QUERY
-    SELECT e.ticket_id, e.version,
-           '{"type": "event", ' || substr(ld_event_json(e)::text, 2)
-    FROM (SELECT c.tid, min(coalesce(c.after, 0)) AS after
-          FROM unnest(p_ticket_ids, p_after) AS c(tid, after)
-          WHERE c.tid IS NOT NULL
-          GROUP BY c.tid) c
-    CROSS JOIN LATERAL (
-        SELECT x.* FROM ticket_events x
-        WHERE x.ticket_id = c.tid AND x.version > c.after
-        ORDER BY x.version
-        LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END) e
-    ORDER BY e.ticket_id, e.version
-    LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END;
+    -- Frames are built as they are read, and the read stops once they pass
+    -- 8 MiB (the frame that passes it included; the server stops at the
+    -- same point). RETURN QUERY built every row first: up to 1,000 events of
+    -- 256 KiB, 262 MB a read, of which the server kept 8 MiB (a review
+    -- stalled a process with replays of such a ticket).
+    FOR r IN
+        SELECT e.ticket_id AS tid, e.version AS ver,
+               '{"type": "event", ' || substr(ld_event_json(e)::text, 2) AS body
+        FROM (SELECT c.tid, min(coalesce(c.after, 0)) AS after
+              FROM unnest(p_ticket_ids, p_after) AS c(tid, after)
+              WHERE c.tid IS NOT NULL
+              GROUP BY c.tid) c
+        CROSS JOIN LATERAL (
+            SELECT x.* FROM ticket_events x
+            WHERE x.ticket_id = c.tid AND x.version > c.after
+            ORDER BY x.version
+            LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END) e
+        ORDER BY e.ticket_id, e.version
+        LIMIT CASE WHEN p_limit IS NULL THEN NULL ELSE greatest(p_limit, 1) END
+    LOOP
+        ticket_id := r.tid;
+        version := r.ver;
+        frame := r.body;
+        RETURN NEXT;
+        v_bytes := v_bytes + octet_length(r.body);
+        EXIT WHEN v_bytes >= 8388608;
+    END LOOP;
 END
 $$;
 

@@ -246,6 +246,49 @@ BEGIN
 END
 $$;
 
+-- The page's 1 MiB is counted as JSON, escapes included: notes of 100,000
+-- control characters (600,000 bytes in JSON each) come one to a page.
+DO $$
+DECLARE
+    t bigint := (ld_create_ticket(1, 'escapes', NULL, NULL, NULL, NULL) ->> 'id')::bigint;
+    j jsonb;
+    before bigint;
+    seen int := 0;
+BEGIN
+    FOR i IN 1..4 LOOP
+        PERFORM ld_post_message(t, 1, 'note', repeat(chr(1), 100000), NULL, NULL, NULL, NULL);
+    END LOOP;
+    j := ld_get_ticket(t);
+    PERFORM t_eq(jsonb_array_length(j -> 'messages'), 1, 'one escaped note is over half of 1 MiB');
+    PERFORM t_true(octet_length((j -> 'messages')::text) <= 1048576, 'the page is within 1 MiB as sent');
+    -- Paging reaches all four, once each.
+    before := NULL;
+    LOOP
+        j := ld_list_messages(t, before, 50);
+        seen := seen + jsonb_array_length(j -> 'messages');
+        before := (j ->> 'messages_before')::bigint;
+        EXIT WHEN before IS NULL;
+    END LOOP;
+    PERFORM t_eq(seen, 4, 'every note once');
+END
+$$;
+
+-- A read of events stops once its frames pass 8 MiB (that frame included).
+DO $$
+DECLARE
+    t bigint := (ld_create_ticket(1, 'frames', NULL, NULL, NULL, NULL) ->> 'id')::bigint;
+    n bigint;
+    bytes bigint;
+BEGIN
+    FOR i IN 1..40 LOOP
+        PERFORM ld_post_message(t, 1, 'note', repeat('x', 250000), NULL, NULL, NULL, NULL);
+    END LOOP;
+    SELECT count(*), sum(octet_length(frame)) INTO n, bytes FROM ld_event_frames(ARRAY[t], ARRAY[0]::bigint[], 1000);
+    PERFORM t_true(n < 40, 'stopped before the end');
+    PERFORM t_true(bytes >= 8388608 AND bytes - 250000 < 8388608 + 1000, 'at the frame that passes 8 MiB');
+END
+$$;
+
 -- An events page stops at the limit or at 8 MiB of JSON (one event always),
 -- and "more" says whether later events exist.
 DO $$

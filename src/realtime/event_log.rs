@@ -7,8 +7,9 @@ use crate::db::{Database, DbError};
 
 /// Rows read per query at most.
 pub const MAX_ROWS: i32 = 1000;
-/// Bytes of frames kept per read at most (one frame is always kept): with
-/// message bodies up to 256 KiB, rows alone would not bound memory.
+/// Bytes of frames per read: the read stops at the frame that passes it, in
+/// SQL and here alike (`ld_event_frames`): with message bodies up to 256
+/// KiB, rows alone would not bound memory.
 pub const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// One event frame, serialised by SQL.
@@ -52,7 +53,7 @@ async fn read_unbounded(
             frame: ByteString::from(frame),
         });
         if bytes >= MAX_BYTES {
-            // The rest of the rows are discarded by the driver as they arrive.
+            // `ld_event_frames` stops at this same frame.
             return Ok((frames, true));
         }
     }

@@ -348,3 +348,83 @@ async fn a_frame_past_the_frame_budget_is_refused_by_its_ticket() {
         .collect();
     assert_eq!(answered, expected);
 }
+
+/// Within a spent presence budget the longest-waiting change goes first:
+/// ten tickets flipped without pause do not keep ten others' one change
+/// from being shown while the flood goes on (found by a review: 13 of 20
+/// waited for its end).
+#[tokio::test]
+async fn a_presence_flood_on_some_tickets_does_not_starve_the_others() {
+    let mut settings = test_settings();
+    settings.agent_presence_per_second = 10;
+    settings.max_frames_per_second = 100_000;
+    let app = TestApp::spawn_with(settings).await;
+    let (alice_agent, alice) = app.agent("Alice", "agent").await;
+    let (_, bob) = app.agent("Bob", "agent").await;
+    let mut tickets = Vec::new();
+    for i in 0..20 {
+        tickets.push(
+            app.ticket(&bob, &format!("T{i}")).await["id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    let (flooded, quiet) = tickets.split_at(10);
+    let mut bystander = WsClient::connect(&app.base, &bob).await;
+    for id in quiet {
+        bystander.subscribe(*id, None).await;
+    }
+    let mut ws = WsClient::connect(&app.base, &alice).await;
+    for id in &tickets {
+        ws.subscribe(*id, None).await;
+    }
+    let mut states = HashMap::new();
+    // The flood: every flooded ticket flips every 50 ms for 6 s; after 1 s
+    // each quiet ticket says "typing" once.
+    let started = Instant::now();
+    let mut round = 0;
+    let mut said = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        let state = if round % 2 == 0 { "typing" } else { "idle" };
+        for id in flooded {
+            ws.send(json!({"type": "presence", "ticket_id": id, "state": state}))
+                .await;
+        }
+        if !said && started.elapsed() > Duration::from_secs(1) {
+            for id in quiet {
+                ws.send(json!({"type": "presence", "ticket_id": id, "state": "typing"}))
+                    .await;
+            }
+            said = true;
+        }
+        round += 1;
+        alices_states(
+            &mut bystander,
+            alice_agent.id,
+            &mut states,
+            Duration::from_millis(50),
+        )
+        .await;
+        if said
+            && quiet
+                .iter()
+                .all(|id| states.get(id).map(String::as_str) == Some("typing"))
+        {
+            break;
+        }
+    }
+    let shown = quiet
+        .iter()
+        .filter(|id| states.get(id).map(String::as_str) == Some("typing"))
+        .count();
+    assert_eq!(
+        shown,
+        10,
+        "while the flood went on ({:.1} s), {shown} of 10 quiet tickets showed their change",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "before the flood's end"
+    );
+}

@@ -511,18 +511,28 @@ impl Session {
             return;
         }
         self.presence_held = None;
-        for (ticket_id, slot) in &mut self.presence {
-            if slot.written != Some(slot.wanted)
-                && now.duration_since(slot.at) >= PRESENCE_MIN_INTERVAL
-            {
-                if let Err(until) = self.rt.budgets.presence(self.agent.id) {
-                    self.rt.metrics.presence_deferred.inc();
-                    self.presence_held = Some(until);
-                    return;
-                }
+        // The longest waiting first: within a spent budget, a ticket that
+        // keeps changing must not take every write from the others (found
+        // by a review: 13 of 20 states waited for the end of a flood).
+        let mut due: Vec<(Instant, i64)> = self
+            .presence
+            .iter()
+            .filter(|(_, s)| {
+                s.written != Some(s.wanted) && now.duration_since(s.at) >= PRESENCE_MIN_INTERVAL
+            })
+            .map(|(ticket_id, s)| (s.at, *ticket_id))
+            .collect();
+        due.sort_unstable();
+        for (_, ticket_id) in due {
+            if let Err(until) = self.rt.budgets.presence(self.agent.id) {
+                self.rt.metrics.presence_deferred.inc();
+                self.presence_held = Some(until);
+                return;
+            }
+            if let Some(slot) = self.presence.get_mut(&ticket_id) {
                 self.rt
                     .presence
-                    .set(self.slot.id, *ticket_id, self.agent.id, slot.wanted);
+                    .set(self.slot.id, ticket_id, self.agent.id, slot.wanted);
                 slot.written = Some(slot.wanted);
                 slot.at = now;
             }
