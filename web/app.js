@@ -316,7 +316,7 @@ function buildShell() {
       h('h1', { class: 'brand' }, h('a', { href: '#/' }, 'livedesk')),
       conn,
       h('div', { class: 'me' }, session.notifications.el, avatar(me, { size: 'sm' }), h('span', { dataset: { testid: 'me-name' } }, me.name)),
-      h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'logout' }, onclick: () => logout() }, 'Log out'),
+      h('button', { type: 'button', class: 'btn btn-small', dataset: { testid: 'logout' }, onclick: () => logOutHere() }, 'Log out'),
     ),
     session.banner,
     h('main', { class: 'layout' }, h('div', { class: 'inbox-pane' }, session.inbox.el), session.ticketPane),
@@ -373,6 +373,18 @@ function endSession() {
   for (const off of session.offs) off();
   session.client.disconnect();
   session = null;
+}
+
+/**
+ * The "Log out" button: end this tab's token on the server (its other
+ * sessions, other devices, go on), then forget it here. The request is
+ * sent with keepalive, so it completes while the page resets.
+ */
+function logOutHere() {
+  if (session) {
+    session.client.logout().catch((e) => console.warn('the token could not be ended on the server', e));
+  }
+  logout();
 }
 
 function logout(message) {

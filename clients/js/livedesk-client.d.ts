@@ -281,6 +281,8 @@ export class LivedeskClient {
 
   /** Spend a one-time login link's code for a token (no token needed). */
   static login(code: string, opts?: { baseUrl?: string }): Promise<{ token: string; agent: Me }>;
+  /** POST /api/logout: end this client's token (other sessions go on). */
+  logout(): Promise<null>;
 
   baseUrl: string;
   token: string | undefined;

@@ -246,14 +246,26 @@ export class LivedeskClient {
 
   /**
    * POST /api/login — spend a one-time login link's code (`…/#login=<code>`,
-   * printed at first start and by `livedesk demo`) for a token. Needs no
-   * token; the agent's previous token stops working.
+   * printed at first start and by `livedesk demo`) for a token of a new
+   * session. Needs no token; the agent's other tokens go on working.
    * @param {string} code
    * @param {{baseUrl?: string}} [opts] default: the page's origin
    * @returns {Promise<{token: string, agent: object}>} throws ApiError on a spent, expired or unknown code
    */
   static login(code, { baseUrl } = {}) {
     return new LivedeskClient({ baseUrl }).request('POST', '/api/login', { body: { code } });
+  }
+
+  /**
+   * POST /api/logout — end this client's token on the server, at once on
+   * every process (its WebSockets close with 4001); the agent's other
+   * tokens (other devices) go on. Sent with keepalive, so it completes when
+   * the page is being left. Call `disconnect()` first to avoid the
+   * `unauthorized` event of the closing socket.
+   * @returns {Promise<null>}
+   */
+  logout() {
+    return this.request('POST', '/api/logout', { keepalive: true });
   }
 
   /** GET /api/me — the agent of the token: `{id, name, email, avatar_url, role}`. */

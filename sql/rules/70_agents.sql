@@ -10,13 +10,41 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The agent holding a token digest, or NULL: never a disabled agent's, never
--- an expired token's (contract §5a).
+-- an expired token's (contract §5a). A token is the agent's own (made by
+-- `agent add` / `agent token`) or a login's session (`agent_sessions`).
 CREATE OR REPLACE FUNCTION ld_agent_by_token(p_token_hash bytea) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT ld_agent_json(a) FROM agents a
     WHERE a.token_hash = p_token_hash
       AND a.disabled_at IS NULL
       AND (a.token_expires_at IS NULL OR a.token_expires_at > now())
+    UNION ALL
+    SELECT ld_agent_json(a) FROM agent_sessions s JOIN agents a ON a.id = s.agent_id
+    WHERE s.token_hash = p_token_hash
+      AND a.disabled_at IS NULL
+    LIMIT 1
+$$;
+
+-- Log out: end the token with this digest, a login's session or the agent's
+-- own token, on every process at once (its sockets close with 4001). The
+-- agent's other sessions go on. False when no token has this digest.
+CREATE OR REPLACE FUNCTION ld_agent_token_end(p_token_hash bytea) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_agent bigint;
+BEGIN
+    DELETE FROM agent_sessions WHERE token_hash = p_token_hash RETURNING agent_id INTO v_agent;
+    IF v_agent IS NULL THEN
+        UPDATE agents SET token_hash = NULL, token_expires_at = NULL
+        WHERE token_hash = p_token_hash
+        RETURNING id INTO v_agent;
+    END IF;
+    IF v_agent IS NULL THEN
+        RETURN false;
+    END IF;
+    PERFORM ld_agent_announce(v_agent);
+    RETURN true;
+END
 $$;
 
 -- Tell every livedesk process that an agent's tokens changed (disabled,
@@ -54,7 +82,8 @@ END
 $$;
 
 -- Replace an agent's token digest (the old token stops working at once, on
--- every process); p_expires_at NULL = never expires.
+-- every process, and so do the sessions of its logins: a replaced token is
+-- a token thought stolen); p_expires_at NULL = never expires.
 DROP FUNCTION IF EXISTS ld_agent_set_token(text, bytea);
 CREATE OR REPLACE FUNCTION ld_agent_set_token(p_email text, p_token_hash bytea, p_expires_at timestamptz)
 RETURNS jsonb
@@ -68,6 +97,7 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM ld_fail_no_agent(p_email);
     END IF;
+    DELETE FROM agent_sessions WHERE agent_id = a.id;
     PERFORM ld_agent_announce(a.id);
     RETURN ld_agent_json(a);
 END
@@ -236,9 +266,10 @@ BEGIN
 END
 $$;
 
--- Spend a link: its agent gets the token p_token_hash (the old one stops
--- working on every process). LD404 when the link is unknown, spent,
--- expired, or its agent disabled.
+-- Spend a link: its agent gets a session with the token p_token_hash; its
+-- other tokens go on (a second device does not log the first one out). An
+-- agent keeps its 20 newest sessions. LD404 when the link is unknown,
+-- spent, expired, or its agent disabled.
 CREATE OR REPLACE FUNCTION ld_login_link_redeem(p_code_hash bytea, p_token_hash bytea) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -249,14 +280,17 @@ BEGIN
     WHERE code_hash = p_code_hash AND used_at IS NULL AND expires_at > now()
     RETURNING agent_id INTO v_agent;
     IF v_agent IS NOT NULL THEN
-        UPDATE agents SET token_hash = p_token_hash, token_expires_at = NULL
-        WHERE id = v_agent AND disabled_at IS NULL
-        RETURNING * INTO a;
+        SELECT * INTO a FROM agents WHERE id = v_agent AND disabled_at IS NULL FOR UPDATE;
     END IF;
     IF a.id IS NULL THEN
         PERFORM ld_fail('LD404', 'this login link was already used, has expired or does not exist',
                         jsonb_build_object('resource', 'login_link'));
     END IF;
+    INSERT INTO agent_sessions (token_hash, agent_id) VALUES (p_token_hash, a.id);
+    DELETE FROM agent_sessions
+    WHERE agent_id = a.id
+      AND token_hash NOT IN (SELECT token_hash FROM agent_sessions WHERE agent_id = a.id
+                             ORDER BY created_at DESC, token_hash LIMIT 20);
     PERFORM ld_agent_announce(a.id);
     RETURN ld_agent_json(a);
 END

@@ -85,8 +85,19 @@ pub async fn add(
     Ok((parse_agent(row.get(0))?, token))
 }
 
+/// End a token (log out): a login's session, or the agent's own token. Its
+/// agent's other tokens go on; false when no token has this digest.
+pub async fn end_token(db: &Database, token: &str) -> Result<bool, DomainError> {
+    let client = db.client().await?;
+    let row = client
+        .query_one("SELECT ld_agent_token_end($1)", &[&token_hash(token)])
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Issue a new token for the agent with `email`, valid for `expires_in_days`
-/// (or for ever); the old token stops working on every process.
+/// (or for ever); the old token, and every login's session, stop working on
+/// every process.
 pub async fn rotate_token(
     db: &Database,
     email: &str,
@@ -139,7 +150,8 @@ pub async fn login_link(
     Ok(NewToken(code))
 }
 
-/// Spend a login link: the agent and its new token (the old one stops working).
+/// Spend a login link: the agent and the token of a new session (its other
+/// tokens go on working).
 pub async fn redeem_login_link(
     db: &Database,
     code: &str,

@@ -266,7 +266,8 @@ impl Authenticator {
     }
 }
 
-fn invalid_token() -> ApiError {
+/// The 401 of a missing, unknown or no longer valid token.
+pub fn invalid_token() -> ApiError {
     ApiError::Unauthorized("The token is not valid (or its agent is disabled, or it expired).")
 }
 

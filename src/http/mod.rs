@@ -74,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, settings: &Settings) {
     .service(routes::health::metrics)
     .service(routes::me::me)
     .service(routes::login::redeem)
+    .service(routes::login::logout)
     .service(routes::tickets::list)
     .service(routes::tickets::create)
     .service(routes::tickets::get)

@@ -40,6 +40,7 @@ use crate::http::{routes, ApiError};
         document,
         routes::me::me,
         routes::login::redeem,
+        routes::login::logout,
         routes::tickets::list,
         routes::tickets::create,
         routes::tickets::get,
@@ -489,7 +490,8 @@ pub struct FieldList {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginResult {
-    /// A new API token; the agent's previous one stops working.
+    /// A new API token, for this login (the agent's other tokens go on
+    /// working; `POST /api/logout` ends this one).
     pub token: String,
     pub agent: Me,
 }

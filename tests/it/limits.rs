@@ -58,6 +58,74 @@ async fn a_disabled_agent_gets_401_at_once_and_again_200_when_enabled() {
     until_status(&app, &token, 200, Duration::from_secs(1)).await;
 }
 
+/// Each login (a one-time link) is a session of its own: a second device
+/// does not log the first one out, and "Log out" (`POST /api/logout`) ends
+/// only the token it is sent with, at once on HTTP and with 4001 on its
+/// WebSockets, never the agent's other tokens. Replacing the agent's token
+/// ends every session. (Before, a login replaced the agent's token, and
+/// "Log out" could not end one.)
+#[tokio::test]
+async fn each_login_is_a_session_and_logging_out_ends_only_its_token() {
+    use common::ws::{Ended, WsClient};
+    let app = TestApp::spawn().await;
+    let (alice, own) = app.agent("Alice", "agent").await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let code = agents::login_link(&app.db, alice.id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        sessions.push(common::redeem_login(&app.base, &code.0).await);
+    }
+    for token in [&own, &sessions[0], &sessions[1]] {
+        assert_eq!(app.get("/api/me", token).await.0, 200, "every token works");
+    }
+    let mut laptop = WsClient::connect(&app.base, &sessions[0]).await;
+    let mut phone = WsClient::connect(&app.base, &sessions[1]).await;
+
+    // The laptop logs out.
+    let (status, body) = send(app.req(reqwest::Method::POST, "/api/logout", &sessions[0])).await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(app.get("/api/me", &sessions[0]).await.0, 401, "at once");
+    assert_eq!(
+        laptop.closed(Duration::from_secs(6)).await,
+        Ended::Closed(Some(4001))
+    );
+    assert_eq!(
+        app.get("/api/me", &sessions[1]).await.0,
+        200,
+        "the phone stays"
+    );
+    assert_eq!(
+        app.get("/api/me", &own).await.0,
+        200,
+        "and the agent's own token"
+    );
+    phone.send(json!({"type": "ping"})).await;
+    assert_eq!(
+        phone.next_of("pong").await["type"],
+        "pong",
+        "the phone's socket stays"
+    );
+    // Logging out twice is a 401: the token is gone.
+    let (status, _) = send(app.req(reqwest::Method::POST, "/api/logout", &sessions[0])).await;
+    assert_eq!(status, 401);
+
+    // Replacing the agent's token (a token thought stolen) ends every session.
+    let (_, new) = agents::rotate_token(&app.db, &alice.email, None)
+        .await
+        .unwrap();
+    until_status(&app, &sessions[1], 401, Duration::from_secs(1)).await;
+    assert_eq!(
+        phone.closed(Duration::from_secs(6)).await,
+        Ended::Closed(Some(4001))
+    );
+    assert_eq!(app.get("/api/me", &new.0).await.0, 200);
+    // The agent's own token can be logged out too.
+    let (status, _) = send(app.req(reqwest::Method::POST, "/api/logout", &new.0)).await;
+    assert_eq!(status, 204);
+    assert_eq!(app.get("/api/me", &new.0).await.0, 401);
+}
+
 #[tokio::test]
 async fn a_replaced_or_expired_token_stops_working() {
     let app = TestApp::spawn().await;

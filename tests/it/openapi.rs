@@ -878,7 +878,7 @@ async fn real_answers_match_the_documents_schemas() {
         .await
         .unwrap()
         .0;
-    let (status, _) = call(
+    let (status, login) = call(
         &mut c,
         &app,
         M::POST,
@@ -889,6 +889,21 @@ async fn real_answers_match_the_documents_schemas() {
     )
     .await;
     assert_eq!(status, 200);
+    // Logout: that login's token ends; sent again, it is a 401.
+    let session = login["token"].as_str().unwrap().to_string();
+    for expected in [204, 401] {
+        let (status, _) = call(
+            &mut c,
+            &app,
+            M::POST,
+            "/api/logout",
+            "/api/logout",
+            Some(&session),
+            None,
+        )
+        .await;
+        assert_eq!(status, expected);
+    }
     let (status, _) = call(
         &mut c,
         &app,

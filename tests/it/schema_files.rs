@@ -65,6 +65,10 @@ const LANDED: &[(&str, &str)] = &[
         "V14__one_check_per_table.sql",
         "f7c0ccb6c6acdc9a83ec252098cc7a50b5bf78276e7085842c6b487a981f643f",
     ),
+    (
+        "V15__agent_sessions.sql",
+        "9f2fec83188b6b8ca11178ad1e02ae68faddfd4e715db5b596505d4c6aec17a2",
+    ),
 ];
 
 fn sql_dir() -> std::path::PathBuf {

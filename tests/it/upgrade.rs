@@ -36,8 +36,9 @@ async fn a_data_folder_of_the_release_before_v12_upgrades_and_keeps_everything()
     // This binary's start: its bootstrap, then the migrations and rules.
     bootstrap::embedded(&admin).await.unwrap();
     let report = migrations::run(&db).await.unwrap();
-    // V14 validates its two CHECK constraints against the old rows.
-    assert_eq!(report.migrations, 3, "V12, V13 and V14");
+    // V14 validates its two CHECK constraints against the old rows; V15
+    // adds the login sessions.
+    assert_eq!(report.migrations, 4, "V12, V13, V14 and V15");
     assert!(report.rules, "the current rules replace the old ones");
     let owner = db.client().await.unwrap();
 
@@ -257,8 +258,9 @@ async fn a_database_url_database_of_the_release_before_v12_upgrades_when_its_own
     assert!(!mailer_role, "the old release had no livedesk_mailer");
 
     let report = migrations::run(&db).await.unwrap();
-    // V14 validates its two CHECK constraints against the old rows.
-    assert_eq!(report.migrations, 3, "V12, V13 and V14");
+    // V14 validates its two CHECK constraints against the old rows; V15
+    // adds the login sessions.
+    assert_eq!(report.migrations, 4, "V12, V13, V14 and V15");
     assert!(report.rules);
     let owner = db.client().await.unwrap();
     assert_eq!(events_of(&owner, ticket).await, before);

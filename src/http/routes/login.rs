@@ -1,13 +1,14 @@
 //! `POST /api/login`: spend a one-time login link (printed at first start
 //! and by the demo) for a token. Unauthenticated, so it pays from the
-//! per-address budget like a bad token does.
+//! per-address budget like a bad token does. `POST /api/logout` ends the
+//! token it is sent with.
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::domain::agents;
-use crate::http::{ApiError, AppState};
+use crate::domain::{agents, Agent};
+use crate::http::{auth, ApiError, AppState};
 
 /// The code of the link (`#login=<code>`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -16,7 +17,7 @@ pub struct LoginLink {
     pub code: String,
 }
 
-/// `{"token", "agent"}`; the agent's previous token stops working.
+/// `{"token", "agent"}`: a session of its own (the agent's other tokens go on).
 #[utoipa::path(
     operation_id = "login",
     tag = "agents",
@@ -47,4 +48,31 @@ pub async fn redeem(
     }
     let (agent, token) = agents::redeem_login_link(&state.db, &body.code).await?;
     Ok(HttpResponse::Ok().json(json!({"token": token.0, "agent": agent})))
+}
+
+/// End the token this request carries, on every process at once (its
+/// WebSockets close with 4001): the console's "Log out". The agent's other
+/// tokens (other devices, scripts) go on.
+#[utoipa::path(
+    operation_id = "logout",
+    tag = "agents",
+    responses(
+        (status = 204, description = "The token no longer works"),
+        (status = 401, description = "No token, or an unknown, replaced, expired or disabled one", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "Too many requests from this token (or bad ones from this address)", body = crate::http::openapi::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable; try again shortly", body = crate::http::openapi::ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+#[post("/api/logout")]
+pub async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    agent: Agent,
+) -> Result<HttpResponse, ApiError> {
+    let token = auth::bearer_token(&req).ok_or_else(auth::invalid_token)?;
+    agents::end_token(&state.db, token).await?;
+    // This process forgets it now; the others when they hear the NOTIFY.
+    state.auth.forget_agent(agent.id);
+    Ok(HttpResponse::NoContent().finish())
 }
