@@ -760,6 +760,20 @@ async fn email_tickets_with(
     }
 }
 
+/// The note that tells the agents a reply could not be emailed: written by
+/// the gateway's agent; its text.
+async fn failure_note(sql: &tokio_postgres::Client, ticket: i64, gateway_agent: i64) -> String {
+    let note = sql
+        .query_one(
+            "SELECT author_agent_id, body FROM messages WHERE ticket_id = $1 AND kind = 'note'",
+            &[&ticket],
+        )
+        .await
+        .unwrap();
+    assert_eq!(note.get::<_, Option<i64>>(0), Some(gateway_agent));
+    note.get(1)
+}
+
 /// An agent's reply on a ticket, having seen its newest message.
 async fn reply(app: &TestApp, token: &str, ticket: i64, body: &str) {
     let seen = last_message(app, ticket).await;
@@ -802,15 +816,7 @@ async fn a_refused_mailbox_fails_for_good_is_told_on_the_ticket_and_blocks_nothi
     assert_eq!(row.get::<_, String>(0), "failed");
     assert_eq!(row.get::<_, i32>(1), 1);
     assert!(row.get::<_, String>(2).contains("No such user"));
-    let note = sql
-        .query_one(
-            "SELECT author_agent_id, body FROM messages WHERE ticket_id = $1 AND kind = 'note'",
-            &[&tickets[0]],
-        )
-        .await
-        .unwrap();
-    assert_eq!(note.get::<_, Option<i64>>(0), Some(gateway_agent));
-    let body: String = note.get(1);
+    let body = failure_note(&sql, tickets[0], gateway_agent).await;
     assert!(
         body.contains("could not be emailed to nobody@example.org"),
         "{body}"
@@ -969,15 +975,7 @@ async fn a_reply_undelivered_past_the_give_up_period_fails_for_good_and_is_told(
         "{error}"
     );
     assert!(error.contains("Mailbox full"), "{error}");
-    let note = sql
-        .query_one(
-            "SELECT author_agent_id, body FROM messages WHERE ticket_id = $1 AND kind = 'note'",
-            &[&tickets[0]],
-        )
-        .await
-        .unwrap();
-    assert_eq!(note.get::<_, Option<i64>>(0), Some(gateway_agent));
-    let body: String = note.get(1);
+    let body = failure_note(&sql, tickets[0], gateway_agent).await;
     assert!(
         body.contains("could not be emailed to full@example.org"),
         "{body}"
