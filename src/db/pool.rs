@@ -185,11 +185,47 @@ impl Database {
     {
         match tokio::time::timeout(self.timeout, work).await {
             Ok(result) => result.map_err(DbError::from),
-            Err(_) => Err(DbError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(self.no_answer()),
         }
+    }
+
+    /// Run `work` on a pooled connection within the timeout. Past it the
+    /// query is cancelled in its backend and the connection leaves the
+    /// pool: dropping the future alone (`within`) leaves the query running
+    /// to its end, and the next user of the connection waits behind it.
+    /// For the heavy reads (snapshots, event reads).
+    pub async fn read_within<T, E>(
+        &self,
+        work: impl AsyncFnOnce(&deadpool_postgres::Object) -> Result<T, E>,
+    ) -> Result<T, DbError>
+    where
+        DbError: From<E>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let client = match tokio::time::timeout_at(deadline, self.client()).await {
+            Ok(client) => client?,
+            Err(_) => return Err(self.no_answer()),
+        };
+        let outcome = tokio::time::timeout_at(deadline, work(&client)).await;
+        match outcome {
+            Ok(result) => result.map_err(DbError::from),
+            Err(_) => {
+                let cancel = client.cancel_token();
+                let detached = deadpool_postgres::Object::take(client);
+                let tls = self.tls();
+                tokio::spawn(async move {
+                    if let Err(e) = cancel.cancel_query(tls).await {
+                        tracing::debug!(error = %e, "could not cancel a query past its time");
+                    }
+                    drop(detached);
+                });
+                Err(self.no_answer())
+            }
+        }
+    }
+
+    fn no_answer(&self) -> DbError {
+        DbError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis()))
     }
 
     /// Whether the database answers a trivial query now (within the timeout:

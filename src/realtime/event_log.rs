@@ -26,16 +26,17 @@ pub async fn read(
     ticket_ids: &[i64],
     after: &[i64],
 ) -> Result<(Vec<EventFrame>, bool), DbError> {
-    // Bounded: a stuck database must not stall fan-out or a replay forever.
-    db.within(read_unbounded(db, ticket_ids, after)).await
+    // Bounded: a stuck database must not stall fan-out or a replay forever
+    // (and a read past its time is cancelled, not left running).
+    db.read_within(async |client| read_on(client, ticket_ids, after).await)
+        .await
 }
 
-async fn read_unbounded(
-    db: &Database,
+async fn read_on(
+    client: &deadpool_postgres::Object,
     ticket_ids: &[i64],
     after: &[i64],
 ) -> Result<(Vec<EventFrame>, bool), DbError> {
-    let client = db.client().await?;
     let statement = client
         .prepare_cached("SELECT ticket_id, version, frame FROM ld_event_frames($1, $2, $3)")
         .await?;

@@ -428,3 +428,53 @@ async fn a_presence_flood_on_some_tickets_does_not_starve_the_others() {
         "before the flood's end"
     );
 }
+
+/// A heavy read past `LIVEDESK_DB_TIMEOUT_MS` is cancelled in PostgreSQL,
+/// not left running on a pooled connection for the next user to wait
+/// behind; the pool makes a new connection in its place. Five snapshots
+/// stuck behind a lock on a pool of 4: each refused `unavailable`, none
+/// left waiting in PostgreSQL, and the next subscribe is served.
+#[tokio::test]
+async fn a_read_past_its_time_is_cancelled_in_postgresql() {
+    let mut settings = test_settings();
+    settings.pool_size = 4;
+    settings.db_timeout_ms = 800;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let watched = app.ticket(&token, "Watched").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    let locker = app.sql().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        ws.send(json!({"type": "subscribe", "ticket_id": watched}))
+            .await;
+        let refused = ws.next_of("error").await;
+        assert_eq!(refused["code"], "unavailable", "{refused}");
+    }
+    let observer = app.sql().await;
+    let mut waiting = i64::MAX;
+    for _ in 0..40 {
+        waiting = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting, 0, "snapshot queries still waiting for the lock");
+    locker.batch_execute("COMMIT").await.unwrap();
+    ws.send(json!({"type": "subscribe", "ticket_id": watched}))
+        .await;
+    let snapshot = ws.next_of("snapshot").await;
+    assert_eq!(snapshot["ticket"]["id"], watched);
+}

@@ -125,15 +125,14 @@ impl Session {
     ) -> Result<Result<Option<i64>, Stop>, DomainError> {
         // Read, then give the connection and the read slot back before
         // writing to the socket: a slow client must hold neither.
-        let read = async {
-            let client = self.rt.db.client().await?;
+        let read = async |client: &deadpool_postgres::Object| {
             let statement = client
                 .prepare_cached("SELECT version, frame FROM ld_ws_snapshot($1)")
                 .await?;
             let row = client.query_one(&statement, &[&ticket_id]).await?;
             Ok::<_, DbError>((row.get(0), row.get(1)))
         };
-        let (version, frame): (i64, String) = self.rt.db.within(read).await?;
+        let (version, frame): (i64, String) = self.rt.db.read_within(read).await?;
         drop(slot);
         if let Some(stop) = self
             .send(ws, protocol::subscribed_frame(ticket_id, version))
