@@ -17,7 +17,7 @@ pub async fn run(settings: &Settings, command: MailCommand) -> Result<(), MailEr
             // Read first: an MTA expects the whole message to be consumed,
             // and a message we cannot use is refused before any connection.
             let raw = read_stdin()?;
-            let parsed = inbound::parse(&raw)?;
+            let parsed = inbound::parse_from(&raw, &mail.mail_form_senders)?;
             let (db, handle) = database(settings, &mail).await?;
             let stored = async {
                 let client = db.connect().await?;

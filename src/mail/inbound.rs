@@ -27,9 +27,9 @@ pub struct Inbound {
     pub message_id: String,
     /// `References` then `In-Reply-To`: oldest first, the direct parent last.
     pub references: Vec<String>,
-    /// The customer: whom replies go to. `Reply-To:` when it names one
-    /// address other than `From:`'s (a contact form sends from `noreply@…`
-    /// with the customer there), else `From:`.
+    /// The customer: `From:`, or, for a mail from one of the form senders
+    /// (`LIVEDESK_MAIL_FORM_SENDERS`, a contact form sending from
+    /// `noreply@…`), its one usable `Reply-To:` address.
     pub customer_email: String,
     pub customer_name: Option<String>,
     pub subject: Option<String>,
@@ -54,8 +54,30 @@ pub struct Bounce {
     pub reason: String,
 }
 
-/// Parse a raw message.
+/// An address a customer can have: one `@` between a local part and a
+/// dotted domain, no spaces (a bad Reply-To must not bounce a good email).
+fn usable_address(address: &str) -> bool {
+    match address.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !address.chars().any(|c| c.is_whitespace() || c.is_control())
+        }
+        None => false,
+    }
+}
+
+/// Parse a raw message; its customer is `From:`.
 pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
+    parse_from(raw, &[])
+}
+
+/// Parse a raw message whose customer, when `From:` is one of
+/// `form_senders` (compared case-insensitively), is its `Reply-To:`.
+pub fn parse_from(raw: &[u8], form_senders: &[String]) -> Result<Inbound, MailError> {
     let message = MessageParser::default()
         .parse(raw)
         .ok_or_else(|| MailError::Data("not an RFC 5322 message".into()))?;
@@ -71,23 +93,24 @@ pub fn parse(raw: &[u8]) -> Result<Inbound, MailError> {
         .map(|a| a.trim().to_string())
         .filter(|a| a.contains('@'))
         .ok_or_else(|| MailError::Data("the From: address is not an email address".into()))?;
-    // Replies go where the author asks (RFC 5322 §3.6.2): one Reply-To
-    // address other than From's is the customer, with its own name (a
-    // form's From name is the website's). Several addresses: From.
-    let reply_to = message.reply_to().and_then(|list| {
+    // A contact form sends every request from its own address with the
+    // customer in Reply-To. Only for senders named as forms: DMARC vouches
+    // for From, never for Reply-To, so anyone else's Reply-To would let an
+    // outsider write as (and thread onto the tickets of) any customer
+    // (found by a review). One usable address, with its own name (the
+    // form's From name is the website's); else From.
+    let form = form_senders
+        .iter()
+        .any(|sender| sender.trim().eq_ignore_ascii_case(&from_email));
+    let reply_to = message.reply_to().filter(|_| form).and_then(|list| {
         let mut usable = list
             .iter()
-            .filter(|a| a.address().is_some_and(|x| x.trim().contains('@')));
+            .filter(|a| a.address().is_some_and(|x| usable_address(x.trim())));
         let first = usable.next()?;
         usable.next().is_none().then_some(first)
     });
-    let (customer, customer_email) = match reply_to {
-        Some(to) => match to.address().map(str::trim) {
-            Some(address) if !address.eq_ignore_ascii_case(&from_email) => {
-                (to, address.to_string())
-            }
-            _ => (from, from_email),
-        },
+    let (customer, customer_email) = match reply_to.and_then(|to| Some((to, to.address()?))) {
+        Some((to, address)) => (to, address.trim().to_string()),
         None => (from, from_email),
     };
     // One line: an encoded name may carry a line break (`=?utf-8?q?Eve=0AJones?=`).
@@ -459,41 +482,57 @@ In-Reply-To: <parent@x>\r\nReferences: <root@x> <parent@x>\r\n\r\nHello\r\n";
         assert_eq!(mail.body, "Hello");
     }
 
-    /// A contact form sends from its own address with the customer in
-    /// `Reply-To:`: the customer is the Reply-To address, with its name (not
-    /// the form's). The same address as From, or several, change nothing.
+    /// A contact form (a sender named as one) sends from its own address
+    /// with the customer in `Reply-To:`: the customer is the Reply-To
+    /// address, with its name (not the form's). From anyone else, Reply-To
+    /// changes nothing (DMARC vouches for From only); an unusable or second
+    /// address falls back to From.
     #[test]
-    fn one_reply_to_address_other_than_from_is_the_customer() {
+    fn a_form_senders_reply_to_is_the_customer_and_nobody_elses() {
+        let forms = ["NoReply@shop.example".to_string()];
         let form =
             b"From: Website <noreply@shop.example>\r\nReply-To: Jane Roe <Jane@Example.org>\r\n\
 Subject: Contact form\r\nMessage-ID: <form-1@shop.example>\r\n\r\nWhere is my order?\r\n";
-        let mail = parse(form).unwrap();
+        let mail = parse_from(form, &forms).unwrap();
         assert_eq!(mail.customer_email, "Jane@Example.org");
         assert_eq!(mail.customer_name.as_deref(), Some("Jane Roe"));
+        assert_eq!(
+            parse(form).unwrap().customer_email,
+            "noreply@shop.example",
+            "not a form here"
+        );
 
         let unnamed = b"From: Website <noreply@shop.example>\r\nReply-To: jane@example.org\r\n\
 Message-ID: <form-2@shop.example>\r\n\r\nHi\r\n";
-        let mail = parse(unnamed).unwrap();
+        let mail = parse_from(unnamed, &forms).unwrap();
         assert_eq!(mail.customer_email, "jane@example.org");
         assert_eq!(mail.customer_name, None, "not the website's name");
 
-        let same = b"From: Dana <dana@example.com>\r\nReply-To: DANA@example.com\r\n\
-Message-ID: <s@x>\r\n\r\nHi\r\n";
-        let mail = parse(same).unwrap();
-        assert_eq!(mail.customer_email, "dana@example.com");
-        assert_eq!(mail.customer_name.as_deref(), Some("Dana"));
-
-        let several =
-            b"From: Dana <dana@example.com>\r\nReply-To: a@example.org, b@example.org\r\n\
-Message-ID: <m@x>\r\n\r\nHi\r\n";
-        assert_eq!(parse(several).unwrap().customer_email, "dana@example.com");
-
-        let no_address = b"From: Dana <dana@example.com>\r\nReply-To: undisclosed-recipients:;\r\n\
-Message-ID: <n@x>\r\n\r\nHi\r\n";
+        let outsider = b"From: Mallory <mallory@evil.example>\r\nReply-To: victim@bank.example\r\n\
+In-Reply-To: <v1@bank.example>\r\nMessage-ID: <m1@evil.example>\r\n\r\nRefund to my IBAN\r\n";
+        let mail = parse_from(outsider, &forms).unwrap();
         assert_eq!(
-            parse(no_address).unwrap().customer_email,
-            "dana@example.com"
+            mail.customer_email, "mallory@evil.example",
+            "an outsider's Reply-To is not believed"
         );
+
+        for bad in [
+            "x@",
+            "@",
+            "a@b@c",
+            "jane@example",
+            "Jane <jane@exa mple.org>",
+            "a@b, c@d",
+        ] {
+            let raw = format!(
+                "From: Website <noreply@shop.example>\r\nReply-To: {bad}\r\nMessage-ID: <b@x>\r\n\r\nHi\r\n"
+            );
+            let mail = parse_from(raw.as_bytes(), &forms).unwrap();
+            assert_eq!(
+                mail.customer_email, "noreply@shop.example",
+                "{bad}: From, and no bounce"
+            );
+        }
     }
 
     /// Found by a review: a line break in an encoded name, a forward's

@@ -44,6 +44,12 @@ pub struct MailSettings {
     #[arg(long, env = "LIVEDESK_MAIL_RETRY_MAX_MS", default_value_t = 300_000)]
     pub mail_retry_max_ms: u64,
 
+    /// Addresses that send contact forms (comma-separated), e.g.
+    /// `noreply@shop.example`: a mail from one of them has its customer in
+    /// `Reply-To:`. Only these: DMARC vouches for From, never for Reply-To.
+    #[arg(long, env = "LIVEDESK_MAIL_FORM_SENDERS", value_delimiter = ',')]
+    pub mail_form_senders: Vec<String>,
+
     /// How long a reply is retried after temporary failures (a full mailbox,
     /// a server down) before it fails for good and the agents are told on
     /// the ticket, in milliseconds (default 5 days, as Postfix's

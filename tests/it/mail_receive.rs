@@ -44,8 +44,14 @@ async fn gateway(app: &TestApp) -> (String, i64) {
 
 /// Run `livedesk mail receive` with `raw` on stdin; (exit code, stderr).
 fn receive(url: &str, raw: &[u8]) -> (i32, String) {
+    receive_with(url, raw, &[])
+}
+
+/// The same, with more environment (`LIVEDESK_MAIL_FORM_SENDERS`).
+fn receive_with(url: &str, raw: &[u8], env: &[(&str, &str)]) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_livedesk"))
         .args(["mail", "receive"])
+        .envs(env.iter().copied())
         .env("LIVEDESK_MAIL_DATABASE_URL", url)
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")
@@ -325,24 +331,31 @@ async fn a_duplicate_delivery_writes_nothing_and_an_answer_threads_back() {
     );
 }
 
-/// A contact form sends every request from its own `noreply@` address with
-/// the customer in `Reply-To:`: each customer gets their ticket (not one
-/// `noreply` customer for all, as before 7 December), and a customer's
-/// answer from their own mailbox threads onto theirs.
+/// A contact form named in `LIVEDESK_MAIL_FORM_SENDERS` sends every request
+/// from its own `noreply@` address with the customer in `Reply-To:`: each
+/// customer gets their ticket (not one `noreply` customer for all), and a
+/// customer's answer from their own mailbox threads onto theirs. Anyone
+/// else's Reply-To is not believed: an outsider naming a customer there,
+/// with a reference to that customer's email, opens a ticket of their own
+/// (a review threaded it onto the customer's ticket under their name).
 #[tokio::test]
 async fn a_contact_forms_reply_to_is_the_customer() {
     let app = TestApp::spawn().await;
     let (url, _) = gateway(&app).await;
+    let forms = [(
+        "LIVEDESK_MAIL_FORM_SENDERS",
+        "other@shop.example, noreply@shop.example",
+    )];
     let sql = app.sql().await;
     for (n, customer) in ["Jane Roe <jane@example.org>", "Sam Poe <sam@example.org>"]
         .iter()
         .enumerate()
     {
         let form = format!(
-            "From: Shop website <noreply@shop.example>\r\nReply-To: {customer}\r\n\
+            "From: Shop website <NoReply@shop.example>\r\nReply-To: {customer}\r\n\
              Subject: Contact form\r\nMessage-ID: <form-{n}@shop.example>\r\n\r\nWhere is my order?\r\n"
         );
-        let (code, stderr) = receive(&url, form.as_bytes());
+        let (code, stderr) = receive_with(&url, form.as_bytes(), &forms);
         assert_eq!(code, 0, "{stderr}");
     }
     let customers = |sql: tokio_postgres::Client| async move {
@@ -366,10 +379,24 @@ async fn a_contact_forms_reply_to_is_the_customer() {
     );
     let answer = "From: Jane Roe <jane@example.org>\r\nSubject: Re: Contact form\r\n\
                   Message-ID: <jane-1@example.org>\r\nIn-Reply-To: <form-0@shop.example>\r\n\r\nAny news?\r\n";
-    let (code, stderr) = receive(&url, answer.as_bytes());
+    let (code, stderr) = receive_with(&url, answer.as_bytes(), &forms);
     assert_eq!(code, 0, "{stderr}");
-    let counts: Vec<i64> = customers(sql).await.iter().map(|c| c.2).collect();
+    let counts: Vec<i64> = customers(app.sql().await)
+        .await
+        .iter()
+        .map(|c| c.2)
+        .collect();
     assert_eq!(counts, [2, 1], "her answer is on her ticket");
+
+    let mallory = "From: Mallory <mallory@evil.example>\r\nReply-To: jane@example.org\r\n\
+                   Subject: Re: Contact form\r\nMessage-ID: <m-1@evil.example>\r\n\
+                   In-Reply-To: <jane-1@example.org>\r\n\r\nRefund to my IBAN please\r\n";
+    let (code, stderr) = receive_with(&url, mallory.as_bytes(), &forms);
+    assert_eq!(code, 0, "{stderr}");
+    let after = customers(sql).await;
+    assert_eq!(after.len(), 3, "a ticket of its own: {after:?}");
+    assert_eq!(after[2].0, "mallory@evil.example");
+    assert_eq!(after[0].2, 2, "nothing added to Jane's ticket");
 }
 
 /// A Message-ID that another sender used first is not a redelivery: the

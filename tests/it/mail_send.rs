@@ -157,6 +157,7 @@ fn settings(smtp_url: &str) -> MailSettings {
         mail_retry_ms: 50,
         mail_retry_max_ms: 400,
         mail_give_up_ms: 432_000_000,
+        mail_form_senders: Vec::new(),
         mail_poll_ms: 50,
     }
 }
