@@ -376,15 +376,25 @@ function endSession() {
 }
 
 /**
- * The "Log out" button: end this tab's token on the server (its other
- * sessions, other devices, go on), then forget it here. The request is
- * sent with keepalive, so it completes while the page resets.
+ * The "Log out" button: forget the token here at once, and end it on the
+ * server (the agent's other sessions, other devices, go on). Should the
+ * server not be told (offline, busy), the login screen says the token may
+ * still work, rather than letting the agent believe it ended.
  */
-function logOutHere() {
-  if (session) {
-    session.client.logout().catch((e) => console.warn('the token could not be ended on the server', e));
-  }
+async function logOutHere() {
+  const client = session ? session.client : null;
   logout();
+  if (!client) return;
+  try {
+    await client.logout();
+  } catch (e) {
+    if (e && e.status === 401) return; // it no longer worked anyway
+    console.warn('the token could not be ended on the server', e);
+    showLogin(
+      `Logged out in this tab, but the server could not end your token (${e.message}): it may still work. ` +
+        'Ask an admin to replace it (livedesk agent token).',
+    );
+  }
 }
 
 function logout(message) {

@@ -9,9 +9,15 @@ LANGUAGE sql STABLE AS $$
                               'avatar_url', a.avatar_url, 'role', a.role)
 $$;
 
+-- How long a login's session lasts (a tab closed without "Log out" leaves
+-- its token behind; found by a review): a new login link after it.
+CREATE OR REPLACE FUNCTION ld_session_lifetime() RETURNS interval
+LANGUAGE sql IMMUTABLE AS $$ SELECT interval '30 days' $$;
+
 -- The agent holding a token digest, or NULL: never a disabled agent's, never
 -- an expired token's (contract §5a). A token is the agent's own (made by
--- `agent add` / `agent token`) or a login's session (`agent_sessions`).
+-- `agent add` / `agent token`) or a login's session (`agent_sessions`,
+-- for ld_session_lifetime()).
 CREATE OR REPLACE FUNCTION ld_agent_by_token(p_token_hash bytea) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT ld_agent_json(a) FROM agents a
@@ -21,6 +27,7 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT ld_agent_json(a) FROM agent_sessions s JOIN agents a ON a.id = s.agent_id
     WHERE s.token_hash = p_token_hash
+      AND s.created_at > now() - ld_session_lifetime()
       AND a.disabled_at IS NULL
     LIMIT 1
 $$;
@@ -98,6 +105,8 @@ BEGIN
         PERFORM ld_fail_no_agent(p_email);
     END IF;
     DELETE FROM agent_sessions WHERE agent_id = a.id;
+    -- Unspent login links too: "replace every token" leaves no way back in.
+    DELETE FROM login_links WHERE agent_id = a.id AND used_at IS NULL;
     PERFORM ld_agent_announce(a.id);
     RETURN ld_agent_json(a);
 END
@@ -116,6 +125,10 @@ BEGIN
     RETURNING * INTO a;
     IF NOT FOUND THEN
         PERFORM ld_fail_no_agent(p_email);
+    END IF;
+    IF p_disabled THEN
+        -- A link printed earlier must not log a disabled agent back in later.
+        DELETE FROM login_links WHERE agent_id = a.id AND used_at IS NULL;
     END IF;
     PERFORM ld_agent_announce(a.id);
     RETURN ld_agent_json(a) || jsonb_build_object('disabled', a.disabled_at IS NOT NULL);
@@ -287,6 +300,8 @@ BEGIN
                         jsonb_build_object('resource', 'login_link'));
     END IF;
     INSERT INTO agent_sessions (token_hash, agent_id) VALUES (p_token_hash, a.id);
+    DELETE FROM agent_sessions
+    WHERE agent_id = a.id AND created_at <= now() - ld_session_lifetime();
     DELETE FROM agent_sessions
     WHERE agent_id = a.id
       AND token_hash NOT IN (SELECT token_hash FROM agent_sessions WHERE agent_id = a.id

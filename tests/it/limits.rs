@@ -124,6 +124,55 @@ async fn each_login_is_a_session_and_logging_out_ends_only_its_token() {
     let (status, _) = send(app.req(reqwest::Method::POST, "/api/logout", &new.0)).await;
     assert_eq!(status, 204);
     assert_eq!(app.get("/api/me", &new.0).await.0, 401);
+
+    // A session lasts 30 days (a tab closed without "Log out" leaves its
+    // token behind): one 30 days old is refused.
+    let link = |app: &TestApp| {
+        let db = app.db.clone();
+        async move {
+            agents::login_link(&db, alice.id, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .0
+        }
+    };
+    let old = common::redeem_login(&app.base, &link(&app).await).await;
+    assert_eq!(app.get("/api/me", &old).await.0, 200);
+    app.sql()
+        .await
+        .batch_execute(&format!(
+            "UPDATE agent_sessions SET created_at = now() - interval '30 days 1 second'; \
+             SELECT ld_agent_announce({})",
+            alice.id
+        ))
+        .await
+        .unwrap();
+    until_status(&app, &old, 401, Duration::from_secs(1)).await;
+
+    // Unspent links die with "replace every token" and with a disable: a
+    // link printed earlier does not log the agent back in.
+    for end in ["token", "disable"] {
+        let code = link(&app).await;
+        if end == "token" {
+            agents::rotate_token(&app.db, &alice.email, None)
+                .await
+                .unwrap();
+        } else {
+            agents::set_disabled(&app.db, &alice.email, true)
+                .await
+                .unwrap();
+            agents::set_disabled(&app.db, &alice.email, false)
+                .await
+                .unwrap();
+        }
+        let (status, _) = send(
+            app.http
+                .post(format!("{}/api/login", app.base))
+                .json(&json!({"code": code})),
+        )
+        .await;
+        assert_eq!(status, 404, "a link from before the {end}");
+    }
 }
 
 #[tokio::test]
