@@ -432,8 +432,12 @@ impl TestApp {
             base: format!("http://{address}"),
             dbname,
             db,
+            // Idle connections are dropped well before the server's 5 s
+            // keep-alive closes them: a request sent on a connection the
+            // server is closing at that moment fails (IncompleteMessage).
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .unwrap(),
             shutdown,
