@@ -27,7 +27,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,10 @@ pub struct Authenticator {
     /// Whether changes to agents are being heard (`agent_watch`): only then
     /// may a good answer be served from memory.
     trusted: AtomicBool,
+    /// Counts the forgets: a lookup that a forget overtook (a logout or a
+    /// disable heard while its query ran) must not cache its answer, which
+    /// may be from before the change (found by a review).
+    forgets: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -94,6 +98,7 @@ impl Authenticator {
             held: Semaphore::new(HELD_MAX),
             clock: DefaultClock::default(),
             trusted: AtomicBool::new(false),
+            forgets: AtomicU64::new(0),
         }
     }
 
@@ -138,8 +143,11 @@ impl Authenticator {
             match self.cached(&digest) {
                 Some(cached) => cached,
                 None => {
+                    let forgets = self.forgets.load(Ordering::SeqCst);
                     let agent = agents::by_token(&state.db, token).await?;
-                    self.remember(digest, agent.clone());
+                    if self.forgets.load(Ordering::SeqCst) == forgets {
+                        self.remember(digest, agent.clone());
+                    }
                     agent
                 }
             }
@@ -163,6 +171,7 @@ impl Authenticator {
     /// replaced), and every "bad token" answer: one of them may be this
     /// agent's token, good again.
     pub fn forget_agent(&self, agent_id: i64) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut cache) = self.cache.lock() {
             cache.retain(|_, c| c.agent.as_ref().is_some_and(|a| a.id != agent_id));
         }
@@ -175,6 +184,7 @@ impl Authenticator {
 
     /// Forget everything (the notices may have been missed).
     pub fn forget_all(&self) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut cache) = self.cache.lock() {
             cache.clear();
         }
