@@ -67,19 +67,20 @@ impl Budgets {
 
     /// Charge one subscribe to `agent`; false when its budget is spent.
     pub fn subscribe(&self, agent: i64) -> bool {
-        if self.subscribes.len() > KEYS_MAX {
-            self.subscribes.retain_recent();
-        }
-        self.subscribes.check_key(&agent).is_ok()
+        self.charge(&self.subscribes, agent).is_ok()
     }
 
     /// Charge one presence write to `agent`; when its budget is spent, the
     /// moment the next one is allowed.
     pub fn presence(&self, agent: i64) -> Result<(), Instant> {
-        if self.presence.len() > KEYS_MAX {
-            self.presence.retain_recent();
+        self.charge(&self.presence, agent)
+    }
+
+    fn charge(&self, limiter: &DefaultKeyedRateLimiter<i64>, agent: i64) -> Result<(), Instant> {
+        if limiter.len() > KEYS_MAX {
+            limiter.retain_recent();
         }
-        self.presence
+        limiter
             .check_key(&agent)
             .map_err(|not_until| Instant::now() + not_until.wait_time_from(self.clock.now()))
     }

@@ -13,6 +13,15 @@ use crate::realtime::hub::Join;
 use crate::realtime::protocol::{self, close, PresenceState};
 use std::time::Instant;
 
+use tokio::sync::OwnedSemaphorePermit;
+
+/// What a subscribe reads before joining: a snapshot (in its read slot) or
+/// the backlog after the client's version.
+enum Read {
+    Snapshot(OwnedSemaphorePermit),
+    Backlog(i64),
+}
+
 impl Session {
     /// Handle a `subscribe` frame. However it ends, the hub knows this
     /// connection on the ticket exactly when the session does.
@@ -61,10 +70,10 @@ impl Session {
         }
         // A snapshot waits for one of the process's read slots, in turn
         // (`budget`); past the wait the subscribe is refused, nothing held.
-        let slot = match since {
-            Some(_) => None,
+        let read = match since {
+            Some(since) => Read::Backlog(since),
             None => match self.rt.budgets.read_slot().await {
-                Some(slot) => Some(slot),
+                Some(slot) => Read::Snapshot(slot),
                 None => {
                     self.rt.metrics.read_slots_busy.inc();
                     self.subs.remove(ticket_id);
@@ -81,9 +90,9 @@ impl Session {
         // Register first: every event committed after our read below reaches us live.
         self.subs.remove(ticket_id);
         self.rt.hub.subscribe(ticket_id, &self.handle);
-        let result = match since {
-            None => self.send_snapshot(ws, ticket_id, slot).await,
-            Some(since) => self.send_backlog(ws, ticket_id, since).await,
+        let result = match read {
+            Read::Snapshot(slot) => self.send_snapshot(ws, ticket_id, slot).await,
+            Read::Backlog(since) => self.send_backlog(ws, ticket_id, since).await,
         };
         let version = match result {
             Ok(Ok(Some(version))) => version,
@@ -121,7 +130,7 @@ impl Session {
         &mut self,
         ws: &mut actix_ws::Session,
         ticket_id: i64,
-        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        slot: OwnedSemaphorePermit,
     ) -> Result<Result<Option<i64>, Stop>, DomainError> {
         // Read, then give the connection and the read slot back before
         // writing to the socket: a slow client must hold neither.
