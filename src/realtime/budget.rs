@@ -9,6 +9,7 @@
 //! budgets are per agent, and the read slots bound the work of all agents
 //! together, so that snapshots and replays never hold the whole pool.
 
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
@@ -87,12 +88,16 @@ impl Budgets {
 
     /// A slot for one heavy read (a snapshot, a page of a replay), waited
     /// for in turn (first come, first served); `None` when none came free
-    /// within the wait.
-    pub async fn read_slot(&self) -> Option<OwnedSemaphorePermit> {
-        tokio::time::timeout(self.read_wait, self.reads.clone().acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
+    /// within the wait. The wait borrows nothing, so that a session can
+    /// serve its other tickets while it waits.
+    pub fn read_slot(&self) -> impl Future<Output = Option<OwnedSemaphorePermit>> + 'static {
+        let (reads, wait) = (self.reads.clone(), self.read_wait);
+        async move {
+            tokio::time::timeout(wait, reads.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
     }
 }
 

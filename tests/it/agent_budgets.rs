@@ -478,3 +478,78 @@ async fn a_read_past_its_time_is_cancelled_in_postgresql() {
     let snapshot = ws.next_of("snapshot").await;
     assert_eq!(snapshot["ticket"]["id"], watched);
 }
+
+/// A subscribe waiting for a read slot serves the connection's other
+/// tickets meanwhile. Both slots (pool of 4) are held by snapshots stuck
+/// behind a lock; a connection's subscribe waits for one while a ticket it
+/// already follows changes three times as often as its outbound queue
+/// holds. It gets every change, in order, then the snapshot it asked for
+/// once the lock goes. Fails without it: the session waited without
+/// reading its queue, which filled, and the connection closed with 1013.
+#[tokio::test]
+async fn a_subscribe_waiting_for_a_read_slot_keeps_delivering_the_other_tickets() {
+    let mut settings = test_settings();
+    settings.pool_size = 4;
+    settings.outbound_queue = 8;
+    settings.db_timeout_ms = 20_000;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let followed = app.ticket(&token, "Followed").await["id"].as_i64().unwrap();
+    let stuck = app.ticket(&token, "Stuck").await["id"].as_i64().unwrap();
+    let wanted = app.ticket(&token, "Wanted").await["id"].as_i64().unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.send(json!({"type": "subscribe", "ticket_id": followed}))
+        .await;
+    let mut version = ws.next_of("snapshot").await["ticket"]["version"]
+        .as_i64()
+        .unwrap();
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        holders.push(WsClient::connect(&app.base, &token).await);
+    }
+
+    let locker = app.sql().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for holder in &mut holders {
+        holder
+            .send(json!({"type": "subscribe", "ticket_id": stuck}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(json!({"type": "subscribe", "ticket_id": wanted}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = version;
+    let mut subject = "Followed".to_string();
+    for n in 0..24 {
+        let path = format!("/api/tickets/{followed}");
+        let next = format!("Change {n}");
+        let body = json!({"changes": {"subject": {"from": subject, "to": next}}});
+        let (status, answer) = app.patch(&path, &token, body).await;
+        assert_eq!(status, 200, "{answer}");
+        version = answer["version"].as_i64().unwrap();
+        subject = next;
+    }
+    // Every change reaches the connection while its subscribe still waits.
+    let mut seen = Vec::new();
+    while seen.len() < 24 {
+        let frame = ws
+            .next_within(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("closed or silent after {} of 24 changes", seen.len()));
+        assert_ne!(frame["type"], "error", "{frame}");
+        assert_ne!(frame["type"], "snapshot", "the lock is still held: {frame}");
+        if frame["type"] == "event" {
+            assert_eq!(frame["ticket_id"], followed, "{frame}");
+            seen.push(frame["version"].as_i64().unwrap());
+        }
+    }
+    assert_eq!(seen, ((first + 1)..=version).collect::<Vec<_>>());
+    locker.batch_execute("COMMIT").await.unwrap();
+    let snapshot = ws.next_of("snapshot").await;
+    assert_eq!(snapshot["ticket"]["id"], wanted, "{snapshot}");
+    assert_eq!(app.metric("livedesk_read_slots_busy_total").await, 0);
+}

@@ -5,12 +5,15 @@
 //! the other subscribers with everything else); the session never reads the
 //! log for a subscription after joining.
 
-use super::{domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL};
+use super::{
+    domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL, REVOKED_REASON,
+};
 use crate::db::DbError;
 use crate::domain::DomainError;
 use crate::realtime::event_log;
 use crate::realtime::hub::Join;
 use crate::realtime::protocol::{self, close, PresenceState};
+use std::pin::pin;
 use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -72,9 +75,10 @@ impl Session {
         // (`budget`); past the wait the subscribe is refused, nothing held.
         let read = match since {
             Some(since) => Read::Backlog(since),
-            None => match self.rt.budgets.read_slot().await {
-                Some(slot) => Read::Snapshot(slot),
-                None => {
+            None => match self.wait_read_slot(ws, ticket_id).await {
+                Err(stop) => return Some(stop),
+                Ok(Some(slot)) => Read::Snapshot(slot),
+                Ok(None) => {
                     self.rt.metrics.read_slots_busy.inc();
                     self.subs.remove(ticket_id);
                     self.drop_viewer(ticket_id);
@@ -123,6 +127,37 @@ impl Session {
         });
         self.flush_presence();
         None
+    }
+
+    /// Wait for a read slot (`budget`) for a read of `ticket_id`, serving
+    /// the connection's other tickets meanwhile: their events are delivered
+    /// as they come, so that a wait of seconds never fills the outbound
+    /// queue and closes the connection (1013). Queued events of `ticket_id`
+    /// itself are dropped: the read that follows sends them again (or
+    /// finds the gap a queued `reset` was about).
+    async fn wait_read_slot(
+        &mut self,
+        ws: &mut actix_ws::Session,
+        ticket_id: i64,
+    ) -> Result<Option<OwnedSemaphorePermit>, Stop> {
+        let mut slot = pin!(self.rt.budgets.read_slot());
+        loop {
+            let item = tokio::select! {
+                biased;
+                slot = &mut slot => return Ok(slot),
+                _ = self.rt.shutdown.cancelled() => {
+                    return Err(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since"))
+                }
+                _ = self.slot.revoked.cancelled() => return Err(Stop::Close(close::REVOKED, REVOKED_REASON)),
+                Some(item) = self.rx.recv() => item,
+            };
+            if item.ticket_id() == Some(ticket_id) {
+                continue;
+            }
+            if let Some(stop) = self.deliver(ws, item).await {
+                return Err(stop);
+            }
+        }
     }
 
     /// `subscribed` then `snapshot`; the version the client now has.
@@ -204,12 +239,16 @@ impl Session {
             // Each page in a read slot, given back before its frames are
             // written: 20 connections replaying long histories must not
             // hold the whole pool (`budget`).
-            let Some(slot) = self.rt.budgets.read_slot().await else {
-                self.rt.metrics.read_slots_busy.inc();
-                return Some(Stop::Close(
-                    close::SERVER_ERROR,
-                    "the server is busy: resume with since in a moment",
-                ));
+            let slot = match self.wait_read_slot(ws, ticket_id).await {
+                Ok(Some(slot)) => slot,
+                Ok(None) => {
+                    self.rt.metrics.read_slots_busy.inc();
+                    return Some(Stop::Close(
+                        close::SERVER_ERROR,
+                        "the server is busy: resume with since in a moment",
+                    ));
+                }
+                Err(stop) => return Some(stop),
             };
             let read = event_log::read(&self.rt.db, &[ticket_id], &[after]).await;
             drop(slot);
