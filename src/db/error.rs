@@ -60,8 +60,18 @@ impl DbError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             DbError::Unavailable(_) | DbError::Pool(_) => true,
-            DbError::Query(e) => e.is_closed() || e.code().is_none() && e.as_db_error().is_none(),
+            DbError::Query(e) => {
+                e.is_closed() || e.code().is_none() && e.as_db_error().is_none() || self.timed_out()
+            }
             _ => false,
         }
+    }
+
+    /// Whether PostgreSQL cancelled the statement: it ran past the pool's
+    /// `statement_timeout` (`LIVEDESK_DB_TIMEOUT_MS`; most often a row held
+    /// by another transaction), or an administrator cancelled it. Nothing
+    /// of it was kept; trying again may succeed.
+    pub fn timed_out(&self) -> bool {
+        matches!(self, DbError::Query(e) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED))
     }
 }

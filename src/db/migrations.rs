@@ -100,7 +100,7 @@ pub fn rules_digest() -> String {
 /// Apply every pending migration, then the rules if they changed
 /// (idempotent; safe with concurrent starters).
 pub async fn run(db: &Database) -> Result<Report, DbError> {
-    let mut client = db.client().await?;
+    let mut client = unbounded_client(db).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -119,7 +119,7 @@ pub async fn run(db: &Database) -> Result<Report, DbError> {
 /// which then put that release's rules in place themselves. Returns how
 /// many migrations it applied.
 pub async fn run_tables_until(db: &Database, version: u32) -> Result<usize, DbError> {
-    let mut client = db.client().await?;
+    let mut client = unbounded_client(db).await?;
     let client: &mut tokio_postgres::Client = &mut client;
     let report = embedded::migrations::runner()
         .set_target(refinery::Target::Version(version))
@@ -128,6 +128,16 @@ pub async fn run_tables_until(db: &Database, version: u32) -> Result<usize, DbEr
         .await
         .map_err(DbError::Migrations)?;
     Ok(report.applied_migrations().len())
+}
+
+/// A connection taken out of the pool, without the pool's statement
+/// timeout: a migration may rewrite a large table, and a starter waits for
+/// another's migrations (the advisory lock) as long as they take. It is
+/// closed when dropped, its setting with it.
+async fn unbounded_client(db: &Database) -> Result<deadpool_postgres::ClientWrapper, DbError> {
+    let client = deadpool_postgres::Object::take(db.client().await?);
+    client.batch_execute("SET statement_timeout = 0").await?;
+    Ok(client)
 }
 
 async fn migrate(client: &mut tokio_postgres::Client) -> Result<Report, DbError> {

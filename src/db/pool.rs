@@ -95,10 +95,23 @@ impl Database {
         let check_when_idle_for = CHECK_WHEN_IDLE_FOR.min(timeout / 2);
         let opened = Arc::new(AtomicU64::new(0));
         let count = opened.clone();
+        // A statement may run as long as one exchange may take: past it
+        // PostgreSQL cancels it itself, whoever was waiting for it. An HTTP
+        // handler is not dropped when its client goes away (actix-web), so
+        // without this a request waiting for a row that a direct writer's
+        // open transaction holds would keep its connection until that
+        // transaction ends, and a handful of them would take the pool.
+        let statement_timeout = format!("SET statement_timeout = {}", timeout.as_millis());
         let pool = Pool::builder(manager)
-            .post_create(Hook::sync_fn(move |_, _| {
-                count.fetch_add(1, Ordering::AcqRel);
-                Ok(())
+            .post_create(Hook::async_fn(move |client, _| {
+                let (set, count) = (statement_timeout.clone(), count.clone());
+                Box::pin(async move {
+                    client.batch_execute(&set).await.map_err(|e| {
+                        HookError::message(format!("could not set statement_timeout: {e}"))
+                    })?;
+                    count.fetch_add(1, Ordering::AcqRel);
+                    Ok(())
+                })
             }))
             // One empty round trip (tens of µs locally) for a connection
             // that was idle: TCP keepalives cannot see a peer that accepts

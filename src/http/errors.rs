@@ -59,6 +59,12 @@ impl ApiError {
                 };
                 (status, kind.code(), message.clone(), detail.clone())
             }
+            ApiError::Domain(DomainError::Db(e)) if e.timed_out() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "The database did not finish this in time (most often another writer holds the ticket); nothing was changed. Try again shortly.".into(),
+                Map::new(),
+            ),
             ApiError::Domain(DomainError::Db(e)) if e.is_unavailable() => unavailable(),
             ApiError::Domain(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

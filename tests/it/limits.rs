@@ -728,3 +728,146 @@ async fn a_flood_of_health_checks_is_answered_from_one_ping_per_half_second() {
     }
     assert_eq!(app.metric("livedesk_health_pings_total").await, before + 1);
 }
+
+/// A request cannot hold a pooled connection for longer than
+/// `LIVEDESK_DB_TIMEOUT_MS`, even when its client went away (actix-web does
+/// not drop a handler whose client left). A direct writer's open
+/// transaction holds a ticket's row; four tag changes on it wait, and their
+/// clients give up after 300 ms, on a pool of 4. Once the timeout passed,
+/// reads of another ticket are answered at once; a change of the held
+/// ticket is answered 503 `unavailable` after the timeout, nothing changed;
+/// none of the given-up changes was made. Fails without the pool's
+/// `statement_timeout`: the given-up requests kept the four connections
+/// until the writer let go, and every other request got 503 too.
+#[tokio::test]
+async fn a_request_waiting_on_a_held_row_gives_its_connection_back_in_time() {
+    let mut settings = test_settings();
+    settings.pool_size = 4;
+    settings.db_timeout_ms = 1500;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let held = app.ticket(&token, "Held").await["id"].as_i64().unwrap();
+    let other = app.ticket(&token, "Other").await["id"].as_i64().unwrap();
+    let writer = app.sql().await;
+    writer
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM tickets WHERE id = {held} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let tag = |n: usize| {
+        app.req(
+            reqwest::Method::POST,
+            &format!("/api/tickets/{held}/tags"),
+            &token,
+        )
+        .json(&json!({"add": [format!("tag-{n}")]}))
+    };
+    for n in 0..4 {
+        let given_up = tag(n).timeout(Duration::from_millis(300)).send().await;
+        assert!(given_up.is_err(), "the row is held: {given_up:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+
+    let started = Instant::now();
+    let reads = (0..4).map(|_| {
+        common::send(app.req(
+            reqwest::Method::GET,
+            &format!("/api/tickets/{other}"),
+            &token,
+        ))
+    });
+    for (status, body) in futures_util::future::join_all(reads).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_millis(1000),
+        "the reads waited {waited:?} for connections held by requests nobody waits for"
+    );
+
+    let started = Instant::now();
+    let (status, body) = common::send(tag(9)).await;
+    let waited = started.elapsed();
+    assert_eq!((status, error_code(&body)), (503, "unavailable"), "{body}");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "answered after {waited:?}: {body}"
+    );
+    writer.batch_execute("ROLLBACK").await.unwrap();
+    let (_, ticket) = app.get(&format!("/api/tickets/{held}"), &token).await;
+    assert_eq!(ticket["ticket"]["tags"], json!([]), "{ticket}");
+    assert_eq!(ticket["ticket"]["version"], 1, "{ticket}");
+    let (status, body) = common::send(tag(10)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A slow reader's long replay does not end in 4002. The replay keeps the
+/// connection's loop, which neither pings nor reads frames meanwhile; a
+/// client that reads 20,000 events (~8 MB) slowly enough that the replay
+/// lasts longer than the TTL, sending nothing, stays: it gets the next
+/// live event. Fails without it: closed with 4002 right after the replay,
+/// the replay's length counted as the client's silence.
+#[tokio::test]
+async fn a_slow_readers_long_replay_does_not_end_in_a_heartbeat_timeout() {
+    use common::ws::WsClient;
+    const CHANGES: i64 = 20_000;
+    let mut settings = test_settings();
+    settings.heartbeat_ms = 1000;
+    settings.presence_ttl_ms = 3000;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let id = app.ticket(&token, "A long history").await["id"]
+        .as_i64()
+        .unwrap();
+    app.sql()
+        .await
+        .batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN 1..{CHANGES} LOOP \
+             UPDATE tickets SET subject = i || repeat('x', 400) WHERE id = {id}; \
+             END LOOP; END $$"
+        ))
+        .await
+        .unwrap();
+    let mut ws = WsClient::connect(&app.base, &token).await;
+    ws.subscribe(id, Some(0)).await;
+    let started = Instant::now();
+    let mut last = 0;
+    while last < CHANGES + 1 {
+        let frame = ws
+            .next_within(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("closed after version {last}"));
+        if frame["type"] == "event" {
+            last = frame["version"].as_i64().unwrap();
+            // Slowly for the first 14,000 (over 4 s of pauses), then at
+            // full speed: what the sockets' buffers still hold at the end
+            // of the replay is read well within the TTL.
+            if last % 1000 == 0 && last <= 14_000 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_millis(4200),
+        "the replay took only {took:?}"
+    );
+    let subject = format!("{CHANGES}{}", "x".repeat(400));
+    let (status, body) = app
+        .patch(
+            &format!("/api/tickets/{id}"),
+            &token,
+            json!({"changes": {"subject": {"from": subject, "to": "Live again"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let event = loop {
+        match ws.next_within(Duration::from_secs(10)).await {
+            Some(frame) if frame["type"] == "event" => break frame,
+            Some(_) => continue,
+            None => panic!("closed (or silent) after a replay of {took:?}"),
+        }
+    };
+    assert_eq!(event["version"], CHANGES + 2, "{event}");
+}

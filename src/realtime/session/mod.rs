@@ -5,6 +5,7 @@
 
 mod subscription;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
@@ -72,6 +73,13 @@ pub struct Session {
     presence: HashMap<i64, PresenceSlot>,
     inbox: bool,
     last_heard: Instant,
+    /// When a write that waited for room last went through: the client
+    /// took frames off a full socket, which proves it alive as a frame from
+    /// it would. During a long replay to a slow reader the loop neither
+    /// pings nor reads frames, and the client has nothing to say; without
+    /// this its replay's length was counted as silence, and it was closed
+    /// with 4002 at the end (found by a review).
+    drained: Cell<Instant>,
     window: (Instant, u32),
     /// Subscribes cost a snapshot each: a subscribe/unsubscribe loop is
     /// answered `rate_limited` past this budget (contract §5a).
@@ -114,6 +122,7 @@ impl Session {
             presence: HashMap::new(),
             inbox: false,
             last_heard: Instant::now(),
+            drained: Cell::new(Instant::now()),
             window: (Instant::now(), 0),
             presence_held: None,
             subscribes: governor::RateLimiter::direct(
@@ -138,7 +147,10 @@ impl Session {
         let heartbeat = self.rt.settings.heartbeat();
         let ttl = self.rt.settings.presence_ttl();
         // Ping often enough that a live client answers well within the TTL.
-        let mut tick = tokio::time::interval(heartbeat.min(ttl / 3));
+        let ping_every = heartbeat.min(ttl / 3);
+        let mut tick = tokio::time::interval(ping_every);
+        // After a long handler, one ping, not one per interval missed.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let hello = protocol::hello_frame(&self.agent, self.rt.settings.heartbeat_ms);
         let mut stop = self.send(&mut ws, hello).await;
@@ -161,7 +173,7 @@ impl Session {
         // Armed only while a presence flush is due (`flush_at`).
         let mut flush = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
         while stop.is_none() {
-            let heard_by = (self.last_heard + ttl).into();
+            let heard_by = (self.last_heard.max(self.drained.get()) + ttl).into();
             if silence.deadline() != heard_by {
                 silence.as_mut().reset(heard_by);
             }
@@ -485,7 +497,13 @@ impl Session {
         }
         let overflow = self.handle.overflow.clone();
         tokio::select! {
-            result = write => result.err().map(|_| Stop::Gone),
+            result = write => match result {
+                Ok(()) => {
+                    self.drained.set(Instant::now());
+                    None
+                }
+                Err(_) => Some(Stop::Gone),
+            },
             _ = overflow.wait() => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
             _ = self.rt.shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
             _ = self.slot.revoked.cancelled() => Some(Stop::Close(close::REVOKED, REVOKED_REASON)),
