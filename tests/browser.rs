@@ -143,6 +143,14 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     let (carol, token_c) = agents::add(&app.db, "Carol Chen", "carol@e2e.test", "agent")
         .await
         .unwrap();
+    // Dana logs in with a one-time link (a session of her own) and, in a
+    // second tab, with her API token: "Log out" in the first ends only it.
+    let (dana, token_d) = agents::add(&app.db, "Dana Dunn", "dana@e2e.test", "agent")
+        .await
+        .unwrap();
+    let login_d = agents::login_link(&app.db, dana.id, std::time::Duration::from_secs(600))
+        .await
+        .unwrap();
     let (token_a, token_b) = (token_a.0, token_b.0);
     let (_, admin) = app.agent("Root", "admin").await;
     let (_, gateway) = app.agent("Gateway", "service").await;
@@ -215,6 +223,8 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
         .env("NAME_C", &carol.name)
         .env("AGENT_C", carol.id.to_string())
         .env("TOKEN_C", &token_c.0)
+        .env("TOKEN_D", &token_d.0)
+        .env("LOGIN_D", &login_d.0)
         .env("SCREENSHOT_DIR", &shots)
         .env("PRINTER_TICKET", printer.to_string())
         .env("LONG_TICKET", long.to_string())

@@ -10,6 +10,7 @@
 //                    one customer message, custom field "plan" = "pro")
 //   TOKEN_SERVICE    a service agent's token (posts customer messages)
 //   NAME_C, AGENT_C, TOKEN_C  Carol: assigned to, and idle after 5 minutes
+//   TOKEN_D, LOGIN_D          Dana: her API token and a one-time login link (log out)
 //   PRINTER_TICKET   another ticket (assigned to B by direct SQL: a notification)
 //   LONG_TICKET      a ticket with 60 notes ("Load earlier")
 //   SCREENSHOT_DIR   where the screenshots go (created if missing)
@@ -50,6 +51,7 @@ const AGENTS = {
 };
 const TOKEN_SERVICE = env('TOKEN_SERVICE');
 const CAROL = { name: env('NAME_C'), id: Number(env('AGENT_C')), token: env('TOKEN_C') };
+const DANA = { token: env('TOKEN_D'), login: env('LOGIN_D') };
 const SHOTS = env('SCREENSHOT_DIR');
 const PRINTER = Number(env('PRINTER_TICKET'));
 const LONG = Number(env('LONG_TICKET'));
@@ -978,6 +980,45 @@ async function main() {
   await revoked.screenshot({ path: path.join(SHOTS, revokedShot), fullPage: true });
   shots.push(revokedShot);
   await revokedCtx.close();
+
+  // ---------------------------------------------------------------- log out
+  // Dana works in two tabs: one opened with a one-time login link (a
+  // session of its own), one with her API token. "Log out" in the first
+  // ends its token on the server (401 from then on, and no reconnect with
+  // it); the second tab, and its token, go on.
+  currentStep = 'logout';
+  const danaCtx = await browser.newContext({ viewport: { width: 1300, height: 900 }, baseURL: BASE });
+  const [linkTab, tokenTab] = [await danaCtx.newPage(), await danaCtx.newPage()];
+  let linkSockets = 0;
+  linkTab.on('websocket', () => {
+    linkSockets += 1;
+  });
+  await linkTab.goto(`/#login=${encodeURIComponent(DANA.login)}`);
+  await tokenTab.goto(`/#token=${encodeURIComponent(DANA.token)}`);
+  for (const tab of [linkTab, tokenTab]) {
+    await tab.waitForFunction((sel) => document.querySelector(sel)?.dataset.state === 'live', t('conn-state'), { timeout: WAIT });
+  }
+  const sessionToken = await linkTab.evaluate(() => sessionStorage.getItem('livedesk.token'));
+  check(!!sessionToken && sessionToken !== DANA.token, 'the login link gave the first tab a session token of its own');
+  check((await api('GET', '/api/me', sessionToken)).status === 200, 'the session token works before logging out');
+  await linkTab.getByTestId('logout').click();
+  await linkTab.getByLabel('Access token').waitFor({ timeout: WAIT }).then(
+    () => check(true, 'after "Log out" the first tab shows the login form'),
+    () => check(false, 'after "Log out" the first tab shows the login form'),
+  );
+  check((await linkTab.evaluate(() => sessionStorage.getItem('livedesk.token'))) === null, 'the tab forgot the token');
+  const socketsAtLogout = linkSockets;
+  await sleep(3000);
+  check(linkSockets === socketsAtLogout, `no reconnect after logging out (${linkSockets} WebSocket(s) opened)`);
+  const ended = await api('GET', '/api/me', sessionToken);
+  check(ended.status === 401, `the logged-out token is refused by the server (${ended.status})`);
+  check((await api('GET', '/api/me', DANA.token)).status === 200, "Dana's API token still works");
+  const secondTab = await tokenTab.getAttribute(t('conn-state'), 'data-state');
+  check(secondTab === 'live', `the second tab is still live (${secondTab})`);
+  const logoutShot = `${String(++shotNo).padStart(2, '0')}-logged-out-D.png`;
+  await linkTab.screenshot({ path: path.join(SHOTS, logoutShot), fullPage: true });
+  shots.push(logoutShot);
+  await danaCtx.close();
 
   // ---------------------------------------------------------------- still healthy
   currentStep = 'final';

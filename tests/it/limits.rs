@@ -20,6 +20,25 @@ async fn spawn_with_address_budget(rate: u32) -> TestApp {
     TestApp::spawn_with(settings).await
 }
 
+/// A ticket with a long history: `changes` subject changes of ~400 bytes
+/// each, written by direct SQL after its creation (version `changes + 1`;
+/// the subject at version `n + 1` is `n` followed by 400 `x`).
+async fn long_history(app: &TestApp, token: &str, changes: i64) -> i64 {
+    let id = app.ticket(token, "A long history").await["id"]
+        .as_i64()
+        .unwrap();
+    app.sql()
+        .await
+        .batch_execute(&format!(
+            "DO $$ BEGIN FOR i IN 1..{changes} LOOP \
+             UPDATE tickets SET subject = i || repeat('x', 400) WHERE id = {id}; \
+             END LOOP; END $$"
+        ))
+        .await
+        .unwrap();
+    id
+}
+
 /// Poll `/api/me` until it answers `status` (panics after `limit`).
 async fn until_status(app: &TestApp, token: &str, status: u16, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -495,19 +514,8 @@ async fn a_disabled_agent_is_cut_off_in_the_middle_of_a_replay() {
     const CHANGES: i64 = 20_000;
     let app = TestApp::spawn().await;
     let (alice, token) = app.agent("Alice", "agent").await;
-    let id = app.ticket(&token, "A long history").await["id"]
-        .as_i64()
-        .unwrap();
-    // ~20 MB of history: more than the sockets' buffers hold.
-    app.sql()
-        .await
-        .batch_execute(&format!(
-            "DO $$ BEGIN FOR i IN 1..{CHANGES} LOOP \
-             UPDATE tickets SET subject = i || repeat('x', 400) WHERE id = {id}; \
-             END LOOP; END $$"
-        ))
-        .await
-        .unwrap();
+    // ~18 MB of events (a subject change carries the old subject and the new): more than the sockets' buffers hold.
+    let id = long_history(&app, &token, CHANGES).await;
     let mut ws = WsClient::connect(&app.base, &token).await;
     ws.subscribe(id, Some(0)).await;
     // The client reads nothing for a second: the replay waits on full buffers.
@@ -804,7 +812,7 @@ async fn a_request_waiting_on_a_held_row_gives_its_connection_back_in_time() {
 
 /// A slow reader's long replay does not end in 4002. The replay keeps the
 /// connection's loop, which neither pings nor reads frames meanwhile; a
-/// client that reads 20,000 events (~8 MB) slowly enough that the replay
+/// client that reads 20,000 events (~18 MB) slowly enough that the replay
 /// lasts longer than the TTL, sending nothing, stays: it gets the next
 /// live event. Fails without it: closed with 4002 right after the replay,
 /// the replay's length counted as the client's silence.
@@ -817,18 +825,7 @@ async fn a_slow_readers_long_replay_does_not_end_in_a_heartbeat_timeout() {
     settings.presence_ttl_ms = 3000;
     let app = TestApp::spawn_with(settings).await;
     let (_, token) = app.agent("Alice", "agent").await;
-    let id = app.ticket(&token, "A long history").await["id"]
-        .as_i64()
-        .unwrap();
-    app.sql()
-        .await
-        .batch_execute(&format!(
-            "DO $$ BEGIN FOR i IN 1..{CHANGES} LOOP \
-             UPDATE tickets SET subject = i || repeat('x', 400) WHERE id = {id}; \
-             END LOOP; END $$"
-        ))
-        .await
-        .unwrap();
+    let id = long_history(&app, &token, CHANGES).await;
     let mut ws = WsClient::connect(&app.base, &token).await;
     ws.subscribe(id, Some(0)).await;
     let started = Instant::now();
