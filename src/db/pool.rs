@@ -101,7 +101,11 @@ impl Database {
         // without this a request waiting for a row that a direct writer's
         // open transaction holds would keep its connection until that
         // transaction ends, and a handful of them would take the pool.
-        let statement_timeout = format!("SET statement_timeout = {}", timeout.as_millis());
+        // (PostgreSQL's largest value is i32::MAX ms, some 24 days.)
+        let statement_timeout = format!(
+            "SET statement_timeout = {}",
+            timeout.as_millis().min(i32::MAX as u128)
+        );
         let pool = Pool::builder(manager)
             .post_create(Hook::async_fn(move |client, _| {
                 let (set, count) = (statement_timeout.clone(), count.clone());

@@ -62,7 +62,7 @@ impl ApiError {
             ApiError::Domain(DomainError::Db(e)) if e.timed_out() => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                "The database did not finish this in time (most often another writer holds the ticket); nothing was changed. Try again shortly.".into(),
+                "The database did not finish this in time, or it was cancelled (most often another writer holds the ticket); nothing was changed. Try again shortly.".into(),
                 Map::new(),
             ),
             ApiError::Domain(DomainError::Db(e)) if e.is_unavailable() => unavailable(),

@@ -86,14 +86,22 @@ impl Budgets {
             .map_err(|not_until| Instant::now() + not_until.wait_time_from(self.clock.now()))
     }
 
+    /// Until when a heavy read waits for a slot, if it starts waiting now.
+    pub fn read_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.read_wait
+    }
+
     /// A slot for one heavy read (a snapshot, a page of a replay), waited
-    /// for in turn (first come, first served); `None` when none came free
-    /// within the wait. The wait borrows nothing, so that a session can
-    /// serve its other tickets while it waits.
-    pub fn read_slot(&self) -> impl Future<Output = Option<OwnedSemaphorePermit>> + 'static {
-        let (reads, wait) = (self.reads.clone(), self.read_wait);
+    /// for in turn (first come, first served) until `deadline`; `None` when
+    /// none came free by then. The wait borrows nothing, so that a session
+    /// can serve its other tickets while it waits.
+    pub fn read_slot_by(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> impl Future<Output = Option<OwnedSemaphorePermit>> + 'static {
+        let reads = self.reads.clone();
         async move {
-            tokio::time::timeout(wait, reads.acquire_owned())
+            tokio::time::timeout_at(deadline, reads.acquire_owned())
                 .await
                 .ok()
                 .and_then(Result::ok)

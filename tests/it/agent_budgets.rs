@@ -553,3 +553,107 @@ async fn a_subscribe_waiting_for_a_read_slot_keeps_delivering_the_other_tickets(
     assert_eq!(snapshot["ticket"]["id"], wanted, "{snapshot}");
     assert_eq!(app.metric("livedesk_read_slots_busy_total").await, 0);
 }
+
+/// A `reset` that comes while a replay waits for a read slot reaches the
+/// client. Both slots are held by snapshots stuck behind a lock; one client
+/// replays a ticket (`since` 0) and waits for a slot while the ticket's
+/// history goes back in time and the LISTEN connection is lost, so the
+/// rewind check resets every subscriber of it. Found by a review: the wait
+/// dropped the queued reset as "the read sends it", the read could not tell,
+/// and the client was left subscribed to a ticket nobody served (events 1
+/// to 4, then nothing).
+#[tokio::test]
+async fn a_reset_during_a_replays_wait_for_a_read_slot_reaches_the_client() {
+    let mut settings = test_settings();
+    settings.pool_size = 8;
+    settings.db_timeout_ms = 20_000;
+    let app = TestApp::spawn_with(settings).await;
+    let (_, token) = app.agent("Alice", "agent").await;
+    let watched = app.ticket(&token, "Watched").await["id"].as_i64().unwrap();
+    let stuck = app.ticket(&token, "Stuck").await["id"].as_i64().unwrap();
+    // Version 4: three changes.
+    let mut subject = "Watched".to_string();
+    for n in 0..3 {
+        let next = format!("Change {n}");
+        let body = json!({"changes": {"subject": {"from": subject, "to": next}}});
+        let (status, answer) = app
+            .patch(&format!("/api/tickets/{watched}"), &token, body)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        subject = next;
+    }
+    // A joined subscriber gives the hub a cursor (4) for the ticket.
+    let mut joined = WsClient::connect(&app.base, &token).await;
+    joined
+        .send(json!({"type": "subscribe", "ticket_id": watched}))
+        .await;
+    assert_eq!(joined.next_of("snapshot").await["ticket"]["version"], 4);
+    // Both read slots (pool 8 -> 2) held by snapshots stuck behind a lock.
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        holders.push(WsClient::connect(&app.base, &token).await);
+    }
+    let locker = app.sql().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for holder in &mut holders {
+        holder
+            .send(json!({"type": "subscribe", "ticket_id": stuck}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The replaying connection: registered in the hub, waiting for a slot.
+    let mut replaying = WsClient::connect(&app.base, &token).await;
+    let subscribed = replaying.subscribe(watched, Some(0)).await;
+    assert_eq!(subscribed["type"], "subscribed");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The database "goes back in time" for the ticket (owner bypassing
+    // triggers), and the LISTEN connection is lost: the rewind check resets
+    // every subscriber of the ticket.
+    let (admin, connection) = common::cluster()
+        .admin_config(&app.dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; UPDATE tickets SET version = 1 WHERE id = {watched}"
+        ))
+        .await
+        .unwrap();
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1",
+            &[&livedesk::realtime::listener::LISTENER_NAME],
+        )
+        .await
+        .unwrap();
+    // The joined subscriber is told.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frame = joined
+            .next_within(deadline.saturating_duration_since(Instant::now()))
+            .await
+            .expect("the joined subscriber got no reset");
+        if frame["type"] == "reset" {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    // The replaying one must be told too (after its replay).
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match replaying.next_within(left).await {
+            Some(frame) if frame["type"] == "reset" => break,
+            Some(frame) => seen.push(frame),
+            None => panic!("no reset for the replaying subscriber; frames: {seen:?}"),
+        }
+    }
+}

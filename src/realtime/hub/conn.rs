@@ -31,18 +31,6 @@ pub enum Outbound {
     Reset { ticket_id: i64, version: i64 },
 }
 
-impl Outbound {
-    /// The ticket an event or a reset is about (`None`: other frames).
-    pub fn ticket_id(&self) -> Option<i64> {
-        match self {
-            Outbound::Event { ticket_id, .. } | Outbound::Reset { ticket_id, .. } => {
-                Some(*ticket_id)
-            }
-            Outbound::Frame(_) => None,
-        }
-    }
-}
-
 /// Tells a session that the hub gave up on it (its queue overflowed).
 #[derive(Debug, Default)]
 pub struct Overflow {

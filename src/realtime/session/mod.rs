@@ -5,7 +5,6 @@
 
 mod subscription;
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
@@ -73,13 +72,6 @@ pub struct Session {
     presence: HashMap<i64, PresenceSlot>,
     inbox: bool,
     last_heard: Instant,
-    /// When a write that waited for room last went through: the client
-    /// took frames off a full socket, which proves it alive as a frame from
-    /// it would. During a long replay to a slow reader the loop neither
-    /// pings nor reads frames, and the client has nothing to say; without
-    /// this its replay's length was counted as silence, and it was closed
-    /// with 4002 at the end (found by a review).
-    drained: Cell<Instant>,
     window: (Instant, u32),
     /// Subscribes cost a snapshot each: a subscribe/unsubscribe loop is
     /// answered `rate_limited` past this budget (contract §5a).
@@ -122,7 +114,6 @@ impl Session {
             presence: HashMap::new(),
             inbox: false,
             last_heard: Instant::now(),
-            drained: Cell::new(Instant::now()),
             window: (Instant::now(), 0),
             presence_held: None,
             subscribes: governor::RateLimiter::direct(
@@ -173,7 +164,7 @@ impl Session {
         // Armed only while a presence flush is due (`flush_at`).
         let mut flush = pin!(tokio::time::sleep_until(tokio::time::Instant::now()));
         while stop.is_none() {
-            let heard_by = (self.last_heard.max(self.drained.get()) + ttl).into();
+            let heard_by = (self.last_heard + ttl).into();
             if silence.deadline() != heard_by {
                 silence.as_mut().reset(heard_by);
             }
@@ -197,6 +188,7 @@ impl Session {
                 _ = &mut flush, if flush_at.is_some() => Wake::Flush,
             };
             registration.park(false);
+            let handling = Instant::now();
             stop = match wake {
                 Wake::Stop(stop) => Some(stop),
                 Wake::Message(message) => self.on_message(&mut ws, message).await,
@@ -207,6 +199,18 @@ impl Session {
                     None
                 }
             };
+            // A handler that kept the loop for longer than a ping interval
+            // (a long replay to a slow reader, a wait for the database) sent
+            // no ping and read no frame meanwhile: that silence is not the
+            // client's (a review's slow reader was closed with 4002 at the
+            // end of its replay). The ping goes out now, and the client has
+            // two intervals to answer it; a client silent before and after
+            // is still closed within the TTL plus the handler's length.
+            if handling.elapsed() > ping_every {
+                if let Some(heard) = (Instant::now() + 2 * ping_every).checked_sub(ttl) {
+                    self.last_heard = self.last_heard.max(heard);
+                }
+            }
         }
         // No direct write after this point; the socket handle goes back
         // before the close (the response ends when every handle is gone).
@@ -497,13 +501,7 @@ impl Session {
         }
         let overflow = self.handle.overflow.clone();
         tokio::select! {
-            result = write => match result {
-                Ok(()) => {
-                    self.drained.set(Instant::now());
-                    None
-                }
-                Err(_) => Some(Stop::Gone),
-            },
+            result = write => result.err().map(|_| Stop::Gone),
             _ = overflow.wait() => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
             _ = self.rt.shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
             _ = self.slot.revoked.cancelled() => Some(Stop::Close(close::REVOKED, REVOKED_REASON)),

@@ -11,9 +11,8 @@ use super::{
 use crate::db::DbError;
 use crate::domain::DomainError;
 use crate::realtime::event_log;
-use crate::realtime::hub::Join;
+use crate::realtime::hub::{Join, Outbound};
 use crate::realtime::protocol::{self, close, PresenceState};
-use std::pin::pin;
 use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -133,25 +132,33 @@ impl Session {
     /// the connection's other tickets meanwhile: their events are delivered
     /// as they come, so that a wait of seconds never fills the outbound
     /// queue and closes the connection (1013). Queued events of `ticket_id`
-    /// itself are dropped: the read that follows sends them again (or
-    /// finds the gap a queued `reset` was about).
+    /// itself are dropped: the read that follows sends them again. A queued
+    /// `reset` is delivered, whichever ticket it is for: the hub forgot the
+    /// ticket, and the read could not tell (a review found a replay that
+    /// then ended in a subscription nobody served). The wait leaves the
+    /// slots' queue while it delivers: a slot must not be held by a session
+    /// waiting on a slow socket, and comes back in turn, by the same deadline.
     async fn wait_read_slot(
         &mut self,
         ws: &mut actix_ws::Session,
         ticket_id: i64,
     ) -> Result<Option<OwnedSemaphorePermit>, Stop> {
-        let mut slot = pin!(self.rt.budgets.read_slot());
+        let deadline = self.rt.budgets.read_deadline();
+        let overflow = self.handle.overflow.clone();
         loop {
             let item = tokio::select! {
                 biased;
-                slot = &mut slot => return Ok(slot),
+                slot = self.rt.budgets.read_slot_by(deadline) => return Ok(slot),
+                _ = overflow.wait() => {
+                    return Err(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since"))
+                }
                 _ = self.rt.shutdown.cancelled() => {
                     return Err(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since"))
                 }
                 _ = self.slot.revoked.cancelled() => return Err(Stop::Close(close::REVOKED, REVOKED_REASON)),
                 Some(item) = self.rx.recv() => item,
             };
-            if item.ticket_id() == Some(ticket_id) {
+            if matches!(item, Outbound::Event { ticket_id: t, .. } if t == ticket_id) {
                 continue;
             }
             if let Some(stop) = self.deliver(ws, item).await {
@@ -250,6 +257,10 @@ impl Session {
                 }
                 Err(stop) => return Some(stop),
             };
+            // A `reset` delivered during the wait ended the subscription.
+            if !self.subs.contains(ticket_id) {
+                return None;
+            }
             let read = event_log::read(&self.rt.db, &[ticket_id], &[after]).await;
             drop(slot);
             let (frames, more) = match read {
