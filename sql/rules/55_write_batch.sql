@@ -14,11 +14,12 @@
 -- (its event and notification with it) and answers its own error, the
 -- others are kept. Every rule is the called function's; nothing is skipped.
 --
--- A row lock is waited for at most p_lock_wait_ms: a call that would wait
--- longer (a direct writer's long transaction holds its ticket) fails with
--- 55P03 here, the later calls on that ticket give up at once, and the
--- server runs them again on their own, so that they hold up the calls
--- batched with them by one wait at most. The wait applies to the calls
+-- A row lock is waited for at most p_lock_wait_ms, once per batch: a call
+-- that would wait longer (a direct writer's long transaction holds its
+-- ticket) fails with 55P03 here, the later calls give up at once when their
+-- row is taken (on that ticket or another), and the server runs them again
+-- on their own, so that they hold up the calls batched with them by one
+-- wait at most. The wait applies to the calls
 -- only: the commit (which waits for NOTIFY's queue lock) runs with the
 -- session's own lock_timeout. Calls arrive sorted by ticket id, so two
 -- batches take their tickets' row locks in the same order; customer
@@ -90,6 +91,12 @@ BEGIN
             created := NULL;
             IF code = '55P03' THEN
                 v_held := v_held || p_ticket_id[i];
+                -- One wait per batch, however many tickets are held: the
+                -- later calls give up at once if their row is taken (and
+                -- run on their own). Before, each held ticket cost another
+                -- wait, and enough of them took the batch past its
+                -- statement_timeout, which rolled back its good calls too.
+                PERFORM set_config('lock_timeout', '1ms', true);
             END IF;
         END;
         RETURN NEXT;
