@@ -479,18 +479,46 @@ async fn a_read_past_its_time_is_cancelled_in_postgresql() {
     assert_eq!(snapshot["ticket"]["id"], watched);
 }
 
+/// Both read slots of a pool of 4 or 8 taken by two snapshots of `stuck`
+/// waiting behind a lock on `messages`; the slots come free when the
+/// returned session commits (or when the connections close).
+async fn hold_both_read_slots(
+    app: &TestApp,
+    token: &str,
+    stuck: i64,
+) -> (Vec<WsClient>, tokio_postgres::Client) {
+    let mut holders = Vec::new();
+    for _ in 0..2 {
+        holders.push(WsClient::connect(&app.base, token).await);
+    }
+    let locker = app.sql().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for holder in &mut holders {
+        holder
+            .send(json!({"type": "subscribe", "ticket_id": stuck}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (holders, locker)
+}
+
 /// A subscribe waiting for a read slot serves the connection's other
 /// tickets meanwhile. Both slots (pool of 4) are held by snapshots stuck
 /// behind a lock; a connection's subscribe waits for one while a ticket it
 /// already follows changes three times as often as its outbound queue
-/// holds. It gets every change, in order, then the snapshot it asked for
-/// once the lock goes. Fails without it: the session waited without
-/// reading its queue, which filled, and the connection closed with 1013.
+/// holds (96 changes, a queue of 32). It gets every change, in order, then
+/// the snapshot it asked for once the lock goes. Fails without it: the
+/// session waited without reading its queue, which filled, and the
+/// connection closed with 1013.
 #[tokio::test]
 async fn a_subscribe_waiting_for_a_read_slot_keeps_delivering_the_other_tickets() {
+    const CHANGES: usize = 96;
     let mut settings = test_settings();
     settings.pool_size = 4;
-    settings.outbound_queue = 8;
+    settings.outbound_queue = 32;
     settings.db_timeout_ms = 20_000;
     let app = TestApp::spawn_with(settings).await;
     let (_, token) = app.agent("Alice", "agent").await;
@@ -503,28 +531,13 @@ async fn a_subscribe_waiting_for_a_read_slot_keeps_delivering_the_other_tickets(
     let mut version = ws.next_of("snapshot").await["ticket"]["version"]
         .as_i64()
         .unwrap();
-    let mut holders = Vec::new();
-    for _ in 0..2 {
-        holders.push(WsClient::connect(&app.base, &token).await);
-    }
-
-    let locker = app.sql().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    for holder in &mut holders {
-        holder
-            .send(json!({"type": "subscribe", "ticket_id": stuck}))
-            .await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_holders, locker) = hold_both_read_slots(&app, &token, stuck).await;
     ws.send(json!({"type": "subscribe", "ticket_id": wanted}))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = version;
     let mut subject = "Followed".to_string();
-    for n in 0..24 {
+    for n in 0..CHANGES {
         let path = format!("/api/tickets/{followed}");
         let next = format!("Change {n}");
         let body = json!({"changes": {"subject": {"from": subject, "to": next}}});
@@ -532,14 +545,24 @@ async fn a_subscribe_waiting_for_a_read_slot_keeps_delivering_the_other_tickets(
         assert_eq!(status, 200, "{answer}");
         version = answer["version"].as_i64().unwrap();
         subject = next;
+        // Paced like people's changes, so that the fan-out queues them a
+        // few at a time, not in one burst past the queue.
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Every change reaches the connection while its subscribe still waits.
     let mut seen = Vec::new();
-    while seen.len() < 24 {
+    while seen.len() < CHANGES {
+        let waiting = Instant::now();
         let frame = ws
             .next_within(Duration::from_secs(5))
             .await
-            .unwrap_or_else(|| panic!("closed or silent after {} of 24 changes", seen.len()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "closed or silent after {} of {CHANGES} changes (waited {:?})",
+                    seen.len(),
+                    waiting.elapsed()
+                )
+            });
         assert_ne!(frame["type"], "error", "{frame}");
         assert_ne!(frame["type"], "snapshot", "the lock is still held: {frame}");
         if frame["type"] == "event" {
@@ -588,22 +611,7 @@ async fn a_reset_during_a_replays_wait_for_a_read_slot_reaches_the_client() {
         .send(json!({"type": "subscribe", "ticket_id": watched}))
         .await;
     assert_eq!(joined.next_of("snapshot").await["ticket"]["version"], 4);
-    // Both read slots (pool 8 -> 2) held by snapshots stuck behind a lock.
-    let mut holders = Vec::new();
-    for _ in 0..2 {
-        holders.push(WsClient::connect(&app.base, &token).await);
-    }
-    let locker = app.sql().await;
-    locker
-        .batch_execute("BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    for holder in &mut holders {
-        holder
-            .send(json!({"type": "subscribe", "ticket_id": stuck}))
-            .await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_holders, locker) = hold_both_read_slots(&app, &token, stuck).await;
     // The replaying connection: registered in the hub, waiting for a slot.
     let mut replaying = WsClient::connect(&app.base, &token).await;
     let subscribed = replaying.subscribe(watched, Some(0)).await;
