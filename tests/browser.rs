@@ -240,12 +240,7 @@ async fn two_agents_work_one_ticket_in_the_web_console() {
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
 
     let sql = app.sql().await;
-    let (admin_sql, admin_connection) = common::cluster()
-        .admin_config(&app.dbname)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(admin_connection);
+    let admin_sql = app.admin_sql().await;
     let mut hole_subject: Option<String> = None;
     let mut transcript = Transcript::default();
     let mut result: Option<Value> = None;
@@ -665,12 +660,7 @@ async fn the_client_package_passes_its_node_tests_against_a_real_server() {
         .unwrap();
     let base = app.base.clone();
     let sql = app.sql().await;
-    let (admin_sql, admin_connection) = common::cluster()
-        .admin_config(&app.dbname)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(admin_connection);
+    let admin_sql = app.admin_sql().await;
     let control = std::sync::Arc::new(Control {
         app: tokio::sync::Mutex::new(app),
         admin_sql,

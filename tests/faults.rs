@@ -752,12 +752,7 @@ async fn a_gap_in_the_log_gives_one_reset_not_a_loop(bus: Bus) {
     assert_versions(&ws.events(id, 2, Duration::from_secs(10)).await, 2, 3);
 
     // Version 4 without an event: only a superuser can skip the triggers.
-    let (admin, connection) = cluster()
-        .admin_config(&app.dbname)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let admin = app.admin_sql().await;
     admin
         .batch_execute(&format!(
             "BEGIN; SET LOCAL session_replication_role = replica; \

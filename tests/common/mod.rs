@@ -308,6 +308,18 @@ impl TestApp {
         client
     }
 
+    /// A direct SQL connection as the cluster's superuser: for what only it
+    /// may do (skip the triggers, end other sessions), to make faults.
+    pub async fn admin_sql(&self) -> tokio_postgres::Client {
+        let (client, connection) = cluster()
+            .admin_config(&self.dbname)
+            .connect(NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
     /// An authenticated request builder.
     pub fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
         self.http

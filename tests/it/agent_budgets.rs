@@ -620,12 +620,7 @@ async fn a_reset_during_a_replays_wait_for_a_read_slot_reaches_the_client() {
     // The database "goes back in time" for the ticket (owner bypassing
     // triggers), and the LISTEN connection is lost: the rewind check resets
     // every subscriber of the ticket.
-    let (admin, connection) = common::cluster()
-        .admin_config(&app.dbname)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let admin = app.admin_sql().await;
     admin
         .batch_execute(&format!(
             "SET session_replication_role = replica; UPDATE tickets SET version = 1 WHERE id = {watched}"

@@ -24,8 +24,18 @@ use crate::domain::{Agent, DomainError, Rejection};
 /// cannot hold up a shutdown (which must finish within 5 s).
 const CLOSE_WRITE: Duration = Duration::from_secs(2);
 
-/// The close reason of 4001.
-const REVOKED_REASON: &str = "the agent was disabled or its token replaced: log in again";
+/// The closes the session's watchers decide, the same whether the loop,
+/// a write or a wait for a read slot notices them.
+const REVOKED: Stop = Stop::Close(
+    close::REVOKED,
+    "the agent was disabled or its token replaced: log in again",
+);
+const TOO_SLOW: Stop = Stop::Close(
+    close::TRY_AGAIN,
+    "too slow: reconnect and resume with since",
+);
+const SHUTTING_DOWN: Stop =
+    Stop::Close(close::GOING_AWAY, "server shutting down: resume with since");
 
 /// Presence writes per (connection, ticket) are at most this frequent.
 const PRESENCE_MIN_INTERVAL: Duration = Duration::from_millis(200);
@@ -176,9 +186,9 @@ impl Session {
             registration.park(true);
             let wake = tokio::select! {
                 biased;
-                _ = &mut overflowed => Wake::Stop(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
-                _ = &mut shutting_down => Wake::Stop(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
-                _ = &mut revocation => Wake::Stop(Stop::Close(close::REVOKED, REVOKED_REASON)),
+                _ = &mut overflowed => Wake::Stop(TOO_SLOW),
+                _ = &mut shutting_down => Wake::Stop(SHUTTING_DOWN),
+                _ = &mut revocation => Wake::Stop(REVOKED),
                 message = stream.next() => Wake::Message(message),
                 Some(item) = self.rx.recv() => Wake::Item(item),
                 _ = tick.tick() => Wake::Tick,
@@ -491,7 +501,7 @@ impl Session {
         // replay, where the loop that watches for revocation does not run
         // (found by a review: a disabled agent read on for minutes).
         if self.slot.revoked.is_cancelled() {
-            return Some(Stop::Close(close::REVOKED, REVOKED_REASON));
+            return Some(REVOKED);
         }
         // Fast path: the socket's channel has room (the usual case), so no
         // timer or watcher is set up for this write.
@@ -502,9 +512,9 @@ impl Session {
         let overflow = self.handle.overflow.clone();
         tokio::select! {
             result = write => result.err().map(|_| Stop::Gone),
-            _ = overflow.wait() => Some(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since")),
-            _ = self.rt.shutdown.cancelled() => Some(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since")),
-            _ = self.slot.revoked.cancelled() => Some(Stop::Close(close::REVOKED, REVOKED_REASON)),
+            _ = overflow.wait() => Some(TOO_SLOW),
+            _ = self.rt.shutdown.cancelled() => Some(SHUTTING_DOWN),
+            _ = self.slot.revoked.cancelled() => Some(REVOKED),
             _ = tokio::time::sleep(self.rt.settings.presence_ttl()) => Some(Stop::Gone),
         }
     }

@@ -6,7 +6,8 @@
 //! log for a subscription after joining.
 
 use super::{
-    domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL, REVOKED_REASON,
+    domain_error_frame, PresenceSlot, Session, Stop, PRESENCE_MIN_INTERVAL, REVOKED, SHUTTING_DOWN,
+    TOO_SLOW,
 };
 use crate::db::DbError;
 use crate::domain::DomainError;
@@ -149,13 +150,9 @@ impl Session {
             let item = tokio::select! {
                 biased;
                 slot = self.rt.budgets.read_slot_by(deadline) => return Ok(slot),
-                _ = overflow.wait() => {
-                    return Err(Stop::Close(close::TRY_AGAIN, "too slow: reconnect and resume with since"))
-                }
-                _ = self.rt.shutdown.cancelled() => {
-                    return Err(Stop::Close(close::GOING_AWAY, "server shutting down: resume with since"))
-                }
-                _ = self.slot.revoked.cancelled() => return Err(Stop::Close(close::REVOKED, REVOKED_REASON)),
+                _ = overflow.wait() => return Err(TOO_SLOW),
+                _ = self.rt.shutdown.cancelled() => return Err(SHUTTING_DOWN),
+                _ = self.slot.revoked.cancelled() => return Err(REVOKED),
                 Some(item) = self.rx.recv() => item,
             };
             if matches!(item, Outbound::Event { ticket_id: t, .. } if t == ticket_id) {
